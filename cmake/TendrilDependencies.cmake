@@ -1,0 +1,46 @@
+# Every dependency comes from a Debian 12 package. A missing one stops the
+# configure step with the apt-get line that installs it.
+find_package(PkgConfig)
+
+function(tendril_require found what package)
+  if(NOT ${found})
+    message(FATAL_ERROR "tendril needs ${what}. Install it with:\n  apt-get install ${package}")
+  endif()
+endfunction()
+
+if(NOT PkgConfig_FOUND)
+  message(FATAL_ERROR "tendril needs pkg-config. Install it with:\n  apt-get install pkg-config")
+endif()
+
+find_package(Boost 1.74 QUIET COMPONENTS context)
+tendril_require(Boost_FOUND "Boost.Context" libboost-context-dev)
+
+find_package(Threads REQUIRED)
+
+pkg_check_modules(URING QUIET IMPORTED_TARGET liburing)
+tendril_require(URING_FOUND "liburing" liburing-dev)
+
+pkg_check_modules(JEMALLOC QUIET IMPORTED_TARGET jemalloc)
+tendril_require(JEMALLOC_FOUND "jemalloc" libjemalloc-dev)
+
+find_library(NUMA_LIBRARY numa)
+find_path(NUMA_INCLUDE_DIR numa.h)
+if(NUMA_LIBRARY AND NUMA_INCLUDE_DIR)
+  set(NUMA_FOUND TRUE)
+endif()
+tendril_require(NUMA_FOUND "libnuma" libnuma-dev)
+if(NOT TARGET tendril_numa)
+  add_library(tendril_numa INTERFACE IMPORTED)
+  set_target_properties(tendril_numa PROPERTIES
+    INTERFACE_LINK_LIBRARIES "${NUMA_LIBRARY}"
+    INTERFACE_INCLUDE_DIRECTORIES "${NUMA_INCLUDE_DIR}")
+endif()
+
+if(TENDRIL_BUILD_TESTS)
+  find_package(GTest QUIET)
+  tendril_require(GTest_FOUND "GoogleTest" "libgtest-dev libgmock-dev")
+endif()
+if(TENDRIL_BUILD_BENCH)
+  find_package(benchmark QUIET)
+  tendril_require(benchmark_FOUND "Google Benchmark" libbenchmark-dev)
+endif()

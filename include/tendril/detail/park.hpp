@@ -1,0 +1,112 @@
+// Internal: how tendril's blocking primitives park and wake their callers.
+// Not part of the public API; included by public templates such as Channel<T>.
+//
+// A primitive keeps its waiters in a WaitQueue guarded by its own SpinLock.
+// A caller that must wait links a Waiter (on its own stack) into the queue and
+// calls park(), which gives the lock up only once it is safe to be woken: for a
+// fiber, after its context has been saved (so a waker on another worker cannot
+// resume a half-switched fiber); for a plain OS thread, before it sleeps on a
+// futex. A waker claims a waiter (claim() fails if the waiter has already timed
+// out), hands it whatever it waits for, and then wakes it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+namespace tendril::detail {
+
+struct FiberCtl;
+
+// A test-and-test-and-set lock for critical sections of a few dozen
+// instructions. It never parks; after a short spin it yields the CPU, so a
+// holder descheduled by the kernel does not make waiters burn a time slice.
+class SpinLock {
+ public:
+  bool try_lock() noexcept {
+    return !held_.load(std::memory_order_relaxed) &&
+           !held_.exchange(true, std::memory_order_acquire);
+  }
+  void lock() noexcept {
+    if (try_lock()) return;
+    lock_contended();
+  }
+  void unlock() noexcept { held_.store(false, std::memory_order_release); }
+
+ private:
+  void lock_contended() noexcept;
+  std::atomic<bool> held_{false};
+};
+
+struct Waiter {
+  enum : std::uint32_t { kWaiting = 0, kClaimed = 1, kTimedOut = 2 };
+
+  FiberCtl* fiber = nullptr;            // nullptr: a plain OS thread
+  std::atomic<std::uint32_t> state{kWaiting};
+  std::atomic<std::uint32_t> woken{0};  // futex word for thread waiters
+  Waiter* next = nullptr;
+  Waiter* prev = nullptr;
+  bool linked = false;                  // guarded by the primitive's lock
+  void* slot = nullptr;                 // what a channel hands over
+  bool ok = false;                      // outcome a waker reports (channel: value delivered)
+  std::int64_t count = 0;               // what a semaphore waiter asks for
+
+  Waiter() noexcept;                    // binds to the calling fiber or thread
+  Waiter(const Waiter&) = delete;
+  Waiter& operator=(const Waiter&) = delete;
+};
+
+// FIFO of waiters; every operation requires the owning primitive's lock.
+class WaitQueue {
+ public:
+  bool empty() const noexcept { return head_ == nullptr; }
+  Waiter* front() const noexcept { return head_; }
+  void push_back(Waiter& w) noexcept {
+    w.next = nullptr;
+    w.prev = tail_;
+    if (tail_ != nullptr) tail_->next = &w; else head_ = &w;
+    tail_ = &w;
+    w.linked = true;
+  }
+  void remove(Waiter& w) noexcept {
+    if (!w.linked) return;
+    if (w.prev != nullptr) w.prev->next = w.next; else head_ = w.next;
+    if (w.next != nullptr) w.next->prev = w.prev; else tail_ = w.prev;
+    w.next = w.prev = nullptr;
+    w.linked = false;
+  }
+  Waiter* pop_front() noexcept {
+    Waiter* w = head_;
+    if (w != nullptr) remove(*w);
+    return w;
+  }
+  // Unlinks and claims waiters from the front until one is still waiting;
+  // waiters that already timed out are skipped (they clean up after
+  // themselves). Returns the claimed waiter or nullptr.
+  Waiter* claim_front() noexcept;
+
+ private:
+  Waiter* head_ = nullptr;
+  Waiter* tail_ = nullptr;
+};
+
+using Deadline = std::chrono::steady_clock::time_point;
+
+// Parks the caller, which has linked `w` into a queue guarded by `lock` and
+// holds `lock`. Returns with `lock` NOT held: true once woken by wake(w), false
+// if `deadline` (when given) passed first, in which case the caller must take
+// the lock again and unlink `w` if it is still linked.
+bool park(Waiter& w, SpinLock& lock, const Deadline* deadline = nullptr);
+
+// Claims a waiter; false if it timed out first (then leave it alone).
+inline bool claim(Waiter& w) noexcept {
+  std::uint32_t expected = Waiter::kWaiting;
+  return w.state.compare_exchange_strong(expected, Waiter::kClaimed, std::memory_order_acq_rel);
+}
+
+// Wakes a claimed waiter. After this call `w` may no longer exist. A woken
+// fiber runs next on the waker's worker (or goes to the run queues when the
+// waker is not a fiber).
+void wake(Waiter& w) noexcept;
+
+}  // namespace tendril::detail

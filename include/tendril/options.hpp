@@ -1,0 +1,48 @@
+// tendril::Options: how the runtime is configured.
+//
+// Every field has a TENDRIL_* environment variable. A variable that is set
+// overrides the value passed in code, so an operator can retune a deployed binary
+// without rebuilding it; a malformed value makes run() throw
+// std::invalid_argument naming the variable.
+//
+//   tendril::Options opts;
+//   opts.workers = 2;                  // or TENDRIL_WORKERS=2
+//   opts.stack_limit = 1 << 20;        // or TENDRIL_STACK_LIMIT=1M
+//   tendril::run(opts, [] { /* ... */ });
+//
+// | field            | variable                 | default                          |
+// |------------------|--------------------------|----------------------------------|
+// | workers          | TENDRIL_WORKERS          | 0: one per CPU in the affinity mask |
+// | stack_limit      | TENDRIL_STACK_LIMIT      | 256 KiB (suffixes K, M, G)       |
+// | spin_before_park | TENDRIL_SPIN_US          | 50 microseconds                  |
+// | pin_workers      | TENDRIL_PIN              | true (1/0, true/false)           |
+// | stack_mode       | TENDRIL_STACK_MODE       | "" (automatic): "uffd" or "kernel" |
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+
+namespace tendril {
+
+struct Options {
+  // Worker threads (one per CPU, pinned). 0: one per CPU in the process's
+  // affinity mask (sched_getaffinity).
+  unsigned workers = 0;
+  // Default largest stack of a fiber, in bytes, rounded up to whole pages.
+  // SpawnOptions::stack_limit overrides it per fiber.
+  std::size_t stack_limit = 256 * 1024;
+  // How long an idle worker looks for work before it parks its thread.
+  std::chrono::microseconds spin_before_park{50};
+  // Pin worker i to the i-th CPU of the affinity mask.
+  bool pin_workers = true;
+  // Stack growth mechanism: "" chooses (userfaultfd where allowed, else kernel
+  // demand paging), "uffd" or "kernel" force one.
+  std::string stack_mode;
+
+  // The values in *this with every TENDRIL_* variable that is set applied on
+  // top. Throws std::invalid_argument for a malformed or out-of-range value.
+  Options with_environment() const;
+};
+
+}  // namespace tendril

@@ -1,0 +1,266 @@
+// Spawning, running, finishing and joining fibers.
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <system_error>
+#include <thread>
+#include <typeinfo>
+
+#include "runtime/sched/scheduler.hpp"
+#include "runtime/stack/stack.hpp"
+
+namespace tendril::detail {
+
+namespace {
+
+char* align_down(char* p, std::size_t a) noexcept {
+  return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{a} - 1));
+}
+
+// The stack-subsystem index for the calling thread (its worker, or the one
+// shared by plain threads, which must hold the external mutex).
+struct StackIndex {
+  explicit StackIndex(Scheduler& s) {
+    if (Worker* w = current_worker()) {
+      index = w->index();
+    } else {
+      index = s.external_stack_index();
+      lock = std::unique_lock<std::mutex>(s.external_mutex());
+    }
+  }
+  unsigned index = 0;
+  std::unique_lock<std::mutex> lock;
+};
+
+void release_fiber(FiberCtl* f) noexcept {
+  Scheduler* s = current_scheduler();
+  const StackSlot slot = f->stack;
+  context_destroy(f->ctx);
+  f->~FiberCtl();
+  if (s == nullptr) return;  // runtime gone: the arena went with it
+  StackIndex idx(*s);
+  stack_release(idx.index, slot);
+}
+
+void drop_ref(FiberCtl* f) noexcept {
+  if (f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) release_fiber(f);
+}
+
+void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
+
+[[noreturn]] void die_with_escaped_exception(FiberCtl* f) noexcept {
+  const char* what = "(not a std::exception)";
+  try {
+    std::rethrow_exception(f->error);
+  } catch (const std::exception& e) {
+    what = e.what();
+  } catch (...) {
+  }
+  std::fprintf(stderr,
+               "tendril: exception escaped detached fiber %llu '%s': %s\n",
+               static_cast<unsigned long long>(f->id), f->name, what);
+  std::fflush(stderr);
+  std::terminate();
+}
+
+[[noreturn]] void finish_fiber(FiberCtl* self) noexcept {
+  self->join_lock.lock();
+  self->done = true;
+  Waiter* joiner = self->joiner;
+  const bool detached = self->detached;
+  self->join_lock.unlock();
+  if (detached && self->error) die_with_escaped_exception(self);
+  if (joiner != nullptr && claim(*joiner)) wake(*joiner);
+  Worker* w = current_worker();
+  WorkerCounters::bump(w->counters().finished);
+  w->switch_out(self, drop_running_ref, nullptr, /*finished=*/true);
+  __builtin_unreachable();
+}
+
+void fiber_entry(transfer_t t) noexcept {
+  FiberCtl* self = current_fiber();
+  context_resumed(self->ctx);
+  auto* rec = static_cast<SwitchRecord*>(t.data);
+  rec->from_ctx->fctx = t.fctx;
+  if (rec->action != nullptr) rec->action(rec->from, rec->arg);
+  try {
+    self->ops->invoke(self->closure);
+  } catch (...) {
+    self->error = std::current_exception();
+  }
+  self->ops->destroy(self->closure);
+  finish_fiber(self);
+}
+
+std::size_t validate_stack_limit(std::size_t requested, const ClosureOps& ops) {
+  constexpr std::size_t kPage = 4096;
+  constexpr std::size_t kMin = 16 * 1024;
+  constexpr std::size_t kMax = std::size_t{1} << 30;
+  if (requested < kMin || requested > kMax)
+    throw std::invalid_argument("tendril::spawn: stack_limit " + std::to_string(requested) +
+                                " is outside [16 KiB, 1 GiB]");
+  const std::size_t limit = (requested + kPage - 1) & ~(kPage - 1);
+  // The control block and the callable sit at the top of the stack; leave
+  // most of it for frames.
+  if (sizeof(FiberCtl) + ops.size + ops.align > limit / 4)
+    throw std::length_error("tendril::spawn: the callable (" + std::to_string(ops.size) +
+                            " bytes) does not fit in a quarter of the stack limit");
+  return limit;
+}
+
+}  // namespace
+
+FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* closure) {
+  Scheduler* s = current_scheduler();
+  if (s == nullptr) throw std::logic_error("tendril::spawn called outside tendril::run");
+  const std::size_t limit =
+      validate_stack_limit(options.stack_limit != 0 ? options.stack_limit : s->options().stack_limit, ops);
+
+  StackSlot slot;
+  Worker* w = current_worker();
+  FiberId id;
+  {
+    StackIndex idx(*s);
+    slot = stack_allocate(idx.index, limit);
+    id = w != nullptr ? w->next_fiber_id() : s->allocate_id_block(1);
+  }
+  auto* f = ::new (align_down(slot.hi - sizeof(FiberCtl), alignof(FiberCtl))) FiberCtl;
+  char* cl = align_down(reinterpret_cast<char*>(f) - ops.size, ops.align);
+  ops.move_construct(cl, closure);  // nothrow for the closures spawn() builds from movable args
+  f->ops = &ops;
+  f->closure = cl;
+  f->stack = slot;
+  f->id = id;
+  const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
+  std::memcpy(f->name, options.name.data(), n);
+  f->name[n] = '\0';
+  context_make(f->ctx, slot.lo, align_down(cl, 64), fiber_entry);
+  stack_set_owner(slot, id, f->name);
+  if (w != nullptr) {
+    WorkerCounters::bump(w->counters().spawned);
+  } else {
+    s->external_spawned.fetch_add(1, std::memory_order_relaxed);
+  }
+  s->ready(f, /*handoff=*/true);
+  return f;
+}
+
+FiberId fiber_id(const FiberCtl* f) noexcept { return f->id; }
+
+void fiber_join(FiberCtl* f) {
+  if (f == current_fiber())
+    throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
+                            "tendril::Fiber::join: a fiber cannot join itself");
+  f->join_lock.lock();
+  if (!f->done) {
+    Waiter w;
+    f->joiner = &w;
+    park(w, f->join_lock);
+  } else {
+    f->join_lock.unlock();
+  }
+  std::exception_ptr error = std::move(f->error);
+  f->error = nullptr;
+  drop_ref(f);
+  if (error) std::rethrow_exception(error);
+}
+
+void fiber_detach(FiberCtl* f) noexcept {
+  f->join_lock.lock();
+  f->detached = true;
+  const bool done = f->done;
+  f->join_lock.unlock();
+  if (done && f->error) die_with_escaped_exception(f);
+  drop_ref(f);
+}
+
+void fiber_destroyed_joinable(FiberCtl* f) noexcept {
+  std::fprintf(stderr,
+               "tendril: Fiber %llu '%s' destroyed while joinable; call join() or detach() "
+               "before the handle goes away\n",
+               static_cast<unsigned long long>(f->id), f->name);
+  std::fflush(stderr);
+  std::terminate();
+}
+
+}  // namespace tendril::detail
+
+namespace tendril {
+
+void Fiber::join() {
+  if (ctl_ == nullptr)
+    throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                            "tendril::Fiber::join: fiber is not joinable");
+  detail::FiberCtl* f = ctl_;
+  if (f == detail::current_fiber()) detail::fiber_join(f);  // throws, keeps the handle
+  ctl_ = nullptr;
+  detail::fiber_join(f);
+}
+
+void Fiber::detach() {
+  if (ctl_ == nullptr)
+    throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                            "tendril::Fiber::detach: fiber is not joinable");
+  detail::fiber_detach(std::exchange(ctl_, nullptr));
+}
+
+namespace this_fiber {
+
+namespace {
+void requeue(detail::FiberCtl* from, void*) noexcept {
+  detail::current_worker()->push_local(from);
+}
+void arm_timer(detail::FiberCtl* from, void*) noexcept {
+  detail::TimerHeap& h = detail::current_worker()->timers();
+  h.lock.lock();
+  h.insert(from);
+  h.lock.unlock();
+}
+}  // namespace
+
+void yield() {
+  detail::Worker* w = detail::current_worker();
+  detail::FiberCtl* self = w != nullptr ? w->current() : nullptr;
+  if (self == nullptr) {
+    std::this_thread::yield();
+    return;
+  }
+  w->switch_if_runnable(self, requeue, nullptr);
+}
+
+void sleep_until_steady(std::chrono::steady_clock::time_point t) {
+  detail::Worker* w = detail::current_worker();
+  detail::FiberCtl* self = w != nullptr ? w->current() : nullptr;
+  if (self == nullptr) {
+    std::this_thread::sleep_until(t);
+    return;
+  }
+  if (t <= std::chrono::steady_clock::now()) {
+    yield();
+    return;
+  }
+  self->timer_deadline = detail::to_ticks(t);
+  self->timer_waiter = nullptr;
+  w->switch_out(self, arm_timer, nullptr);
+}
+
+FiberId id() noexcept {
+  detail::FiberCtl* f = detail::current_fiber();
+  return f != nullptr ? f->id : 0;
+}
+
+const char* name() noexcept {
+  detail::FiberCtl* f = detail::current_fiber();
+  return f != nullptr ? f->name : "";
+}
+
+std::size_t stack_high_water() noexcept {
+  detail::FiberCtl* f = detail::current_fiber();
+  return f != nullptr ? detail::stack_high_water(f->stack) : 0;
+}
+
+}  // namespace this_fiber
+}  // namespace tendril

@@ -1,0 +1,136 @@
+#include "runtime/sched/scheduler.hpp"
+
+#include <sched.h>
+
+#include <stdexcept>
+
+#include "runtime/stack/stack.hpp"
+
+namespace tendril::detail {
+
+namespace {
+std::atomic<Scheduler*> g_scheduler{nullptr};
+
+std::vector<int> cpus_in_affinity_mask() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  return cpus;
+}
+}  // namespace
+
+Scheduler* current_scheduler() noexcept { return g_scheduler.load(std::memory_order_acquire); }
+void set_current_scheduler(Scheduler* s) noexcept { g_scheduler.store(s, std::memory_order_release); }
+
+Scheduler::Scheduler(const Options& options) : options_(options) {
+  unsigned n = options_.workers;
+  if (n == 0) n = static_cast<unsigned>(cpus_in_affinity_mask().size());
+  if (n == 0) n = 1;
+  options_.workers = n;
+  workers_.reserve(n);
+  for (unsigned i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(*this, i));
+  idle_.reserve(n);
+}
+
+Scheduler::~Scheduler() = default;
+
+void Scheduler::start() {
+  const std::vector<int> cpus = cpus_in_affinity_mask();
+  for (unsigned i = 0; i < workers_.size(); ++i) {
+    const int cpu = options_.pin_workers && !cpus.empty() ? cpus[i % cpus.size()] : -1;
+    workers_[i]->start(cpu);
+  }
+}
+
+void Scheduler::stop() noexcept {
+  stopping_.store(true, std::memory_order_seq_cst);
+  for (auto& w : workers_) w->unpark();
+  for (auto& w : workers_) w->join();
+}
+
+void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
+  Worker* w = current_worker();
+  if (w != nullptr && &w->sched_ == this) {
+    if (handoff) {
+      w->push_runnext(f);
+    } else {
+      w->push_local(f);
+    }
+    return;
+  }
+  global_push(f);
+  wake_idle_worker_if_needed();
+}
+
+void Scheduler::global_push(FiberCtl* f) noexcept { global_push_batch(&f, 1); }
+
+void Scheduler::global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept {
+  std::lock_guard<std::mutex> g(global_mu_);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    fs[i]->next = nullptr;
+    if (global_tail_ != nullptr) global_tail_->next = fs[i]; else global_head_ = fs[i];
+    global_tail_ = fs[i];
+  }
+  global_size_.fetch_add(n, std::memory_order_release);
+}
+
+FiberCtl* Scheduler::global_pop() noexcept {
+  std::lock_guard<std::mutex> g(global_mu_);
+  FiberCtl* f = global_head_;
+  if (f == nullptr) return nullptr;
+  global_head_ = f->next;
+  if (global_head_ == nullptr) global_tail_ = nullptr;
+  f->next = nullptr;
+  global_size_.fetch_sub(1, std::memory_order_release);
+  return f;
+}
+
+void Scheduler::wake_idle_worker_if_needed() noexcept {
+  // Pairs with the fence in Worker::park_thread: either the parking worker
+  // sees the work we queued, or we see it in the idle list.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (nidle_.load(std::memory_order_seq_cst) == 0 ||
+      nspinning_.load(std::memory_order_seq_cst) != 0)
+    return;
+  Worker* w = nullptr;
+  {
+    std::lock_guard<std::mutex> g(idle_mu_);
+    if (idle_.empty()) return;
+    w = idle_.back();
+    idle_.pop_back();
+    w->in_idle_list_ = false;
+    nidle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  if (Worker* me = current_worker()) WorkerCounters::bump(me->counters_.wakeups);
+  w->unpark();
+}
+
+Stats Scheduler::snapshot() const {
+  Stats s;
+  s.workers = worker_count();
+  std::uint64_t finished = external_finished.load(std::memory_order_relaxed);
+  s.fibers_spawned = external_spawned.load(std::memory_order_relaxed);
+  for (const auto& w : workers_) {
+    const WorkerCounters& c = w->counters_;
+    s.fibers_spawned += c.spawned.load(std::memory_order_relaxed);
+    finished += c.finished.load(std::memory_order_relaxed);
+    s.context_switches += c.switches.load(std::memory_order_relaxed);
+    s.steals += c.steals.load(std::memory_order_relaxed);
+    s.worker_parks += c.parks.load(std::memory_order_relaxed);
+    s.worker_wakeups += c.wakeups.load(std::memory_order_relaxed);
+  }
+  s.fibers_live = s.fibers_spawned > finished ? s.fibers_spawned - finished : 0;
+  const StackCounters st = stack_counters();
+  s.stack_mode = st.mode;
+  s.stack_faults = st.stack_faults;
+  s.stack_pages_mapped = st.stack_pages_mapped;
+  s.pool_refills = st.pool_refills;
+  s.pool_pages = st.pool_pages;
+  return s;
+}
+
+}  // namespace tendril::detail

@@ -1,0 +1,209 @@
+// The M:N scheduler: N pinned worker threads run fibers from per-worker run
+// queues, steal half of a busy worker's queue when their own is empty, and
+// park their thread when there is nothing to do.
+//
+// Where a runnable fiber waits, in the order a worker looks (pick_next):
+//   1. every 61st pick, the global queue first, so it cannot starve;
+//   2. runnext: the fiber most recently woken by a fiber on this worker (a
+//      message's receiver, a spawned child, a joiner), so hand-offs run back
+//      to back on one worker and stay in its caches. A run of more than
+//      kRunnextStreak picks from runnext yields to the local queue, so a
+//      ping-ponging pair cannot starve its neighbours;
+//   3. the local run queue (FIFO, lock-free, 256 entries; overflow moves half
+//      to the global queue);
+//   4. the global queue (fibers readied by plain threads, and overflow);
+//   5. stealing: half of another worker's queue; another worker's runnext only
+//      if that worker has not switched since the previous look (it is stuck in
+//      a long-running fiber), and expired timers of other workers (try_lock).
+//
+// Waking a parked worker costs tens of microseconds on this machine, so a
+// worker is woken only when work lands where the waker itself will not run it
+// soon (its local queue, or the global queue) and no other worker is already
+// spinning in search of work. An idle worker spins for Options::spin_before_park
+// before it parks; parking registers it as idle and then looks once more, so a
+// wake-up cannot be lost between the look and the sleep.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "runtime/context/switch.hpp"
+#include "runtime/sched/fiber_ctl.hpp"
+#include "runtime/sched/run_queue.hpp"
+#include "runtime/sched/timer_heap.hpp"
+#include "tendril/options.hpp"
+#include "tendril/stats.hpp"
+
+namespace tendril::detail {
+
+class Scheduler;
+
+using SwitchAction = void (*)(FiberCtl* from, void* arg);
+
+// What the context being left asks the context being entered to do once the
+// switch is complete (and the leaving fiber's registers are saved).
+struct SwitchRecord {
+  FiberCtl* from = nullptr;       // nullptr: the scheduler context
+  Context* from_ctx = nullptr;
+  SwitchAction action = nullptr;
+  void* arg = nullptr;
+};
+
+struct alignas(64) WorkerCounters {
+  std::atomic<std::uint64_t> switches{0};
+  std::atomic<std::uint64_t> spawned{0};
+  std::atomic<std::uint64_t> finished{0};
+  std::atomic<std::uint64_t> steals{0};
+  std::atomic<std::uint64_t> parks{0};
+  std::atomic<std::uint64_t> wakeups{0};
+
+  // Only the owner writes; relaxed increments keep the snapshot race-free.
+  static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {
+    c.store(c.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
+};
+
+class Worker {
+ public:
+  static constexpr std::uint32_t kRunnextStreak = 32;
+
+  Worker(Scheduler& sched, unsigned index) : sched_(sched), index_(index) {}
+
+  unsigned index() const noexcept { return index_; }
+  FiberCtl* current() const noexcept { return current_; }
+  WorkerCounters& counters() noexcept { return counters_; }
+  TimerHeap& timers() noexcept { return timers_; }
+
+  void start(int cpu);
+  void join() { if (thread_.joinable()) thread_.join(); }
+
+  // Makes f runnable on this worker: in runnext (a hand-off) or at the tail
+  // of the local queue. Owner thread only.
+  void push_runnext(FiberCtl* f) noexcept;
+  void push_local(FiberCtl* f) noexcept;
+
+  // Called by the running fiber `self` (on this worker): switches to the next
+  // runnable fiber, or to the scheduler context if there is none; `action`
+  // runs once self's context is saved. Returns when self is resumed, possibly
+  // on another worker (so callers must not use this Worker afterwards).
+  void switch_out(FiberCtl* self, SwitchAction action, void* arg, bool finished = false) noexcept;
+  // Like switch_out but only if another fiber is runnable; returns false (and
+  // stays) otherwise.
+  bool switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) noexcept;
+
+  FiberId next_fiber_id() noexcept;
+
+  // Wakes this worker's thread if it is parked.
+  void unpark() noexcept;
+
+  // Fires expired timers of this worker (into `into`'s local queue); try-lock
+  // only when `into` is another worker.
+  void fire_timers(Worker& into, std::int64_t now, bool may_block) noexcept;
+
+ private:
+  friend class Scheduler;
+
+  void loop();
+  FiberCtl* pick_next() noexcept;
+  FiberCtl* pick_local() noexcept;
+  FiberCtl* steal() noexcept;
+  FiberCtl* spin_for_work() noexcept;
+  void park_thread() noexcept;
+  void switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
+                 void* arg, bool finished) noexcept;
+
+  Scheduler& sched_;
+  const unsigned index_;
+  Context sched_ctx_;
+  FiberCtl* current_ = nullptr;  // nullptr while in the scheduler context
+  SwitchRecord record_;
+  std::atomic<FiberCtl*> runnext_{nullptr};
+  std::uint32_t runnext_streak_ = 0;
+  std::uint32_t tick_ = 0;
+  std::uint32_t steal_seed_ = 0;
+  std::vector<std::uint64_t> seen_switches_;  // per victim, for stealing runnext
+  RunQueue runq_;
+  TimerHeap timers_;
+  WorkerCounters counters_;
+  std::atomic<std::uint32_t> sleep_word_{0};
+  bool in_idle_list_ = false;  // guarded by Scheduler::idle_mu_
+  FiberId id_next_ = 0, id_end_ = 0;
+  std::thread thread_;
+};
+
+// The process-wide scheduler of the current run().
+class Scheduler {
+ public:
+  explicit Scheduler(const Options& options);
+  ~Scheduler();
+
+  const Options& options() const noexcept { return options_; }
+  unsigned worker_count() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  Worker& worker(unsigned i) noexcept { return *workers_[i]; }
+  bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
+
+  void start();
+  void stop() noexcept;
+
+  // Makes f runnable from anywhere. From a fiber or worker: on that worker
+  // (runnext if `handoff`). From a plain thread: the global queue.
+  void ready(FiberCtl* f, bool handoff) noexcept;
+
+  void global_push(FiberCtl* f) noexcept;
+  void global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept;
+  FiberCtl* global_pop() noexcept;
+  bool global_empty() const noexcept { return global_size_.load(std::memory_order_acquire) == 0; }
+
+  // Wakes one parked worker if work was queued where no running worker will
+  // find it soon and nobody is already looking.
+  void wake_idle_worker_if_needed() noexcept;
+
+  FiberId allocate_id_block(FiberId n) noexcept { return next_id_.fetch_add(n) ; }
+
+  // Stack slots for spawns and releases from plain threads use one extra
+  // stack-subsystem index, serialised by this mutex.
+  unsigned external_stack_index() const noexcept { return worker_count(); }
+  std::mutex& external_mutex() noexcept { return external_mu_; }
+
+  Stats snapshot() const;
+
+  std::atomic<std::uint64_t> external_spawned{0};
+  std::atomic<std::uint64_t> external_finished{0};
+
+ private:
+  friend class Worker;
+
+  Options options_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::atomic<bool> stopping_{false};
+  std::atomic<FiberId> next_id_{1};
+
+  std::mutex global_mu_;
+  FiberCtl* global_head_ = nullptr;
+  FiberCtl* global_tail_ = nullptr;
+  std::atomic<std::uint64_t> global_size_{0};
+
+  std::mutex idle_mu_;
+  std::vector<Worker*> idle_;
+  std::atomic<int> nidle_{0};
+  std::atomic<int> nspinning_{0};
+
+  std::mutex external_mu_;
+};
+
+// The scheduler of the run() in progress, or nullptr.
+Scheduler* current_scheduler() noexcept;
+void set_current_scheduler(Scheduler* s) noexcept;
+// The worker the calling thread is, or nullptr. Not inlined, and re-read after
+// every switch: a fiber may resume on another thread.
+Worker* current_worker() noexcept;
+FiberCtl* current_fiber() noexcept;
+
+std::int64_t steady_ticks() noexcept;
+inline std::int64_t to_ticks(Deadline d) noexcept { return d.time_since_epoch().count(); }
+
+}  // namespace tendril::detail

@@ -1,0 +1,293 @@
+// A worker: one pinned thread that runs fibers. See scheduler.hpp for the
+// order in which it looks for work and the rules for waking parked workers.
+#include <pthread.h>
+#include <sched.h>
+#include <sys/prctl.h>
+
+#include <cstdio>
+#include <cstring>
+
+#include "runtime/sched/futex.hpp"
+#include "runtime/sched/scheduler.hpp"
+#include "runtime/stack/stack.hpp"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TENDRIL_CPU_RELAX() _mm_pause()
+#else
+#define TENDRIL_CPU_RELAX() asm volatile("" ::: "memory")
+#endif
+
+namespace tendril::detail {
+
+namespace {
+thread_local Worker* tls_worker = nullptr;
+
+// Finishes a switch on the context that was entered: records where the left
+// context stopped, then runs what it asked for.
+inline void complete_switch(Context& self, transfer_t t) noexcept {
+  context_resumed(self);
+  auto* rec = static_cast<SwitchRecord*>(t.data);
+  rec->from_ctx->fctx = t.fctx;
+  if (rec->action != nullptr) rec->action(rec->from, rec->arg);
+}
+}  // namespace
+
+__attribute__((noinline)) Worker* current_worker() noexcept {
+  Worker* w = tls_worker;
+  asm volatile("" ::: "memory");
+  return w;
+}
+
+FiberCtl* current_fiber() noexcept {
+  Worker* w = current_worker();
+  return w != nullptr ? w->current() : nullptr;
+}
+
+std::int64_t steady_ticks() noexcept {
+  return std::chrono::steady_clock::now().time_since_epoch().count();
+}
+
+void Worker::start(int cpu) {
+  seen_switches_.assign(sched_.worker_count(), ~std::uint64_t{0});
+  steal_seed_ = index_ * 2654435761u + 1;
+  thread_ = std::thread([this, cpu] {
+    if (cpu >= 0) {
+      cpu_set_t set;
+      CPU_ZERO(&set);
+      CPU_SET(cpu, &set);
+      pthread_setaffinity_np(pthread_self(), sizeof(set), &set);  // best effort
+    }
+    // Timers promise sub-millisecond precision; the default 50 us slack of
+    // futex timeouts would eat most of it.
+    prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    char name[16];
+    std::snprintf(name, sizeof(name), "tendril-w%u", index_);
+    pthread_setname_np(pthread_self(), name);
+    stack_thread_init(index_);
+    tls_worker = this;
+    context_adopt_thread(sched_ctx_);
+    loop();
+    tls_worker = nullptr;
+  });
+}
+
+FiberId Worker::next_fiber_id() noexcept {
+  // Ids come in blocks so that spawning does not bounce one cache line
+  // between workers.
+  if (id_next_ == id_end_) {
+    constexpr FiberId kBlock = 1024;
+    id_next_ = sched_.allocate_id_block(kBlock);
+    id_end_ = id_next_ + kBlock;
+  }
+  return id_next_++;
+}
+
+void Worker::push_local(FiberCtl* f) noexcept {
+  if (!runq_.push(f)) {
+    // Full: move half of it, oldest first, and f to the global queue.
+    FiberCtl* batch[RunQueue::kCapacity / 2 + 1];
+    const std::uint32_t n = runq_.pop_batch(batch, RunQueue::kCapacity / 2);
+    batch[n] = f;
+    sched_.global_push_batch(batch, n + 1);
+  }
+  sched_.wake_idle_worker_if_needed();
+}
+
+void Worker::push_runnext(FiberCtl* f) noexcept {
+  FiberCtl* old = runnext_.exchange(f, std::memory_order_acq_rel);
+  if (old != nullptr) push_local(old);
+}
+
+void Worker::switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
+                       void* arg, bool finished) noexcept {
+  record_ = SwitchRecord{from, &from_ctx, action, arg};
+  current_ = next;
+  Context& to = next != nullptr ? next->ctx : sched_ctx_;
+  if (next != nullptr) WorkerCounters::bump(counters_.switches);
+  stack_on_switch(index_, next != nullptr ? &next->stack : nullptr);
+  const transfer_t t = context_jump(from_ctx, to, &record_, finished);
+  // Resumed, possibly on another thread: `this` may be a stranger now.
+  complete_switch(from_ctx, t);
+}
+
+void Worker::switch_out(FiberCtl* self, SwitchAction action, void* arg, bool finished) noexcept {
+  FiberCtl* next = pick_next();
+  switch_to(self, self->ctx, next, action, arg, finished);
+}
+
+bool Worker::switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) noexcept {
+  FiberCtl* next = pick_next();
+  if (next == nullptr) return false;
+  switch_to(self, self->ctx, next, action, arg, false);
+  return true;
+}
+
+FiberCtl* Worker::pick_local() noexcept {
+  if (FiberCtl* f = runnext_.load(std::memory_order_relaxed)) {
+    if (runnext_streak_ < kRunnextStreak || runq_.size() == 0) {
+      if (runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
+        ++runnext_streak_;
+        return f;
+      }
+    }
+  }
+  runnext_streak_ = 0;
+  return runq_.pop();
+}
+
+FiberCtl* Worker::pick_next() noexcept {
+  ++tick_;
+  if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX && (tick_ & 7) == 0)
+    fire_timers(*this, steady_ticks(), true);
+  if (tick_ % 61 == 0 && !sched_.global_empty()) {
+    if (FiberCtl* f = sched_.global_pop()) return f;
+  }
+  if (FiberCtl* f = pick_local()) return f;
+  if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX) {
+    fire_timers(*this, steady_ticks(), true);
+    if (FiberCtl* f = pick_local()) return f;
+  }
+  if (!sched_.global_empty()) {
+    if (FiberCtl* f = sched_.global_pop()) return f;
+  }
+  return steal();
+}
+
+FiberCtl* Worker::steal() noexcept {
+  const unsigned n = sched_.worker_count();
+  if (n < 2) return nullptr;
+  steal_seed_ = steal_seed_ * 1103515245u + 12345u;
+  const unsigned start = (steal_seed_ >> 16) % n;
+  const std::int64_t now = steady_ticks();
+  for (unsigned k = 0; k < n; ++k) {
+    Worker& victim = sched_.worker((start + k) % n);
+    if (&victim == this) continue;
+    FiberCtl* batch[RunQueue::kCapacity / 2];
+    if (const std::uint32_t got = victim.runq_.steal_half(batch)) {
+      for (std::uint32_t i = 1; i < got; ++i) push_local(batch[i]);
+      WorkerCounters::bump(counters_.steals, got);
+      return batch[0];
+    }
+    // A victim that has not switched since our last look is stuck in one
+    // fiber; its runnext would wait for it, so take it.
+    const std::uint64_t sw = victim.counters_.switches.load(std::memory_order_relaxed);
+    if (FiberCtl* f = victim.runnext_.load(std::memory_order_acquire)) {
+      if (seen_switches_[victim.index_] == sw &&
+          victim.runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
+        WorkerCounters::bump(counters_.steals);
+        return f;
+      }
+    }
+    seen_switches_[victim.index_] = sw;
+    if (victim.timers_.earliest.load(std::memory_order_relaxed) <= now) {
+      victim.fire_timers(*this, now, false);
+      if (FiberCtl* f = runq_.pop()) return f;
+    }
+  }
+  return nullptr;
+}
+
+void Worker::fire_timers(Worker& into, std::int64_t now, bool may_block) noexcept {
+  if (may_block) {
+    timers_.lock.lock();
+  } else if (!timers_.lock.try_lock()) {
+    return;
+  }
+  FiberCtl* expired[64];
+  std::uint32_t n = 0;
+  while (n < 64) {
+    FiberCtl* f = timers_.pop_expired(now);
+    if (f == nullptr) break;
+    Waiter* w = f->timer_waiter;
+    if (w == nullptr) {
+      expired[n++] = f;  // a sleep: only the timer wakes it
+    } else {
+      std::uint32_t expected = Waiter::kWaiting;
+      // Lost the race to a waker: it will resume the fiber.
+      if (w->state.compare_exchange_strong(expected, Waiter::kTimedOut, std::memory_order_acq_rel))
+        expired[n++] = f;
+    }
+  }
+  timers_.lock.unlock();
+  for (std::uint32_t i = 0; i < n; ++i) into.push_local(expired[i]);
+}
+
+FiberCtl* Worker::spin_for_work() noexcept {
+  const std::int64_t until =
+      steady_ticks() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                           sched_.options().spin_before_park)
+                           .count();
+  sched_.nspinning_.fetch_add(1, std::memory_order_seq_cst);
+  FiberCtl* f = nullptr;
+  for (unsigned i = 0; !sched_.stopping(); ++i) {
+    if ((f = pick_next()) != nullptr) break;
+    if (steady_ticks() >= until) break;
+    for (int k = 0; k < 32; ++k) TENDRIL_CPU_RELAX();
+  }
+  sched_.nspinning_.fetch_sub(1, std::memory_order_seq_cst);
+  return f;
+}
+
+void Worker::park_thread() noexcept {
+  {
+    std::lock_guard<std::mutex> g(sched_.idle_mu_);
+    sleep_word_.store(0, std::memory_order_relaxed);
+    sched_.idle_.push_back(this);
+    in_idle_list_ = true;
+    sched_.nidle_.fetch_add(1, std::memory_order_seq_cst);
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Look once more now that wakers can see us (see wake_idle_worker_if_needed).
+  bool work = !sched_.global_empty() || runq_.size() != 0 ||
+              runnext_.load(std::memory_order_acquire) != nullptr || sched_.stopping();
+  for (unsigned i = 0; !work && i < sched_.worker_count(); ++i)
+    work = sched_.worker(i).runq_.size() > 0;
+  if (!work) {
+    WorkerCounters::bump(counters_.parks);
+    // Sleep until our earliest timer; others' timers get a grace period
+    // before we go and fire them for a worker that is stuck.
+    std::int64_t wake_at = timers_.earliest.load(std::memory_order_acquire);
+    constexpr std::int64_t kGrace = 1000000;  // 1 ms, in steady ticks (ns)
+    for (unsigned i = 0; i < sched_.worker_count(); ++i) {
+      const std::int64_t e = sched_.worker(i).timers_.earliest.load(std::memory_order_acquire);
+      if (e != INT64_MAX && e + kGrace < wake_at) wake_at = e + kGrace;
+    }
+    if (wake_at == INT64_MAX) {
+      futex_wait(sleep_word_, 0, nullptr);
+    } else {
+      const Deadline d{std::chrono::steady_clock::duration(wake_at)};
+      futex_wait(sleep_word_, 0, &d);
+    }
+  }
+  std::lock_guard<std::mutex> g(sched_.idle_mu_);
+  if (in_idle_list_) {
+    for (auto it = sched_.idle_.begin(); it != sched_.idle_.end(); ++it) {
+      if (*it == this) {
+        sched_.idle_.erase(it);
+        break;
+      }
+    }
+    in_idle_list_ = false;
+    sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+void Worker::unpark() noexcept {
+  sleep_word_.store(1, std::memory_order_release);
+  futex_wake_one(sleep_word_);
+}
+
+void Worker::loop() {
+  while (!sched_.stopping()) {
+    FiberCtl* f = pick_next();
+    if (f == nullptr) f = spin_for_work();
+    if (f == nullptr) {
+      park_thread();
+      continue;
+    }
+    switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
+  }
+}
+
+}  // namespace tendril::detail

@@ -1,0 +1,42 @@
+#include "tendril/condvar.hpp"
+
+#include <system_error>
+
+namespace tendril {
+
+bool CondVar::wait_until_steady(std::unique_lock<Mutex>& lock, const detail::Deadline* deadline) {
+  if (!lock.owns_lock())
+    throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
+                            "tendril::CondVar::wait: the lock is not held");
+  detail::Waiter w;
+  queue_lock_.lock();
+  waiters_.push_back(w);
+  // Enqueued before the mutex is released, so a notify that follows a state
+  // change made under the mutex cannot miss us.
+  lock.mutex()->unlock();
+  const bool woken = detail::park(w, queue_lock_, deadline);
+  if (!woken) {
+    queue_lock_.lock();
+    waiters_.remove(w);
+    queue_lock_.unlock();
+  }
+  lock.mutex()->lock();
+  return woken;
+}
+
+void CondVar::notify_one() noexcept {
+  queue_lock_.lock();
+  detail::Waiter* w = waiters_.claim_front();
+  queue_lock_.unlock();
+  if (w != nullptr) detail::wake(*w);
+}
+
+void CondVar::notify_all() noexcept {
+  detail::WaitQueue woken;
+  queue_lock_.lock();
+  while (detail::Waiter* w = waiters_.claim_front()) woken.push_back(*w);
+  queue_lock_.unlock();
+  while (detail::Waiter* w = woken.pop_front()) detail::wake(*w);
+}
+
+}  // namespace tendril
