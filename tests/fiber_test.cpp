@@ -1,0 +1,283 @@
+// Spawning, joining, detaching, exceptions, ids, yields and sleeps.
+#include <gtest/gtest.h>
+#include <tendril/tendril.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+tendril::Options two_workers() {
+  tendril::Options o;
+  o.workers = 2;
+  return o;
+}
+}  // namespace
+
+TEST(Fiber, HundredThousandSpawnedAndJoined) {
+  constexpr int kFibers = 100000;
+  std::atomic<long long> sum{0};
+  tendril::run(two_workers(), [&] {
+    std::vector<tendril::Fiber> fibers;
+    fibers.reserve(1000);
+    for (int batch = 0; batch < kFibers / 1000; ++batch) {
+      for (int i = 0; i < 1000; ++i)
+        fibers.push_back(tendril::spawn([&sum](int v) { sum += v; }, batch * 1000 + i));
+      for (auto& f : fibers) f.join();
+      fibers.clear();
+    }
+  });
+  EXPECT_EQ(sum.load(), static_cast<long long>(kFibers) * (kFibers - 1) / 2);
+  const tendril::Stats s = tendril::stats();
+  EXPECT_GE(s.fibers_spawned, static_cast<std::uint64_t>(kFibers));
+  EXPECT_EQ(s.fibers_live, 0u);
+}
+
+TEST(Fiber, ArgumentsAreMovedIntoTheFiber) {
+  tendril::run([] {
+    auto p = std::make_unique<int>(7);
+    std::string s(1000, 'x');  // larger than any small-string buffer
+    int got = 0;
+    std::size_t len = 0;
+    auto f = tendril::spawn(
+        [&](std::unique_ptr<int> q, std::string t) {
+          got = *q;
+          len = t.size();
+        },
+        std::move(p), s);
+    f.join();
+    EXPECT_EQ(got, 7);
+    EXPECT_EQ(len, 1000u);
+    EXPECT_EQ(p, nullptr);
+  });
+}
+
+TEST(Fiber, JoinRethrowsTheFibersException) {
+  tendril::run([] {
+    auto f = tendril::spawn([] { throw std::runtime_error("boom"); });
+    try {
+      f.join();
+      FAIL() << "join did not rethrow";
+    } catch (const std::runtime_error& e) {
+      EXPECT_STREQ(e.what(), "boom");
+    }
+    EXPECT_FALSE(f.joinable());
+  });
+}
+
+TEST(Fiber, RunRethrowsExceptionEscapingMain) {
+  EXPECT_THROW(tendril::run([] { throw std::out_of_range("main"); }), std::out_of_range);
+  // And the runtime can be started again afterwards.
+  int v = 0;
+  tendril::run([&] { v = 1; });
+  EXPECT_EQ(v, 1);
+}
+
+TEST(Fiber, IdsAreUniqueAndNamesAreKept) {
+  tendril::run([] {
+    EXPECT_NE(tendril::this_fiber::id(), 0u);
+    EXPECT_STREQ(tendril::this_fiber::name(), "main");
+    tendril::FiberId seen = 0;
+    std::string name;
+    auto f = tendril::spawn({.name = "worker-17"}, [&] {
+      seen = tendril::this_fiber::id();
+      name = tendril::this_fiber::name();
+    });
+    const tendril::FiberId id = f.id();
+    f.join();
+    EXPECT_EQ(seen, id);
+    EXPECT_NE(id, tendril::this_fiber::id());
+    EXPECT_EQ(name, "worker-17");
+  });
+  EXPECT_EQ(tendril::this_fiber::id(), 0u);
+}
+
+TEST(Fiber, DetachedFibersRunToCompletion) {
+  std::atomic<int> done{0};
+  tendril::run(two_workers(), [&] {
+    tendril::WaitGroup wg;
+    for (int i = 0; i < 1000; ++i) {
+      wg.add(1);
+      tendril::spawn([&done, wg]() mutable {
+        tendril::this_fiber::yield();
+        ++done;
+        wg.done();
+      }).detach();
+    }
+    wg.wait();
+  });
+  EXPECT_EQ(done.load(), 1000);
+}
+
+TEST(Fiber, YieldInterleavesFibersOnOneWorker) {
+  std::vector<int> order;
+  tendril::Options o;
+  o.workers = 1;
+  tendril::run(o, [&] {
+    auto a = tendril::spawn([&] {
+      for (int i = 0; i < 3; ++i) {
+        order.push_back(1);
+        tendril::this_fiber::yield();
+      }
+    });
+    auto b = tendril::spawn([&] {
+      for (int i = 0; i < 3; ++i) {
+        order.push_back(2);
+        tendril::this_fiber::yield();
+      }
+    });
+    a.join();
+    b.join();
+  });
+  ASSERT_EQ(order.size(), 6u);
+  for (std::size_t i = 1; i < order.size(); ++i) EXPECT_NE(order[i], order[i - 1]) << "at " << i;
+}
+
+TEST(Fiber, SleepsWakeInDeadlineOrder) {
+  std::vector<int> order;
+  tendril::Mutex m;
+  tendril::run(two_workers(), [&] {
+    std::vector<tendril::Fiber> fs;
+    for (int i : {5, 1, 4, 2, 3}) {
+      fs.push_back(tendril::spawn([&, i] {
+        tendril::this_fiber::sleep_for(std::chrono::milliseconds(10 * i));
+        std::lock_guard<tendril::Mutex> g(m);
+        order.push_back(i);
+      }));
+    }
+    for (auto& f : fs) f.join();
+  });
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));
+}
+
+TEST(Fiber, SleepLastsAtLeastItsDuration) {
+  tendril::run([] {
+    for (auto d : {0us, 200us, 2000us}) {
+      const auto t0 = std::chrono::steady_clock::now();
+      tendril::this_fiber::sleep_for(d);
+      EXPECT_GE(std::chrono::steady_clock::now() - t0, d);
+    }
+    const auto until = std::chrono::steady_clock::now() + 1ms;
+    tendril::this_fiber::sleep_until(until);
+    EXPECT_GE(std::chrono::steady_clock::now(), until);
+  });
+}
+
+TEST(Fiber, SleepingFiberDoesNotBlockItsWorker) {
+  tendril::Options o;
+  o.workers = 1;
+  std::atomic<int> progress{0};
+  tendril::run(o, [&] {
+    auto sleeper = tendril::spawn([] { tendril::this_fiber::sleep_for(30ms); });
+    auto busy = tendril::spawn([&] {
+      for (int i = 0; i < 100; ++i) {
+        ++progress;
+        tendril::this_fiber::yield();
+      }
+    });
+    busy.join();
+    EXPECT_EQ(progress.load(), 100);  // ran while the other fiber slept
+    sleeper.join();
+  });
+}
+
+TEST(Fiber, WorkSpreadsOverBothWorkers) {
+  std::atomic<unsigned> mask{0};
+  tendril::run(two_workers(), [&] {
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < 64; ++i) {
+      fs.push_back(tendril::spawn([&] {
+        // CPU-bound work with yields: both workers should take part.
+        const auto end = std::chrono::steady_clock::now() + 5ms;
+        while (std::chrono::steady_clock::now() < end) {
+          mask |= 1u << (sched_getcpu() & 31);
+          tendril::this_fiber::yield();
+        }
+      }));
+    }
+    for (auto& f : fs) f.join();
+  });
+  EXPECT_EQ(__builtin_popcount(mask.load()), 2) << "mask " << mask.load();
+  EXPECT_GT(tendril::stats().steals, 0u);
+}
+
+TEST(Fiber, LongRunningFiberDoesNotStarveAFiberSpawnedBehindIt) {
+  // The child sits in the runnext slot of a worker that is busy; the other
+  // worker must steal it.
+  tendril::run(two_workers(), [&] {
+    std::atomic<bool> child_ran{false};
+    auto child = tendril::spawn([&] { child_ran = true; });
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!child_ran && std::chrono::steady_clock::now() < give_up) {
+    }
+    EXPECT_TRUE(child_ran.load());
+    child.join();
+  });
+}
+
+TEST(Fiber, PingPongPairDoesNotStarveAThirdFiber) {
+  tendril::Options o;
+  o.workers = 1;
+  tendril::run(o, [&] {
+    std::atomic<bool> stop{false};
+    tendril::Channel<int> a, b;
+    auto ping = tendril::spawn([&] {
+      while (!stop) {
+        if (!a.send(1)) break;
+        if (!b.recv()) break;
+      }
+    });
+    auto pong = tendril::spawn([&] {
+      while (auto v = a.recv()) {
+        if (!b.send(*v)) break;
+      }
+    });
+    auto third = tendril::spawn([&] { stop = true; });
+    third.join();  // would hang if the pair kept the worker to itself
+    a.close();
+    b.close();
+    ping.join();
+    pong.join();
+  });
+}
+
+TEST(Fiber, SpawnFromAPlainThreadDuringRun) {
+  std::atomic<int> v{0};
+  tendril::run([&] {
+    std::thread t([&] {
+      EXPECT_FALSE(tendril::in_runtime());
+      auto f = tendril::spawn([&] { v = tendril::in_runtime() ? 2 : 1; });
+      f.join();  // blocks the plain thread
+    });
+    // Park this fiber until the thread is done, without blocking the worker.
+    tendril::WaitGroup wg;
+    wg.add(1);
+    std::thread waiter([&] {
+      t.join();
+      wg.done();
+    });
+    wg.wait();
+    waiter.join();
+  });
+  EXPECT_EQ(v.load(), 2);
+}
+
+TEST(Fiber, StatsCountSwitchesAndLiveFibers) {
+  tendril::run([] {
+    const tendril::Stats before = tendril::stats();
+    EXPECT_GE(before.fibers_live, 1u);  // main
+    auto f = tendril::spawn([] {
+      for (int i = 0; i < 10; ++i) tendril::this_fiber::yield();
+    });
+    f.join();
+    const tendril::Stats after = tendril::stats();
+    EXPECT_GE(after.context_switches, before.context_switches + 2);
+    EXPECT_EQ(after.fibers_spawned, before.fibers_spawned + 1);
+    EXPECT_EQ(after.fibers_live, before.fibers_live);
+  });
+}

@@ -1,0 +1,331 @@
+// Mutex, CondVar, Semaphore and WaitGroup: exactness under contention across
+// workers, wake-up semantics, timeouts, and plain threads mixed with fibers.
+#include <gtest/gtest.h>
+#include <tendril/tendril.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+
+namespace {
+tendril::Options two_workers() {
+  tendril::Options o;
+  o.workers = 2;
+  return o;
+}
+}  // namespace
+
+TEST(Mutex, CounterExactUnderContentionAcrossWorkersAndThreads) {
+  constexpr int kFibers = 64, kThreads = 2, kIters = 5000;
+  long counter = 0;  // deliberately not atomic
+  std::atomic<unsigned> cpus{0};
+  tendril::run(two_workers(), [&] {
+    tendril::Mutex m;
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < kFibers; ++i) {
+      fs.push_back(tendril::spawn([&] {
+        for (int k = 0; k < kIters; ++k) {
+          std::lock_guard<tendril::Mutex> g(m);
+          long v = counter;
+          if (k % 64 == 0) tendril::this_fiber::yield();  // hold it across a switch
+          counter = v + 1;
+          cpus |= 1u << (sched_getcpu() & 31);
+        }
+      }));
+    }
+    std::vector<std::thread> ts;
+    for (int t = 0; t < kThreads; ++t) {
+      ts.emplace_back([&] {
+        for (int k = 0; k < kIters; ++k) {
+          std::unique_lock<tendril::Mutex> g(m);
+          ++counter;
+        }
+      });
+    }
+    for (auto& f : fs) f.join();
+    for (auto& t : ts) t.join();
+  });
+  EXPECT_EQ(counter, static_cast<long>(kFibers + kThreads) * kIters);
+  EXPECT_EQ(__builtin_popcount(cpus.load()), 2);
+}
+
+TEST(Mutex, TryLockAndScopedLock) {
+  tendril::run([] {
+    tendril::Mutex a, b;
+    EXPECT_TRUE(a.try_lock());
+    EXPECT_FALSE(a.try_lock());
+    a.unlock();
+    {
+      std::scoped_lock both(a, b);
+      auto f = tendril::spawn([&] {
+        EXPECT_FALSE(a.try_lock());
+        EXPECT_FALSE(b.try_lock());
+      });
+      f.join();
+    }
+    EXPECT_TRUE(b.try_lock());
+    b.unlock();
+  });
+}
+
+TEST(Mutex, WaitersAreServedInArrivalOrder) {
+  tendril::Options o;
+  o.workers = 1;
+  std::vector<int> order;
+  tendril::run(o, [&] {
+    tendril::Mutex m;
+    m.lock();
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < 5; ++i) {
+      fs.push_back(tendril::spawn([&, i] {
+        std::lock_guard<tendril::Mutex> g(m);
+        order.push_back(i);
+      }));
+      tendril::this_fiber::yield();  // let it queue up before the next one
+    }
+    m.unlock();
+    for (auto& f : fs) f.join();
+  });
+  EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4}));
+}
+
+TEST(CondVar, ProducerConsumerWithPredicate) {
+  tendril::run(two_workers(), [] {
+    tendril::Mutex m;
+    tendril::CondVar not_empty, not_full;
+    std::vector<int> queue;
+    long consumed = 0;
+    constexpr int kItems = 20000;
+    auto consumer = tendril::spawn([&] {
+      for (int i = 0; i < kItems; ++i) {
+        std::unique_lock<tendril::Mutex> lk(m);
+        not_empty.wait(lk, [&] { return !queue.empty(); });
+        consumed += queue.back();
+        queue.pop_back();
+        not_full.notify_one();
+      }
+    });
+    std::thread producer([&] {  // a plain thread on the other side
+      for (int i = 1; i <= kItems; ++i) {
+        std::unique_lock<tendril::Mutex> lk(m);
+        not_full.wait(lk, [&] { return queue.size() < 8; });
+        queue.push_back(i);
+        not_empty.notify_one();
+      }
+    });
+    consumer.join();
+    producer.join();
+    EXPECT_EQ(consumed, static_cast<long>(kItems) * (kItems + 1) / 2);
+  });
+}
+
+TEST(CondVar, NotifyAllWakesEveryWaiterAndNotifyOneWakesOne) {
+  tendril::run(two_workers(), [] {
+    tendril::Mutex m;
+    tendril::CondVar cv;
+    int generation = 0;
+    std::atomic<int> woke{0};
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < 10; ++i) {
+      fs.push_back(tendril::spawn([&] {
+        std::unique_lock<tendril::Mutex> lk(m);
+        const int g = generation;
+        cv.wait(lk, [&] { return generation != g; });
+        ++woke;
+      }));
+    }
+    tendril::this_fiber::sleep_for(10ms);
+    {
+      std::lock_guard<tendril::Mutex> g(m);
+      ++generation;
+    }
+    cv.notify_all();
+    for (auto& f : fs) f.join();
+    EXPECT_EQ(woke.load(), 10);
+
+    // notify_one wakes exactly one of two waiters.
+    std::atomic<int> returned{0};
+    auto w1 = tendril::spawn([&] {
+      std::unique_lock<tendril::Mutex> lk(m);
+      cv.wait(lk);
+      ++returned;
+    });
+    auto w2 = tendril::spawn([&] {
+      std::unique_lock<tendril::Mutex> lk(m);
+      cv.wait(lk);
+      ++returned;
+    });
+    tendril::this_fiber::sleep_for(10ms);
+    cv.notify_one();
+    tendril::this_fiber::sleep_for(20ms);
+    EXPECT_EQ(returned.load(), 1);
+    cv.notify_one();
+    w1.join();
+    w2.join();
+    EXPECT_EQ(returned.load(), 2);
+  });
+}
+
+TEST(CondVar, WaitForTimesOutAndNotifiedWaitDoesNot) {
+  tendril::run(two_workers(), [] {
+    tendril::Mutex m;
+    tendril::CondVar cv;
+    std::unique_lock<tendril::Mutex> lk(m);
+    const auto t0 = std::chrono::steady_clock::now();
+    EXPECT_EQ(cv.wait_for(lk, 5ms), std::cv_status::timeout);
+    EXPECT_GE(std::chrono::steady_clock::now() - t0, 5ms);
+    EXPECT_TRUE(lk.owns_lock());
+    EXPECT_FALSE(cv.wait_for(lk, 1ms, [] { return false; }));
+
+    bool flag = false;
+    auto notifier = tendril::spawn([&] {
+      std::lock_guard<tendril::Mutex> g(m);
+      flag = true;
+      cv.notify_one();
+    });
+    EXPECT_TRUE(cv.wait_for(lk, 10s, [&] { return flag; }));
+    lk.unlock();
+    notifier.join();
+
+    // A plain thread times out too.
+    std::thread t([&] {
+      std::unique_lock<tendril::Mutex> l2(m);
+      EXPECT_EQ(cv.wait_for(l2, 2ms), std::cv_status::timeout);
+    });
+    t.join();
+  });
+}
+
+TEST(CondVar, ManyTimedWaitsRacingNotifiesLoseNothing) {
+  // Timeouts and notifications race; every notified unit of work must be
+  // consumed exactly once, and nothing may hang.
+  tendril::run(two_workers(), [] {
+    tendril::Mutex m;
+    tendril::CondVar cv;
+    int available = 0, taken = 0;
+    constexpr int kUnits = 5000;
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < 8; ++i) {
+      fs.push_back(tendril::spawn([&] {
+        std::unique_lock<tendril::Mutex> lk(m);
+        while (taken < kUnits) {
+          if (available > 0) {
+            --available;
+            ++taken;
+            continue;
+          }
+          cv.wait_for(lk, 50us);
+        }
+      }));
+    }
+    for (int i = 0; i < kUnits; ++i) {
+      {
+        std::lock_guard<tendril::Mutex> g(m);
+        ++available;
+      }
+      cv.notify_one();
+      if (i % 16 == 0) tendril::this_fiber::yield();
+    }
+    for (auto& f : fs) f.join();
+    EXPECT_EQ(taken, kUnits);
+    EXPECT_EQ(available, 0);
+  });
+}
+
+TEST(CondVar, WaitWithoutTheLockThrows) {
+  tendril::run([] {
+    tendril::Mutex m;
+    tendril::CondVar cv;
+    std::unique_lock<tendril::Mutex> lk(m, std::defer_lock);
+    EXPECT_THROW(cv.wait(lk), std::system_error);
+  });
+}
+
+TEST(Semaphore, BoundsConcurrencyExactly) {
+  tendril::run(two_workers(), [] {
+    tendril::Semaphore sem(3);
+    std::atomic<int> inside{0}, peak{0};
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < 50; ++i) {
+      fs.push_back(tendril::spawn([&] {
+        for (int k = 0; k < 20; ++k) {
+          sem.acquire();
+          const int now = ++inside;
+          int p = peak.load();
+          while (now > p && !peak.compare_exchange_weak(p, now)) {
+          }
+          tendril::this_fiber::yield();
+          --inside;
+          sem.release();
+        }
+      }));
+    }
+    for (auto& f : fs) f.join();
+    EXPECT_EQ(peak.load(), 3);
+    EXPECT_EQ(sem.available(), 3);
+  });
+}
+
+TEST(Semaphore, TryAcquireTimeoutsAndReleaseMany) {
+  tendril::run(two_workers(), [] {
+    tendril::Semaphore sem(0);
+    EXPECT_FALSE(sem.try_acquire());
+    EXPECT_FALSE(sem.try_acquire_for(2ms));
+    std::atomic<int> got{0};
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < 4; ++i)
+      fs.push_back(tendril::spawn([&] {
+        sem.acquire();
+        ++got;
+      }));
+    tendril::this_fiber::sleep_for(5ms);
+    EXPECT_EQ(got.load(), 0);
+    sem.release(3);
+    tendril::this_fiber::sleep_for(5ms);
+    EXPECT_EQ(got.load(), 3);
+    std::thread t([&] { sem.release(2); });  // from a plain thread
+    t.join();
+    for (auto& f : fs) f.join();
+    EXPECT_EQ(got.load(), 4);
+    EXPECT_EQ(sem.available(), 1);
+    EXPECT_TRUE(sem.try_acquire_for(1s));
+    EXPECT_THROW(sem.release(-1), std::invalid_argument);
+    EXPECT_THROW(tendril::Semaphore(-1), std::invalid_argument);
+    sem.release(1);
+    EXPECT_THROW(sem.release(INT64_MAX), std::invalid_argument);
+  });
+}
+
+TEST(WaitGroup, WaitsForAllAndCopiesShareTheCounter) {
+  tendril::run(two_workers(), [] {
+    tendril::WaitGroup wg;
+    std::atomic<int> done{0};
+    for (int i = 0; i < 200; ++i) {
+      wg.add(1);
+      tendril::spawn([wg, &done]() mutable {
+        tendril::this_fiber::sleep_for(std::chrono::microseconds(100));
+        ++done;
+        wg.done();
+      }).detach();
+    }
+    // Two waiters, one of them a plain thread.
+    std::thread t([wg] { wg.wait(); });
+    wg.wait();
+    EXPECT_EQ(done.load(), 200);
+    t.join();
+    EXPECT_EQ(wg.count(), 0);
+    wg.wait();  // zero: returns at once
+  });
+}
+
+TEST(WaitGroup, NegativeCounterThrows) {
+  tendril::WaitGroup wg;
+  EXPECT_THROW(wg.done(), std::logic_error);
+  wg.add(2);
+  EXPECT_THROW(wg.add(-3), std::logic_error);
+  EXPECT_EQ(wg.count(), 2);
+}
