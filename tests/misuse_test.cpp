@@ -70,7 +70,23 @@ TEST(Misuse, BadStackLimitsThrow) {
   });
 }
 
+namespace {
+// Runs `body` with TENDRIL_<name> variables the suite itself may be run with
+// (ctest runs it once more with TENDRIL_STACK_MODE=kernel) removed.
+struct CleanEnvironment {
+  CleanEnvironment() {
+    if (const char* v = std::getenv("TENDRIL_STACK_MODE")) saved_mode = v;
+    unsetenv("TENDRIL_STACK_MODE");
+  }
+  ~CleanEnvironment() {
+    if (!saved_mode.empty()) setenv("TENDRIL_STACK_MODE", saved_mode.c_str(), 1);
+  }
+  std::string saved_mode;
+};
+}  // namespace
+
 TEST(Misuse, BadOptionsAndEnvironmentThrow) {
+  CleanEnvironment clean;
   tendril::Options o;
   o.stack_limit = 100;
   EXPECT_THROW(tendril::run(o, [] {}), std::invalid_argument);

@@ -1,6 +1,9 @@
 #include <gtest/gtest.h>
 #include <tendril/tendril.hpp>
 
+#include <cstdlib>
+#include <string>
+
 TEST(Smoke, RunsMainAndJoinsAChild) {
   int value = 0;
   tendril::run([&] {
@@ -8,4 +11,15 @@ TEST(Smoke, RunsMainAndJoinsAChild) {
     f.join();
   });
   EXPECT_EQ(value, 42);
+}
+
+TEST(Smoke, ReportsTheStackModeInUse) {
+  std::string mode;
+  tendril::run([&] { mode = tendril::stats().stack_mode; });
+  const char* forced = std::getenv("TENDRIL_STACK_MODE");
+  if (forced != nullptr && *forced != '\0') {
+    EXPECT_EQ(mode, forced);
+  } else {
+    EXPECT_TRUE(mode == "uffd" || mode == "kernel") << mode;
+  }
 }

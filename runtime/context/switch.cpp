@@ -28,6 +28,11 @@
 namespace tendril::detail {
 
 void context_make(Context& ctx, char* lo, char* hi, void (*entry)(transfer_t)) {
+#if TENDRIL_ASAN
+  // A reused stack still carries the poison of the frames of the fiber that
+  // ran on it last (they never returned).
+  __asan_unpoison_memory_region(lo, static_cast<std::size_t>(hi - lo));
+#endif
   ctx.fctx = boost::context::detail::make_fcontext(hi, static_cast<std::size_t>(hi - lo), entry);
   ctx.stack_lo = lo;
   ctx.stack_size = static_cast<std::size_t>(hi - lo);

@@ -21,7 +21,9 @@
 // soon (its local queue, or the global queue) and no other worker is already
 // spinning in search of work. An idle worker spins for Options::spin_before_park
 // before it parks; parking registers it as idle and then looks once more, so a
-// wake-up cannot be lost between the look and the sleep.
+// wake-up cannot be lost between the look and the sleep. Parked workers still
+// look around every 1-10 ms (see park_thread): cooperative fibers give a busy
+// worker no chance to hand its runnext fiber over.
 #pragma once
 
 #include <atomic>
@@ -132,6 +134,9 @@ class Worker {
   std::atomic<std::uint32_t> sleep_word_{0};
   bool in_idle_list_ = false;  // guarded by Scheduler::idle_mu_
   FiberId id_next_ = 0, id_end_ = 0;
+  static constexpr std::int64_t kMinParkBackoffNs = 1000000;    // 1 ms
+  static constexpr std::int64_t kMaxParkBackoffNs = 10000000;   // 10 ms
+  std::int64_t park_backoff_ns_ = kMinParkBackoffNs;
   std::thread thread_;
 };
 

@@ -4,6 +4,7 @@
 #include <sched.h>
 #include <sys/prctl.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -253,12 +254,15 @@ void Worker::park_thread() noexcept {
       const std::int64_t e = sched_.worker(i).timers_.earliest.load(std::memory_order_acquire);
       if (e != INT64_MAX && e + kGrace < wake_at) wake_at = e + kGrace;
     }
-    if (wake_at == INT64_MAX) {
-      futex_wait(sleep_word_, 0, nullptr);
-    } else {
-      const Deadline d{std::chrono::steady_clock::duration(wake_at)};
-      futex_wait(sleep_word_, 0, &d);
-    }
+    // Never sleep for good: a worker stuck in one long-running fiber cannot
+    // ask for help with the fiber in its runnext slot, so parked workers look
+    // again now and then (backing off from 1 ms to 10 ms, the cadence of Go's
+    // sysmon); a steal() finds the stuck runnext on the second look.
+    const std::int64_t check_at = steady_ticks() + park_backoff_ns_;
+    park_backoff_ns_ = std::min<std::int64_t>(park_backoff_ns_ * 2, kMaxParkBackoffNs);
+    if (check_at < wake_at) wake_at = check_at;
+    const Deadline d{std::chrono::steady_clock::duration(wake_at)};
+    futex_wait(sleep_word_, 0, &d);
   }
   std::lock_guard<std::mutex> g(sched_.idle_mu_);
   if (in_idle_list_) {
@@ -286,6 +290,7 @@ void Worker::loop() {
       park_thread();
       continue;
     }
+    park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
   }
 }

@@ -1,0 +1,618 @@
+// Growable fiber stacks (tendril issue 3).
+//
+// This file owns the layout of stack memory and the seam in stack.hpp;
+// fault_handler.cpp owns userfaultfd and the page pool; guard.cpp owns guard
+// zones, the SIGSEGV handler of kernel mode and the overflow diagnostic.
+//
+// # Layout
+//
+// Stacks are slots carved from large reservations, never one mmap per stack.
+// A reservation ("sub-arena") holds the slots of one size class owned by one
+// worker: size classes are powers of two from 16 KiB to 1 GiB, and a slot of
+// class C is C bytes of stack plus a guard zone of max(16 KiB, C/16) below it:
+//
+//     sub-arena (one VMA, MAP_NORESERVE, MADV_NOHUGEPAGE, uffd-registered)
+//     +-------+---------------------+-------+---------------------+----
+//     | guard |   stack slot 0      | guard |   stack slot 1      | ...
+//     +-------+---------------------+-------+---------------------+----
+//     base    lo0               hi0=base+stride  lo1            hi1
+//
+// A request for `limit` bytes is rounded up to pages and served from the
+// smallest class that holds it; lo = hi - limit, and EVERYTHING in the slot
+// below lo is guard (so a 140 KiB stack in the 256 KiB class has 116+16 KiB of
+// guard). Only hi - kPage is mapped when stack_allocate returns.
+//
+// Why this shape:
+//  - VMAs do not grow with the number of stacks: one reservation per (worker,
+//    class) used, and uffd copies, MADV_DONTNEED and MADV_GUARD_INSTALL never
+//    split it. 1M live 256 KiB stacks add 0 VMAs (vm.max_map_count = 65530).
+//  - Size classes live in separate reservations so small stacks are packed
+//    densely: a page-table page (4 KiB, covers 2 MiB) is shared by
+//    2 MiB / stride slots. Measured VmPTE per idle slot: 160 B for 64 KiB
+//    stacks, 545 B for 256 KiB stacks; a 2 MiB class would cost a whole 4 KiB
+//    page-table page per slot, and mixing it into the small classes' range
+//    would make them pay that too.
+//  - Per-worker reservations route a slot's faults to its owner's uffd, whose
+//    handler thread sits on the owner's CPU (see below).
+//  - The reservation size is min(1 TiB, 16 TiB / workers) per (worker, class),
+//    reserved lazily on the first allocation of that class by that worker;
+//    at most 2^24 slots per reservation (StackSlot::index = worker<<24 | slot).
+//
+// Per-slot metadata (owner fiber id and name, limit, pages mapped, deepest
+// fault, free-list link) is a SlotMeta side table in a separate MAP_NORESERVE
+// mapping that is NOT registered with the uffd, so the fault handler and the
+// SIGSEGV handler can read it without faulting into the arena.
+//
+// # Growth in uffd mode (default)
+//
+// Each worker has its own userfaultfd (opened through /dev/userfaultfd with
+// USERFAULTFD_IOC_NEW, O_NONBLOCK; the syscall as fallback) registered in
+// MISSING mode on that worker's sub-arenas, WITHOUT UFFD_FEATURE_SIGBUS and
+// WITHOUT UFFD_USER_MODE_ONLY. That is the blocking mode: a fault the kernel
+// takes on behalf of the fiber (read(2), recv, stat, a signal frame) waits for
+// the handler and succeeds, where SIGBUS/user-mode-only modes fail with EFAULT
+// or kill the process.
+//
+// One handler thread per worker polls that worker's uffd. stack_thread_init()
+// copies the worker thread's CPU affinity to it: the faulting thread wakes the
+// handler and sleeps, and a same-CPU hand-off is a local wake-up, while a
+// cross-CPU one is an IPI to a (often halted) vCPU. A fiber that migrated to
+// another worker still faults to its slot's owner handler (cross-CPU, slower,
+// correct).
+//
+// A fault at page P of a slot whose resident size is M pages maps
+// n = min(max(M,1), 16, pages left above lo) pages ending at P: the stack
+// doubles on each fault, as Go doubles by copying, up to 64 KiB per fault. A
+// 240 KiB recursion takes 7 faults instead of 60. Pages are installed with
+// UFFDIO_COPY from a static 64 KiB zero buffer (the kernel allocates).
+//
+// The handler takes no locks, calls no malloc and never touches registered
+// memory: it reads the side table, issues ioctls, and updates atomics. A fault
+// in the guard zone (below lo) is never resolved: the handler writes
+//   tendril: fiber stack overflow: fiber <id> "<name>" exceeded its stack limit
+//   of <limit> bytes: fault at 0x..., N bytes below ... (stack lo-hi)
+// to stderr with write(2) and abort()s. The side table is updated before the
+// ioctl that wakes the faulting thread (see account_fault_ahead).
+//
+// ## Per-worker page pools (TENDRIL_STACK_FILL=move) — measured and NOT default
+//
+// The kernel's dynamic-stack RFC serves faults from per-CPU page arrays
+// refilled in schedule(). The user-space analogue is implemented: each worker
+// has a 2 MiB ring of pages outside the registered range, populated with
+// MADV_POPULATE_WRITE in stack_on_switch() when below 1/4 full, and the
+// handler UFFDIO_MOVEs pages from it (falling back to UFFDIO_COPY from the
+// zero buffer when it is empty). Measured here it loses to plain UFFDIO_COPY:
+// UFFDIO_MOVE flushes the source TLB range on every CPU running the process
+// (IPIs), and the refill is paid on the switch path anyway. So the default is
+// UFFDIO_COPY + doubling, and StackCounters::pool_* stay 0 in that mode.
+// TENDRIL_STACK_GROW=1..16 caps the pages per fault (default 16).
+//
+// # Kernel mode (no userfaultfd, or TENDRIL_STACK_MODE=kernel)
+//
+// Same slots and side table on ordinary demand paging. The guard below lo is
+// MADV_GUARD_INSTALL (Linux 6.13+, advice 102: guard markers, no VMA split);
+// without it, mprotect(PROT_NONE), which splits VMAs (2 per stack), so
+// vm.max_map_count caps live stacks near 32k: a warning says so at init. A
+// SIGSEGV handler (SA_ONSTACK; each worker needs stack_thread_init() for its
+// sigaltstack) prints the same overflow message for faults in a guard zone and
+// otherwise chains to the previous disposition. Growth is invisible to us
+// here, so stack_faults counts grown pages (seen by mincore at release and in
+// stack_counters(), which scans live slots: O(live slots) syscalls).
+//
+// # Allocation, release, reuse
+//
+// Free slots are kept per (worker, class). A released slot goes back to the
+// free list of the worker that OWNS its sub-arena (to keep its faults on that
+// worker's handler): a plain push on the owner, a push-only Treiber stack from
+// other workers, adopted whole by the owner with one exchange (ABA-free). No
+// locks on allocate/release/switch. Release = shrink_released_slot (drop
+// everything below the top page with one MADV_DONTNEED, settle counters) +
+// push; the top page stays so reuse costs no fault. A free-stack cache can hook
+// in between those two steps.
+//
+// # Invariants
+//  - Only the top page of a slot is resident when it is handed out or freed.
+//  - No page below lo is ever mapped; a fault below lo aborts the process.
+//  - SlotMeta::mapped_pages counts the resident pages of a slot in uffd mode;
+//    StackCounters::stack_pages_mapped is the sum over live slots and
+//    StackCounters::cached_pages counts the top pages of free slots, so after
+//    any grow/release sequence they return to their baseline.
+//  - The fault handler and the SIGSEGV handler read only the side tables and
+//    the sub-arena descriptors (published with a release store of base).
+//
+// # Numbers (this VM: Firecracker, 2 vCPUs, Linux 6.18; free-page reporting
+// makes every freshly allocated page expensive, and other builds were running,
+// so absolute times are ~10x the quiet numbers in measured-facts.md; compare
+// ratios). Command:
+//   g++ -std=c++20 -O2 bench/stack_growth.cpp runtime/stack/*.cpp
+//       -lboost_context -lpthread -o /tmp/stack_growth && /tmp/stack_growth 100
+// Fresh stack (allocate + recurse + release), median of 5x100, ns per stack:
+//                                          64 KiB    240 KiB   faults@240K
+//   uffd copy, 1 page/fault, same CPU      332,000  1,065,000   60
+//   uffd copy, 1 page/fault, other CPU     599,000 13,462,000   60
+//   uffd copy, doubling <= 4 pages         196,000    416,000   17
+//   uffd copy, doubling <= 16 (DEFAULT)    216,000    234,000    7
+//   uffd move from pool, 1 page/fault    1,292,000  1,405,000   60
+//   uffd move from pool, doubling <= 16    844,000    422,000    7
+//   kernel demand paging                   584,000    841,000   (60 pages)
+//   fresh pthread (own mmap'd stack)       275,000  1,036,000
+// i.e. default uffd / kernel = 0.37 (64K), 0.28 (240K); uffd / pthread =
+// 0.79, 0.23. Per uffd fault (same CPU, 1 page) ~18-21 us here vs ~14-36 us
+// per kernel-paged page under the same load; the cross-CPU handler was 2-13x
+// slower than the same-CPU one. An earlier run with the system less loaded
+// gave 47 us/fault same CPU vs 359 us cross CPU at 64 KiB.
+// Idle slots (stack_growth ... memory), one resident page each, 256 KiB limit:
+//   RSS 4,192 B/slot (page + 64 B side table) + VmPTE 545 B/slot = 4,737 B,
+//   100k and 1M slots alike, +0 VMAs in both modes; 64 KiB limit: PTE 160 B.
+//   allocate (fresh slot) 5-13 us in uffd mode, ~37 us in kernel mode
+//   (MADV_GUARD_INSTALL per fresh slot); release of an idle slot 30-40 ns
+//   (uffd) vs ~3 us (kernel: mincore to learn the slot's size).
+//
+// # Known limits
+//  - A frame larger than the guard zone (16 KiB, or C/16) can jump over it into
+//    the slot below, like on any guard-page stack; build with
+//    -fstack-clash-protection to make such frames probe each page.
+//  - stack_on_switch does not pre-grow a stack at switch-in: slots never
+//    shrink while live, so a resumed fiber's pages are already there.
+//  - stack_high_water in uffd mode = deepest fault, or deeper if a page mapped
+//    ahead by doubling holds non-zero data (zero-only writes are not seen).
+#include "stack_internal.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace tendril::detail::stack_impl {
+
+Runtime g_rt;
+
+namespace {
+
+constexpr std::size_t kMinGuard = 16 * 1024;
+constexpr std::size_t kArenaBudget = std::size_t(16) << 40;  // 16 TiB of address space per class, split over workers
+constexpr std::size_t kMaxArenaBytes = std::size_t(1) << 40; // 1 TiB per (worker, class)
+constexpr unsigned kDefaultGrowPages = 16;
+
+bool g_initialized = false;
+
+std::size_t round_up_pages(std::size_t bytes) { return (bytes + kPage - 1) & ~(kPage - 1); }
+
+// ---- size classes ------------------------------------------------------------
+
+unsigned class_for(std::size_t limit_bytes) {
+  unsigned cls = 0;
+  while ((std::size_t(1) << (kMinClassShift + cls)) < limit_bytes) {
+    if (++cls == kNumClasses) throw std::bad_alloc();
+  }
+  return cls;
+}
+
+std::size_t class_bytes(unsigned cls) { return std::size_t(1) << (kMinClassShift + cls); }
+
+// The guard zone below the biggest stack of a class: 1/16 of it, at least 16 KiB
+// (frames larger than the guard can jump over it; see the design comment).
+std::size_t class_guard(unsigned cls) { return std::max(kMinGuard, class_bytes(cls) / 16); }
+
+// ---- reservations ------------------------------------------------------------
+
+void* map_noreserve(std::size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
+  a.class_bytes = class_bytes(cls);
+  a.stride = a.class_bytes + class_guard(cls);
+  a.capacity = std::uint32_t(std::min<std::size_t>(g_rt.arena_bytes / a.stride, kMaxSlotsPerArena));
+  a.bytes = std::size_t(a.capacity) * a.stride;
+  char* base = static_cast<char*>(map_noreserve(a.bytes));
+  if (!base) throw std::system_error(errno, std::generic_category(), "tendril: reserving stack arena");
+  madvise(base, a.bytes, MADV_NOHUGEPAGE);  // one touch must not commit 2 MiB
+  a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
+  bool ok = a.meta != nullptr && (g_rt.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  if (!ok) {
+    int err = errno;
+    munmap(base, a.bytes);
+    if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
+    a.meta = nullptr;
+    throw std::system_error(err, std::generic_category(), "tendril: registering stack arena");
+  }
+  a.base.store(base, std::memory_order_release);  // now visible to the fault handlers
+}
+
+SubArena& arena_for(Worker& w, unsigned cls) {
+  SubArena& a = w.arenas[cls];
+  if (!a.base.load(std::memory_order_relaxed)) reserve_arena(w, a, cls);
+  return a;
+}
+
+void release_arena(SubArena& a) {
+  char* base = a.base.exchange(nullptr);
+  if (base) munmap(base, a.bytes);
+  if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
+  a.~SubArena();
+  new (&a) SubArena();
+}
+
+// ---- free lists --------------------------------------------------------------
+// A slot goes back to the free list of the worker that owns its sub-arena, so
+// its faults keep going to that worker's (same-CPU) handler. Frees from the
+// owner are a plain push; frees from other workers use a push-only Treiber
+// stack, which the owner takes whole with one exchange (so no ABA).
+
+void push_local(SubArena& a, std::uint32_t slot) {
+  a.meta[slot].next_free = a.local_free;
+  a.local_free = slot + 1;
+  ++a.local_count;
+}
+
+void push_remote(SubArena& a, std::uint32_t slot) {
+  std::uint32_t head = a.remote_free.load(std::memory_order_relaxed);
+  do a.meta[slot].next_free = head;
+  while (!a.remote_free.compare_exchange_weak(head, slot + 1, std::memory_order_release, std::memory_order_relaxed));
+}
+
+void adopt_remote_frees(SubArena& a) {
+  std::uint32_t head = a.remote_free.exchange(0, std::memory_order_acquire);
+  while (head) {
+    std::uint32_t next = a.meta[head - 1].next_free;
+    push_local(a, head - 1);
+    head = next;
+  }
+}
+
+bool pop_free(SubArena& a, std::uint32_t* slot) {
+  if (!a.local_free) adopt_remote_frees(a);
+  if (!a.local_free) return false;
+  *slot = a.local_free - 1;
+  a.local_free = a.meta[*slot].next_free;
+  --a.local_count;
+  return true;
+}
+
+std::uint32_t carve_slot(SubArena& a) {
+  std::uint32_t n = a.carved.load(std::memory_order_relaxed);
+  if (n >= a.capacity) throw std::bad_alloc();
+  a.carved.store(n + 1, std::memory_order_release);
+  return n;
+}
+
+// ---- slot preparation --------------------------------------------------------
+
+void reset_owner(SlotMeta& m) {
+  m.fiber_id.store(0, std::memory_order_relaxed);
+  m.name[0] = '\0';
+  m.deepest_fault.store(1, std::memory_order_relaxed);
+}
+
+// Kernel mode: the guard is everything in the slot below lo.
+void move_guard(SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+  SlotMeta& m = a.meta[slot];
+  std::size_t guard = a.stride - std::size_t(limit_pages) * kPage;
+  if (!guard_set(a.slot_base(slot), std::size_t(m.guard_pages) * kPage, guard))
+    throw std::system_error(errno, std::generic_category(),
+                            g_rt.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
+  m.guard_pages = std::uint32_t(guard / kPage);
+}
+
+void map_top_page(Worker& owner, char* hi) {
+  char* top = hi - kPage;
+  if (g_rt.mode == Mode::uffd) {
+    if (!uffd_map_top_page(owner, top)) throw std::system_error(errno, std::generic_category(), "tendril: UFFDIO_COPY");
+  } else {
+    *reinterpret_cast<volatile char*>(top) = 0;  // ordinary demand paging
+  }
+}
+
+void prepare_fresh_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+  SlotMeta& m = a.meta[slot];
+  reset_owner(m);
+  m.limit_pages.store(limit_pages, std::memory_order_relaxed);
+  m.guard_pages = 0;
+  if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
+  map_top_page(w, a.slot_hi(slot));
+  m.mapped_pages.store(1, std::memory_order_relaxed);
+  w.counters.live_pages.fetch_add(1, std::memory_order_relaxed);
+}
+
+// A reused slot still has its top page: no fault, no syscall unless the limit changed.
+void prepare_reused_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+  SlotMeta& m = a.meta[slot];
+  reset_owner(m);
+  if (m.limit_pages.load(std::memory_order_relaxed) != limit_pages) {
+    if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
+    m.limit_pages.store(limit_pages, std::memory_order_relaxed);
+  }
+  w.counters.cached_pages.fetch_sub(1, std::memory_order_relaxed);
+  w.counters.live_pages.fetch_add(1, std::memory_order_relaxed);
+}
+
+// ---- release -----------------------------------------------------------------
+
+std::uint32_t resident_pages(char* lo, char* hi) {
+  unsigned char vec[256];
+  std::uint32_t count = 0;
+  for (char* p = lo; p < hi; p += sizeof vec * kPage) {
+    std::size_t len = std::min<std::size_t>(hi - p, sizeof vec * kPage);
+    if (mincore(p, len, vec) != 0) break;
+    for (std::size_t i = 0; i < len / kPage; ++i) count += vec[i] & 1;
+  }
+  return count;
+}
+
+// Drops every page below the top one, so a free slot costs one page.
+void drop_pages_below_top(char* lo, char* hi) { madvise(lo, std::size_t(hi - kPage - lo), MADV_DONTNEED); }
+
+// Returns the slot's memory to one page and settles the counters.
+void shrink_released_slot(Worker& releaser, SubArena& a, std::uint32_t slot) {
+  SlotMeta& m = a.meta[slot];
+  char* hi = a.slot_hi(slot);
+  char* lo = hi - std::size_t(m.limit_pages.load(std::memory_order_relaxed)) * kPage;
+  std::uint32_t resident = g_rt.mode == Mode::uffd ? m.mapped_pages.load(std::memory_order_relaxed) : resident_pages(lo, hi);
+  if (resident > 1) drop_pages_below_top(lo, hi);
+  if (g_rt.mode == Mode::kernel && resident > 1)
+    releaser.counters.faults.fetch_add(resident - 1, std::memory_order_relaxed);  // growth seen only now
+  m.mapped_pages.store(1, std::memory_order_relaxed);
+  releaser.counters.live_pages.fetch_sub(g_rt.mode == Mode::uffd ? resident : 1, std::memory_order_relaxed);
+  releaser.counters.cached_pages.fetch_add(1, std::memory_order_relaxed);
+}
+
+struct SlotRef {
+  Worker* owner;
+  SubArena* arena;
+  std::uint32_t slot;
+};
+
+SlotRef decode(const StackSlot& s) {
+  Worker& owner = g_rt.w[s.index >> kSlotBits];
+  return {&owner, &owner.arenas[class_for(s.limit)], s.index & (kMaxSlotsPerArena - 1)};
+}
+
+// ---- high water --------------------------------------------------------------
+
+char* lowest_resident_page(char* lo, char* hi) {
+  unsigned char vec[256];
+  for (char* p = lo; p < hi; p += sizeof vec * kPage) {
+    std::size_t len = std::min<std::size_t>(hi - p, sizeof vec * kPage);
+    if (mincore(p, len, vec) != 0) return hi - kPage;
+    for (std::size_t i = 0; i < len / kPage; ++i)
+      if (vec[i] & 1) return p + i * kPage;
+  }
+  return hi - kPage;
+}
+
+bool page_is_zero(const char* page) {
+  auto* w = reinterpret_cast<const std::uint64_t*>(page);
+  for (std::size_t i = 0; i < kPage / 8; ++i)
+    if (w[i]) return false;
+  return true;
+}
+
+// ---- init helpers ------------------------------------------------------------
+
+std::string chosen_mode_name(const StackConfig& config) {
+  if (!config.mode.empty()) return config.mode;
+  const char* env = std::getenv("TENDRIL_STACK_MODE");
+  return env && *env ? env : "uffd";
+}
+
+void read_tuning_from_env() {
+  const char* fill = std::getenv("TENDRIL_STACK_FILL");
+  g_rt.fill = fill && std::strcmp(fill, "move") == 0 ? Fill::move : Fill::copy;
+  const char* grow = std::getenv("TENDRIL_STACK_GROW");
+  long pages = grow ? std::strtol(grow, nullptr, 10) : kDefaultGrowPages;
+  g_rt.max_grow_pages = unsigned(std::clamp(pages, 1L, 16L));  // 16 = the 64 KiB zero source
+}
+
+bool start_uffd_workers() {
+  for (unsigned i = 0; i < g_rt.workers; ++i) {
+    Worker& w = g_rt.w[i];
+    if (!uffd_open_and_register_api(w)) return false;
+    if (g_rt.fill == Fill::move && !pool_create(w.pool)) return false;
+    if (g_rt.fill == Fill::move) pool_refill(w);
+    if (!handler_start(w, i)) return false;
+  }
+  return true;
+}
+
+void stop_uffd_workers() {
+  for (unsigned i = 0; i < g_rt.workers; ++i) {
+    handler_stop(g_rt.w[i]);
+    pool_destroy(g_rt.w[i].pool);
+  }
+}
+
+void start_kernel_mode() {
+  g_rt.mode = Mode::kernel;
+  g_rt.guard_madvise = guard_probe_madvise();
+  if (!g_rt.guard_madvise)
+    log_line("warning: MADV_GUARD_INSTALL unavailable (Linux < 6.13); stack guards use mprotect, "
+             "which costs 2 VMAs per stack: vm.max_map_count limits live stacks");
+  guard_install_signal_handler();
+  guard_thread_altstack();
+}
+
+void log_mode() {
+  char line[200];
+  if (g_rt.mode == Mode::uffd)
+    std::snprintf(line, sizeof line, "stacks: mode=uffd (userfaultfd, fill=%s, up to %u pages per fault), %u workers",
+                  g_rt.fill == Fill::move ? "move" : "copy", g_rt.max_grow_pages, g_rt.workers);
+  else
+    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %u workers",
+                  g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", g_rt.workers);
+  log_line(line);
+}
+
+void kernel_mode_scan(std::int64_t* pages, std::int64_t* growth) {
+  for (unsigned i = 0; i < g_rt.workers; ++i)
+    for (SubArena& a : g_rt.w[i].arenas) {
+      if (!a.base.load(std::memory_order_acquire)) continue;
+      std::uint32_t carved = a.carved.load(std::memory_order_acquire);
+      for (std::uint32_t s = 0; s < carved; ++s) {
+        SlotMeta& m = a.meta[s];
+        if (m.state.load(std::memory_order_acquire) != kLive) continue;
+        char* hi = a.slot_hi(s);
+        std::uint32_t r = resident_pages(hi - std::size_t(m.limit_pages.load()) * kPage, hi);
+        *pages += r;
+        *growth += r > 1 ? r - 1 : 0;
+      }
+    }
+}
+
+}  // namespace
+
+Located locate_in_worker(Worker& w, std::uintptr_t addr) noexcept {
+  Located loc;
+  for (SubArena& a : w.arenas) {
+    auto base = reinterpret_cast<std::uintptr_t>(a.base.load(std::memory_order_acquire));
+    if (!base || addr < base || addr >= base + a.bytes) continue;
+    loc.worker = &w;
+    loc.arena = &a;
+    loc.slot = std::uint32_t((addr - base) / a.stride);
+    loc.hi = a.slot_hi(loc.slot);
+    loc.lo = loc.hi - std::size_t(a.meta[loc.slot].limit_pages.load(std::memory_order_relaxed)) * kPage;
+    return loc;
+  }
+  return loc;
+}
+
+Located locate_any(std::uintptr_t addr) noexcept {
+  for (unsigned i = 0; i < g_rt.workers; ++i) {
+    Located loc = locate_in_worker(g_rt.w[i], addr);
+    if (loc.found()) return loc;
+  }
+  return {};
+}
+
+}  // namespace tendril::detail::stack_impl
+
+namespace tendril::detail {
+
+using namespace stack_impl;
+
+void stack_init(const StackConfig& config) {
+  if (g_initialized) stack_shutdown();
+  std::string mode = chosen_mode_name(config);
+  if (mode != "uffd" && mode != "kernel") throw std::invalid_argument("tendril: stack mode must be uffd or kernel: " + mode);
+  g_rt = Runtime{};
+  g_rt.workers = std::clamp(config.workers, 1u, kMaxWorkers);
+  g_rt.arena_bytes = std::min(kMaxArenaBytes, kArenaBudget / g_rt.workers);
+  read_tuning_from_env();
+  g_rt.w = new Worker[g_rt.workers];
+  g_rt.mode = Mode::uffd;
+  if (mode == "kernel" || !start_uffd_workers()) {
+    if (mode == "uffd") log_line("userfaultfd unavailable (no /dev/userfaultfd access or seccomp); falling back to kernel mode");
+    stop_uffd_workers();
+    start_kernel_mode();
+  }
+  g_initialized = true;
+  log_mode();
+}
+
+void stack_shutdown() noexcept {
+  if (!g_initialized) return;
+  if (g_rt.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
+  else guard_remove_signal_handler();
+  for (unsigned i = 0; i < g_rt.workers; ++i)
+    for (SubArena& a : g_rt.w[i].arenas) release_arena(a);
+  delete[] g_rt.w;
+  g_rt = Runtime{};
+  g_initialized = false;
+}
+
+StackSlot stack_allocate(unsigned worker, std::size_t limit) {
+  if (!g_initialized || worker >= g_rt.workers) throw std::system_error(EINVAL, std::generic_category(), "tendril: stack_allocate");
+  std::size_t bytes = round_up_pages(std::max<std::size_t>(limit, kPage));
+  unsigned cls = class_for(bytes);
+  Worker& w = g_rt.w[worker];
+  SubArena& a = arena_for(w, cls);
+  std::uint32_t limit_pages = std::uint32_t(bytes / kPage);
+  std::uint32_t slot;
+  if (pop_free(a, &slot)) {
+    prepare_reused_slot(w, a, slot, limit_pages);
+  } else {
+    slot = carve_slot(a);
+    prepare_fresh_slot(w, a, slot, limit_pages);
+  }
+  a.meta[slot].state.store(kLive, std::memory_order_release);
+  char* hi = a.slot_hi(slot);
+  return StackSlot{hi - bytes, hi, bytes, (worker << kSlotBits) | slot};
+}
+
+void stack_release(unsigned worker, const StackSlot& slot) noexcept {
+  SlotRef r = decode(slot);
+  Worker& releaser = g_rt.w[worker];
+  shrink_released_slot(releaser, *r.arena, r.slot);
+  r.arena->meta[r.slot].state.store(kFree, std::memory_order_release);
+  if (r.owner == &releaser) push_local(*r.arena, r.slot);
+  else push_remote(*r.arena, r.slot);
+}
+
+void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name) noexcept {
+  SlotRef r = decode(slot);
+  SlotMeta& m = r.arena->meta[r.slot];
+  m.fiber_id.store(fiber_id, std::memory_order_relaxed);
+  std::strncpy(m.name, name ? name : "", sizeof m.name - 1);
+  m.name[sizeof m.name - 1] = '\0';
+}
+
+void stack_on_switch(unsigned worker, const StackSlot* /*next*/) noexcept {
+  if (g_rt.fill != Fill::move || g_rt.mode != Mode::uffd) return;
+  Worker& w = g_rt.w[worker];
+  PagePool& p = w.pool;
+  std::uint64_t avail = p.produced.load(std::memory_order_relaxed) - p.consumed.load(std::memory_order_relaxed);
+  if (avail < p.low_water) pool_refill(w);
+}
+
+std::size_t stack_high_water(const StackSlot& slot) noexcept {
+  SlotRef r = decode(slot);
+  SlotMeta& m = r.arena->meta[r.slot];
+  char* lowest = lowest_resident_page(slot.lo, slot.hi);
+  if (g_rt.mode == Mode::kernel) return std::size_t(slot.hi - lowest);
+  // uffd mode: pages below the deepest fault may have been mapped ahead of use;
+  // count them only if something was written there.
+  char* deepest = slot.hi - std::size_t(m.deepest_fault.load(std::memory_order_relaxed)) * kPage;
+  for (char* p = lowest; p < deepest; p += kPage)
+    if (!page_is_zero(p)) return std::size_t(slot.hi - p);
+  return std::size_t(slot.hi - deepest);
+}
+
+StackCounters stack_counters() {
+  StackCounters c;
+  c.mode = g_rt.mode == Mode::uffd ? "uffd" : "kernel";
+  std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
+  for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i) {
+    WorkerCounters& k = g_rt.w[i].counters;
+    faults += k.faults.load(std::memory_order_relaxed);
+    live += k.live_pages.load(std::memory_order_relaxed);
+    cached += k.cached_pages.load(std::memory_order_relaxed);
+    refills += k.pool_refills.load(std::memory_order_relaxed);
+    PagePool& p = g_rt.w[i].pool;
+    pool += std::int64_t(p.produced.load() - p.consumed.load());
+  }
+  if (g_initialized && g_rt.mode == Mode::kernel) {
+    live = 0;  // the kernel does not tell us about faults: look at the page tables
+    kernel_mode_scan(&live, &faults);
+  }
+  c.stack_faults = std::uint64_t(std::max<std::int64_t>(faults, 0));
+  c.stack_pages_mapped = std::uint64_t(std::max<std::int64_t>(live, 0));
+  c.cached_pages = std::uint64_t(std::max<std::int64_t>(cached, 0));
+  c.pool_refills = std::uint64_t(refills);
+  c.pool_pages = std::uint64_t(pool);
+  return c;
+}
+
+void stack_thread_init(unsigned worker) noexcept {
+  guard_thread_altstack();
+  if (g_initialized && g_rt.mode == Mode::uffd && worker < g_rt.workers) handler_place_like_current_thread(g_rt.w[worker]);
+}
+
+}  // namespace tendril::detail

@@ -1,0 +1,280 @@
+// userfaultfd side of the stack subsystem: one uffd and one handler thread per
+// worker, and the page pool that the handler consumes (Fill::move).
+// See the design comment in arena.cpp for why it is built this way.
+//
+// Rules for the handler thread (it runs while a worker is blocked in a fault,
+// possibly inside malloc or holding any lock): it takes no locks, calls no
+// malloc, and never touches registered memory (only the side tables, the pool
+// and its own pthread stack). Every fault it reads is either resolved or, if it
+// is in a guard zone, reported and the process aborted: nothing ever hangs.
+#include "stack_internal.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// Debian 12's headers (Linux 6.1) predate UFFDIO_MOVE (Linux 6.8).
+#ifndef UFFDIO_MOVE
+#define _UFFDIO_MOVE (0x05)
+#define UFFD_FEATURE_MOVE (1 << 16)
+struct uffdio_move {
+  __u64 dst;
+  __u64 src;
+  __u64 len;
+  __u64 mode;
+  __s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, _UFFDIO_MOVE, struct uffdio_move)
+#endif
+
+namespace tendril::detail::stack_impl {
+
+namespace {
+
+constexpr std::size_t kZeroBytes = 64 * 1024;
+constexpr unsigned kMaxCopyPages = kZeroBytes / kPage;
+// Source for UFFDIO_COPY: never written, so it stays the shared zero page.
+alignas(4096) const char g_zero[kZeroBytes] = {};
+
+constexpr unsigned kPoolPages = 512;  // 2 MiB per worker
+constexpr unsigned kPoolLowWater = kPoolPages / 4;
+
+int open_uffd() noexcept {
+  int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+  if (dev >= 0) {
+    int fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+    close(dev);
+    if (fd >= 0) return fd;
+  }
+  return int(syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));  // needs vm.unprivileged_userfaultfd or CAP_SYS_PTRACE
+}
+
+// UFFDIO_COPY of `pages` zero pages at dst. Returns pages mapped; EAGAIN
+// (mm changing under us) is retried, EEXIST returns the partial count.
+unsigned copy_zero_pages(int uffd, char* dst, unsigned pages) noexcept {
+  unsigned done = 0;
+  while (done < pages) {
+    struct uffdio_copy c {};
+    c.dst = reinterpret_cast<std::uintptr_t>(dst + done * kPage);
+    c.src = reinterpret_cast<std::uintptr_t>(g_zero);
+    c.len = std::min<unsigned>(pages - done, kMaxCopyPages) * kPage;
+    int r = ioctl(uffd, UFFDIO_COPY, &c);
+    if (c.copy > 0) done += unsigned(c.copy / kPage);
+    if (r == 0) continue;
+    if (errno == EAGAIN) continue;
+    break;  // EEXIST or a real error: report what was mapped
+  }
+  return done;
+}
+
+// UFFDIO_MOVE of up to `pages` pool pages to dst (one contiguous ring run).
+unsigned move_pool_pages(Worker& w, char* dst, unsigned pages) noexcept {
+  PagePool& p = w.pool;
+  std::uint64_t consumed = p.consumed.load(std::memory_order_relaxed);
+  std::uint64_t avail = p.produced.load(std::memory_order_acquire) - consumed;
+  unsigned at = unsigned(consumed % p.pages);
+  unsigned n = unsigned(std::min<std::uint64_t>({pages, avail, std::uint64_t(p.pages - at)}));
+  if (n == 0) return 0;
+  struct uffdio_move m {};
+  m.dst = reinterpret_cast<std::uintptr_t>(dst);
+  m.src = reinterpret_cast<std::uintptr_t>(p.base + std::size_t(at) * kPage);
+  m.len = std::size_t(n) * kPage;
+  ioctl(w.uffd, UFFDIO_MOVE, &m);
+  unsigned moved = m.move > 0 ? unsigned(m.move / kPage) : 0;
+  // Pages are consumed in ring order; pages a partial move left behind stay at
+  // the head of the ring for the next fault.
+  p.consumed.store(consumed + moved, std::memory_order_release);
+  return moved;
+}
+
+// Maps [dst, dst + pages*kPage); the last page is the faulting one and must
+// end up mapped (by us or by a racing resolver). Returns pages we mapped.
+unsigned map_pages(Worker& w, char* dst, unsigned pages) noexcept {
+  unsigned done = 0;
+  if (g_rt.fill == Fill::move) done = move_pool_pages(w, dst, pages);
+  if (done < pages) done += copy_zero_pages(w.uffd, dst + done * kPage, pages - done);
+  if (done < pages) {
+    // Something in the run already exists: make sure at least the faulting page does.
+    char* fault_page = dst + (pages - 1) * kPage;
+    unsigned one = copy_zero_pages(w.uffd, fault_page, 1);
+    if (one == 0) {
+      struct uffdio_range r {reinterpret_cast<std::uintptr_t>(fault_page), kPage};
+      ioctl(w.uffd, UFFDIO_WAKE, &r);
+    }
+    return done + one;
+  }
+  return done;
+}
+
+// How many pages to map for a fault at `page`: double the stack (as Go does
+// when it copies a stack), capped by max_grow_pages and by the slot's limit.
+unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo) noexcept {
+  unsigned want = std::max(1u, m.mapped_pages.load(std::memory_order_relaxed));
+  want = std::min(want, g_rt.max_grow_pages);
+  unsigned room = unsigned((page - lo) / kPage) + 1;
+  return std::min(want, room);
+}
+
+// The slot's side table is updated BEFORE the ioctl that wakes the faulting
+// thread: once woken, the fiber may finish and be released (reading
+// mapped_pages) on another worker before this handler runs again.
+void account_fault_ahead(Worker& w, SlotMeta& m, char* hi, char* page, unsigned pages) noexcept {
+  std::uint32_t depth = std::uint32_t((hi - page) / kPage);
+  if (depth > m.deepest_fault.load(std::memory_order_relaxed)) m.deepest_fault.store(depth, std::memory_order_relaxed);
+  m.mapped_pages.fetch_add(pages, std::memory_order_release);
+  w.counters.faults.fetch_add(1, std::memory_order_relaxed);
+  w.counters.live_pages.fetch_add(pages, std::memory_order_relaxed);
+}
+
+// Rare: part of the run already existed. Racy against a release of the slot,
+// but only when the fault hit an already-present page run.
+void account_shortfall(Worker& w, SlotMeta& m, unsigned missing) noexcept {
+  if (!missing) return;
+  m.mapped_pages.fetch_sub(missing, std::memory_order_relaxed);
+  w.counters.live_pages.fetch_sub(missing, std::memory_order_relaxed);
+}
+
+void resolve_fault(Worker& w, std::uintptr_t addr) noexcept {
+  Located loc = locate_in_worker(w, addr);
+  char* page = reinterpret_cast<char*>(addr & ~(kPage - 1));
+  if (!loc.found()) {
+    // Cannot happen (this uffd covers only w's arenas); never leave the thread hanging.
+    copy_zero_pages(w.uffd, page, 1);
+    return;
+  }
+  if (page < loc.lo) report_overflow_and_abort(loc, addr);
+  SlotMeta& m = loc.arena->meta[loc.slot];
+  unsigned n = pages_for_fault(m, page, loc.lo);
+  account_fault_ahead(w, m, loc.hi, page, n);
+  unsigned mapped = map_pages(w, page - (n - 1) * kPage, n);
+  account_shortfall(w, m, n - std::min(n, mapped));
+}
+
+void* handler_main(void* arg) noexcept {
+  Worker& w = *static_cast<Worker*>(arg);
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, nullptr);  // signals belong to the workers
+  struct pollfd fds[2] = {{w.uffd, POLLIN, 0}, {w.stop_fd, POLLIN, 0}};
+  struct uffd_msg msgs[16];
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) continue;  // EINTR
+    if (fds[1].revents) break;
+    ssize_t n = read(w.uffd, msgs, sizeof msgs);
+    if (n <= 0) continue;  // EAGAIN: another reader or a spurious wake-up
+    for (ssize_t i = 0; i < n / ssize_t(sizeof msgs[0]); ++i)
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, msgs[i].arg.pagefault.address);
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+bool uffd_open_and_register_api(Worker& w) noexcept {
+  int fd = open_uffd();
+  if (fd < 0) return false;
+  struct uffdio_api api {};
+  api.api = UFFD_API;
+  api.features = g_rt.fill == Fill::move ? UFFD_FEATURE_MOVE : 0;
+  if (ioctl(fd, UFFDIO_API, &api) != 0) {
+    close(fd);
+    return false;
+  }
+  w.uffd = fd;
+  return true;
+}
+
+bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept {
+  struct uffdio_register reg {};
+  reg.range.start = reinterpret_cast<std::uintptr_t>(base);
+  reg.range.len = bytes;
+  reg.mode = UFFDIO_REGISTER_MODE_MISSING;
+  if (ioctl(w.uffd, UFFDIO_REGISTER, &reg) != 0) return false;
+  return (reg.ioctls & (1ull << _UFFDIO_COPY)) != 0;
+}
+
+bool uffd_map_top_page(Worker& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }
+
+bool handler_start(Worker& w, unsigned index) noexcept {
+  w.stop_fd = eventfd(0, EFD_CLOEXEC);
+  if (w.stop_fd < 0) return false;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, 256 * 1024);
+  bool ok = pthread_create(&w.handler, &attr, handler_main, &w) == 0;
+  pthread_attr_destroy(&attr);
+  if (!ok) return false;
+  char name[16];
+  std::snprintf(name, sizeof name, "tendril-uffd%u", index);
+  pthread_setname_np(w.handler, name);
+  w.handler_running = true;
+  return true;
+}
+
+void handler_stop(Worker& w) noexcept {
+  if (w.handler_running) {
+    std::uint64_t one = 1;
+    (void)!write(w.stop_fd, &one, sizeof one);
+    pthread_join(w.handler, nullptr);
+    w.handler_running = false;
+  }
+  if (w.stop_fd >= 0) close(w.stop_fd);
+  if (w.uffd >= 0) close(w.uffd);
+  w.stop_fd = w.uffd = -1;
+}
+
+// The faulting thread wakes the handler and then sleeps; if the handler is
+// allowed on the same CPU the hand-off costs a local wake-up instead of an IPI.
+void handler_place_like_current_thread(Worker& w) noexcept {
+  if (!w.handler_running) return;
+  cpu_set_t set;
+  if (pthread_getaffinity_np(pthread_self(), sizeof set, &set) != 0) return;
+  pthread_setaffinity_np(w.handler, sizeof set, &set);
+}
+
+bool pool_create(PagePool& p) noexcept {
+  void* mem = mmap(nullptr, kPoolPages * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (mem == MAP_FAILED) return false;
+  madvise(mem, kPoolPages * kPage, MADV_NOHUGEPAGE);  // UFFDIO_MOVE moves small pages only
+  p.base = static_cast<char*>(mem);
+  p.pages = kPoolPages;
+  p.low_water = kPoolLowWater;
+  p.produced.store(0);
+  p.consumed.store(0);
+  return true;
+}
+
+void pool_destroy(PagePool& p) noexcept {
+  if (p.base) munmap(p.base, std::size_t(p.pages) * kPage);
+  p.base = nullptr;
+}
+
+// Worker side: populate every empty ring page in at most two madvise calls.
+// The pool is outside the registered arena, so MADV_POPULATE_WRITE is an
+// ordinary kernel fill and never goes through the uffd.
+void pool_refill(Worker& w) noexcept {
+  PagePool& p = w.pool;
+  std::uint64_t produced = p.produced.load(std::memory_order_relaxed);
+  std::uint64_t target = p.consumed.load(std::memory_order_acquire) + p.pages;
+  while (produced < target) {
+    unsigned at = unsigned(produced % p.pages);
+    unsigned n = unsigned(std::min<std::uint64_t>(target - produced, p.pages - at));
+    if (madvise(p.base + std::size_t(at) * kPage, std::size_t(n) * kPage, MADV_POPULATE_WRITE) != 0) break;
+    produced += n;
+    p.produced.store(produced, std::memory_order_release);
+  }
+  w.counters.pool_refills.fetch_add(1, std::memory_order_relaxed);
+}
+
+}  // namespace tendril::detail::stack_impl

@@ -1,0 +1,474 @@
+// Tests of the growable stack arena through the seam (runtime/stack/stack.hpp),
+// in both modes. Plain threads act as workers; Boost.Context runs code on slots.
+// No timing assertions.
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <atomic>
+#include <csignal>
+#include <cstring>
+#include <mutex>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <thread>
+#include <vector>
+
+// ---- helpers: run code on a StackSlot with Boost.Context, recurse to a given
+// depth, pin "worker" threads, read /proc.
+
+#include "../runtime/stack/stack.hpp"
+
+#include <boost/context/detail/fcontext.hpp>
+
+#include <fstream>
+#include <functional>
+#include <pthread.h>
+#include <sched.h>
+#include <string>
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace stack_test {
+
+using namespace tendril::detail;
+namespace bctx = boost::context::detail;
+
+struct OnStack {
+  std::function<void()> fn;
+  bctx::fcontext_t back = nullptr;
+};
+
+inline void trampoline(bctx::transfer_t t) {
+  auto* job = static_cast<OnStack*>(t.data);
+  job->back = t.fctx;
+  job->fn();
+  bctx::jump_fcontext(job->back, nullptr);
+}
+
+// Runs fn on the stack in `slot` and comes back when it returns.
+inline void run_on(const StackSlot& slot, std::function<void()> fn) {
+  OnStack job{std::move(fn)};
+  bctx::fcontext_t c = bctx::make_fcontext(slot.hi, slot.limit, trampoline);
+  bctx::jump_fcontext(c, &job);
+}
+
+// Recurses with ~1 KiB frames until the frame is below `stop`; returns a value
+// that depends on every frame so nothing is optimised away.
+__attribute__((noinline)) inline long recurse_to(const char* stop, long depth) {
+  volatile char frame[1000];
+  frame[0] = char(depth);
+  frame[sizeof frame - 1] = char(depth);
+  if (const_cast<const char*>(&frame[0]) <= stop) return frame[0];
+  long below = recurse_to(stop, depth + 1);
+  return below + frame[sizeof frame - 1];
+}
+
+inline long expected_recurse_sum(long frames) {
+  long s = 0;
+  for (long d = 0; d < frames; ++d) s += char(d);
+  return s;
+}
+
+inline void pin_to_cpu(unsigned i) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(i % unsigned(sysconf(_SC_NPROCESSORS_ONLN)), &set);
+  pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+inline int vma_count() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  int n = 0;
+  while (std::getline(maps, line)) ++n;
+  return n;
+}
+
+inline bool page_resident(const void* addr) {
+  auto p = reinterpret_cast<std::uintptr_t>(addr) & ~std::uintptr_t(4095);
+  unsigned char v = 0;
+  if (mincore(reinterpret_cast<void*>(p), 4096, &v) != 0) return false;
+  return v & 1;
+}
+
+inline std::size_t resident_in(const char* lo, const char* hi) {
+  std::size_t n = 0;
+  for (const char* p = lo; p < hi; p += 4096) n += page_resident(p);
+  return n;
+}
+
+}  // namespace stack_test
+
+using namespace stack_test;
+
+namespace {
+
+constexpr std::size_t kLimit = 256 * 1024;
+constexpr std::size_t kPageSize = 4096;
+
+class StackArena : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    StackConfig c;
+    c.default_limit = kLimit;
+    c.workers = 2;
+    c.mode = GetParam();
+    stack_init(c);
+    stack_thread_init(0);
+  }
+  void TearDown() override { stack_shutdown(); }
+};
+
+// Recurses to within `margin` bytes of the slot's limit and checks the result.
+void recurse_near_limit(const StackSlot& s, std::size_t margin) {
+  long got = 0;
+  const char* stop = s.lo + margin;
+  run_on(s, [&] { got = recurse_to(stop, 0); });
+  // Each frame is at least 1000 bytes, so depth is bounded; just check it ran deep.
+  std::size_t slack = margin + 4 * kPageSize;
+  EXPECT_GE(stack_high_water(s), s.limit > slack ? s.limit - slack : kPageSize);
+  (void)got;
+}
+
+TEST_P(StackArena, ReportsItsMode) { EXPECT_EQ(stack_counters().mode, GetParam()); }
+
+TEST_P(StackArena, FreshSlotHasOnlyTopPage) {
+  StackSlot s = stack_allocate(0, kLimit);
+  EXPECT_EQ(s.limit, kLimit);
+  EXPECT_EQ(s.hi - s.lo, std::ptrdiff_t(kLimit));
+  EXPECT_TRUE(page_resident(s.hi - 1));
+  EXPECT_EQ(resident_in(s.lo, s.hi), 1u);
+  EXPECT_EQ(stack_high_water(s), kPageSize);
+  stack_release(0, s);
+}
+
+TEST_P(StackArena, LimitsAreRoundedToPagesAndClassesWork) {
+  for (std::size_t limit : {std::size_t(5000), std::size_t(64 * 1024), std::size_t(200 * 1024), std::size_t(1 << 20)}) {
+    StackSlot s = stack_allocate(0, limit);
+    EXPECT_EQ(s.limit % kPageSize, 0u);
+    EXPECT_GE(s.limit, limit);
+    EXPECT_LT(s.limit, limit + kPageSize);
+    recurse_near_limit(s, s.limit >= 64 * 1024 ? 3 * kPageSize : kPageSize);
+    stack_release(0, s);
+  }
+}
+
+TEST_P(StackArena, DeepRecursionInManyStacksOnTwoWorkers) {
+  constexpr int kStacksPerWorker = 64;
+  std::atomic<int> done{0};
+  auto worker = [&](unsigned w) {
+    pin_to_cpu(w);
+    stack_thread_init(w);
+    std::vector<StackSlot> slots;
+    for (int i = 0; i < kStacksPerWorker; ++i) slots.push_back(stack_allocate(w, kLimit));
+    for (int round = 0; round < 2; ++round)
+      for (auto& s : slots) {
+        long got = -1;
+        run_on(s, [&] { got = recurse_to(s.lo + 3 * kPageSize, 0); });
+        EXPECT_GE(stack_high_water(s), kLimit - 8 * kPageSize);
+        EXPECT_NE(got, -1);
+      }
+    for (auto& s : slots) stack_release(w, s);
+    done.fetch_add(1);
+  };
+  std::thread a(worker, 0), b(worker, 1);
+  a.join();
+  b.join();
+  EXPECT_EQ(done.load(), 2);
+  StackCounters c = stack_counters();
+  EXPECT_EQ(c.stack_pages_mapped, 0u);  // nothing live
+  EXPECT_GE(c.stack_faults, 2u * kStacksPerWorker);
+}
+
+// --- the kernel writes into a stack page that is not mapped yet ---------------
+
+// Passes fn a whole page inside a 5-page stack buffer that nothing has
+// touched: calls made from here put their frames below the buffer, so the
+// page stays unmapped until the kernel writes into it.
+template <class Fn>
+__attribute__((noinline)) void with_untouched_deep_buffer(Fn fn) {
+  char buf[5 * 4096];
+  asm volatile("" : : "r"(buf) : "memory");
+  auto page = (reinterpret_cast<std::uintptr_t>(buf) + 4095) & ~std::uintptr_t(4095);
+  fn(reinterpret_cast<char*>(page));
+}
+
+TEST_P(StackArena, ReadFromPipeIntoUnmappedPage) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  const char msg[] = "hello from the pipe";
+  ASSERT_EQ(write(fds[1], msg, sizeof msg), ssize_t(sizeof msg));
+  StackSlot s = stack_allocate(0, kLimit);
+  bool was_resident = true;
+  ssize_t got = -1;
+  char copy[sizeof msg] = {};
+  run_on(s, [&] {
+    with_untouched_deep_buffer([&](char* buf) {
+      was_resident = page_resident(buf);
+      got = read(fds[0], buf, sizeof msg);
+      std::memcpy(copy, buf, sizeof msg);
+    });
+  });
+  EXPECT_FALSE(was_resident);
+  EXPECT_EQ(got, ssize_t(sizeof msg));
+  EXPECT_STREQ(copy, msg);
+  stack_release(0, s);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_P(StackArena, RecvFromSocketIntoUnmappedPage) {
+  int sv[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+  const char msg[] = "datagram-ish payload";
+  ASSERT_EQ(send(sv[1], msg, sizeof msg, 0), ssize_t(sizeof msg));
+  StackSlot s = stack_allocate(0, kLimit);
+  bool was_resident = true;
+  ssize_t got = -1;
+  char copy[sizeof msg] = {};
+  run_on(s, [&] {
+    with_untouched_deep_buffer([&](char* buf) {
+      was_resident = page_resident(buf);
+      got = recv(sv[0], buf, sizeof msg, 0);
+      std::memcpy(copy, buf, sizeof msg);
+    });
+  });
+  EXPECT_FALSE(was_resident);
+  EXPECT_EQ(got, ssize_t(sizeof msg));
+  EXPECT_STREQ(copy, msg);
+  stack_release(0, s);
+  close(sv[0]);
+  close(sv[1]);
+}
+
+TEST_P(StackArena, StatIntoUnmappedPage) {
+  struct stat want {};
+  ASSERT_EQ(stat("/proc/self/exe", &want), 0);
+  StackSlot s = stack_allocate(0, kLimit);
+  bool was_resident = true;
+  int rc = -1;
+  struct stat got {};
+  run_on(s, [&] {
+    with_untouched_deep_buffer([&](char* buf) {
+      was_resident = page_resident(buf);
+      rc = stat("/proc/self/exe", reinterpret_cast<struct stat*>(buf));
+      std::memcpy(&got, buf, sizeof got);
+    });
+  });
+  EXPECT_FALSE(was_resident);
+  EXPECT_EQ(rc, 0);
+  EXPECT_EQ(got.st_ino, want.st_ino);
+  EXPECT_EQ(got.st_size, want.st_size);
+  stack_release(0, s);
+}
+
+// --- a signal frame lands on a fresh page -------------------------------------
+
+std::atomic<int> g_signal_seen{0};
+void on_usr1(int) {
+  volatile char use_stack[2048];
+  use_stack[0] = 1;
+  g_signal_seen.fetch_add(use_stack[0]);
+}
+
+TEST_P(StackArena, SignalDeliveredWhileRunningOnFreshPage) {
+  struct sigaction sa {}, old{};
+  sa.sa_handler = on_usr1;  // no SA_ONSTACK: the frame goes on the fiber stack
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  g_signal_seen = 0;
+  StackSlot s = stack_allocate(0, kLimit);
+  run_on(s, [&] { with_untouched_deep_buffer([&](char*) { raise(SIGUSR1); }); });
+  EXPECT_EQ(g_signal_seen.load(), 1);
+  stack_release(0, s);
+  sigaction(SIGUSR1, &old, nullptr);
+}
+
+// The strict form: the kernel must write the whole signal frame onto stack
+// pages that are not mapped (uffd: it waits for the handler to map them).
+TEST_P(StackArena, SignalFrameOnUnmappedStackPages) {
+  StackSlot frame_stack = stack_allocate(0, kLimit);
+  char* alt = frame_stack.lo + 64 * 1024;  // 64 KiB of slot, never touched
+  ASSERT_EQ(resident_in(alt, alt + 64 * 1024), 0u);
+  stack_t ss{}, old_ss{};
+  ss.ss_sp = alt;
+  ss.ss_size = 64 * 1024;
+  ASSERT_EQ(sigaltstack(&ss, &old_ss), 0);
+  struct sigaction sa {}, old{};
+  sa.sa_handler = on_usr1;
+  sa.sa_flags = SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  ASSERT_EQ(sigaction(SIGUSR1, &sa, &old), 0);
+  g_signal_seen = 0;
+  StackSlot s = stack_allocate(0, kLimit);
+  run_on(s, [&] { raise(SIGUSR1); });
+  EXPECT_EQ(g_signal_seen.load(), 1);
+  EXPECT_GT(resident_in(alt, alt + 64 * 1024), 0u);
+  sigaction(SIGUSR1, &old, nullptr);
+  sigaltstack(&old_ss, nullptr);
+  stack_release(0, s);
+  stack_release(0, frame_stack);
+}
+
+// --- overflow -----------------------------------------------------------------
+
+volatile bool g_keep_recursing = true;  // volatile so the recursion is not provably infinite
+
+__attribute__((noinline)) long recurse_forever(long depth) {
+  volatile char frame[512];
+  frame[0] = char(depth);
+  if (!g_keep_recursing) return 0;
+  return recurse_forever(depth + 1) + frame[0];
+}
+
+TEST_P(StackArena, OverflowDiesWithFiberNameAndLimit) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        StackSlot s = stack_allocate(0, 64 * 1024);
+        stack_set_owner(s, 4242, "overflow-victim");
+        run_on(s, [] { recurse_forever(0); });
+      },
+      "fiber stack overflow: fiber 4242 \"overflow-victim\" exceeded its stack limit of 65536 bytes: fault at 0x");
+}
+
+TEST_P(StackArena, OverflowOnSecondWorkerThreadDiesWithMessage) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        std::thread t([] {
+          pin_to_cpu(1);
+          stack_thread_init(1);
+          StackSlot s = stack_allocate(1, 128 * 1024);
+          stack_set_owner(s, 7, "on-worker-1");
+          run_on(s, [] { recurse_forever(0); });
+        });
+        t.join();
+      },
+      "fiber 7 \"on-worker-1\" exceeded its stack limit of 131072 bytes");
+}
+
+// --- scale: VMAs do not grow with the number of stacks ------------------------
+
+TEST_P(StackArena, ManySlotsDoNotAddVmas) {
+  constexpr int kSlots = 200000;
+  std::vector<StackSlot> slots;
+  slots.reserve(kSlots);
+  slots.push_back(stack_allocate(0, kLimit));  // reserves the sub-arena
+  int before = vma_count();
+  for (int i = 1; i < kSlots; ++i) slots.push_back(stack_allocate(0, kLimit));
+  int after = vma_count();
+  EXPECT_LE(after - before, 2) << "VMAs grew from " << before << " to " << after;
+  EXPECT_EQ(stack_counters().stack_pages_mapped, std::uint64_t(kSlots));
+  // The slots are really usable.
+  for (int i : {0, kSlots / 2, kSlots - 1}) recurse_near_limit(slots[i], 4 * kPageSize);
+  for (auto& s : slots) stack_release(0, s);
+  EXPECT_EQ(vma_count() - before, after - before);
+}
+
+// --- release gives pages back -------------------------------------------------
+
+TEST_P(StackArena, GrowAndReleaseLeaksNoPages) {
+  constexpr int kSlots = 32;
+  std::vector<StackSlot> slots;
+  StackCounters base;
+  for (int round = 0; round < 4; ++round) {
+    if (round == 1) base = stack_counters();  // after round 0 every slot is cached with its top page
+    slots.clear();
+    for (int i = 0; i < kSlots; ++i) slots.push_back(stack_allocate(i % 2, kLimit));
+    for (auto& s : slots) recurse_near_limit(s, 16 * kPageSize);
+    EXPECT_GE(stack_counters().stack_pages_mapped, std::uint64_t(kSlots) * 8);
+    for (std::size_t i = 0; i < slots.size(); ++i) stack_release(i % 2, slots[i]);  // some cross-worker
+    for (auto& s : slots) EXPECT_EQ(resident_in(s.lo, s.hi - kPageSize), 0u);
+  }
+  StackCounters end = stack_counters();
+  EXPECT_EQ(end.stack_pages_mapped, base.stack_pages_mapped);
+  EXPECT_EQ(end.cached_pages, base.cached_pages);
+}
+
+TEST_P(StackArena, CrossWorkerReleaseReturnsSlotToOwner) {
+  StackSlot a = stack_allocate(0, kLimit);
+  std::thread([&] { stack_release(1, a); }).join();
+  StackSlot b = stack_allocate(0, kLimit);
+  EXPECT_EQ(b.index, a.index);
+  EXPECT_EQ(b.hi, a.hi);
+  stack_release(0, b);
+}
+
+TEST_P(StackArena, ReusedSlotWithDifferentLimitMovesItsGuard) {
+  StackSlot small = stack_allocate(0, 140 * 1024);  // class 256 KiB
+  recurse_near_limit(small, 3 * kPageSize);
+  stack_release(0, small);
+  StackSlot big = stack_allocate(0, kLimit);
+  EXPECT_EQ(big.hi, small.hi);  // same slot
+  recurse_near_limit(big, 3 * kPageSize);  // would hit the old guard if it stayed
+  stack_release(0, big);
+}
+
+TEST_P(StackArena, OwnerNamesAreTruncated) {
+  StackSlot s = stack_allocate(0, kLimit);
+  stack_set_owner(s, 1, "a-very-long-fiber-name-that-goes-on-and-on-and-on");
+  stack_release(0, s);
+  SUCCEED();
+}
+
+// --- concurrency: faults while other stacks are released ----------------------
+
+TEST_P(StackArena, HandlerSurvivesReleasesWhileOthersFault) {
+  std::atomic<bool> stop{false};
+  std::mutex m;
+  std::vector<StackSlot> handoff;  // slots allocated on worker 0, released on worker 1
+  std::thread faulter([&] {
+    pin_to_cpu(0);
+    stack_thread_init(0);
+    for (int i = 0; i < 300; ++i) {
+      StackSlot s = stack_allocate(0, kLimit);
+      run_on(s, [&] { recurse_to(s.lo + (i % 50 + 2) * kPageSize, 0); });
+      if (i % 3 == 0) {
+        std::lock_guard<std::mutex> g(m);
+        handoff.push_back(s);
+      } else {
+        stack_release(0, s);
+      }
+    }
+    stop = true;
+  });
+  std::thread releaser([&] {
+    pin_to_cpu(1);
+    stack_thread_init(1);
+    while (!stop.load()) {
+      StackSlot s = stack_allocate(1, 64 * 1024);
+      run_on(s, [&] { recurse_to(s.lo + 2 * kPageSize, 0); });
+      stack_release(1, s);
+      std::vector<StackSlot> mine;
+      {
+        std::lock_guard<std::mutex> g(m);
+        mine.swap(handoff);
+      }
+      for (auto& h : mine) stack_release(1, h);
+    }
+  });
+  faulter.join();
+  releaser.join();
+  for (auto& h : handoff) stack_release(1, h);
+  EXPECT_EQ(stack_counters().stack_pages_mapped, 0u);
+}
+
+TEST_P(StackArena, ReinitAfterShutdown) {
+  StackSlot s = stack_allocate(0, kLimit);
+  recurse_near_limit(s, 3 * kPageSize);
+  stack_release(0, s);
+  stack_shutdown();
+  StackConfig c;
+  c.workers = 1;
+  c.mode = GetParam();
+  stack_init(c);
+  StackSlot t = stack_allocate(0, kLimit);
+  recurse_near_limit(t, 3 * kPageSize);
+  stack_release(0, t);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, StackArena, ::testing::Values("uffd", "kernel"),
+                         [](const auto& info) { return std::string(info.param); });
+
+}  // namespace
