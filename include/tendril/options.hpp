@@ -17,6 +17,7 @@
 // | spin_before_park | TENDRIL_SPIN_US          | 50 microseconds                  |
 // | pin_workers      | TENDRIL_PIN              | true (1/0, true/false)           |
 // | stack_mode       | TENDRIL_STACK_MODE       | "" (automatic): "uffd" or "kernel" |
+// | io_backend       | TENDRIL_IO               | "" (automatic): "uring" or "epoll" |
 #pragma once
 
 #include <chrono>
@@ -39,6 +40,9 @@ struct Options {
   // Stack growth mechanism: "" chooses (userfaultfd where allowed, else kernel
   // demand paging), "uffd" or "kernel" force one.
   std::string stack_mode;
+  // I/O backend: "" chooses (io_uring where the kernel allows it, else
+  // epoll), "uring" or "epoll" force one.
+  std::string io_backend;
 
   // The values in *this with every TENDRIL_* variable that is set applied on
   // top. Throws std::invalid_argument for a malformed or out-of-range value.

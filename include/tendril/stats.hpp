@@ -31,6 +31,9 @@ struct Stats {
   std::uint64_t stack_pages_mapped = 0;  // pages resident in live and cached stacks
   std::uint64_t pool_refills = 0;        // batch refills of per-worker page pools
   std::uint64_t pool_pages = 0;          // pages waiting in per-worker pools
+
+  // I/O (see <tendril/net.hpp>).
+  std::string io_backend;                // "uring" or "epoll"
 };
 
 Stats stats();

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "runtime/io/poller.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
 #include "tendril/fiber.hpp"
@@ -71,6 +72,8 @@ void validate(const Options& o) {
     throw std::invalid_argument("tendril: Options::stack_limit must be within [16 KiB, 1 GiB]");
   if (o.spin_before_park.count() < 0 || o.spin_before_park > std::chrono::seconds(1))
     throw std::invalid_argument("tendril: Options::spin_before_park must be within [0, 1 s]");
+  if (!o.io_backend.empty() && o.io_backend != "uring" && o.io_backend != "epoll")
+    throw std::invalid_argument("tendril: I/O backend must be \"uring\" or \"epoll\", not \"" + o.io_backend + "\"");
   if (!o.stack_mode.empty() && o.stack_mode != "uffd" && o.stack_mode != "kernel")
     throw std::invalid_argument("tendril: stack mode must be \"uffd\" or \"kernel\", not \"" + o.stack_mode + "\"");
 }
@@ -117,6 +120,11 @@ Options Options::with_environment() const {
       bad_env("TENDRIL_STACK_MODE", v, "expected uffd or kernel");
     o.stack_mode = v;
   }
+  if (const char* v = std::getenv("TENDRIL_IO")) {
+    if (std::strcmp(v, "uring") != 0 && std::strcmp(v, "epoll") != 0 && *v != '\0')
+      bad_env("TENDRIL_IO", v, "expected uring or epoll");
+    o.io_backend = v;
+  }
   validate(o);
   return o;
 }
@@ -135,6 +143,15 @@ void run(const Options& options, std::function<void()> main) {
   sc.workers = sched.worker_count() + 1;  // + one index shared by plain threads
   sc.mode = opts.stack_mode;
   detail::stack_init(sc);
+  detail::IoConfig ioc;
+  ioc.workers = sched.worker_count();
+  ioc.backend = opts.io_backend;
+  try {
+    detail::io_init(ioc);
+  } catch (...) {
+    detail::stack_shutdown();
+    throw;
+  }
   detail::set_current_scheduler(&sched);
   sched.start();
 
@@ -151,6 +168,7 @@ void run(const Options& options, std::function<void()> main) {
     g_last_stats = sched.snapshot();
   }
   detail::set_current_scheduler(nullptr);
+  detail::io_shutdown();
   detail::stack_shutdown();
   if (error) std::rethrow_exception(error);
 }

@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "runtime/io/poller.hpp"
 #include "runtime/stack/stack.hpp"
 
 namespace tendril::detail {
@@ -130,6 +131,7 @@ Stats Scheduler::snapshot() const {
   s.stack_pages_mapped = st.stack_pages_mapped;
   s.pool_refills = st.pool_refills;
   s.pool_pages = st.pool_pages;
+  s.io_backend = io_backend_name();
   return s;
 }
 

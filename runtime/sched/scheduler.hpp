@@ -131,7 +131,6 @@ class Worker {
   RunQueue runq_;
   TimerHeap timers_;
   WorkerCounters counters_;
-  std::atomic<std::uint32_t> sleep_word_{0};
   bool in_idle_list_ = false;  // guarded by Scheduler::idle_mu_
   FiberId id_next_ = 0, id_end_ = 0;
   static constexpr std::int64_t kMinParkBackoffNs = 1000000;    // 1 ms

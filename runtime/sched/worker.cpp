@@ -8,7 +8,7 @@
 #include <cstdio>
 #include <cstring>
 
-#include "runtime/sched/futex.hpp"
+#include "runtime/io/poller.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
 
@@ -67,8 +67,10 @@ void Worker::start(int cpu) {
     pthread_setname_np(pthread_self(), name);
     stack_thread_init(index_);
     tls_worker = this;
+    io_thread_init(index_);
     context_adopt_thread(sched_ctx_);
     loop();
+    io_thread_exit(index_);
     tls_worker = nullptr;
   });
 }
@@ -141,8 +143,13 @@ FiberCtl* Worker::pick_next() noexcept {
   ++tick_;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX && (tick_ & 7) == 0)
     fire_timers(*this, steady_ticks(), true);
-  if (tick_ % 61 == 0 && !sched_.global_empty()) {
-    if (FiberCtl* f = sched_.global_pop()) return f;
+  if (tick_ % 61 == 0) {
+    // Fairness: neither the global queue nor finished I/O waits behind a
+    // busy local queue for long.
+    if (!sched_.global_empty()) {
+      if (FiberCtl* f = sched_.global_pop()) return f;
+    }
+    io_poll(index_, false);
   }
   if (FiberCtl* f = pick_local()) return f;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX) {
@@ -151,6 +158,9 @@ FiberCtl* Worker::pick_next() noexcept {
   }
   if (!sched_.global_empty()) {
     if (FiberCtl* f = sched_.global_pop()) return f;
+  }
+  if (io_poll(index_, true) != 0) {
+    if (FiberCtl* f = pick_local()) return f;
   }
   return steal();
 }
@@ -233,7 +243,6 @@ FiberCtl* Worker::spin_for_work() noexcept {
 void Worker::park_thread() noexcept {
   {
     std::lock_guard<std::mutex> g(sched_.idle_mu_);
-    sleep_word_.store(0, std::memory_order_relaxed);
     sched_.idle_.push_back(this);
     in_idle_list_ = true;
     sched_.nidle_.fetch_add(1, std::memory_order_seq_cst);
@@ -262,7 +271,7 @@ void Worker::park_thread() noexcept {
     park_backoff_ns_ = std::min<std::int64_t>(park_backoff_ns_ * 2, kMaxParkBackoffNs);
     if (check_at < wake_at) wake_at = check_at;
     const Deadline d{std::chrono::steady_clock::duration(wake_at)};
-    futex_wait(sleep_word_, 0, &d);
+    io_wait(index_, &d);
   }
   std::lock_guard<std::mutex> g(sched_.idle_mu_);
   if (in_idle_list_) {
@@ -277,10 +286,7 @@ void Worker::park_thread() noexcept {
   }
 }
 
-void Worker::unpark() noexcept {
-  sleep_word_.store(1, std::memory_order_release);
-  futex_wake_one(sleep_word_);
-}
+void Worker::unpark() noexcept { io_wake(index_); }
 
 void Worker::loop() {
   while (!sched_.stopping()) {
