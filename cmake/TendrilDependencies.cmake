@@ -14,6 +14,28 @@ endif()
 
 find_package(Boost 1.74 QUIET COMPONENTS context)
 tendril_require(Boost_FOUND "Boost.Context" libboost-context-dev)
+# Link Boost.Context's static archive into libtendril where it is usable:
+# jump_fcontext is then a direct call on the switch path instead of a PLT call
+# into another shared library. (Its x86-64 assembly is position-independent.)
+find_library(TENDRIL_BOOST_CONTEXT_STATIC NAMES libboost_context.a)
+if(TENDRIL_BOOST_CONTEXT_STATIC)
+  include(CheckCXXSourceCompiles)
+  set(CMAKE_REQUIRED_LIBRARIES "${TENDRIL_BOOST_CONTEXT_STATIC}")
+  set(CMAKE_REQUIRED_LINK_OPTIONS "-shared")
+  set(CMAKE_REQUIRED_FLAGS "-fPIC")
+  check_cxx_source_compiles("
+    #include <boost/context/detail/fcontext.hpp>
+    void* tendril_probe() { return (void*)&boost::context::detail::jump_fcontext; }
+    int main() { return 0; }" TENDRIL_BOOST_CONTEXT_STATIC_OK)
+  unset(CMAKE_REQUIRED_LIBRARIES)
+  unset(CMAKE_REQUIRED_LINK_OPTIONS)
+  unset(CMAKE_REQUIRED_FLAGS)
+endif()
+if(TENDRIL_BOOST_CONTEXT_STATIC_OK)
+  set(TENDRIL_BOOST_CONTEXT "${TENDRIL_BOOST_CONTEXT_STATIC}")
+else()
+  set(TENDRIL_BOOST_CONTEXT Boost::context)
+endif()
 
 find_package(Threads REQUIRED)
 

@@ -9,6 +9,30 @@
 #include <boost/context/detail/fcontext.hpp>
 #include <cstddef>
 
+#if defined(__SANITIZE_ADDRESS__)
+#define TENDRIL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TENDRIL_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define TENDRIL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TENDRIL_TSAN 1
+#endif
+#endif
+
+#if TENDRIL_ASAN
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#endif
+#if TENDRIL_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
+
+
 namespace tendril::detail {
 
 using boost::context::detail::fcontext_t;
@@ -35,10 +59,34 @@ void context_destroy(Context& ctx) noexcept;
 // Switches from `from` to `to`, passing `data`. `from_finished` tells ASan the
 // current stack is going away. Returns in `from`'s context when something
 // jumps back, with the transfer it received (complete it with
-// context_resumed()).
-transfer_t context_jump(Context& from, Context& to, void* data, bool from_finished) noexcept;
+// context_resumed()). Inline: this is the context-switch path.
+inline transfer_t context_jump(Context& from, Context& to, void* data, bool from_finished) noexcept {
+#if TENDRIL_ASAN
+  __sanitizer_start_switch_fiber(from_finished ? nullptr : &from.asan_fake_stack, to.stack_lo,
+                                 to.stack_size);
+#else
+  (void)from_finished;
+#endif
+#if TENDRIL_TSAN
+  __tsan_switch_to_fiber(to.tsan_fiber, 0);
+#endif
+  (void)from;
+  return boost::context::detail::jump_fcontext(to.fctx, data);
+}
+
 // Must be the first thing done on resuming (also at the top of a fiber's entry
 // function): completes the sanitizer side of the switch into `self`.
-void context_resumed(Context& self) noexcept;
+inline void context_resumed(Context& self) noexcept {
+#if TENDRIL_ASAN
+  const void* old_lo = nullptr;
+  std::size_t old_size = 0;
+  __sanitizer_finish_switch_fiber(self.asan_fake_stack, &old_lo, &old_size);
+  (void)old_lo;
+  (void)old_size;
+#else
+  (void)self;
+#endif
+}
+
 
 }  // namespace tendril::detail

@@ -67,13 +67,12 @@ void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
 }
 
 [[noreturn]] void finish_fiber(FiberCtl* self) noexcept {
-  self->join_lock.lock();
-  self->done = true;
-  Waiter* joiner = self->joiner;
-  const bool detached = self->detached;
-  self->join_lock.unlock();
-  if (detached && self->error) die_with_escaped_exception(self);
-  if (joiner != nullptr && claim(*joiner)) wake(*joiner);
+  const std::uintptr_t old = self->join_state.exchange(FiberCtl::kDone, std::memory_order_acq_rel);
+  if (old == FiberCtl::kDetached) {
+    if (self->error) die_with_escaped_exception(self);
+  } else if (old != FiberCtl::kRunning) {
+    wake(*reinterpret_cast<Waiter*>(old));  // the joiner
+  }
   Worker* w = current_worker();
   WorkerCounters::bump(w->counters().finished);
   w->switch_out(self, drop_running_ref, nullptr, /*finished=*/true);
@@ -134,9 +133,10 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   f->closure = cl;
   f->stack = slot;
   f->id = id;
-  const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
-  std::memcpy(f->name, options.name.data(), n);
-  f->name[n] = '\0';
+  if (!options.name.empty()) {
+    const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
+    std::memcpy(f->name, options.name.data(), n);
+  }
   context_make(f->ctx, slot.lo, align_down(cl, 64), fiber_entry);
   stack_set_owner(slot, id, f->name);
   if (w != nullptr) {
@@ -154,13 +154,19 @@ void fiber_join(FiberCtl* f) {
   if (f == current_fiber())
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "tendril::Fiber::join: a fiber cannot join itself");
-  f->join_lock.lock();
-  if (!f->done) {
+  if (f->join_state.load(std::memory_order_acquire) != FiberCtl::kDone) {
     Waiter w;
-    f->joiner = &w;
-    park(w, f->join_lock);
-  } else {
-    f->join_lock.unlock();
+    struct Publish {
+      FiberCtl* f;
+      Waiter* w;
+      static bool commit(void* arg) noexcept {
+        auto* p = static_cast<Publish*>(arg);
+        std::uintptr_t expected = FiberCtl::kRunning;
+        return p->f->join_state.compare_exchange_strong(
+            expected, reinterpret_cast<std::uintptr_t>(p->w), std::memory_order_acq_rel);
+      }
+    } publish{f, &w};
+    park_committed(w, Publish::commit, &publish);
   }
   std::exception_ptr error = std::move(f->error);
   f->error = nullptr;
@@ -169,11 +175,8 @@ void fiber_join(FiberCtl* f) {
 }
 
 void fiber_detach(FiberCtl* f) noexcept {
-  f->join_lock.lock();
-  f->detached = true;
-  const bool done = f->done;
-  f->join_lock.unlock();
-  if (done && f->error) die_with_escaped_exception(f);
+  const std::uintptr_t old = f->join_state.exchange(FiberCtl::kDetached, std::memory_order_acq_rel);
+  if (old == FiberCtl::kDone && f->error) die_with_escaped_exception(f);
   drop_ref(f);
 }
 

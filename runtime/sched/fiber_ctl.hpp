@@ -27,11 +27,11 @@ struct alignas(64) FiberCtl {
   // running fiber's (dropped after its last switch away). The stack is released
   // with the last one.
   std::atomic<std::uint32_t> refs{2};
-  SpinLock join_lock;
-  bool done = false;           // guarded by join_lock
-  bool detached = false;       // guarded by join_lock
-  Waiter* joiner = nullptr;    // guarded by join_lock
-  std::exception_ptr error;    // set before done; read by the joiner
+  // One word settles the race between finishing, joining and detaching:
+  // kRunning, kDone, kDetached, or the joiner's Waiter* (parked until done).
+  static constexpr std::uintptr_t kRunning = 0, kDone = 1, kDetached = 2;
+  std::atomic<std::uintptr_t> join_state{kRunning};
+  std::exception_ptr error;    // set before kDone is published; read by the joiner
 
   // Timer state (see timer_heap.hpp): the heap it is in and its index there.
   struct TimerHeap* timer_heap = nullptr;

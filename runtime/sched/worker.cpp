@@ -22,7 +22,9 @@
 namespace tendril::detail {
 
 namespace {
-thread_local Worker* tls_worker = nullptr;
+// initial-exec: libtendril is loaded at start-up (never dlopen'ed late), and
+// the general-dynamic model would cost a __tls_get_addr call per access.
+__attribute__((tls_model("initial-exec"))) thread_local Worker* tls_worker = nullptr;
 
 // Finishes a switch on the context that was entered: records where the left
 // context stopped, then runs what it asked for.

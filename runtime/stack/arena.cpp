@@ -178,7 +178,13 @@ namespace {
 
 constexpr std::size_t kMinGuard = 16 * 1024;
 constexpr std::size_t kArenaBudget = std::size_t(16) << 40;  // 16 TiB of address space per class, split over workers
+#if defined(__SANITIZE_THREAD__)
+// ThreadSanitizer maps application memory into a few fixed, smaller windows; a
+// terabyte reservation does not fit there.
+constexpr std::size_t kMaxArenaBytes = std::size_t(8) << 30;  // 8 GiB per (worker, class)
+#else
 constexpr std::size_t kMaxArenaBytes = std::size_t(1) << 40; // 1 TiB per (worker, class)
+#endif
 constexpr unsigned kDefaultGrowPages = 16;
 
 bool g_initialized = false;
@@ -320,7 +326,7 @@ void prepare_fresh_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_
   if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
   map_top_page(w, a.slot_hi(slot));
   m.mapped_pages.store(1, std::memory_order_relaxed);
-  w.counters.live_pages.fetch_add(1, std::memory_order_relaxed);
+  add_single_writer(w.counters.live_pages, 1);
 }
 
 // A reused slot still has its top page: no fault, no syscall unless the limit changed.
@@ -331,8 +337,8 @@ void prepare_reused_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32
     if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
     m.limit_pages.store(limit_pages, std::memory_order_relaxed);
   }
-  w.counters.cached_pages.fetch_sub(1, std::memory_order_relaxed);
-  w.counters.live_pages.fetch_add(1, std::memory_order_relaxed);
+  add_single_writer(w.counters.cached_pages, -std::int64_t(1));
+  add_single_writer(w.counters.live_pages, 1);
 }
 
 // ---- release -----------------------------------------------------------------
@@ -359,10 +365,10 @@ void shrink_released_slot(Worker& releaser, SubArena& a, std::uint32_t slot) {
   std::uint32_t resident = g_rt.mode == Mode::uffd ? m.mapped_pages.load(std::memory_order_relaxed) : resident_pages(lo, hi);
   if (resident > 1) drop_pages_below_top(lo, hi);
   if (g_rt.mode == Mode::kernel && resident > 1)
-    releaser.counters.faults.fetch_add(resident - 1, std::memory_order_relaxed);  // growth seen only now
+    add_single_writer(releaser.counters.faults, resident - 1);  // growth seen only now
   m.mapped_pages.store(1, std::memory_order_relaxed);
-  releaser.counters.live_pages.fetch_sub(g_rt.mode == Mode::uffd ? resident : 1, std::memory_order_relaxed);
-  releaser.counters.cached_pages.fetch_add(1, std::memory_order_relaxed);
+  add_single_writer(releaser.counters.live_pages, -std::int64_t(g_rt.mode == Mode::uffd ? resident : 1));
+  add_single_writer(releaser.counters.cached_pages, 1);
 }
 
 struct SlotRef {
@@ -560,8 +566,10 @@ void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* 
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
   m.fiber_id.store(fiber_id, std::memory_order_relaxed);
-  std::strncpy(m.name, name ? name : "", sizeof m.name - 1);
-  m.name[sizeof m.name - 1] = '\0';
+  // strnlen + memcpy: no byte-at-a-time strncpy padding on the spawn path.
+  const std::size_t n = name != nullptr ? strnlen(name, sizeof m.name - 1) : 0;
+  if (n != 0) std::memcpy(m.name, name, n);
+  m.name[n] = '\0';
 }
 
 void stack_on_switch(unsigned worker, const StackSlot* /*next*/) noexcept {
@@ -591,8 +599,9 @@ StackCounters stack_counters() {
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
   for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i) {
     WorkerCounters& k = g_rt.w[i].counters;
-    faults += k.faults.load(std::memory_order_relaxed);
-    live += k.live_pages.load(std::memory_order_relaxed);
+    const HandlerCounters& h = g_rt.w[i].handler_counters;
+    faults += k.faults.load(std::memory_order_relaxed) + h.faults.load(std::memory_order_relaxed);
+    live += k.live_pages.load(std::memory_order_relaxed) + h.live_pages.load(std::memory_order_relaxed);
     cached += k.cached_pages.load(std::memory_order_relaxed);
     refills += k.pool_refills.load(std::memory_order_relaxed);
     PagePool& p = g_rt.w[i].pool;

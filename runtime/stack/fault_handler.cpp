@@ -133,8 +133,8 @@ void account_fault_ahead(Worker& w, SlotMeta& m, char* hi, char* page, unsigned 
   std::uint32_t depth = std::uint32_t((hi - page) / kPage);
   if (depth > m.deepest_fault.load(std::memory_order_relaxed)) m.deepest_fault.store(depth, std::memory_order_relaxed);
   m.mapped_pages.fetch_add(pages, std::memory_order_release);
-  w.counters.faults.fetch_add(1, std::memory_order_relaxed);
-  w.counters.live_pages.fetch_add(pages, std::memory_order_relaxed);
+  add_single_writer(w.handler_counters.faults, 1);
+  add_single_writer(w.handler_counters.live_pages, pages);
 }
 
 // Rare: part of the run already existed. Racy against a release of the slot,
@@ -142,7 +142,7 @@ void account_fault_ahead(Worker& w, SlotMeta& m, char* hi, char* page, unsigned 
 void account_shortfall(Worker& w, SlotMeta& m, unsigned missing) noexcept {
   if (!missing) return;
   m.mapped_pages.fetch_sub(missing, std::memory_order_relaxed);
-  w.counters.live_pages.fetch_sub(missing, std::memory_order_relaxed);
+  add_single_writer(w.handler_counters.live_pages, -std::int64_t(missing));
 }
 
 void resolve_fault(Worker& w, std::uintptr_t addr) noexcept {
@@ -274,7 +274,7 @@ void pool_refill(Worker& w) noexcept {
     produced += n;
     p.produced.store(produced, std::memory_order_release);
   }
-  w.counters.pool_refills.fetch_add(1, std::memory_order_relaxed);
+  add_single_writer(w.counters.pool_refills, 1);
 }
 
 }  // namespace tendril::detail::stack_impl

@@ -70,12 +70,24 @@ struct PagePool {
 // Counters are per worker so neither the handler nor the worker shares a
 // cache line with another worker; stack_counters() sums them. Signed because a
 // slot allocated on one worker may be released (and debited) on another.
-struct alignas(64) WorkerCounters {
-  std::atomic<std::int64_t> faults{0};
+// Each counter has exactly one writer, so it is bumped with a relaxed load and
+// store instead of a locked read-modify-write (allocate and release are on the
+// spawn path). stack_counters() sums the two sides.
+struct alignas(64) WorkerCounters {  // written by the worker (or, for the
+                                     // plain-thread index, under its mutex)
+  std::atomic<std::int64_t> faults{0};        // kernel mode: growth seen at release
   std::atomic<std::int64_t> live_pages{0};
   std::atomic<std::int64_t> cached_pages{0};
   std::atomic<std::int64_t> pool_refills{0};
 };
+struct alignas(64) HandlerCounters {  // written by the worker's fault handler thread
+  std::atomic<std::int64_t> faults{0};
+  std::atomic<std::int64_t> live_pages{0};
+};
+
+inline void add_single_writer(std::atomic<std::int64_t>& c, std::int64_t delta) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
 
 struct alignas(64) Worker {
   SubArena arenas[kNumClasses];
@@ -85,6 +97,7 @@ struct alignas(64) Worker {
   bool handler_running = false;
   PagePool pool;
   WorkerCounters counters;
+  HandlerCounters handler_counters;
 };
 
 struct Runtime {

@@ -83,7 +83,29 @@ bool park_thread(Waiter& waiter, SpinLock& lock, const Deadline* deadline) noexc
   return true;
 }
 
+struct CommitArgs {
+  bool (*commit)(void*) noexcept;
+  void* arg;
+};
+
+void commit_or_resume(FiberCtl* from, void* arg) noexcept {
+  auto* a = static_cast<CommitArgs*>(arg);
+  if (!a->commit(a->arg)) current_scheduler()->ready(from, /*handoff=*/true);
+}
+
 }  // namespace
+
+void park_committed(Waiter& waiter, bool (*commit)(void*) noexcept, void* arg) {
+  Worker* w = current_worker();
+  FiberCtl* self = w != nullptr ? w->current() : nullptr;
+  if (self != nullptr) {
+    CommitArgs a{commit, arg};
+    w->switch_out(self, commit_or_resume, &a);
+    return;
+  }
+  if (!commit(arg)) return;
+  while (waiter.woken.load(std::memory_order_acquire) == 0) futex_wait(waiter.woken, 0, nullptr);
+}
 
 bool park(Waiter& waiter, SpinLock& lock, const Deadline* deadline) {
   Worker* w = current_worker();

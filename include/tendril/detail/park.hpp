@@ -98,6 +98,13 @@ using Deadline = std::chrono::steady_clock::time_point;
 // the lock again and unlink `w` if it is still linked.
 bool park(Waiter& w, SpinLock& lock, const Deadline* deadline = nullptr);
 
+// Parks the caller until wake(w), for waits whose registration is a single
+// atomic step rather than a locked queue. `commit(arg)` publishes `w` (so a
+// waker can find it) and runs only once it is safe to be woken: for a fiber,
+// after its context is saved. If commit returns false there is nothing to wait
+// for and the caller continues at once.
+void park_committed(Waiter& w, bool (*commit)(void* arg) noexcept, void* arg);
+
 // Claims a waiter; false if it timed out first (then leave it alone).
 inline bool claim(Waiter& w) noexcept {
   std::uint32_t expected = Waiter::kWaiting;
