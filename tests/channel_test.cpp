@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/scale.hpp"
+
 #include <atomic>
 #include <memory>
 #include <string>
@@ -63,9 +65,9 @@ void mpmc_exact(std::size_t capacity, int producers, int consumers, std::int64_t
 
 }  // namespace
 
-TEST(Channel, MillionMessagesBufferedMpmcExact) { mpmc_exact(64, 4, 4, 1000000); }
-TEST(Channel, MillionMessagesUnbufferedMpmcExact) { mpmc_exact(0, 4, 4, 1000000); }
-TEST(Channel, CapacityOneManyProducersExact) { mpmc_exact(1, 8, 2, 200000); }
+TEST(Channel, MillionMessagesBufferedMpmcExact) { mpmc_exact(64, 4, 4, stress_count(1000000)); }
+TEST(Channel, MillionMessagesUnbufferedMpmcExact) { mpmc_exact(0, 4, 4, stress_count(1000000)); }
+TEST(Channel, CapacityOneManyProducersExact) { mpmc_exact(1, 8, 2, stress_count(200000)); }
 
 TEST(Channel, FifoPerSender) {
   tendril::run(two_workers(), [] {

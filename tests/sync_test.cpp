@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/scale.hpp"
+
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -20,7 +22,8 @@ tendril::Options two_workers() {
 }  // namespace
 
 TEST(Mutex, CounterExactUnderContentionAcrossWorkersAndThreads) {
-  constexpr int kFibers = 64, kThreads = 2, kIters = 5000;
+  constexpr int kFibers = 64, kThreads = 2;
+  constexpr int kIters = static_cast<int>(stress_count(5000, 200));
   long counter = 0;  // deliberately not atomic
   std::atomic<unsigned> cpus{0};
   tendril::run(two_workers(), [&] {
@@ -99,7 +102,7 @@ TEST(CondVar, ProducerConsumerWithPredicate) {
     tendril::CondVar not_empty, not_full;
     std::vector<int> queue;
     long consumed = 0;
-    constexpr int kItems = 20000;
+    constexpr int kItems = static_cast<int>(stress_count(20000));
     auto consumer = tendril::spawn([&] {
       for (int i = 0; i < kItems; ++i) {
         std::unique_lock<tendril::Mutex> lk(m);
