@@ -141,21 +141,29 @@ TEST(Fiber, YieldInterleavesFibersOnOneWorker) {
 }
 
 TEST(Fiber, SleepsWakeInDeadlineOrder) {
-  // Deadlines are fixed before any fiber starts, so how long spawning takes
-  // (slow under sanitizers) does not matter; one worker makes the order of
-  // wake-ups the order of execution.
+  // The fibers start sleeping only once all of them exist (slow to spawn under
+  // sanitizers), with deadlines far enough ahead that none has passed when it
+  // goes to sleep; one worker makes the order of wake-ups the order of
+  // execution.
   std::vector<int> order;
   tendril::Options o;
   o.workers = 1;
   tendril::run(o, [&] {
-    const auto base = std::chrono::steady_clock::now() + 20ms;
+    tendril::Channel<int> gate;
+    std::chrono::steady_clock::time_point base;
     std::vector<tendril::Fiber> fs;
     for (int i : {5, 1, 4, 2, 3}) {
-      fs.push_back(tendril::spawn([&, i] {
-        tendril::this_fiber::sleep_until(base + std::chrono::milliseconds(5 * i));
+      fs.push_back(tendril::spawn([&, i, gate]() mutable {
+        gate.recv();  // nullopt once main closes it
+        const auto deadline = base + std::chrono::milliseconds(20 * i);
+        ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the machine stalled; deadline passed";
+        tendril::this_fiber::sleep_until(deadline);
         order.push_back(i);
       }));
     }
+    tendril::this_fiber::yield();  // every fiber is now parked on the gate
+    base = std::chrono::steady_clock::now() + 100ms;
+    gate.close();
     for (auto& f : fs) f.join();
   });
   EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4, 5}));

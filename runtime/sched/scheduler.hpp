@@ -21,9 +21,10 @@
 // soon (its local queue, or the global queue) and no other worker is already
 // spinning in search of work. An idle worker spins for Options::spin_before_park
 // before it parks; parking registers it as idle and then looks once more, so a
-// wake-up cannot be lost between the look and the sleep. Parked workers still
-// look around every 1-10 ms (see park_thread): cooperative fibers give a busy
-// worker no chance to hand its runnext fiber over.
+// wake-up cannot be lost between the look and the sleep. While any worker
+// runs, parked workers still look around every 1-10 ms (see park_thread):
+// cooperative fibers give a busy worker no chance to hand its runnext fiber
+// over. When all are parked they sleep until a timer or a wake-up.
 #pragma once
 
 #include <atomic>
@@ -115,6 +116,7 @@ class Worker {
   FiberCtl* steal() noexcept;
   FiberCtl* spin_for_work() noexcept;
   void park_thread() noexcept;
+  const Deadline* wake_deadline(bool watch) noexcept;
   void switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                  void* arg, bool finished) noexcept;
 
@@ -136,6 +138,7 @@ class Worker {
   static constexpr std::int64_t kMinParkBackoffNs = 1000000;    // 1 ms
   static constexpr std::int64_t kMaxParkBackoffNs = 10000000;   // 10 ms
   std::int64_t park_backoff_ns_ = kMinParkBackoffNs;
+  Deadline park_deadline_{};
   std::thread thread_;
 };
 

@@ -243,11 +243,17 @@ FiberCtl* Worker::spin_for_work() noexcept {
 }
 
 void Worker::park_thread() noexcept {
+  // A parked worker re-checks now and then while some worker runs: a worker
+  // stuck in one long-running fiber cannot ask for help with the fiber in its
+  // runnext slot. When every worker is parked nobody can be stuck, so they
+  // sleep until a timer or a wake-up and an idle runtime costs no CPU.
+  bool watch;
   {
     std::lock_guard<std::mutex> g(sched_.idle_mu_);
     sched_.idle_.push_back(this);
     in_idle_list_ = true;
-    sched_.nidle_.fetch_add(1, std::memory_order_seq_cst);
+    const int idle = sched_.nidle_.fetch_add(1, std::memory_order_seq_cst) + 1;
+    watch = idle < static_cast<int>(sched_.worker_count());
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
   // Look once more now that wakers can see us (see wake_idle_worker_if_needed).
@@ -257,47 +263,65 @@ void Worker::park_thread() noexcept {
     work = sched_.worker(i).runq_.size() > 0;
   if (!work) {
     WorkerCounters::bump(counters_.parks);
-    // Sleep until our earliest timer; others' timers get a grace period
-    // before we go and fire them for a worker that is stuck.
-    std::int64_t wake_at = timers_.earliest.load(std::memory_order_acquire);
-    constexpr std::int64_t kGrace = 1000000;  // 1 ms, in steady ticks (ns)
-    for (unsigned i = 0; i < sched_.worker_count(); ++i) {
-      const std::int64_t e = sched_.worker(i).timers_.earliest.load(std::memory_order_acquire);
-      if (e != INT64_MAX && e + kGrace < wake_at) wake_at = e + kGrace;
+    io_wait(index_, wake_deadline(watch));
+  }
+  Worker* watcher = nullptr;
+  {
+    std::lock_guard<std::mutex> g(sched_.idle_mu_);
+    if (in_idle_list_) {
+      sched_.idle_.erase(std::find(sched_.idle_.begin(), sched_.idle_.end(), this));
+      in_idle_list_ = false;
+      sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
     }
-    // Never sleep for good: a worker stuck in one long-running fiber cannot
-    // ask for help with the fiber in its runnext slot, so parked workers look
-    // again now and then (backing off from 1 ms to 10 ms, the cadence of Go's
-    // sysmon); a steal() finds the stuck runnext on the second look.
+    // We leave a sleep nobody watched over, and are about to run: the others
+    // still parked must start watching us.
+    if (!watch && !sched_.idle_.empty()) {
+      watcher = sched_.idle_.back();
+      sched_.idle_.pop_back();
+      watcher->in_idle_list_ = false;
+      sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
+    }
+  }
+  if (watcher != nullptr) watcher->unpark();
+}
+
+const Deadline* Worker::wake_deadline(bool watch) noexcept {
+  // Our earliest timer; other workers' timers get a grace period before we go
+  // and fire them for a worker that is stuck.
+  std::int64_t wake_at = timers_.earliest.load(std::memory_order_acquire);
+  constexpr std::int64_t kGrace = 1000000;  // 1 ms, in steady ticks (ns)
+  for (unsigned i = 0; i < sched_.worker_count(); ++i) {
+    const std::int64_t e = sched_.worker(i).timers_.earliest.load(std::memory_order_acquire);
+    if (e != INT64_MAX && e + kGrace < wake_at) wake_at = e + kGrace;
+  }
+  if (watch) {
+    // Backing off from 1 ms to 10 ms, the cadence of Go's sysmon; steal()
+    // takes a stuck runnext on its second look.
     const std::int64_t check_at = steady_ticks() + park_backoff_ns_;
     park_backoff_ns_ = std::min<std::int64_t>(park_backoff_ns_ * 2, kMaxParkBackoffNs);
-    if (check_at < wake_at) wake_at = check_at;
-    const Deadline d{std::chrono::steady_clock::duration(wake_at)};
-    io_wait(index_, &d);
+    wake_at = std::min(wake_at, check_at);
   }
-  std::lock_guard<std::mutex> g(sched_.idle_mu_);
-  if (in_idle_list_) {
-    for (auto it = sched_.idle_.begin(); it != sched_.idle_.end(); ++it) {
-      if (*it == this) {
-        sched_.idle_.erase(it);
-        break;
-      }
-    }
-    in_idle_list_ = false;
-    sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
-  }
+  if (wake_at == INT64_MAX) return nullptr;
+  park_deadline_ = Deadline{std::chrono::steady_clock::duration(wake_at)};
+  return &park_deadline_;
 }
 
 void Worker::unpark() noexcept { io_wake(index_); }
 
 void Worker::loop() {
+  bool just_parked = false;
   while (!sched_.stopping()) {
     FiberCtl* f = pick_next();
-    if (f == nullptr) f = spin_for_work();
+    // Spin only when work just ran out. A worker back from a park either finds
+    // what it was woken for at once, or was only looking around (see
+    // park_thread): spinning then would burn CPU in an idle runtime.
+    if (f == nullptr && !just_parked) f = spin_for_work();
     if (f == nullptr) {
       park_thread();
+      just_parked = true;
       continue;
     }
+    just_parked = false;
     park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
   }
