@@ -251,6 +251,34 @@ TEST(Fiber, LongRunningFiberDoesNotStarveAFiberSpawnedBehindIt) {
   });
 }
 
+TEST(Fiber, RunnextIsStolenAfterTheRuntimeWasFullyIdle) {
+  // Both workers park with nothing to watch; the one that wakes for main's
+  // timer must get the other watching again, or the child waits forever.
+  tendril::run(two_workers(), [&] {
+    tendril::this_fiber::sleep_for(100ms);
+    std::atomic<bool> child_ran{false};
+    auto child = tendril::spawn([&] { child_ran = true; });
+    const auto give_up = std::chrono::steady_clock::now() + 10s;
+    while (!child_ran && std::chrono::steady_clock::now() < give_up) {
+    }
+    EXPECT_TRUE(child_ran.load());
+    child.join();
+  });
+}
+
+TEST(Fiber, IdleRuntimeDoesNotKeepWakingUp) {
+  // While every worker is parked there is nothing to watch over: they sleep
+  // until the one timer instead of re-checking every few milliseconds (which
+  // would be ~50 wake-ups per worker in 500 ms).
+  tendril::run(two_workers(), [&] {
+    tendril::this_fiber::sleep_for(20ms);  // let both workers settle
+    const std::uint64_t before = tendril::stats().worker_parks;
+    tendril::this_fiber::sleep_for(500ms);
+    const std::uint64_t parks = tendril::stats().worker_parks - before;
+    EXPECT_LE(parks, 12u) << "idle workers woke up " << parks << " times";
+  });
+}
+
 TEST(Fiber, PingPongPairDoesNotStarveAThirdFiber) {
   tendril::Options o;
   o.workers = 1;
