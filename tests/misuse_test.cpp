@@ -38,22 +38,24 @@ TEST(Misuse, JoinAndDetachOfNonJoinableFiberThrow) {
 TEST(Misuse, FiberJoiningItselfThrowsDeadlock) {
   tendril::run([] {
     tendril::Fiber self;
-    tendril::Channel<int> go;
-    self = tendril::spawn([&] {
-      go.recv();
+    tendril::Channel<int> go, tried;
+    self = tendril::spawn([&, go, tried]() mutable {
+      go.recv();  // until `self` holds this fiber's handle
       try {
         self.join();
         ADD_FAILURE() << "self-join returned";
       } catch (const std::system_error& e) {
         EXPECT_EQ(e.code(), std::errc::resource_deadlock_would_occur);
       }
+      tried.send(1);
     });
-    auto id = self.id();
+    const auto id = self.id();
     go.send(1);
-    // The self-join failed without consuming the handle; wait for the fiber.
-    while (tendril::stats().fibers_live > 1) tendril::this_fiber::yield();
+    tried.recv();
+    // The failed self-join left the handle as it was.
+    EXPECT_TRUE(self.joinable());
     EXPECT_EQ(self.id(), id);
-    self.detach();
+    self.join();
   });
 }
 
