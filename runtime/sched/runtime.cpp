@@ -164,10 +164,12 @@ void run(const Options& options, std::function<void()> main) {
   }
   sched.stop();
   {
+    // Under the lock that stats() holds while it reads the live scheduler, so
+    // a plain thread calling stats() now never sees it half destroyed.
     std::lock_guard<std::mutex> g(g_last_stats_mu);
     g_last_stats = sched.snapshot();
+    detail::set_current_scheduler(nullptr);
   }
-  detail::set_current_scheduler(nullptr);
   detail::io_shutdown();
   detail::stack_shutdown();
   if (error) std::rethrow_exception(error);
@@ -176,8 +178,8 @@ void run(const Options& options, std::function<void()> main) {
 bool in_runtime() noexcept { return detail::current_worker() != nullptr; }
 
 Stats stats() {
-  if (detail::Scheduler* s = detail::current_scheduler()) return s->snapshot();
   std::lock_guard<std::mutex> g(g_last_stats_mu);
+  if (detail::Scheduler* s = detail::current_scheduler()) return s->snapshot();
   return g_last_stats;
 }
 

@@ -169,7 +169,7 @@ class Scheduler {
   // find it soon and nobody is already looking.
   void wake_idle_worker_if_needed() noexcept;
 
-  FiberId allocate_id_block(FiberId n) noexcept { return next_id_.fetch_add(n) ; }
+  FiberId allocate_id_block(FiberId n) noexcept { return next_id_.fetch_add(n); }
 
   // Stack slots for spawns and releases from plain threads use one extra
   // stack-subsystem index, serialised by this mutex.

@@ -233,7 +233,7 @@ FiberCtl* Worker::spin_for_work() noexcept {
                            .count();
   sched_.nspinning_.fetch_add(1, std::memory_order_seq_cst);
   FiberCtl* f = nullptr;
-  for (unsigned i = 0; !sched_.stopping(); ++i) {
+  while (!sched_.stopping()) {
     if ((f = pick_next()) != nullptr) break;
     if (steady_ticks() >= until) break;
     for (int k = 0; k < 32; ++k) TENDRIL_CPU_RELAX();
