@@ -51,6 +51,11 @@ using FiberId = std::uint64_t;  // 0 is "no fiber"; ids are never reused in a pr
 struct SpawnOptions {
   std::string name;             // shown in diagnostics (first 31 bytes kept)
   std::size_t stack_limit = 0;  // 0: Options::stack_limit
+  // Spawn site for the learned stack depth: fibers spawned with the same
+  // (stable, non-null) address share a record of how deep their stacks grew,
+  // and later ones get a stack already mapped that deep (no growth faults).
+  // nullptr: the callable's type is the site.
+  const void* site = nullptr;
 };
 
 namespace detail {

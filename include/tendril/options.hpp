@@ -18,6 +18,7 @@
 // | pin_workers      | TENDRIL_PIN              | true (1/0, true/false)           |
 // | stack_mode       | TENDRIL_STACK_MODE       | "" (automatic): "uffd" or "kernel" |
 // | io_backend       | TENDRIL_IO               | "" (automatic): "uring" or "epoll" |
+// | stack_cache_bytes| TENDRIL_STACK_CACHE_BYTES| 64 MiB (suffixes K, M, G); 0: no cache |
 #pragma once
 
 #include <chrono>
@@ -43,6 +44,11 @@ struct Options {
   // I/O backend: "" chooses (io_uring where the kernel allows it, else
   // epoll), "uring" or "epoll" force one.
   std::string io_backend;
+  // Memory budget of the free-stack cache: resident pages that freed fiber
+  // stacks may keep so the next spawn takes no page fault and no system call.
+  // The cache grows under spawn/exit churn up to this and gives the pages back
+  // when churn stops. 0 disables it (every exit returns its stack's pages).
+  std::size_t stack_cache_bytes = std::size_t(64) << 20;
 
   // The values in *this with every TENDRIL_* variable that is set applied on
   // top. Throws std::invalid_argument for a malformed or out-of-range value.

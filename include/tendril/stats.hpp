@@ -7,7 +7,7 @@
 //
 // Counters are per worker and summed when the snapshot is taken, so the
 // snapshot is not one atomic instant; each counter only grows, except the
-// gauges (fibers_live, stack_pages_mapped, pool_pages). Outside run() the
+// gauges (fibers_live, stack_pages_mapped, pool_pages, stack_cache_pages). Outside run() the
 // counters of the last run are returned (zeros before the first).
 #pragma once
 
@@ -31,6 +31,20 @@ struct Stats {
   std::uint64_t stack_pages_mapped = 0;  // pages resident in live and cached stacks
   std::uint64_t pool_refills = 0;        // batch refills of per-worker page pools
   std::uint64_t pool_pages = 0;          // pages waiting in per-worker pools
+
+  // Free-stack cache (Options::stack_cache_bytes). A spawn either hits the
+  // cache (a freed stack with its pages still mapped, checked to be on the
+  // spawning worker's NUMA node: no page fault, no system call) or misses
+  // (a slot from the arena, top page only).
+  std::uint64_t cache_hits = 0;          // spawns served by the cache
+  std::uint64_t cache_misses = 0;        // spawns that took a slot from the arena
+  std::uint64_t stacks_cached = 0;       // fiber exits whose stack the cache took
+  std::uint64_t stacks_dropped = 0;      // exits the cache refused (full, over budget, disabled)
+  std::uint64_t stacks_evicted = 0;      // cached stacks given back after churn stopped
+  std::uint64_t node_match = 0;          // cached stacks whose checked pages were all on the exiting worker's node
+  std::uint64_t node_mismatch = 0;       // ... that had pages on another node (those pages were released, the stack kept)
+  std::uint64_t pages_trimmed = 0;       // pages cached stacks gave back (deeper than kept, foreign, evicted)
+  std::uint64_t stack_cache_pages = 0;   // gauge: resident pages held by the cache now
 
   // I/O (see <tendril/net.hpp>).
   std::string io_backend;                // "uring" or "epoll"

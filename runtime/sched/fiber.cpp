@@ -123,7 +123,7 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   FiberId id;
   {
     StackIndex idx(*s);
-    slot = stack_allocate(idx.index, limit);
+    slot = stack_allocate(idx.index, limit, options.site != nullptr ? options.site : &ops);
     id = w != nullptr ? w->next_fiber_id() : s->allocate_id_block(1);
   }
   auto* f = ::new (align_down(slot.hi - sizeof(FiberCtl), alignof(FiberCtl))) FiberCtl;

@@ -120,6 +120,8 @@ Options Options::with_environment() const {
       bad_env("TENDRIL_STACK_MODE", v, "expected uffd or kernel");
     o.stack_mode = v;
   }
+  if (const char* v = std::getenv("TENDRIL_STACK_CACHE_BYTES"))
+    o.stack_cache_bytes = parse_size("TENDRIL_STACK_CACHE_BYTES", v);
   if (const char* v = std::getenv("TENDRIL_IO")) {
     if (std::strcmp(v, "uring") != 0 && std::strcmp(v, "epoll") != 0 && *v != '\0')
       bad_env("TENDRIL_IO", v, "expected uring or epoll");
@@ -142,6 +144,7 @@ void run(const Options& options, std::function<void()> main) {
   sc.default_limit = opts.stack_limit;
   sc.workers = sched.worker_count() + 1;  // + one index shared by plain threads
   sc.mode = opts.stack_mode;
+  sc.cache_bytes = opts.stack_cache_bytes;
   detail::stack_init(sc);
   detail::IoConfig ioc;
   ioc.workers = sched.worker_count();

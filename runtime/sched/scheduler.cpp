@@ -131,6 +131,15 @@ Stats Scheduler::snapshot() const {
   s.stack_pages_mapped = st.stack_pages_mapped;
   s.pool_refills = st.pool_refills;
   s.pool_pages = st.pool_pages;
+  s.cache_hits = st.cache_hits;
+  s.cache_misses = st.cache_misses;
+  s.stacks_cached = st.stacks_cached;
+  s.stacks_dropped = st.stacks_dropped;
+  s.stacks_evicted = st.stacks_evicted;
+  s.node_match = st.node_match;
+  s.node_mismatch = st.node_mismatch;
+  s.pages_trimmed = st.pages_trimmed;
+  s.stack_cache_pages = st.cache_pages;
   s.io_backend = io_backend_name();
   return s;
 }

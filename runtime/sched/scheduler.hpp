@@ -139,6 +139,7 @@ class Worker {
   static constexpr std::int64_t kMaxParkBackoffNs = 10000000;   // 10 ms
   std::int64_t park_backoff_ns_ = kMinParkBackoffNs;
   Deadline park_deadline_{};
+  std::uint64_t maintenance_due_ns_ = 0;  // from stack_maintain: when to wake for it
   std::thread thread_;
 };
 

@@ -301,6 +301,8 @@ const Deadline* Worker::wake_deadline(bool watch) noexcept {
     park_backoff_ns_ = std::min<std::int64_t>(park_backoff_ns_ * 2, kMaxParkBackoffNs);
     wake_at = std::min(wake_at, check_at);
   }
+  if (maintenance_due_ns_ != 0)  // the stack cache still has stacks to give back
+    wake_at = std::min<std::int64_t>(wake_at, steady_ticks() + static_cast<std::int64_t>(maintenance_due_ns_));
   if (wake_at == INT64_MAX) return nullptr;
   park_deadline_ = Deadline{std::chrono::steady_clock::duration(wake_at)};
   return &park_deadline_;
@@ -317,6 +319,9 @@ void Worker::loop() {
     // park_thread): spinning then would burn CPU in an idle runtime.
     if (f == nullptr && !just_parked) f = spin_for_work();
     if (f == nullptr) {
+      // Idle: a good moment to give cached stacks back (batched trims, and
+      // shrinking the cache when churn has stopped).
+      maintenance_due_ns_ = stack_maintain(index_);
       park_thread();
       just_parked = true;
       continue;

@@ -206,6 +206,19 @@ bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept {
 
 bool uffd_map_top_page(Worker& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }
 
+// Issue 4 (learned depth): UFFDIO_COPY from the calling thread, so the pages
+// come from its node; pages that already exist are stepped over.
+unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept {
+  unsigned mapped = 0;
+  for (unsigned at = 0; at < pages;) {
+    unsigned n = copy_zero_pages(w.uffd, lo + std::size_t(at) * kPage, pages - at);
+    mapped += n;
+    at += n;
+    if (at < pages) ++at;  // EEXIST (or an error) at page `at`: skip it
+  }
+  return mapped;
+}
+
 bool handler_start(Worker& w, unsigned index) noexcept {
   w.stop_fd = eventfd(0, EFD_CLOEXEC);
   if (w.stop_fd < 0) return false;

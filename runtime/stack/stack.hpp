@@ -22,10 +22,17 @@ struct StackSlot {
   std::uint32_t index = 0;   // provider-private identity (slot number)
 };
 
+// Added by issue 4: default memory budget of the free-stack cache (bytes of
+// resident pages held by cached stacks); Options::stack_cache_bytes.
+constexpr std::size_t kDefaultStackCacheBytes = std::size_t(64) << 20;
+
 struct StackConfig {
   std::size_t default_limit = 256 * 1024;
   unsigned workers = 1;
   std::string mode;  // "", "uffd" or "kernel" (TENDRIL_STACK_MODE)
+  // Added by issue 4: budget of the NUMA-aware free-stack cache; 0 disables it
+  // (a released slot then goes straight back to its arena with its top page).
+  std::size_t cache_bytes = kDefaultStackCacheBytes;
 };
 
 struct StackCounters {
@@ -37,6 +44,19 @@ struct StackCounters {
   // Added by issue 3: pages still resident in released slots kept for reuse
   // (each free slot keeps its top page so the next allocate costs no fault).
   std::uint64_t cached_pages = 0;
+  // Added by issue 4 (the free-stack cache; see arena.cpp). cached_pages above
+  // now counts every resident page of a free slot, cache_pages the part of it
+  // held by the stack cache.
+  std::uint64_t cache_hits = 0;      // allocations served by the cache (no fault, no syscall)
+  std::uint64_t cache_misses = 0;    // allocations that took a slot from the arena
+  std::uint64_t stacks_cached = 0;   // releases the cache took
+  std::uint64_t stacks_dropped = 0;  // releases the cache could not take (full, over budget, off)
+  std::uint64_t stacks_evicted = 0;  // cached stacks given back to the arena when churn stopped
+  std::uint64_t node_match = 0;      // released stacks whose checked pages were all on the releaser's node
+  std::uint64_t node_mismatch = 0;   // ... that had pages on another node (those pages were released)
+  std::uint64_t pages_trimmed = 0;   // pages of cached stacks given back (depth trim, foreign, eviction)
+  std::uint64_t cache_stacks = 0;    // gauge: stacks in the cache now
+  std::uint64_t cache_pages = 0;     // gauge: resident pages of the stacks in the cache now
 };
 
 // Lifetime: init() before any worker starts, shutdown() after all have stopped.
@@ -46,6 +66,11 @@ void stack_shutdown() noexcept;
 // Called on worker `worker` (0-based). Throws std::system_error / std::bad_alloc
 // when no stack can be had; never returns a half-usable slot.
 StackSlot stack_allocate(unsigned worker, std::size_t limit);
+// Added by issue 4: the same, for a fiber spawned at `site` (any stable
+// address naming the spawn site: SpawnOptions::site, else the closure's
+// ClosureOps). The subsystem remembers how deep stacks from each site grew and
+// hands out a stack already mapped that deep. site == nullptr: no learning.
+StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site);
 // Called on worker `worker` after the fiber using `slot` has switched away for
 // the last time; nothing runs on it any more.
 void stack_release(unsigned worker, const StackSlot& slot) noexcept;
@@ -73,5 +98,39 @@ StackCounters stack_counters();
 // that never call it still work; an overflow on them in kernel mode dies with a
 // plain SIGSEGV instead of the diagnostic.
 void stack_thread_init(unsigned worker) noexcept;
+
+// Added by issue 4. Housekeeping of the free-stack cache for worker `worker`:
+// issues the worker's pending batched page trims and, once per epoch (about
+// 0.5 s of the monotonic coarse clock), gives back cached stacks that went
+// unused during the last epoch. Cheap when there is nothing to do. The
+// scheduler calls it from a worker's idle path, before the worker parks
+// (stack_on_switch also runs it every 1024 switches), so an idle server hands
+// its cached stacks back.
+// Returns the nanoseconds until the cache wants another call (its next epoch)
+// while stacks remain cached, or 0 when there is nothing left to give back.
+std::uint64_t stack_maintain(unsigned worker) noexcept;
+
+// Added by issue 4: the learned depth (bytes from hi) for `site`, 0 if none.
+std::size_t stack_learned_depth(const void* site) noexcept;
+
+// ---- test seams (issue 4) ----------------------------------------------------
+// The NUMA topology as the stack cache sees it. Tests replace it to simulate a
+// machine with several nodes; nullptr members fall back to the real ones.
+struct StackTopology {
+  unsigned nodes = 0;                       // 0: ask libnuma
+  int (*worker_node)(unsigned worker) = nullptr;  // nullptr: node of the CPU the worker's thread is on
+  // move_pages(2) in query mode: status[i] = node of pages[i] or a negative
+  // errno (-ENOENT: not resident). Returns 0, or -1 when the query failed.
+  long (*query_pages)(unsigned long count, void** pages, int* status) = nullptr;
+  bool check_single_node = false;           // run the locality checks with one node too
+};
+// Takes effect at the next stack_init (and for worker nodes at once).
+// nullptr restores the real topology.
+void stack_set_topology_for_testing(const StackTopology* topology) noexcept;
+// Replaces the coarse monotonic clock (nanoseconds) that drives cache epochs;
+// nullptr restores it.
+void stack_set_clock_for_testing(std::uint64_t (*now_ns)()) noexcept;
+// Length of a cache epoch in nanoseconds.
+constexpr std::uint64_t kStackCacheEpochNs = 500'000'000;
 
 }  // namespace tendril::detail

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <pthread.h>
+#include <sys/uio.h>
 
 namespace tendril::detail::stack_impl {
 
@@ -38,6 +39,21 @@ struct alignas(64) SlotMeta {
 };
 static_assert(sizeof(SlotMeta) == 64);
 
+// Per-slot state of the free-stack cache (issue 4), a second side table next
+// to SlotMeta (so SlotMeta keeps its 64 bytes). Touched only by the thread that
+// holds the slot (allocating / releasing worker); hand-offs go through the
+// depot lock, the arena free lists or the scheduler. base_pages is also read by
+// stack_counters() in kernel mode, hence atomic.
+struct SlotCacheMeta {
+  const void* site;                         // spawn site of the current / last user
+  std::atomic<std::uint32_t> base_pages;    // resident pages when handed out
+  std::uint32_t extent_pages;               // no page below hi - extent is resident (while free/handed out)
+  std::uint32_t checked_pages;              // pages [hi - checked, hi) verified on node `node`
+  std::int16_t node;                        // -1: unknown
+  std::uint16_t pad;
+};
+static_assert(sizeof(SlotCacheMeta) == 24);
+
 // One reservation: the slots of one size class owned by one worker. All of it
 // is a single VMA (registered with that worker's uffd in uffd mode).
 struct SubArena {
@@ -47,6 +63,7 @@ struct SubArena {
   std::size_t stride = 0;            // class_bytes + minimum guard
   std::uint32_t capacity = 0;        // slots that fit
   SlotMeta* meta = nullptr;          // capacity entries, MAP_NORESERVE
+  SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE (issue 4)
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
   std::uint32_t local_count = 0;
@@ -89,6 +106,64 @@ inline void add_single_writer(std::atomic<std::int64_t>& c, std::int64_t delta) 
   c.store(c.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
+// ---- the free-stack cache (issue 4; cache.cpp) --------------------------------
+constexpr unsigned kMagSlots = 32;      // stacks per magazine
+constexpr unsigned kTrimBatch = 16;     // ranges per batched MADV_DONTNEED
+constexpr unsigned kMaxNodes = 64;
+
+struct CacheEntry {
+  std::uint32_t ref;     // StackSlot::index of the slot (owner << 24 | slot)
+  std::uint16_t pages;   // resident pages it holds
+  std::uint16_t extent : 15;  // depth (pages from hi) below which nothing is resident
+  std::uint16_t pending : 1;  // its trim is still in the worker's TrimBatch
+};
+static_assert(sizeof(CacheEntry) == 8);
+
+struct Magazine {
+  Magazine* next = nullptr;
+  std::uint32_t count = 0;
+  std::uint32_t pages = 0;  // sum of e[i].pages
+  CacheEntry e[kMagSlots];
+};
+
+// Full and empty magazines of one (node, class). Taken with a try-lock only:
+// a busy depot counts as empty (allocate) or full (release).
+struct alignas(64) Depot {
+  std::atomic<bool> busy{false};
+  std::atomic<std::uint32_t> nfull_hint{0};  // racy peek, to skip an empty depot without the lock
+  Magazine* full = nullptr;
+  std::uint32_t nfull = 0;
+  Magazine* empty = nullptr;
+  std::uint32_t nempty = 0;
+  std::uint32_t min_full = 0;  // low watermark of nfull since the last decay
+  std::uint64_t pages = 0;     // resident pages in the full magazines
+  bool try_lock() noexcept { return !busy.load(std::memory_order_relaxed) && !busy.exchange(true, std::memory_order_acquire); }
+  void unlock() noexcept { busy.store(false, std::memory_order_release); }
+};
+
+struct alignas(64) CacheCounters {  // single writer: the worker index that owns it
+  std::atomic<std::int64_t> hits{0}, misses{0}, cached{0}, dropped{0}, evicted{0};
+  std::atomic<std::int64_t> node_match{0}, node_mismatch{0}, pages_trimmed{0};
+  std::atomic<std::int64_t> stacks{0}, pages{0};  // gauges (deltas; summed over workers)
+};
+
+struct TrimBatch {
+  struct iovec v[kTrimBatch];
+  unsigned n = 0;
+};
+
+struct WorkerCache {
+  Magazine* mag[kNumClasses] = {};
+  std::uint64_t local_pages = 0;             // pages in this worker's magazines
+  std::uint32_t activity[kNumClasses] = {};  // cache operations per class
+  std::uint32_t activity_seen[kNumClasses] = {};
+  std::int32_t node = 0;
+  std::uint32_t switches = 0;
+  std::uint64_t epoch = 0;  // last epoch this worker decayed its magazines in
+  TrimBatch batch;
+  CacheCounters counters;
+};
+
 struct alignas(64) Worker {
   SubArena arenas[kNumClasses];
   int uffd = -1;
@@ -98,6 +173,7 @@ struct alignas(64) Worker {
   PagePool pool;
   WorkerCounters counters;
   HandlerCounters handler_counters;
+  WorkerCache cache;
 };
 
 struct Runtime {
@@ -107,6 +183,7 @@ struct Runtime {
   unsigned max_grow_pages = 1;  // pages mapped per fault at most (doubling up to this)
   std::size_t arena_bytes = 0;  // reservation size per (worker, class)
   bool guard_madvise = false;   // kernel mode: MADV_GUARD_INSTALL works
+  bool learn_depth = true;      // issue 4: learned depth per spawn site (TENDRIL_STACK_LEARN=0 disables)
   Worker* w = nullptr;
 };
 
@@ -129,12 +206,43 @@ Located locate_any(std::uintptr_t addr) noexcept;
 bool uffd_open_and_register_api(Worker& w) noexcept;
 bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept;
 bool uffd_map_top_page(Worker& w, char* page) noexcept;
+// Issue 4: maps zero pages into [lo, lo + pages*kPage) ahead of use (pages that
+// already exist are skipped). Returns the pages it mapped.
+unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept;
 bool handler_start(Worker& w, unsigned index) noexcept;
 void handler_stop(Worker& w) noexcept;
 void handler_place_like_current_thread(Worker& w) noexcept;
 bool pool_create(PagePool& p) noexcept;
 void pool_destroy(PagePool& p) noexcept;
 void pool_refill(Worker& w) noexcept;
+
+// cache.cpp (issue 4). The arena side (arena.cpp) calls these.
+struct SlotRef {
+  Worker* owner;
+  SubArena* arena;
+  std::uint32_t slot;
+};
+void cache_init(std::size_t budget_bytes) noexcept;
+void cache_shutdown() noexcept;
+void cache_thread_init(unsigned worker) noexcept;
+bool cache_enabled() noexcept;
+// Takes a cached slot of class `cls` for worker w, preferring one mapped at
+// least `want_pages` deep. On success *ref and *entry describe it; the slot
+// is out of the cache (gauges settled) but not yet prepared.
+bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* entry) noexcept;
+// Offers a released slot (state already kFree, live pages already debited:
+// `resident` pages are resident in it). Returns false if the cache refused it:
+// the caller then shrinks it and frees it to its arena.
+bool cache_put(Worker& releaser, unsigned releaser_index, const SlotRef& r, unsigned cls, std::uint32_t resident,
+               std::uint32_t extent) noexcept;
+std::uint32_t site_depth_pages(const void* site) noexcept;
+void site_record(const void* site, std::uint32_t pages) noexcept;
+void cache_tick(unsigned worker, bool flush) noexcept;
+std::uint64_t cache_now_ns() noexcept;
+// arena.cpp services the cache uses.
+void arena_free_slot(Worker& releaser, const SlotRef& r) noexcept;  // push a free slot (top page only) to its arena
+SlotRef decode_ref(std::uint32_t ref, unsigned cls) noexcept;
+std::uint32_t resident_pages_in(char* lo, char* hi) noexcept;
 
 // guard.cpp
 bool guard_probe_madvise() noexcept;

@@ -1,0 +1,591 @@
+// The NUMA-aware free-stack cache (tendril issue 4). The design, its
+// invariants and measured numbers are in the comment at the top of arena.cpp
+// ("# The free-stack cache"); this file holds the magazines and depots, the
+// locality checks, batched trimming, the adaptive decay and the table of
+// learned stack depths per spawn site.
+#include "stack_internal.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <ctime>
+#include <new>
+#include <numa.h>
+#include <numaif.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace tendril::detail::stack_impl {
+
+namespace {
+
+constexpr std::uint32_t kKeepPages = 4;         // a cached stack keeps at least 16 KiB...
+constexpr std::uint32_t kMaxKeepPages = 256;    // ...and at most 1 MiB (learned depth)
+constexpr unsigned kSites = 1024;               // learned-depth table entries (power of two)
+constexpr unsigned kSiteProbes = 8;
+constexpr unsigned kPreferScan = 8;             // magazine entries looked at for a deep-enough stack
+constexpr unsigned kQueryBatch = 64;            // pages per move_pages call
+
+struct Site {
+  std::atomic<std::uintptr_t> key{0};
+  std::atomic<std::uint32_t> depth{0};  // pages
+};
+
+struct Cache {
+  bool enabled = false;
+  bool check = false;          // run the locality checks
+  unsigned nodes = 1;
+  std::uint64_t local_cap = 0;  // pages a worker's magazines may hold
+  std::uint64_t depot_cap = 0;  // pages all depots together may hold
+  Depot* depots = nullptr;      // nodes * kNumClasses
+  std::atomic<std::int64_t> depot_pages{0};
+  std::atomic<std::uint64_t> decayed_epoch{0};
+  int pidfd = -1;
+  std::atomic<bool> pmadv_ok{true};
+};
+
+Cache g_cache;
+Site g_sites[kSites];
+
+StackTopology g_topo;  // test override (members may be null)
+std::uint64_t (*g_clock)() = nullptr;
+
+// ---- topology ----------------------------------------------------------------
+
+long real_query_pages(unsigned long count, void** pages, int* status) {
+  return move_pages(0, count, pages, nullptr, status, 0);  // query mode: faults nothing in
+}
+
+unsigned real_nodes() {
+  if (numa_available() < 0) return 1;
+  int n = numa_num_configured_nodes();
+  return unsigned(std::clamp(n, 1, int(kMaxNodes)));
+}
+
+// getcpu(2) gives the node directly (libnuma's numa_node_of_cpu allocates a
+// cache it never frees).
+int node_of_current_cpu() {
+  unsigned cpu = 0, node = 0;
+  if (getcpu(&cpu, &node) != 0) return 0;
+  return int(node);
+}
+
+int clamp_node(int n) { return std::clamp(n, 0, int(g_cache.nodes) - 1); }
+
+long query_pages(unsigned long count, void** pages, int* status) {
+  return (g_topo.query_pages ? g_topo.query_pages : real_query_pages)(count, pages, status);
+}
+
+Depot& depot(int node, unsigned cls) { return g_cache.depots[unsigned(node) * kNumClasses + cls]; }
+
+// ---- learned depth per spawn site --------------------------------------------
+
+unsigned site_hash(const void* site) {
+  auto k = reinterpret_cast<std::uintptr_t>(site);
+  k ^= k >> 29;
+  k *= 0xbf58476d1ce4e5b9ull;
+  k ^= k >> 32;
+  return unsigned(k) & (kSites - 1);
+}
+
+// ---- batched trimming --------------------------------------------------------
+
+void clear_pending(WorkerCache& c) {
+  for (Magazine* m : c.mag)
+    if (m)
+      for (std::uint32_t i = 0; i < m->count; ++i) m->e[i].pending = 0;
+}
+
+void flush_batch(WorkerCache& c) {
+  TrimBatch& b = c.batch;
+  if (b.n == 0) return;
+  bool done = false;
+  if (g_cache.pidfd >= 0 && g_cache.pmadv_ok.load(std::memory_order_relaxed)) {
+    // One call (and, on Linux 6.16+, one TLB flush) for the whole batch.
+    std::size_t total = 0;
+    for (unsigned i = 0; i < b.n; ++i) total += b.v[i].iov_len;
+    long r = syscall(SYS_process_madvise, g_cache.pidfd, b.v, b.n, MADV_DONTNEED, 0u);
+    if (r == long(total)) done = true;
+    else if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM || errno == EBADF))
+      g_cache.pmadv_ok.store(false, std::memory_order_relaxed);  // Linux < 6.13: per-range madvise
+  }
+  if (!done)
+    for (unsigned i = 0; i < b.n; ++i) madvise(b.v[i].iov_base, b.v[i].iov_len, MADV_DONTNEED);
+  b.n = 0;
+  clear_pending(c);
+}
+
+// Queues [lo, hi) for MADV_DONTNEED. The slot's entry goes into this worker's
+// magazine marked pending; a pending entry never leaves the worker before the
+// batch is flushed (see the invariants in arena.cpp).
+void queue_trim(WorkerCache& c, char* lo, char* hi) {
+  if (c.batch.n == kTrimBatch) flush_batch(c);
+  c.batch.v[c.batch.n++] = iovec{lo, std::size_t(hi - lo)};
+}
+
+// ---- slot helpers ------------------------------------------------------------
+
+struct SlotView {
+  SlotRef r;
+  SlotMeta* m;
+  SlotCacheMeta* cm;
+  char* hi;
+  char* lo;
+};
+
+SlotView view(std::uint32_t ref, unsigned cls) {
+  SlotRef r = decode_ref(ref, cls);
+  SlotMeta& m = r.arena->meta[r.slot];
+  char* hi = r.arena->slot_hi(r.slot);
+  return {r, &m, &r.arena->cmeta[r.slot], hi, hi - std::size_t(m.limit_pages.load(std::memory_order_relaxed)) * kPage};
+}
+
+// Gives a cached stack back to its arena with only its top page (eviction).
+void evict(unsigned worker, const CacheEntry& e, unsigned cls) {
+  Worker& w = g_rt.w[worker];
+  SlotView v = view(e.ref, cls);
+  if (e.pages > 1 || e.extent > 1) madvise(v.lo, std::size_t(v.hi - kPage - v.lo), MADV_DONTNEED);
+  if (g_rt.mode == Mode::uffd) v.m->mapped_pages.store(1, std::memory_order_relaxed);
+  v.cm->extent_pages = 1;
+  v.cm->checked_pages = std::min<std::uint32_t>(v.cm->checked_pages, 1);
+  CacheCounters& k = w.cache.counters;
+  add_single_writer(k.evicted, 1);
+  add_single_writer(k.pages_trimmed, e.pages - 1);
+  add_single_writer(k.stacks, -1);
+  add_single_writer(k.pages, -std::int64_t(e.pages));
+  add_single_writer(w.counters.cached_pages, -std::int64_t(e.pages - 1));
+  arena_free_slot(w, v.r);
+}
+
+// ---- depots ------------------------------------------------------------------
+
+Magazine* new_magazine() { return new (std::nothrow) Magazine(); }
+
+// Moves worker w's full magazine of class cls to its node's depot and gives it
+// an empty one. Never waits: a busy or over-budget depot refuses.
+bool deposit(Worker& w, unsigned cls) {
+  WorkerCache& c = w.cache;
+  Magazine* full = c.mag[cls];
+  flush_batch(c);  // pending trims must be done before a stack leaves this worker
+  Depot& d = depot(c.node, cls);
+  if (!d.try_lock()) return false;
+  std::int64_t now = g_cache.depot_pages.load(std::memory_order_relaxed);
+  Magazine* empty = nullptr;
+  if (std::uint64_t(now) + full->pages <= g_cache.depot_cap) {
+    if (d.empty) {
+      empty = d.empty;
+      d.empty = empty->next;
+      --d.nempty;
+    } else {
+      empty = new_magazine();
+    }
+  }
+  if (empty) {
+    full->next = d.full;
+    d.full = full;
+    ++d.nfull;
+    d.pages += full->pages;
+    d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
+    g_cache.depot_pages.fetch_add(full->pages, std::memory_order_relaxed);
+  }
+  d.unlock();
+  if (!empty) return false;
+  c.local_pages -= full->pages;
+  empty->next = nullptr;
+  empty->count = 0;
+  empty->pages = 0;
+  c.mag[cls] = empty;
+  return true;
+}
+
+// Swaps worker w's empty magazine of class cls for a full one from its node's depot.
+bool refill(Worker& w, unsigned cls) {
+  WorkerCache& c = w.cache;
+  Depot& d = depot(c.node, cls);
+  if (d.nfull_hint.load(std::memory_order_relaxed) == 0 || !d.try_lock()) return false;
+  Magazine* full = d.full;
+  if (!full || c.local_pages + full->pages > g_cache.local_cap) {
+    d.unlock();
+    return false;
+  }
+  d.full = full->next;
+  --d.nfull;
+  d.min_full = std::min(d.min_full, d.nfull);
+  d.pages -= full->pages;
+  d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
+  g_cache.depot_pages.fetch_sub(full->pages, std::memory_order_relaxed);
+  if (Magazine* old = c.mag[cls]) {
+    old->next = d.empty;
+    d.empty = old;
+    ++d.nempty;
+  }
+  d.unlock();
+  full->next = nullptr;
+  c.mag[cls] = full;
+  c.local_pages += full->pages;
+  return true;
+}
+
+// Once per epoch, by whichever worker gets there first: each depot gives back
+// half (rounded up) of the magazines that sat unused for the whole epoch.
+void decay_depots(unsigned worker) {
+  for (unsigned n = 0; n < g_cache.nodes; ++n)
+    for (unsigned cls = 0; cls < kNumClasses; ++cls) {
+      Depot& d = depot(int(n), cls);
+      if (d.nfull == 0 && d.nempty == 0 && d.min_full == 0) continue;  // racy peek; fine
+      if (!d.try_lock()) continue;  // next epoch
+      std::uint32_t release = (d.min_full + 1) / 2;
+      Magazine* victims = nullptr;
+      for (std::uint32_t i = 0; i < release && d.full; ++i) {
+        Magazine* m = d.full;
+        d.full = m->next;
+        --d.nfull;
+        d.pages -= m->pages;
+        g_cache.depot_pages.fetch_sub(m->pages, std::memory_order_relaxed);
+        m->next = victims;
+        victims = m;
+      }
+      d.min_full = d.nfull;
+      d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
+      // Keep a couple of empty magazines for the next burst; free the rest.
+      while (d.nempty > 2) {
+        Magazine* m = d.empty;
+        d.empty = m->next;
+        --d.nempty;
+        delete m;
+      }
+      d.unlock();
+      while (victims) {
+        Magazine* m = victims;
+        victims = m->next;
+        for (std::uint32_t i = 0; i < m->count; ++i) evict(worker, m->e[i], cls);
+        m->count = 0;
+        m->pages = 0;
+        if (d.try_lock()) {
+          m->next = d.empty;
+          d.empty = m;
+          ++d.nempty;
+          d.unlock();
+        } else {
+          delete m;
+        }
+      }
+    }
+  for (Site& s : g_sites) {  // learned depths fade unless stacks keep growing that deep
+    std::uint32_t v = s.depth.load(std::memory_order_relaxed);
+    if (v) s.depth.store(v - (v + 7) / 8, std::memory_order_relaxed);
+  }
+}
+
+// A worker's own magazine of a class that saw no cache traffic for an epoch
+// gives back half its stacks.
+void decay_local(unsigned worker) {
+  WorkerCache& c = g_rt.w[worker].cache;
+  for (unsigned cls = 0; cls < kNumClasses; ++cls) {
+    Magazine* m = c.mag[cls];
+    bool idle = c.activity[cls] == c.activity_seen[cls];
+    c.activity_seen[cls] = c.activity[cls];
+    if (!m || m->count == 0 || !idle) continue;
+    flush_batch(c);
+    std::uint32_t release = (m->count + 1) / 2;
+    for (std::uint32_t i = 0; i < release; ++i) {
+      CacheEntry e = m->e[--m->count];
+      m->pages -= e.pages;
+      c.local_pages -= e.pages;
+      evict(worker, e, cls);
+    }
+  }
+}
+
+// ---- locality check ----------------------------------------------------------
+
+// Checks the resident pages at depths [from, to) (pages from hi) of a slot
+// against `node` and gives foreign ones back. Returns the number released, or
+// -1 if the query failed (nothing known).
+long release_foreign_pages(char* hi, std::uint32_t from, std::uint32_t to, int node, bool* top_foreign) {
+  void* pages[kQueryBatch];
+  int status[kQueryBatch];
+  long foreign = 0;
+  *top_foreign = false;
+  for (std::uint32_t d = from; d < to;) {
+    unsigned n = unsigned(std::min<std::uint32_t>(kQueryBatch, to - d));
+    for (unsigned i = 0; i < n; ++i) pages[i] = hi - std::size_t(d + i + 1) * kPage;
+    if (query_pages(n, pages, status) != 0) return foreign ? foreign : -1;
+    // Give back runs of foreign pages with one madvise each (pages[] descends).
+    for (unsigned i = 0; i < n;) {
+      if (status[i] < 0 || status[i] == node) {
+        ++i;
+        continue;
+      }
+      unsigned j = i;
+      while (j + 1 < n && status[j + 1] >= 0 && status[j + 1] != node) ++j;
+      madvise(pages[j], std::size_t(j - i + 1) * kPage, MADV_DONTNEED);
+      foreign += j - i + 1;
+      if (d + i == 0) *top_foreign = true;
+      i = j + 1;
+    }
+    d += n;
+  }
+  return foreign;
+}
+
+}  // namespace
+
+// ---- entry points used by arena.cpp ------------------------------------------
+
+bool cache_enabled() noexcept { return g_cache.enabled; }
+
+std::uint64_t cache_now_ns() noexcept {
+  if (g_clock) return g_clock();
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
+}
+
+void cache_init(std::size_t budget_bytes) noexcept {
+  g_cache.enabled = budget_bytes >= kPage && g_rt.workers > 0;
+  g_cache.nodes = g_topo.nodes ? std::min<unsigned>(g_topo.nodes, kMaxNodes) : real_nodes();
+  g_cache.check = g_cache.nodes > 1 || g_topo.check_single_node;
+  if (const char* env = std::getenv("TENDRIL_STACK_NUMA_CHECK"); env && *env == '1') g_cache.check = true;
+  std::uint64_t pages = budget_bytes / kPage;
+  g_cache.local_cap = pages / (2 * std::uint64_t(g_rt.workers));
+  g_cache.depot_cap = pages - g_cache.local_cap * g_rt.workers;
+  g_cache.depot_pages.store(0);
+  g_cache.decayed_epoch.store(cache_now_ns() / kStackCacheEpochNs);
+  g_cache.depots = g_cache.enabled ? new (std::nothrow) Depot[g_cache.nodes * kNumClasses] : nullptr;
+  if (!g_cache.depots) g_cache.enabled = false;
+  g_cache.pidfd = g_cache.enabled ? int(syscall(SYS_pidfd_open, getpid(), 0u)) : -1;
+  g_cache.pmadv_ok.store(g_cache.pidfd >= 0);
+  for (unsigned i = 0; i < g_rt.workers; ++i) {
+    WorkerCache& c = g_rt.w[i].cache;
+    c.node = g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0;
+    c.epoch = cache_now_ns() / kStackCacheEpochNs;
+  }
+  for (Site& s : g_sites) {
+    s.key.store(0, std::memory_order_relaxed);
+    s.depth.store(0, std::memory_order_relaxed);
+  }
+}
+
+void cache_shutdown() noexcept {
+  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i)
+    for (Magazine*& m : g_rt.w[i].cache.mag) {
+      delete m;
+      m = nullptr;
+    }
+  if (g_cache.depots) {
+    for (unsigned i = 0; i < g_cache.nodes * kNumClasses; ++i)
+      for (Magazine* list : {g_cache.depots[i].full, g_cache.depots[i].empty})
+        while (list) {
+          Magazine* next = list->next;
+          delete list;
+          list = next;
+        }
+    delete[] g_cache.depots;
+  }
+  if (g_cache.pidfd >= 0) close(g_cache.pidfd);
+  g_cache.depots = nullptr;
+  g_cache.pidfd = -1;
+  g_cache.enabled = false;
+}
+
+void cache_thread_init(unsigned worker) noexcept {
+  if (worker >= g_rt.workers) return;
+  g_rt.w[worker].cache.node = clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu());
+}
+
+std::uint32_t site_depth_pages(const void* site) noexcept {
+  unsigned h = site_hash(site);
+  auto key = reinterpret_cast<std::uintptr_t>(site);
+  for (unsigned i = 0; i < kSiteProbes; ++i) {
+    Site& s = g_sites[(h + i) & (kSites - 1)];
+    std::uintptr_t k = s.key.load(std::memory_order_acquire);
+    if (k == key) return s.depth.load(std::memory_order_relaxed);
+    if (k == 0) return 0;
+  }
+  return 0;
+}
+
+void site_record(const void* site, std::uint32_t pages) noexcept {
+  unsigned h = site_hash(site);
+  auto key = reinterpret_cast<std::uintptr_t>(site);
+  pages = std::min(pages, kMaxKeepPages);
+  for (unsigned i = 0; i < kSiteProbes; ++i) {
+    Site& s = g_sites[(h + i) & (kSites - 1)];
+    std::uintptr_t k = s.key.load(std::memory_order_acquire);
+    if (k == 0) {
+      if (!s.key.compare_exchange_strong(k, key, std::memory_order_acq_rel) && k != key) continue;
+      k = key;
+    }
+    if (k != key) continue;
+    if (s.depth.load(std::memory_order_relaxed) < pages) s.depth.store(pages, std::memory_order_relaxed);
+    return;
+  }
+  // Table region full: this site is not learned (a fixed-size table, no malloc).
+}
+
+bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
+  WorkerCache& c = w.cache;
+  Magazine* m = c.mag[cls];
+  if (!m || m->count == 0) {
+    if (!refill(w, cls)) return false;
+    m = c.mag[cls];
+    if (m->count == 0) return false;
+  }
+  ++c.activity[cls];
+  // LIFO (warm in cache), but skip stacks whose trim is still queued, and
+  // prefer one already mapped as deep as the site is known to need.
+  std::uint32_t top = m->count - 1, pick = top;
+  std::uint32_t lowest = m->count > kPreferScan ? m->count - kPreferScan : 0;
+  bool found = false;
+  for (std::uint32_t i = top + 1; i-- > lowest;) {
+    const CacheEntry& e = m->e[i];
+    if (e.pending) continue;
+    if (!found) pick = i, found = true;
+    if (e.extent >= want_pages) {
+      pick = i;
+      break;
+    }
+  }
+  if (m->e[pick].pending) flush_batch(c);
+  *out = m->e[pick];
+  m->e[pick] = m->e[top];
+  --m->count;
+  m->pages -= out->pages;
+  c.local_pages -= out->pages;
+  out->pending = 0;
+  CacheCounters& k = c.counters;
+  add_single_writer(k.hits, 1);
+  add_single_writer(k.stacks, -1);
+  add_single_writer(k.pages, -std::int64_t(out->pages));
+  add_single_writer(w.counters.cached_pages, -std::int64_t(out->pages));
+  return true;
+}
+
+bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::uint32_t resident,
+               std::uint32_t extent) noexcept {
+  WorkerCache& c = w.cache;
+  SlotMeta& m = r.arena->meta[r.slot];
+  SlotCacheMeta& cm = r.arena->cmeta[r.slot];
+  char* hi = r.arena->slot_hi(r.slot);
+  std::uint32_t limit_pages = m.limit_pages.load(std::memory_order_relaxed);
+  std::uint32_t keep = kKeepPages;
+  if (cm.site) keep = std::max(keep, site_depth_pages(cm.site));
+  keep = std::min({keep, kMaxKeepPages, limit_pages});
+  std::uint32_t bound = std::min(resident, keep);  // pages it will hold at most
+
+  // Room first (nothing is changed if the cache refuses the stack).
+  Magazine* mag = c.mag[cls];
+  if (!mag && !(mag = c.mag[cls] = new_magazine())) return false;
+  if (bound > g_cache.local_cap) return false;
+  if (mag->count == kMagSlots || c.local_pages + bound > g_cache.local_cap) {
+    if (mag->count == 0 || !deposit(w, cls)) return false;
+    mag = c.mag[cls];
+    if (c.local_pages + bound > g_cache.local_cap) return false;
+  }
+  ++c.activity[cls];
+  CacheCounters& k = c.counters;
+
+  // Locality: only pages not verified yet on this node, and only the ones the
+  // stack will keep (deeper pages are trimmed anyway).
+  std::int64_t trimmed = 0;
+  if (g_cache.check) {
+    std::uint32_t to = std::min(extent, keep);
+    std::uint32_t from = cm.node == c.node ? std::min(cm.checked_pages, to) : 0;
+    bool top_foreign = false;
+    long foreign = from < to ? release_foreign_pages(hi, from, to, c.node, &top_foreign) : 0;
+    if (foreign >= 0) {
+      add_single_writer(foreign > 0 ? k.node_mismatch : k.node_match, 1);
+      cm.node = std::int16_t(c.node);
+      cm.checked_pages = to;
+      trimmed += foreign;
+      resident -= std::uint32_t(std::min<long>(foreign, resident));
+      if (top_foreign) {
+        // The slot is kept: map its top page again, from this thread, so the
+        // new page comes from this node.
+        char* top = hi - kPage;
+        bool ok = g_rt.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
+                                          : (__atomic_fetch_add(reinterpret_cast<char*>(top), 0, __ATOMIC_RELAXED), true);
+        if (ok) ++resident;
+      }
+      if (g_rt.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
+    }
+  }
+
+  // Depth: a cached stack keeps at most `keep` pages; deeper ones go back in a batch.
+  bool pending = false;
+  if (extent > keep) {
+    char* lo = hi - std::size_t(limit_pages) * kPage;
+    char* cut = hi - std::size_t(keep) * kPage;
+    std::uint32_t kept = resident_pages_in(cut, hi);
+    trimmed += std::int64_t(resident) - kept;
+    resident = kept;
+    extent = keep;
+    queue_trim(c, lo, cut);
+    pending = true;
+    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
+    cm.checked_pages = std::min(cm.checked_pages, keep);
+  }
+  if (resident == 0) {  // top page could not be mapped again: hand the slot back
+    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(0, std::memory_order_relaxed);
+    add_single_writer(k.pages_trimmed, trimmed);
+    return false;
+  }
+  cm.extent_pages = extent;
+  mag->e[mag->count++] = CacheEntry{std::uint32_t(r.owner - g_rt.w) << kSlotBits | r.slot, std::uint16_t(resident),
+                                     std::uint16_t(extent), std::uint16_t(pending)};
+  mag->pages += resident;
+  c.local_pages += resident;
+  add_single_writer(k.cached, 1);
+  add_single_writer(k.pages_trimmed, trimmed);
+  add_single_writer(k.stacks, 1);
+  add_single_writer(k.pages, resident);
+  add_single_writer(w.counters.cached_pages, resident);
+  (void)worker;
+  return true;
+}
+
+void cache_tick(unsigned worker, bool flush) noexcept {
+  if (!g_cache.enabled || worker >= g_rt.workers) return;
+  WorkerCache& c = g_rt.w[worker].cache;
+  if (flush) flush_batch(c);
+  std::uint64_t epoch = cache_now_ns() / kStackCacheEpochNs;
+  if (epoch == c.epoch) return;
+  c.epoch = epoch;
+  decay_local(worker);
+  std::uint64_t seen = g_cache.decayed_epoch.load(std::memory_order_relaxed);
+  if (seen < epoch && g_cache.decayed_epoch.compare_exchange_strong(seen, epoch, std::memory_order_acq_rel))
+    decay_depots(worker);
+}
+
+}  // namespace tendril::detail::stack_impl
+
+namespace tendril::detail {
+
+using namespace stack_impl;
+
+std::uint64_t stack_maintain(unsigned worker) noexcept {
+  cache_tick(worker, true);
+  if (!g_cache.enabled || worker >= g_rt.workers) return 0;
+  // Stacks still cached here or in a depot shrink only over later epochs:
+  // ask to be called again then, so an idle server gives them back.
+  const bool holds = g_rt.w[worker].cache.local_pages != 0 ||
+                     g_cache.depot_pages.load(std::memory_order_relaxed) > 0;
+  if (!holds) return 0;
+  return kStackCacheEpochNs - cache_now_ns() % kStackCacheEpochNs + 1;
+}
+
+std::size_t stack_learned_depth(const void* site) noexcept {
+  return site ? std::size_t(site_depth_pages(site)) * kPage : 0;
+}
+
+void stack_set_topology_for_testing(const StackTopology* topology) noexcept {
+  g_topo = topology ? *topology : StackTopology{};
+  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i)
+    g_rt.w[i].cache.node = g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0;
+}
+
+void stack_set_clock_for_testing(std::uint64_t (*now_ns)()) noexcept { g_clock = now_ns; }
+
+}  // namespace tendril::detail
