@@ -181,17 +181,20 @@ bool deposit(Worker& w, unsigned cls) {
       empty = new_magazine();
     }
   }
+  // Read before publishing: once in the depot (and unlocked) the magazine may
+  // already be another worker's.
+  const std::uint32_t full_pages = full->pages;
   if (empty) {
     full->next = d.full;
     d.full = full;
     ++d.nfull;
-    d.pages += full->pages;
+    d.pages += full_pages;
     d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
-    g_cache.depot_pages.fetch_add(full->pages, std::memory_order_relaxed);
+    g_cache.depot_pages.fetch_add(full_pages, std::memory_order_relaxed);
   }
   d.unlock();
   if (!empty) return false;
-  c.local_pages -= full->pages;
+  c.local_pages -= full_pages;
   empty->next = nullptr;
   empty->count = 0;
   empty->pages = 0;
@@ -233,8 +236,7 @@ void decay_depots(unsigned worker) {
   for (unsigned n = 0; n < g_cache.nodes; ++n)
     for (unsigned cls = 0; cls < kNumClasses; ++cls) {
       Depot& d = depot(int(n), cls);
-      if (d.nfull == 0 && d.nempty == 0 && d.min_full == 0) continue;  // racy peek; fine
-      if (!d.try_lock()) continue;  // next epoch
+      if (!d.try_lock()) continue;  // next epoch (once per epoch: no peek without the lock)
       std::uint32_t release = (d.min_full + 1) / 2;
       Magazine* victims = nullptr;
       for (std::uint32_t i = 0; i < release && d.full; ++i) {
