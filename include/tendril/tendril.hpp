@@ -13,10 +13,13 @@
 // One header per concept; this one includes them all.
 #pragma once
 
+#include "tendril/blocking.hpp"
 #include "tendril/channel.hpp"
 #include "tendril/condvar.hpp"
 #include "tendril/fiber.hpp"
+#include "tendril/io.hpp"
 #include "tendril/mutex.hpp"
+#include "tendril/net.hpp"
 #include "tendril/options.hpp"
 #include "tendril/runtime.hpp"
 #include "tendril/semaphore.hpp"

@@ -41,10 +41,12 @@ Scheduler::~Scheduler() = default;
 
 void Scheduler::start() {
   const std::vector<int> cpus = cpus_in_affinity_mask();
+  started_ = std::make_unique<std::latch>(static_cast<std::ptrdiff_t>(workers_.size()));
   for (unsigned i = 0; i < workers_.size(); ++i) {
     const int cpu = options_.pin_workers && !cpus.empty() ? cpus[i % cpus.size()] : -1;
     workers_[i]->start(cpu);
   }
+  started_->wait();
 }
 
 void Scheduler::stop() noexcept {

@@ -29,6 +29,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <latch>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -115,7 +116,9 @@ class Worker {
   FiberCtl* pick_local() noexcept;
   FiberCtl* steal() noexcept;
   FiberCtl* spin_for_work() noexcept;
-  void park_thread() noexcept;
+  // Returns true if nobody watched over this sleep (every worker was parked).
+  bool park_thread() noexcept;
+  void wake_a_watcher() noexcept;
   const Deadline* wake_deadline(bool watch) noexcept;
   void switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                  void* arg, bool finished) noexcept;
@@ -201,6 +204,10 @@ class Scheduler {
   std::atomic<int> nspinning_{0};
 
   std::mutex external_mu_;
+  // Counted down by each worker once its thread is set up (stack signal stack,
+  // I/O ring): a worker set up late could otherwise fail for want of
+  // descriptors the program has used up by then.
+  std::unique_ptr<std::latch> started_;
 };
 
 // The scheduler of the run() in progress, or nullptr.

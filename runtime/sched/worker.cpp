@@ -71,6 +71,7 @@ void Worker::start(int cpu) {
     tls_worker = this;
     io_thread_init(index_);
     context_adopt_thread(sched_ctx_);
+    sched_.started_->count_down();  // run() starts main only once every worker is ready
     loop();
     io_thread_exit(index_);
     tls_worker = nullptr;
@@ -242,7 +243,7 @@ FiberCtl* Worker::spin_for_work() noexcept {
   return f;
 }
 
-void Worker::park_thread() noexcept {
+bool Worker::park_thread() noexcept {
   // A parked worker re-checks now and then while some worker runs: a worker
   // stuck in one long-running fiber cannot ask for help with the fiber in its
   // runnext slot. When every worker is parked nobody can be stuck, so they
@@ -265,24 +266,26 @@ void Worker::park_thread() noexcept {
     WorkerCounters::bump(counters_.parks);
     io_wait(index_, wake_deadline(watch));
   }
+  std::lock_guard<std::mutex> g(sched_.idle_mu_);
+  if (in_idle_list_) {
+    sched_.idle_.erase(std::find(sched_.idle_.begin(), sched_.idle_.end(), this));
+    in_idle_list_ = false;
+    sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  return !watch;
+}
+
+void Worker::wake_a_watcher() noexcept {
   Worker* watcher = nullptr;
   {
     std::lock_guard<std::mutex> g(sched_.idle_mu_);
-    if (in_idle_list_) {
-      sched_.idle_.erase(std::find(sched_.idle_.begin(), sched_.idle_.end(), this));
-      in_idle_list_ = false;
-      sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
-    }
-    // We leave a sleep nobody watched over, and are about to run: the others
-    // still parked must start watching us.
-    if (!watch && !sched_.idle_.empty()) {
-      watcher = sched_.idle_.back();
-      sched_.idle_.pop_back();
-      watcher->in_idle_list_ = false;
-      sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
-    }
+    if (sched_.idle_.empty()) return;
+    watcher = sched_.idle_.back();
+    sched_.idle_.pop_back();
+    watcher->in_idle_list_ = false;
+    sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
   }
-  if (watcher != nullptr) watcher->unpark();
+  watcher->unpark();
 }
 
 const Deadline* Worker::wake_deadline(bool watch) noexcept {
@@ -312,6 +315,7 @@ void Worker::unpark() noexcept { io_wake(index_); }
 
 void Worker::loop() {
   bool just_parked = false;
+  bool woke_unwatched = false;
   while (!sched_.stopping()) {
     FiberCtl* f = pick_next();
     // Spin only when work just ran out. A worker back from a park either finds
@@ -322,10 +326,15 @@ void Worker::loop() {
       // Idle: a good moment to give cached stacks back (batched trims, and
       // shrinking the cache when churn has stopped).
       maintenance_due_ns_ = stack_maintain(index_);
-      park_thread();
+      woke_unwatched = park_thread();
       just_parked = true;
       continue;
     }
+    // Back from a sleep nobody watched over (every worker was parked) and
+    // about to run: the others still parked must start watching us. Only now,
+    // with work in hand: two idle workers must not keep waking each other.
+    if (woke_unwatched) wake_a_watcher();
+    woke_unwatched = false;
     just_parked = false;
     park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);

@@ -1,0 +1,121 @@
+// io_perform(): runs one operation for whoever calls it (see io_internal.hpp).
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "runtime/io/io_internal.hpp"
+#include "runtime/sched/scheduler.hpp"
+
+namespace tendril::detail {
+
+namespace {
+
+long result(long r) noexcept { return r < 0 ? -errno : r; }
+
+bool is_file_rw(const IoRequest& r) noexcept {
+  return r.kind == OpKind::read || r.kind == OpKind::write;
+}
+
+// A plain thread waits with poll(2), restarting after signals.
+long thread_wait_ready(int fd, short events, const Deadline* deadline) noexcept {
+  for (;;) {
+    int ms = -1;
+    if (deadline != nullptr) {
+      const std::int64_t left = to_ticks(*deadline) - steady_ticks();
+      if (left <= 0) return -ETIMEDOUT;
+      ms = static_cast<int>((left + 999999) / 1000000);
+    }
+    pollfd p{fd, events, 0};
+    const int n = ::poll(&p, 1, ms);
+    if (n > 0) return 0;
+    if (n < 0 && errno != EINTR) return -errno;
+  }
+}
+
+// Waits for readiness the way the caller's context allows.
+long wait_ready(int fd, short events, const Deadline* deadline) noexcept {
+  Worker* w = current_worker();
+  FiberCtl* self = w != nullptr ? w->current() : nullptr;
+  const IoKind kind = self != nullptr ? worker_io_kind(w->index()) : IoKind::none;
+  if (kind == IoKind::uring) {
+    IoRequest p;
+    p.kind = OpKind::poll;
+    p.fd = fd;
+    p.events = events;
+    const long r = uring_perform(worker_uring(w->index()), w, self, p, deadline);
+    return r < 0 ? r : 0;
+  }
+  if (kind == IoKind::epoll) return epoll_wait_ready(worker_epoll(w->index()), fd, events, deadline);
+  return thread_wait_ready(fd, events, deadline);
+}
+
+}  // namespace
+
+long try_syscall(IoRequest& r) noexcept {
+  switch (r.kind) {
+    case OpKind::read: {
+      iovec v{r.buf, r.len};
+      return result(::preadv2(r.fd, &v, 1, -1, RWF_NOWAIT));
+    }
+    case OpKind::write: {
+      iovec v{r.buf, r.len};
+      return result(::pwritev2(r.fd, &v, 1, -1, RWF_NOWAIT));
+    }
+    case OpKind::recv: return result(::recv(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT));
+    case OpKind::send: return result(::send(r.fd, r.buf, r.len, r.flags | MSG_DONTWAIT | MSG_NOSIGNAL));
+    case OpKind::accept: return result(::accept4(r.fd, r.addr, r.addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    case OpKind::connect: return result(::connect(r.fd, r.addr, r.addrlen_in));
+    case OpKind::recvmsg: return result(::recvmsg(r.fd, r.msg, r.flags | MSG_DONTWAIT));
+    case OpKind::sendmsg: return result(::sendmsg(r.fd, r.msg, r.flags | MSG_DONTWAIT | MSG_NOSIGNAL));
+    case OpKind::poll: {
+      pollfd p{r.fd, r.events, 0};
+      const int n = ::poll(&p, 1, 0);
+      return n < 0 ? -errno : n == 0 ? -EAGAIN : p.revents;
+    }
+  }
+  return -EINVAL;
+}
+
+long plain_syscall(IoRequest& r) noexcept {
+  if (r.kind == OpKind::read) return result(::read(r.fd, r.buf, r.len));
+  if (r.kind == OpKind::write) return result(::write(r.fd, r.buf, r.len));
+  return try_syscall(r);
+}
+
+long finish_connect(int fd) noexcept {
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) return -errno;
+  return -err;
+}
+
+long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
+  enum class After { retry, finish_connect, plain_syscall } after = After::retry;
+  for (;;) {
+    Worker* w = current_worker();
+    FiberCtl* self = w != nullptr ? w->current() : nullptr;
+    const IoKind kind = self != nullptr ? worker_io_kind(w->index()) : IoKind::none;
+    long res;
+    if (kind == IoKind::uring) {
+      res = uring_perform(worker_uring(w->index()), w, self, r, deadline);
+      // -EAGAIN: an O_NONBLOCK file that is not a socket; io_uring does not
+      // wait on those, so wait for readiness on the ring and go again.
+      if (res != -EAGAIN || r.kind == OpKind::poll) return res;
+    } else {
+      res = try_syscall(r);
+      if (r.kind == OpKind::connect && res == -EINPROGRESS) {
+        after = After::finish_connect;
+      } else if (is_file_rw(r) && res == -EOPNOTSUPP) {
+        after = After::plain_syscall;  // no RWF_NOWAIT (a tty, say): wait, then call
+      } else if (res != -EAGAIN) {
+        return res;
+      }
+    }
+    if (const long rc = wait_ready(r.fd, wanted_events(r), deadline); rc < 0) return rc;
+    if (after == After::finish_connect) return finish_connect(r.fd);
+    if (after == After::plain_syscall) return plain_syscall(r);
+  }
+}
+
+}  // namespace tendril::detail
