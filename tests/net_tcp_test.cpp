@@ -1,18 +1,25 @@
 // tendril::net over both I/O backends: echo exactness, 10,000 concurrent
 // connections, timeouts, cancellation and stack reuse, resets, half-close,
 // large partial writes, accept bursts, UDP, IPv6, errors, plain threads.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <tendril/tendril.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <chrono>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -92,50 +99,270 @@ TEST_P(Net, EchoRoundTripsExactBytes) {
   });
 }
 
-// Both ends live in this process: 2 descriptors per connection. Without
-// CAP_SYS_RESOURCE the hard RLIMIT_NOFILE caps the count; the test then runs as
-// many as fit (saying so) and skips below 1,000.
-int connections_that_fit(int wanted) {
-  if (ensure_nofile(2 * static_cast<rlim_t>(wanted) + 256)) return wanted;
+// The server end lives in this process and the client end in a forked child
+// process (forked before either calls tendril::run), so this process holds
+// 10,000 accepted connections at once within one descriptor limit.
+namespace tenk {
+
+constexpr int kConns = 10000;
+constexpr rlim_t kNeedFds = 10100;
+constexpr auto kIoTimeout = 30s;      // every accept, connect, read and write
+constexpr auto kHoldDeadline = 120s;  // from the start of the server's run
+constexpr auto kReapDeadline = 60s;   // for the child's exit after the server's run
+constexpr unsigned kChildAlarm = 240;  // seconds: the child's last resort
+
+// Raises the soft RLIMIT_NOFILE to the hard limit and returns it.
+rlim_t raise_nofile_to_hard() {
   rlimit rl{};
   getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &rl);
-  return static_cast<int>((rl.rlim_cur - 256) / 2);
+  if (rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
+  }
+  return rl.rlim_cur;
 }
 
-TEST_P(Net, TenThousandConcurrentConnections) {
-  const int kConns = std::min(10000, connections_that_fit(10000));
-  if (kConns < 1000) GTEST_SKIP() << "RLIMIT_NOFILE hard limit too low";
-  if (kConns < 10000) {
-    std::fprintf(stderr, "note: RLIMIT_NOFILE hard limit allows %d connections (both ends), not 10000\n", kConns);
-    RecordProperty("connections", kConns);
+// Connection i sends {i, size} and then `size` bytes of this pattern.
+std::uint32_t payload_size(std::uint32_t i) { return 1 + (i * 7919u) % 3000u; }
+unsigned char payload_byte(std::uint32_t i, std::uint32_t j) {
+  return static_cast<unsigned char>((i * 2654435761u + j * 40503u) >> 11);
+}
+std::vector<unsigned char> payload(std::uint32_t i) {
+  std::vector<unsigned char> p(payload_size(i));
+  for (std::uint32_t j = 0; j < p.size(); ++j) p[j] = payload_byte(i, j);
+  return p;
+}
+
+// Reads exactly n bytes from a blocking descriptor within timeout_ms.
+bool read_within(int fd, void* buf, std::size_t n, int timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  auto* p = static_cast<char*>(buf);
+  while (n > 0) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd pfd{fd, POLLIN, 0};
+    const int r = ::poll(&pfd, 1, static_cast<int>(left.count()));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    const ssize_t got = ::read(fd, p, n);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    p += got;
+    n -= static_cast<std::size_t>(got);
   }
+  return true;
+}
+
+// The client process: connects kConns streams, each does an exact echo round
+// trip and then holds its connection until the server sends 'F' and closes.
+// Exits 0 only if every round trip was exact; never returns into gtest.
+[[noreturn]] void client_process(int port_fd, const std::string& backend) {
+  ::alarm(kChildAlarm);  // SIGALRM kills the child if everything else failed
+  std::uint16_t port = 0;
+  if (!read_within(port_fd, &port, sizeof port, 60000)) {
+    std::fprintf(stderr, "client: no port from the server\n");
+    ::_exit(3);
+  }
+  ::close(port_fd);
   std::atomic<int> ok{0};
+  std::atomic<bool> reported{false};
+  try {
+    tendril::Options o;
+    o.workers = 2;
+    o.io_backend = backend;
+    tendril::run(o, [&] {
+      tendril::WaitGroup done;
+      done.add(kConns);
+      for (int i = 0; i < kConns; ++i) {
+        tendril::spawn([&, i] {
+          const char* what = "mismatch";
+          try {
+            TcpStream c = TcpStream::connect("127.0.0.1", port, kIoTimeout);
+            c.set_timeout(kIoTimeout);
+            const std::vector<unsigned char> out = payload(static_cast<std::uint32_t>(i));
+            const std::uint32_t hdr[2] = {static_cast<std::uint32_t>(i),
+                                          static_cast<std::uint32_t>(out.size())};
+            c.write_all(hdr, sizeof hdr);
+            c.write_all(out.data(), out.size());
+            std::vector<unsigned char> in(out.size());
+            c.read_exact(in.data(), in.size());
+            // Hold the connection until the server says finish.
+            c.set_timeout(kHoldDeadline + kIoTimeout);
+            char fin = 0, extra = 0;
+            c.read_exact(&fin, 1);
+            const std::size_t after = c.read(&extra, 1);  // end of stream
+            if (in == out && fin == 'F' && after == 0) {
+              ok.fetch_add(1);
+              what = nullptr;
+            }
+          } catch (const std::exception& e) {
+            if (!reported.exchange(true)) std::fprintf(stderr, "client %d: %s\n", i, e.what());
+            what = nullptr;
+          }
+          if (what != nullptr && !reported.exchange(true)) std::fprintf(stderr, "client %d: %s\n", i, what);
+          done.done();
+        }).detach();
+      }
+      done.wait();
+    });
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "client: %s\n", e.what());
+    ::_exit(4);
+  }
+  if (ok.load() != kConns) std::fprintf(stderr, "client: %d of %d round trips exact\n", ok.load(), kConns);
+  std::fflush(stderr);
+  ::_exit(ok.load() == kConns ? 0 : 1);
+}
+
+// Kills and reaps the child unless it was reaped already.
+struct ChildGuard {
+  pid_t pid;
+  ~ChildGuard() {
+    if (pid > 0) {
+      ::kill(pid, SIGKILL);
+      int st;
+      while (::waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+      }
+    }
+  }
+  // waitpid with a deadline; kills the child if it is not done by then.
+  // Returns the wait status, or -1 if the child had to be killed.
+  int reap(std::chrono::steady_clock::duration limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    int st = 0;
+    for (;;) {
+      const pid_t r = ::waitpid(pid, &st, WNOHANG);
+      if (r == pid) {
+        pid = -1;
+        return st;
+      }
+      if (r < 0 && errno != EINTR) {
+        pid = -1;
+        return -1;
+      }
+      if (std::chrono::steady_clock::now() >= deadline) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &st, 0);
+        pid = -1;
+        return -1;
+      }
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+};
+
+}  // namespace tenk
+
+TEST_P(Net, TenThousandConcurrentConnections) {
+  using namespace tenk;
+  const rlim_t fds = raise_nofile_to_hard();
+  if (fds < kNeedFds) GTEST_SKIP() << "RLIMIT_NOFILE " << fds << " is below " << kNeedFds;
+
+  int port_pipe[2];
+  ASSERT_EQ(::pipe2(port_pipe, O_CLOEXEC), 0);
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();  // before tendril::run: the child starts its own
+  ASSERT_GE(pid, 0) << std::strerror(errno);
+  if (pid == 0) {
+    ::close(port_pipe[1]);
+    client_process(port_pipe[0], GetParam());
+  }
+  ::close(port_pipe[0]);
+  ChildGuard child{pid};
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::atomic<int> open{0}, peak{0}, echoed{0}, accepted{0}, failed{0};
+  std::atomic<bool> reported{false};
+  std::string first_error;  // written once, guarded by `reported`
+  auto fail = [&](std::string why) {
+    failed.fetch_add(1);
+    if (!reported.exchange(true)) first_error = std::move(why);
+  };
   tendril::run(opts(), [&] {
-    auto l = TcpListener::bind("127.0.0.1", 0);
-    tendril::spawn([&] { serve_echo(l, kConns); }).detach();
-    tendril::WaitGroup connected, done;
-    connected.add(kConns);
-    done.add(kConns);
+    const auto deadline = std::chrono::steady_clock::now() + kHoldDeadline;
+    TcpListener l = TcpListener::bind("127.0.0.1", 0, 4096);
+    const std::uint16_t port = l.local_port();
+    const bool sent = ::write(port_pipe[1], &port, sizeof port) == static_cast<ssize_t>(sizeof port);
+    ::close(port_pipe[1]);
+    if (!sent) {
+      fail("could not send the port to the client");
+      return;
+    }
+    tendril::Mutex m;
+    tendril::CondVar cv;
+    bool release = false, abort = false;  // guarded by m
+    tendril::WaitGroup served;
     for (int i = 0; i < kConns; ++i) {
-      tendril::spawn([&, i] {
-        TcpStream c = TcpStream::connect("127.0.0.1", l.local_port());
-        std::uint32_t v = static_cast<std::uint32_t>(i), back = 0;
-        c.write_all(&v, sizeof v);
-        c.read_exact(&back, sizeof back);
-        connected.done();
-        connected.wait();  // all 10,000 are open at once here
-        v = ~v;
-        c.write_all(&v, sizeof v);
-        c.read_exact(&back, sizeof back);
-        if (back == v) ok.fetch_add(1);
-        done.done();
+      TcpStream s;
+      try {
+        s = l.accept(kIoTimeout);
+      } catch (const std::exception& e) {
+        fail("accept #" + std::to_string(i) + ": " + e.what());
+        break;
+      }
+      accepted.fetch_add(1);
+      served.add(1);
+      tendril::spawn([&, s = std::move(s)]() mutable {
+        const int now = open.fetch_add(1) + 1;
+        for (int p = peak.load(); p < now && !peak.compare_exchange_weak(p, now);) {
+        }
+        try {
+          s.set_timeout(kIoTimeout);
+          std::uint32_t hdr[2];
+          s.read_exact(hdr, sizeof hdr);
+          std::vector<unsigned char> buf(hdr[1]);
+          if (hdr[0] >= kConns || hdr[1] != payload_size(hdr[0])) throw std::runtime_error("bad header");
+          s.read_exact(buf.data(), buf.size());
+          if (buf != payload(hdr[0])) throw std::runtime_error("payload differs");
+          s.write_all(buf.data(), buf.size());
+          bool go;
+          {
+            std::unique_lock<tendril::Mutex> lk(m);
+            if (echoed.fetch_add(1) + 1 == kConns) {
+              release = true;  // all 10,000 are open here at once
+              cv.notify_all();
+            }
+            if (!cv.wait_until(lk, deadline, [&] { return release; })) abort = true;
+            go = !abort;
+          }
+          if (!go) throw std::runtime_error("not all connections were open in time");
+          s.write_all("F", 1);  // the client may finish; it reads end of stream next
+        } catch (const std::exception& e) {
+          fail(std::string("server connection: ") + e.what());
+          std::lock_guard<tendril::Mutex> g(m);
+          release = abort = true;  // release the rest without 'F': the client fails too
+          cv.notify_all();
+        }
+        s.close();
+        open.fetch_sub(1);
+        served.done();
       }).detach();
     }
-    done.wait();
+    if (accepted.load() < kConns) {
+      std::lock_guard<tendril::Mutex> g(m);
+      release = abort = true;
+      cv.notify_all();
+    }
+    served.wait();
   });
-  EXPECT_EQ(ok.load(), kConns);
+  const auto t1 = std::chrono::steady_clock::now();
+  const int status = child.reap(kReapDeadline);
+  const auto ms = [](auto d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); };
+  std::fprintf(stderr, "note: server held %d connections at once; run %lld ms, child reaped after %lld ms more\n",
+               peak.load(), static_cast<long long>(ms(t1 - t0)),
+               static_cast<long long>(ms(std::chrono::steady_clock::now() - t1)));
+  RecordProperty("connections", peak.load());
+  EXPECT_EQ(failed.load(), 0) << first_error;
+  EXPECT_EQ(accepted.load(), kConns);
+  EXPECT_EQ(echoed.load(), kConns);
+  EXPECT_EQ(peak.load(), kConns);  // 10,000 accepted connections open at once in this process
+  EXPECT_EQ(open.load(), 0);
+  ASSERT_NE(status, -1) << "the client process did not exit in time (killed)";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "client process: " << (WIFEXITED(status) ? "exit " + std::to_string(WEXITSTATUS(status))
+                                                   : "signal " + std::to_string(WTERMSIG(status)));
 }
 
 TEST_P(Net, ReadTimeoutFiresAndElapsedIsAtLeastTheTimeout) {
