@@ -28,7 +28,7 @@ struct Stats {
   // Stacks (see <tendril/fiber.hpp> for the stack model).
   std::string stack_mode;                // "uffd" or "kernel"
   std::uint64_t stack_faults = 0;        // page faults that grew a stack
-  std::uint64_t stack_pages_mapped = 0;  // pages resident in live and cached stacks
+  std::uint64_t stack_pages_mapped = 0;  // gauge: pages resident in live stacks (cached ones: stack_cache_pages)
   std::uint64_t pool_refills = 0;        // batch refills of per-worker page pools
   std::uint64_t pool_pages = 0;          // pages waiting in per-worker pools
 

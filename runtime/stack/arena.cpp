@@ -194,9 +194,15 @@
 //    it was cached with.
 //  - No page below lo is ever mapped; a fault below lo aborts the process.
 //  - SlotMeta::mapped_pages counts the resident pages of a slot in uffd mode;
-//    StackCounters::stack_pages_mapped is the sum over live slots and
-//    StackCounters::cached_pages counts the top pages of free slots, so after
-//    any grow/release sequence they return to their baseline.
+//    StackCounters::stack_pages_mapped is the sum over live slots (kernel
+//    mode: mincore over live slots) and StackCounters::cached_pages every
+//    resident page of free slots (cached stacks + arena-free top pages), so at
+//    a quiescent point (no fault in flight, queued trims issued by
+//    stack_maintain) stack_pages_mapped == mincore over the live slots and
+//    stack_pages_mapped + cached_pages == mincore over every slot, whatever
+//    mix of cache hits, premapped learned depth and growth after reuse led
+//    there (stack_cache_test: CountersMatchMincore...). After any
+//    grow/release sequence stack_pages_mapped returns to its baseline.
 //  - The fault handler and the SIGSEGV handler read only the side tables and
 //    the sub-arena descriptors (published with a release store of base).
 //
@@ -592,14 +598,18 @@ void start_kernel_mode() {
   guard_thread_altstack();
 }
 
+// StackConfig::workers is the scheduler's worker count + 1 (one index shared
+// by plain threads): the line names the scheduler's count.
 void log_mode() {
-  char line[200];
+  char line[240];
+  char workers[64];
+  std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_rt.workers - 1);
   if (g_rt.mode == Mode::uffd)
-    std::snprintf(line, sizeof line, "stacks: mode=uffd (userfaultfd, fill=%s, up to %u pages per fault), %u workers",
-                  g_rt.fill == Fill::move ? "move" : "copy", g_rt.max_grow_pages, g_rt.workers);
+    std::snprintf(line, sizeof line, "stacks: mode=uffd (userfaultfd, fill=%s, up to %u pages per fault), %s",
+                  g_rt.fill == Fill::move ? "move" : "copy", g_rt.max_grow_pages, workers);
   else
-    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %u workers",
-                  g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", g_rt.workers);
+    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
+                  g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
   log_line(line);
 }
 
