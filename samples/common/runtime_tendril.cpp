@@ -1,0 +1,122 @@
+// samples/common/runtime.hpp on tendril: fibers, tendril::net, tendril sync.
+#include <poll.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "samples/common/runtime.hpp"
+
+namespace sample {
+
+const char* runtime_name() noexcept { return "tendril"; }
+
+Stream::Stream(Stream&&) noexcept = default;
+Stream& Stream::operator=(Stream&&) noexcept = default;
+Stream::~Stream() = default;
+
+Stream Stream::connect(const std::string& host, std::uint16_t port, Millis timeout) {
+  return Stream(tendril::net::TcpStream::connect(host, port, timeout));
+}
+std::size_t Stream::read(void* buf, std::size_t n) { return s_.read(buf, n); }
+void Stream::write_all(const void* buf, std::size_t n) { s_.write_all(buf, n); }
+void Stream::set_timeout(Millis timeout) { s_.set_timeout(timeout); }
+void Stream::set_nodelay() { s_.set_nodelay(true); }
+void Stream::close() noexcept { s_.close(); }
+void Stream::shutdown() noexcept {
+  if (s_.is_open()) ::shutdown(s_.native_handle(), SHUT_RDWR);
+}
+bool Stream::is_open() const noexcept { return s_.is_open(); }
+
+Listener::Listener(Listener&&) noexcept = default;
+Listener& Listener::operator=(Listener&&) noexcept = default;
+Listener::~Listener() = default;
+
+Listener Listener::bind(const std::string& host, std::uint16_t port, int backlog) {
+  Listener l;
+  l.l_ = tendril::net::TcpListener::bind(host, port, backlog);
+  l.closed_ = std::make_shared<std::atomic<bool>>(false);
+  return l;
+}
+
+std::optional<Stream> Listener::accept() {
+  static std::atomic<std::int64_t> last_report{0};
+  for (;;) {
+    if (closed_->load()) return std::nullopt;
+    try {
+      return Stream(l_.accept());
+    } catch (const std::system_error& e) {
+      if (closed_->load()) return std::nullopt;
+      if (e.code() == std::errc::connection_aborted || e.code() == std::errc::interrupted) continue;
+      const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::steady_clock::now().time_since_epoch()).count();
+      if (last_report.exchange(now) != now) std::fprintf(stderr, "%s (retrying)\n", e.what());
+      sleep_for(Millis(10));
+    }
+  }
+}
+
+std::uint16_t Listener::port() const { return l_.local_port(); }
+
+void Listener::close() noexcept {
+  if (!closed_ || closed_->exchange(true)) return;
+  l_.close();  // wakes the fiber in accept() and waits for it to leave
+}
+
+void go(std::function<void()> fn) { tendril::spawn(std::move(fn)).detach(); }
+
+void sleep_for(Millis d) { tendril::this_fiber::sleep_for(d); }
+
+void Group::add(int n) {
+  std::lock_guard<tendril::Mutex> g(m_);
+  count_ += n;
+}
+void Group::done() {
+  std::lock_guard<tendril::Mutex> g(m_);
+  if (--count_ == 0) cv_.notify_all();
+}
+bool Group::wait_until(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<tendril::Mutex> lk(m_);
+  return cv_.wait_until(lk, deadline, [&] { return count_ <= 0; });
+}
+void Group::wait() {
+  std::unique_lock<tendril::Mutex> lk(m_);
+  cv_.wait(lk, [&] { return count_ <= 0; });
+}
+
+void block_stop_signals() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &s, nullptr);
+}
+
+void serve(unsigned workers, const std::function<void(StopToken&)>& main) {
+  tendril::Options o;
+  o.workers = workers;
+  StopToken stop;
+  tendril::run(o.with_environment(), [&] {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGINT);
+    sigaddset(&s, SIGTERM);
+    // The workers inherited the blocked mask (block_stop_signals), so the
+    // signals wait in this descriptor for the watcher fiber.
+    const int sfd = ::signalfd(-1, &s, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) throw std::system_error(errno, std::generic_category(), "signalfd");
+    tendril::spawn([&stop, sfd] {
+      signalfd_siginfo si{};
+      while (tendril::io::poll(sfd, POLLIN) >= 0 && ::read(sfd, &si, sizeof si) != sizeof si) {
+      }
+      stop.request_stop();
+    }).detach();
+    main(stop);
+  });
+}
+
+}  // namespace sample
