@@ -528,7 +528,9 @@ TEST(StackFiber, MillionParkedFibersAddNoVmas) {
   // ~300 s for 1M, the ctest timeout.
   constexpr std::size_t kParkedLimit = 64 * kKiB;
   const tendril::SpawnOptions parked_opts{"parked", kParkedLimit};
-  int n = kSanitized ? 50000 : 1000000;
+  // Under sanitizers: 50,000 (ASan), and 6,000 under TSan, which registers
+  // every fiber as a thread and dies beyond 8,128 of them.
+  int n = kTsan ? 6000 : kSanitized ? 50000 : 1000000;
   if (const char* e = std::getenv("STACK_FIBER_PARKED")) n = std::atoi(e);  // for local experiments
   const int n_required = std::min(n, 100000);
   constexpr auto kSpawnBudget = 90s;
@@ -621,14 +623,20 @@ TEST(StackFiber, MillionParkedFibersAddNoVmas) {
   // if the warm-up did not manage to spawn from both workers, a new glibc
   // malloc arena (2 VMAs: heap + PROT_NONE reserve) for a thread's first
   // allocation. One mprotect guard per stack would be 2 VMAs per fiber.
+  // (TSan maps state of its own for every fiber, ~4 VMAs each: there only the
+  // other invariants are checked.)
   const long grown = long(parked.size()) - long(before.size());
-  EXPECT_LE(grown, 8) << "VMAs grew by " << grown << " with " << spawned << " parked fibers:\n"
-                      << maps_diff(before, parked);
-  if (grown != 0) std::cout << "[ info ] mappings that changed:\n" << maps_diff(before, parked);
+  if (!kTsan) {
+    EXPECT_LE(grown, 8) << "VMAs grew by " << grown << " with " << spawned << " parked fibers:\n"
+                        << maps_diff(before, parked);
+  }
+  if (grown != 0 && !kTsan) std::cout << "[ info ] mappings that changed:\n" << maps_diff(before, parked);
   EXPECT_TRUE(all_finished) << finished.load() << " of " << spawned << " fibers woke up";
   EXPECT_TRUE(all_released);
   EXPECT_EQ(live_after, live_before);
-  EXPECT_LE(long(released.size()) - long(before.size()), 8) << maps_diff(before, released);
+  if (!kTsan) {
+    EXPECT_LE(long(released.size()) - long(before.size()), 8) << maps_diff(before, released);
+  }
 }
 
 // ---- 6. stacks that grew and were released leave no pages behind -------------
