@@ -16,6 +16,7 @@ packages=(
   libgtest-dev libgmock-dev           # tests
   libbenchmark-dev                    # benchmarks
   gnuplot-nox                         # benchmark plots
+  wrk                                 # HTTP load for the main job and the suite
 )
 
 installed() {

@@ -1,39 +1,40 @@
 #!/usr/bin/env bash
-# The main job: install what tendril needs (Debian 12), build it in Release,
-# and show what it buys over a thread per task, measured in one run on this
-# machine: switches, channel ping-pong, spawn+join (tendril vs pthreads), and,
-# where built, idle memory per fiber and stack growth.
+# The main job: on a fresh Debian 12 machine, install what tendril needs,
+# build it in Release, and show in a few minutes why one would link tendril
+# into a high-fan-out server instead of using a thread per connection: the
+# http sample (fibers) against its pthread twin (same sources, one thread per
+# connection) under wrk at 100, 1,000 and 10,000 connections, then how many
+# idle keep-alive connections each fits in 1 GiB.
 #
-#   bash scripts/main-job.sh            # a few minutes
-#   TENDRIL_MAIN_QUICK=0 bash scripts/main-job.sh   # longer, steadier figures
+#   bash scripts/main-job.sh                          # about 3 minutes
+#   TENDRIL_MAIN_SECONDS=15 bash scripts/main-job.sh  # longer wrk runs
 #
-# Results: printed tables, plus bench/results/<host>-<date>/ (Markdown + PNG).
+# Prints the tables and the path of the charts; everything is written to
+# bench/results/main-<host>-<date>/. The whole suite: scripts/bench-suite.sh.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-quick=()
-[[ "${TENDRIL_MAIN_QUICK:-1}" == 1 ]] && quick=(--quick)
+seconds="${TENDRIL_MAIN_SECONDS:-5}"
 
 bash scripts/install-deps.sh
 echo "== building tendril (Release) in build-release/"
-cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF >/dev/null
-ninja -C build-release >/dev/null
+cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF \
+  -DTENDRIL_BUILD_BENCH=ON -DTENDRIL_BUILD_SAMPLES=ON >/dev/null
+cmake --build build-release >/dev/null
 
-out="bench/results/$(hostname -s)-$(date +%Y%m%d-%H%M%S)"
+out="bench/results/main-$(hostname -s)-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
-echo "== load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) CPUs (other load inflates wall times)"
+echo "== $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) (other load skews the figures)"
 
 echo
-echo "== 1. tendril vs pthreads: switch, ping-pong, spawn+join"
-build-release/bench/core_compare ${quick[@]+"${quick[@]}"} --markdown "$out/core.md" --png "$out/core"
-
-if [[ -x build-release/bench/stack_memory ]]; then
-  echo
-  echo "== 2. idle memory per fiber vs per thread, stack growth"
-  build-release/bench/stack_memory ${quick[@]+"${quick[@]}"} --markdown "$out/stacks.md"
-fi
+echo "== 1. http under wrk: tendril vs a thread per connection (${seconds}s per run)"
+bash bench/scripts/http-wrk.sh --build build-release --conns 100,1000,10000 --seconds "$seconds" --out "$out"
 
 echo
-echo "== results written to $out/"
-ls "$out" | sed 's/^/   /'
+echo "== 2. idle keep-alive connections per GiB of server memory"
+build-release/bench/idle_conns --conns 10000 --markdown "$out/idle.md"
+
+echo
+echo "== results: $out/ (http.md, idle.md, wrk outputs)"
+ls "$out"/*.png >/dev/null 2>&1 && echo "== charts:  $(ls "$out"/*.png | tr '\n' ' ')"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it:
 #   1. release  build/       Release, benchmarks and samples built, full ctest
-#   2. asan     build-asan/  ASan+UBSan, ctest -LE no-asan
+#   2. asan     build-asan/  ASan+UBSan, samples built, ctest -LE no-asan
 #   3. tsan     build-tsan/  TSan,       ctest -LE no-tsan
 # Every pass runs even if an earlier one failed; a summary comes at the end and
 # the exit status is non-zero if any step failed.
@@ -90,7 +90,7 @@ if [[ "$fast" = 1 ]]; then
 else
   run_pass asan build-asan "-LE no-asan" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_SANITIZE=address \
-    -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=OFF
+    -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=ON
   probe_tsan
   run_pass tsan build-tsan "-LE no-tsan" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_SANITIZE=thread \

@@ -1,0 +1,278 @@
+// idle_conns: how many idle keep-alive HTTP connections fit in 1 GiB of server
+// memory, tendril's http sample against its thread-per-connection twin.
+//
+// For each server (build/samples/http and http-pthread, found beside this
+// binary's build tree) it starts the server, takes its RSS, opens N
+// connections that each make one GET / and then stay open and idle (the
+// server's fiber or thread is parked in its next read), takes the RSS again,
+// and reports (RSS_N - RSS_0) / N per connection and 1 GiB divided by that.
+// Kernel memory that RSS does not show is reported beside it: the system's
+// KernelStack (16 KiB per thread) and socket memory grow by the same amount
+// for both servers except for the thread stacks. The client is a tendril
+// program (fibers), the same for both servers.
+//
+//   idle_conns [--conns N] [--markdown FILE] [--quick]
+//
+// N defaults to 10,000 and is capped by RLIMIT_NOFILE (the client and the
+// server each need one descriptor per connection).
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include <tendril/tendril.hpp>
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct Server {
+  pid_t pid = -1;
+  std::uint16_t port = 0;
+};
+
+std::string exe_dir() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  buf[n] = 0;
+  std::string s(buf);
+  return s.substr(0, s.rfind('/'));
+}
+
+// Starts bin --port 0 and reads "... listening on host:port" from its stdout.
+Server start_server(const std::string& bin) {
+  int out[2];
+  if (::pipe(out) != 0) throw std::system_error(errno, std::generic_category(), "pipe");
+  const pid_t pid = ::fork();
+  if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
+  if (pid == 0) {
+    ::dup2(out[1], 1);
+    ::close(out[0]);
+    ::close(out[1]);
+    ::execl(bin.c_str(), bin.c_str(), "--port", "0", "--idle-timeout-ms", "0", static_cast<char*>(nullptr));
+    std::perror(bin.c_str());
+    ::_exit(127);
+  }
+  ::close(out[1]);
+  std::string line;
+  char c;
+  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
+  ::close(out[0]);  // the server's later output goes to a closed pipe: it prints nothing more
+  const auto colon = line.rfind(':');
+  if (line.find("listening on") == std::string::npos || colon == std::string::npos) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    throw std::runtime_error(bin + " did not start (it printed '" + line + "')");
+  }
+  return {pid, static_cast<std::uint16_t>(std::atoi(line.c_str() + colon + 1))};
+}
+
+void stop_server(const Server& s) {
+  ::kill(s.pid, SIGTERM);
+  for (int i = 0; i < 200; ++i) {
+    if (::waitpid(s.pid, nullptr, WNOHANG) == s.pid) return;
+    std::this_thread::sleep_for(25ms);
+  }
+  ::kill(s.pid, SIGKILL);
+  ::waitpid(s.pid, nullptr, 0);
+}
+
+long status_kib(pid_t pid, const char* key) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string k;
+  long v = 0;
+  while (f >> k) {
+    if (k == std::string(key) + ":") {
+      f >> v;
+      return v;
+    }
+    std::getline(f, k);
+  }
+  return 0;
+}
+
+long meminfo_kib(const char* key) {
+  std::ifstream f("/proc/meminfo");
+  std::string k;
+  long v = 0;
+  while (f >> k) {
+    if (k == std::string(key) + ":") {
+      f >> v;
+      return v;
+    }
+    std::getline(f, k);
+  }
+  return 0;
+}
+
+struct Result {
+  std::string server;
+  int conns = 0;
+  int opened = 0;
+  long rss0_kib = 0, rss_kib = 0;
+  long kstack_delta_kib = 0;
+  long threads = 0;
+  std::string error;
+  double user_bytes_per_conn() const { return opened ? (rss_kib - rss0_kib) * 1024.0 / opened : 0; }
+  double all_bytes_per_conn() const {
+    return opened ? ((rss_kib - rss0_kib) + kstack_delta_kib) * 1024.0 / opened : 0;
+  }
+};
+
+Result measure(const std::string& name, const std::string& bin, int conns) {
+  Result r;
+  r.server = name;
+  r.conns = conns;
+  Server srv = start_server(bin);
+  std::this_thread::sleep_for(200ms);
+  r.rss0_kib = status_kib(srv.pid, "VmRSS");
+  const long kstack0 = meminfo_kib("KernelStack");
+  std::atomic<int> opened{0}, failed{0};
+  std::string first_error;
+  std::atomic<bool> reported{false};
+  tendril::Options o;
+  o.workers = 2;
+  tendril::run(o, [&] {
+    tendril::Channel<int> release;  // closed when the measurement is done
+    tendril::WaitGroup ready;
+    ready.add(conns);
+    tendril::Semaphore connecting(256);  // below the listener's backlog
+    std::vector<tendril::Fiber> clients;
+    clients.reserve(conns);
+    for (int i = 0; i < conns; ++i) {
+      clients.push_back(tendril::spawn([&, release]() mutable {
+        tendril::net::TcpStream s;
+        connecting.acquire();
+        try {
+          s = tendril::net::TcpStream::connect("127.0.0.1", srv.port, 30s);
+          s.set_timeout(30s);
+          static const char req[] = "GET / HTTP/1.1\r\nHost: idle\r\n\r\n";
+          s.write_all(req, sizeof req - 1);
+          char buf[512];
+          std::string got;
+          while (got.find("\r\n\r\n") == std::string::npos) {
+            const std::size_t n = s.read(buf, sizeof buf);
+            if (n == 0) throw std::runtime_error("server closed the connection");
+            got.append(buf, n);
+          }
+          if (got.rfind("HTTP/1.1 200", 0) != 0) throw std::runtime_error("unexpected response: " + got.substr(0, 40));
+          opened.fetch_add(1);
+        } catch (const std::exception& e) {
+          failed.fetch_add(1);
+          if (!reported.exchange(true)) first_error = e.what();
+          s.close();
+        }
+        connecting.release();
+        ready.done();
+        release.recv();  // hold the connection, idle
+      }));
+    }
+    ready.wait();
+    tendril::this_fiber::sleep_for(300ms);  // let the server settle (thread stacks, buffers)
+    r.rss_kib = status_kib(srv.pid, "VmRSS");
+    r.threads = status_kib(srv.pid, "Threads");
+    r.kstack_delta_kib = meminfo_kib("KernelStack") - kstack0;
+    release.close();
+    for (auto& f : clients) f.join();
+  });
+  r.opened = opened.load();
+  if (failed.load() > 0) r.error = std::to_string(failed.load()) + " connections failed: " + first_error;
+  stop_server(srv);
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int conns = 10000;
+  std::string markdown;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--conns") && i + 1 < argc) {
+      conns = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--markdown") && i + 1 < argc) {
+      markdown = argv[++i];
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      conns = 2000;
+    } else {
+      std::fprintf(stderr, "usage: %s [--conns N] [--markdown FILE] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (conns < 1) {
+    std::fprintf(stderr, "idle_conns: --conns must be at least 1\n");
+    return 2;
+  }
+  rlimit rl{};
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_NOFILE, &rl);  // the servers inherit it too
+  ::getrlimit(RLIMIT_NOFILE, &rl);
+  const int fit = static_cast<int>(std::min<rlim_t>(rl.rlim_cur, 1u << 30)) - 200;
+  std::string capped;
+  if (conns > fit) {
+    capped = " (capped from " + std::to_string(conns) + " by RLIMIT_NOFILE " + std::to_string(rl.rlim_cur) + ")";
+    conns = fit;
+  }
+  const std::string dir = exe_dir() + "/../samples/";
+  std::vector<Result> rs;
+  for (const auto& [name, bin] : {std::pair<std::string, std::string>{"tendril", dir + "http"},
+                                  {"pthread", dir + "http-pthread"}}) {
+    std::fprintf(stderr, "[idle_conns] %s: opening %d idle keep-alive connections...\n", name.c_str(), conns);
+    try {
+      rs.push_back(measure(name, bin, conns));
+    } catch (const std::exception& e) {
+      Result r;
+      r.server = name;
+      r.conns = conns;
+      r.error = e.what();
+      rs.push_back(r);
+    }
+  }
+  constexpr double kGiB = 1024.0 * 1024 * 1024;
+  std::string table =
+      "### Idle keep-alive connections per GiB\n\n"
+      "Each connection made one `GET /` and then stayed open and idle" + capped + ". Per connection: the "
+      "server's RSS growth; \"with kernel stacks\" adds the growth of the kernel's KernelStack (16 KiB per "
+      "thread; socket buffers are the same for both servers and not counted).\n\n"
+      "| server | connections | threads | RSS per connection | connections per GiB (RSS) | with kernel stacks | "
+      "connections per GiB (with kernel stacks) |\n|---|---:|---:|---:|---:|---:|---:|\n";
+  for (const auto& r : rs) {
+    char row[512];
+    if (r.opened == 0) {
+      std::snprintf(row, sizeof row, "| %s | 0 of %d | | | | | %s |\n", r.server.c_str(), r.conns, r.error.c_str());
+    } else {
+      std::snprintf(row, sizeof row, "| %s | %d%s | %ld | %.0f B | %.0f | %.0f B | %.0f |\n", r.server.c_str(),
+                    r.opened, r.error.empty() ? "" : (" (" + r.error + ")").c_str(), r.threads,
+                    r.user_bytes_per_conn(), kGiB / std::max(1.0, r.user_bytes_per_conn()),
+                    r.all_bytes_per_conn(), kGiB / std::max(1.0, r.all_bytes_per_conn()));
+    }
+    table += row;
+  }
+  if (rs.size() == 2 && rs[0].opened && rs[1].opened) {
+    char line[256];
+    std::snprintf(line, sizeof line, "\npthread/tendril memory per idle connection: %.1fx (RSS), %.1fx (with kernel stacks)\n",
+                  rs[1].user_bytes_per_conn() / std::max(1.0, rs[0].user_bytes_per_conn()),
+                  rs[1].all_bytes_per_conn() / std::max(1.0, rs[0].all_bytes_per_conn()));
+    table += line;
+  }
+  std::fputs(table.c_str(), stdout);
+  if (!markdown.empty()) {
+    std::ofstream md(markdown, std::ios::app);
+    md << table << "\n";
+  }
+  for (const auto& r : rs)
+    if (r.opened == 0) return 1;
+  return 0;
+}
