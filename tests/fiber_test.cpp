@@ -1,11 +1,14 @@
 // Spawning, joining, detaching, exceptions, ids, yields and sleeps.
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <tendril/tendril.hpp>
 
 #include "tests/scale.hpp"
 
 #include <atomic>
 #include <chrono>
+#include <exception>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -70,6 +73,69 @@ TEST(Fiber, JoinRethrowsTheFibersException) {
     }
     EXPECT_FALSE(f.joinable());
   });
+}
+
+// The exceptions being handled and std::uncaught_exceptions() belong to the
+// fiber, not to the worker thread: fibers park inside catch blocks and in
+// destructors during unwinding, migrate between workers, and still rethrow
+// their own exception and count their own unwinding.
+TEST(Fiber, ExceptionStateFollowsTheFiberAcrossSwitchesAndWorkers) {
+  constexpr int kFibers = 64;
+  std::atomic<int> rethrown_ok{0}, current_ok{0}, unwinding_ok{0}, outside_ok{0};
+  std::atomic<unsigned> cpus{0};
+  tendril::run(two_workers(), [&] {
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < kFibers; ++i) {
+      fs.push_back(tendril::spawn([&, i] {
+        const std::string mine = "fiber " + std::to_string(i);
+        auto park_a_while = [&] {
+          for (int k = 0; k < 20; ++k) {
+            if (k % 5 == 0) tendril::this_fiber::sleep_for(std::chrono::microseconds(50));
+            else tendril::this_fiber::yield();
+            const int cpu = sched_getcpu();
+            if (cpu >= 0 && cpu < 32) cpus.fetch_or(1u << cpu);
+          }
+        };
+        try {
+          throw std::runtime_error(mine);
+        } catch (const std::runtime_error&) {
+          park_a_while();  // others throw and catch on this worker meanwhile
+          try {
+            if (std::current_exception() != nullptr) current_ok.fetch_add(1);
+            throw;  // must rethrow this fiber's exception
+          } catch (const std::runtime_error& again) {
+            if (again.what() == mine) rethrown_ok.fetch_add(1);
+          }
+        }
+        {
+          struct ParksWhileUnwinding {
+            std::function<void()> park;
+            std::atomic<int>* ok;
+            ~ParksWhileUnwinding() {
+              const int before = std::uncaught_exceptions();
+              park();
+              if (before == 1 && std::uncaught_exceptions() == 1) ok->fetch_add(1);
+            }
+          };
+          try {
+            ParksWhileUnwinding guard{park_a_while, &unwinding_ok};
+            throw std::logic_error(mine);
+          } catch (const std::logic_error&) {
+          }
+        }
+        // Out of every handler, nothing is left behind.
+        if (std::current_exception() == nullptr && std::uncaught_exceptions() == 0) outside_ok.fetch_add(1);
+      }));
+    }
+    for (auto& f : fs) f.join();
+  });
+  EXPECT_EQ(rethrown_ok.load(), kFibers);
+  EXPECT_EQ(current_ok.load(), kFibers);
+  EXPECT_EQ(unwinding_ok.load(), kFibers);
+  EXPECT_EQ(outside_ok.load(), kFibers);
+  if (std::thread::hardware_concurrency() >= 2) {
+    EXPECT_GE(__builtin_popcount(cpus.load()), 2) << "the fibers never ran on both workers";
+  }
 }
 
 TEST(Fiber, RunRethrowsExceptionEscapingMain) {

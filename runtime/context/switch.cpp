@@ -1,8 +1,18 @@
 #include "runtime/context/switch.hpp"
 
+#include <cxxabi.h>
 #include <pthread.h>
 
 namespace tendril::detail {
+
+EhState* thread_eh_state() noexcept {
+  // libstdc++'s layout starts with these two fields on every target we build
+  // for (x86-64, AArch64: no ARM EHABI propagatingExceptions in between).
+  static_assert(sizeof(void*) == 8, "EhState mirrors the LP64 __cxa_eh_globals");
+  auto* g = reinterpret_cast<EhState*>(abi::__cxa_get_globals());
+  asm volatile("" : "+r"(g) : : "memory");  // never treated as const across switches
+  return g;
+}
 
 void context_make(Context& ctx, char* lo, char* hi, void (*entry)(transfer_t)) {
 #if TENDRIL_ASAN
@@ -11,6 +21,7 @@ void context_make(Context& ctx, char* lo, char* hi, void (*entry)(transfer_t)) {
   __asan_unpoison_memory_region(lo, static_cast<std::size_t>(hi - lo));
 #endif
   ctx.fctx = boost::context::detail::make_fcontext(hi, static_cast<std::size_t>(hi - lo), entry);
+  ctx.eh = EhState{};  // a new fiber handles no exception yet
   ctx.stack_lo = lo;
   ctx.stack_size = static_cast<std::size_t>(hi - lo);
   ctx.asan_fake_stack = nullptr;

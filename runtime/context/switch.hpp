@@ -38,8 +38,25 @@ namespace tendril::detail {
 using boost::context::detail::fcontext_t;
 using boost::context::detail::transfer_t;
 
+// The C++ runtime keeps the exceptions being handled (what `throw;` and
+// std::current_exception() read) and std::uncaught_exceptions() per thread,
+// in libstdc++'s __cxa_eh_globals. A fiber that parks inside a catch block, or
+// in a destructor run during unwinding, and resumes on another worker must
+// take them along, and must not see the state of whatever ran there before.
+// So every context saves the thread's copy when it leaves and puts its own
+// back when it resumes: two words each way.
+struct EhState {
+  void* caught = nullptr;      // __cxa_eh_globals::caughtExceptions
+  unsigned int uncaught = 0;   // __cxa_eh_globals::uncaughtExceptions
+};
+// The calling thread's __cxa_eh_globals, seen as an EhState. Out of line and
+// opaque on purpose: __cxa_get_globals is declared __attribute__((const)), so
+// an inline call could be reused across a switch that changed threads.
+EhState* thread_eh_state() noexcept;
+
 struct Context {
   fcontext_t fctx = nullptr;
+  EhState eh;  // this context's exception state while it is switched out
   // Sanitizer bookkeeping; unused (and free) in normal builds.
   const void* stack_lo = nullptr;
   std::size_t stack_size = 0;
@@ -70,13 +87,14 @@ inline transfer_t context_jump(Context& from, Context& to, void* data, bool from
 #if TENDRIL_TSAN
   __tsan_switch_to_fiber(to.tsan_fiber, 0);
 #endif
-  (void)from;
+  from.eh = *thread_eh_state();
   return boost::context::detail::jump_fcontext(to.fctx, data);
 }
 
 // Must be the first thing done on resuming (also at the top of a fiber's entry
 // function): completes the sanitizer side of the switch into `self`.
 inline void context_resumed(Context& self) noexcept {
+  *thread_eh_state() = self.eh;
 #if TENDRIL_ASAN
   const void* old_lo = nullptr;
   std::size_t old_size = 0;

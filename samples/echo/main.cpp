@@ -87,20 +87,32 @@ int main(int argc, char** argv) {
       std::printf("echo (%s) listening on %s:%u\n", sample::runtime_name(), cfg.host.c_str(), l.port());
       std::fflush(stdout);
       Connections conns;
-      stop.on_stop([&] {
+      // The stop callback runs on the signal watcher; it shares `callback`
+      // with this frame, which waits for it before `l` and `conns` go away.
+      auto callback = std::make_shared<sample::Group>();
+      callback->add(1);
+      stop.on_stop([&l, &conns, callback] {
         l.close();
         conns.shutdown_all();
+        callback->done();
       });
       while (auto c = l.accept()) {
         auto* s = new sample::Stream(std::move(*c));
         auto it = conns.add(s);
         if (stop.stop_requested()) s->shutdown();
-        sample::go([s, it, &conns, &cfg] {
-          serve_connection(*s, cfg.idle_timeout_ms);
+        try {
+          sample::go([s, it, &conns, &cfg] {
+            serve_connection(*s, cfg.idle_timeout_ms);
+            conns.remove(it);
+            delete s;
+          });
+        } catch (const std::exception& e) {  // e.g. the twin is out of threads: drop this one
+          std::fprintf(stderr, "echo: %s\n", e.what());
           conns.remove(it);
           delete s;
-        });
+        }
       }
+      callback->wait();  // accept() ends only after the callback closed `l`
       conns.live_.wait();
       std::printf("echo: stopped\n");
     });
