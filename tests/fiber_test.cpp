@@ -83,6 +83,10 @@ TEST(Fiber, ExceptionStateFollowsTheFiberAcrossSwitchesAndWorkers) {
   constexpr int kFibers = 64;
   std::atomic<int> rethrown_ok{0}, current_ok{0}, unwinding_ok{0}, outside_ok{0};
   std::atomic<unsigned> cpus{0};
+  int rounds = 0;
+  // Rounds until the fibers were seen on both workers (a loaded machine may
+  // keep one round on one worker); every round checks every fiber.
+  for (; rounds < 20 && (rounds == 0 || __builtin_popcount(cpus.load()) < 2); ++rounds)
   tendril::run(two_workers(), [&] {
     std::vector<tendril::Fiber> fs;
     for (int i = 0; i < kFibers; ++i) {
@@ -129,10 +133,10 @@ TEST(Fiber, ExceptionStateFollowsTheFiberAcrossSwitchesAndWorkers) {
     }
     for (auto& f : fs) f.join();
   });
-  EXPECT_EQ(rethrown_ok.load(), kFibers);
-  EXPECT_EQ(current_ok.load(), kFibers);
-  EXPECT_EQ(unwinding_ok.load(), kFibers);
-  EXPECT_EQ(outside_ok.load(), kFibers);
+  EXPECT_EQ(rethrown_ok.load(), kFibers * rounds);
+  EXPECT_EQ(current_ok.load(), kFibers * rounds);
+  EXPECT_EQ(unwinding_ok.load(), kFibers * rounds);
+  EXPECT_EQ(outside_ok.load(), kFibers * rounds);
   if (std::thread::hardware_concurrency() >= 2) {
     EXPECT_GE(__builtin_popcount(cpus.load()), 2) << "the fibers never ran on both workers";
   }

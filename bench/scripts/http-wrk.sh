@@ -88,16 +88,31 @@ cannot_run() {
   fi
 }
 
+# sample_peaks PID FILE: until killed, keeps FILE holding the peaks seen so far
+# of the server's thread count and page tables (VmPTE, KiB) and the system's
+# KernelStack (KiB: 16 KiB per thread, which RSS does not show).
+sample_peaks() {
+  local pid=$1 file=$2 th=0 pte=0 ks=0 v
+  trap 'echo "$th $pte $ks" >"$file"; exit 0' TERM
+  while kill -0 "$pid" 2>/dev/null; do
+    v=$(status_kib "$pid" Threads); (( v > th )) && th=$v
+    v=$(status_kib "$pid" VmPTE); (( v > pte )) && pte=$v
+    v=$(awk '/^KernelStack:/ {print $2}' /proc/meminfo); (( v > ks )) && ks=$v
+    echo "$th $pte $ks" >"$file"
+    sleep 0.2
+  done
+}
+
 # to_ms "1.23ms" -> 1.23
 to_ms() {
   awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
 dat="$out/http.dat"
-echo "# conns runtime req_per_s p99_ms rss_mib threads errors" >"$dat"
+echo "# conns runtime req_per_s p99_ms rss_mib threads errors all_in_mib" >"$dat"
 IFS=, read -r -a levels <<<"$conns_list"
 total=$(( ${#levels[@]} * 2 )); n=0
-declare -A R P M T E W
+declare -A R P M A T E W
 for c in "${levels[@]}"; do
   for bin in http http-pthread; do
     n=$((n + 1))
@@ -110,10 +125,16 @@ for c in "${levels[@]}"; do
     printf '[%d/%d] %-12s %6d connections, %ss ... ' "$n" "$total" "$bin" "$c" "$seconds"
     start_server "$bin"
     threads=$(( c < 2 * cpus ? c : 2 * cpus ))
+    kstack0=$(awk '/^KernelStack:/ {print $2}' /proc/meminfo)
+    sample_peaks "$server_pid" "$out/peaks-$bin-$c.txt" &
+    sampler=$!
     timeout $((seconds + 60)) wrk -t"$threads" -c"$c" -d"${seconds}s" --timeout 10s --latency \
       "http://127.0.0.1:$port$path" >"$out/wrk-$bin-$c.txt" 2>&1 || true
+    kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     rss_kib=$(status_kib "$server_pid" VmHWM)
-    nthreads=$(status_kib "$server_pid" Threads)
+    read -r nthreads pte_kib kstack_kib <"$out/peaks-$bin-$c.txt" || { nthreads=0; pte_kib=0; kstack_kib=$kstack0; }
+    kstack_delta=$(( kstack_kib > kstack0 ? kstack_kib - kstack0 : 0 ))
+    all_kib=$(( rss_kib + pte_kib + kstack_delta ))
     stop_server
     rps=$(awk '/^Requests\/sec:/ {print $2}' "$out/wrk-$bin-$c.txt")
     p99=$(awk '$1=="99%" {print $2}' "$out/wrk-$bin-$c.txt")
@@ -125,10 +146,11 @@ for c in "${levels[@]}"; do
       continue
     fi
     R[$bin,$c]=$rps; P[$bin,$c]=$(to_ms "$p99"); M[$bin,$c]=$(awk -v k="$rss_kib" 'BEGIN{printf "%.1f", k/1024}')
+    A[$bin,$c]=$(awk -v k="$all_kib" 'BEGIN{printf "%.1f", k/1024}')
     T[$bin,$c]=$nthreads; E[$bin,$c]=$errs
-    echo "$c $bin $rps ${P[$bin,$c]} ${M[$bin,$c]} $nthreads $errs" >>"$dat"
-    printf '%10.0f req/s  p99 %8.2f ms  RSS %7.1f MiB  %5d threads  %s errors\n' \
-      "$rps" "${P[$bin,$c]}" "${M[$bin,$c]}" "$nthreads" "$errs"
+    echo "$c $bin $rps ${P[$bin,$c]} ${M[$bin,$c]} $nthreads $errs ${A[$bin,$c]}" >>"$dat"
+    printf '%10.0f req/s  p99 %8.2f ms  RSS %7.1f MiB  all-in %7.1f MiB  %5d threads  %s errors\n' \
+      "$rps" "${P[$bin,$c]}" "${M[$bin,$c]}" "${A[$bin,$c]}" "$nthreads" "$errs"
   done
 done
 
@@ -138,18 +160,20 @@ md="$out/http.md"
   echo "### http under wrk: tendril vs thread per connection"
   echo
   echo "\`wrk -t<min(conns, 2×CPUs)> -c<conns> -d${seconds}s --latency http://127.0.0.1:<port>$path\`, one server at a time," \
-       "$cpus CPUs shared by wrk and the server. RSS is the server's peak (VmHWM)."
+       "$cpus CPUs shared by wrk and the server. RSS is the server's peak (VmHWM); all-in adds its peak page tables" \
+       "(VmPTE) and the growth of the kernel's KernelStack during the run (16 KiB per thread, not in RSS)."
   echo
-  echo "| connections | tendril req/s | pthread req/s | throughput ratio | tendril p99 ms | pthread p99 ms | tendril RSS MiB | pthread RSS MiB | memory ratio (pthread/tendril) | pthread threads |"
-  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| connections | tendril req/s | pthread req/s | throughput ratio | tendril p99 ms | pthread p99 ms | tendril RSS MiB | pthread RSS MiB | tendril all-in MiB | pthread all-in MiB | memory ratio (all-in, pthread/tendril) | pthread threads |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   for c in "${levels[@]}"; do
     t="${R[http,$c]:-}"; p="${R[http-pthread,$c]:-}"
     if [[ -z "$t" && -z "$p" ]]; then
-      echo "| $c | ${W[http,$c]:-} | ${W[http-pthread,$c]:-} | | | | | | | |"
+      echo "| $c | ${W[http,$c]:-} | ${W[http-pthread,$c]:-} | | | | | | | | | |"
       continue
     fi
     echo "| $c | ${t:-${W[http,$c]:-}} | ${p:-${W[http-pthread,$c]:-}} | $(ratio "$t" "$p") | ${P[http,$c]:-} | ${P[http-pthread,$c]:-} |" \
-         "${M[http,$c]:-} | ${M[http-pthread,$c]:-} | $(ratio "${M[http-pthread,$c]:-}" "${M[http,$c]:-}") | ${T[http-pthread,$c]:-} |"
+         "${M[http,$c]:-} | ${M[http-pthread,$c]:-} | ${A[http,$c]:-} | ${A[http-pthread,$c]:-} |" \
+         "$(ratio "${A[http-pthread,$c]:-}" "${A[http,$c]:-}") | ${T[http-pthread,$c]:-} |"
   done
   echo
   echo "Socket errors and non-2xx responses (wrk): $(for c in "${levels[@]}"; do printf '%s: %s/%s  ' "$c" "${E[http,$c]:--}" "${E[http-pthread,$c]:--}"; done)"
@@ -159,7 +183,7 @@ echo
 cat "$md"
 
 if command -v gnuplot >/dev/null; then
-  for what in throughput:3:"requests/s" p99:4:"p99 latency (ms)" rss:5:"server peak RSS (MiB)"; do
+  for what in throughput:3:"requests/s" p99:4:"p99 latency (ms)" rss:8:"server memory, all-in (MiB)"; do
     IFS=: read -r name col label <<<"$what"
     gnuplot <<GP 2>/dev/null || echo "note: gnuplot failed for $name"
 set terminal pngcairo size 800,480 noenhanced

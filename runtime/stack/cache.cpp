@@ -409,6 +409,18 @@ std::uint32_t site_depth_pages(const void* site) noexcept {
   return 0;
 }
 
+// A site's depth follows what its fibers typically reach, not the deepest one
+// ever seen: fibers of one site (a server's connection fibers, say) mostly
+// stay shallow, and every page premapped beyond what a fiber uses is memory
+// that each of thousands of parked fibers keeps. The first record is taken
+// as is; deeper ones pull the depth halfway up (rounding up, so a site that
+// always needs D pages reaches D), shallower ones an eighth down.
+static std::uint32_t blend_site_depth(std::uint32_t old, std::uint32_t pages) noexcept {
+  if (old == 0) return pages;
+  if (pages >= old) return old + (pages - old + 1) / 2;
+  return old - (old - pages) / 8;
+}
+
 void site_record(const void* site, std::uint32_t pages) noexcept {
   unsigned h = site_hash(site);
   auto key = reinterpret_cast<std::uintptr_t>(site);
@@ -421,7 +433,7 @@ void site_record(const void* site, std::uint32_t pages) noexcept {
       k = key;
     }
     if (k != key) continue;
-    if (s.depth.load(std::memory_order_relaxed) < pages) s.depth.store(pages, std::memory_order_relaxed);
+    s.depth.store(blend_site_depth(s.depth.load(std::memory_order_relaxed), pages), std::memory_order_relaxed);
     return;
   }
   // Table region full: this site is not learned (a fixed-size table, no malloc).

@@ -117,10 +117,13 @@ unsigned map_pages(Worker& w, char* dst, unsigned pages) noexcept {
   return done;
 }
 
-// How many pages to map for a fault at `page`: double the stack (as Go does
-// when it copies a stack), capped by max_grow_pages and by the slot's limit.
+// How many pages to map for a fault at `page`: one page while the stack is
+// shallow (most server fibers stay within a few pages, and a page mapped
+// ahead is memory each of their thousands keeps), then double the stack (as
+// Go does when it copies one), capped by max_grow_pages and the slot's limit.
 unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo) noexcept {
-  unsigned want = std::max(1u, m.mapped_pages.load(std::memory_order_relaxed));
+  const unsigned mapped = m.mapped_pages.load(std::memory_order_relaxed);
+  unsigned want = mapped < kSingleFaultPages ? 1u : mapped;
   want = std::min(want, g_rt.max_grow_pages);
   unsigned room = unsigned((page - lo) / kPage) + 1;
   return std::min(want, room);

@@ -14,6 +14,9 @@
 namespace tendril::detail::stack_impl {
 
 constexpr std::size_t kPage = 4096;
+// Below this many resident pages a fault maps one page; from there on the
+// stack doubles per fault (see pages_for_fault).
+constexpr unsigned kSingleFaultPages = 4;
 constexpr unsigned kMinClassShift = 14;  // smallest size class: 16 KiB
 constexpr unsigned kNumClasses = 17;     // 16 KiB .. 1 GiB, powers of two
 constexpr unsigned kSlotBits = 24;       // StackSlot::index = worker << 24 | slot
