@@ -291,10 +291,35 @@ void uring_worker_close_wake(UringWorker* u) noexcept {
   delete u;
 }
 
+namespace {
+// On a DEFER_TASKRUN ring the kernel runs at most IO_LOCAL_TW_DEFAULT_MAX (20)
+// deferred completions per pass of io_uring_enter (Linux 6.13+; at most two
+// passes), and leaves the rest for the next enter. Completions that need no
+// task work (an op that finished at submission) are not limited. So a single
+// enter per poll lets "armed" receives (no data when submitted) pile up in the
+// kernel and wait for seconds while connections whose data was already there
+// go round again and again. Keep entering while an enter may have hit the cap.
+constexpr unsigned kTaskRunCap = 20;
+constexpr int kMaxExtraEnters = 64;
+
+std::uint32_t drain_deferred(UringWorker* u) noexcept {
+  std::uint32_t readied = 0;
+  for (int k = 0;; ++k) {
+    const unsigned got = io_uring_cq_ready(&u->ring);
+    readied += reap(u);
+    if (got < kTaskRunCap || k == kMaxExtraEnters || u->inflight == 0) break;
+    io_uring_get_events(&u->ring);
+  }
+  return readied;
+}
+}  // namespace
+
 std::uint32_t uring_poll(UringWorker* u, bool idle) noexcept {
   const bool queued = io_uring_sq_ready(&u->ring) > 0;
-  if (queued || (u->inflight > 0 && (idle || (++u->polls & 3) == 0)))
+  if (queued || (u->inflight > 0 && (idle || (++u->polls & 3) == 0))) {
     io_uring_submit_and_get_events(&u->ring);
+    return drain_deferred(u);
+  }
   return reap(u);
 }
 

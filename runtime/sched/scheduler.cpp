@@ -58,7 +58,9 @@ void Scheduler::stop() noexcept {
 void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
   Worker* w = current_worker();
   if (w != nullptr && &w->sched_ == this) {
-    if (handoff) {
+    if (w->io_to_global_) {
+      w->push_io_ready(f);
+    } else if (handoff) {
       w->push_runnext(f);
     } else {
       w->push_local(f);
@@ -90,6 +92,20 @@ FiberCtl* Scheduler::global_pop() noexcept {
   f->next = nullptr;
   global_size_.fetch_sub(1, std::memory_order_release);
   return f;
+}
+
+std::uint32_t Scheduler::global_pop_batch(FiberCtl** out, std::uint32_t max) noexcept {
+  std::lock_guard<std::mutex> g(global_mu_);
+  std::uint32_t n = 0;
+  while (n < max && global_head_ != nullptr) {
+    FiberCtl* f = global_head_;
+    global_head_ = f->next;
+    f->next = nullptr;
+    out[n++] = f;
+  }
+  if (global_head_ == nullptr) global_tail_ = nullptr;
+  if (n != 0) global_size_.fetch_sub(n, std::memory_order_release);
+  return n;
 }
 
 void Scheduler::wake_idle_worker_if_needed() noexcept {

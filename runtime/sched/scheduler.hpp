@@ -3,7 +3,9 @@
 // park their thread when there is nothing to do.
 //
 // Where a runnable fiber waits, in the order a worker looks (pick_next):
-//   1. every 61st pick, the global queue first, so it cannot starve;
+//   1. every 61st pick, poll I/O (fibers it readies join the global queue's
+//      tail: a busy worker must not let them jump ahead of fibers already
+//      waiting there), then the global queue first, so it cannot starve;
 //   2. runnext: the fiber most recently woken by a fiber on this worker (a
 //      message's receiver, a spawned child, a joiner), so hand-offs run back
 //      to back on one worker and stay in its caches. A run of more than
@@ -11,7 +13,9 @@
 //      ping-ponging pair cannot starve its neighbours;
 //   3. the local run queue (FIFO, lock-free, 256 entries; overflow moves half
 //      to the global queue);
-//   4. the global queue (fibers readied by plain threads, and overflow);
+//   4. the global queue (fibers readied by plain threads, overflow, and I/O
+//      completions reaped while busy), taken in batches of a fair share (at
+//      most 128) into the local queue, as Go's globrunqget;
 //   5. stealing: half of another worker's queue; another worker's runnext only
 //      if that worker has not switched since the previous look (it is stuck in
 //      a long-running fiber), and expired timers of other workers (try_lock).
@@ -115,6 +119,13 @@ class Worker {
   FiberCtl* pick_next() noexcept;
   FiberCtl* pick_local() noexcept;
   FiberCtl* steal() noexcept;
+  // Takes a batch from the global queue: returns the first, queues the rest
+  // locally. Only when the local queue is (nearly) empty.
+  FiberCtl* global_take_batch() noexcept;
+  // io_poll while the local queue is busy; see worker.cpp.
+  std::uint32_t poll_io_busy() noexcept;
+  void push_io_ready(FiberCtl* f) noexcept;
+  void flush_io_batch() noexcept;
   FiberCtl* spin_for_work() noexcept;
   // Returns true if nobody watched over this sleep (every worker was parked).
   bool park_thread() noexcept;
@@ -137,6 +148,12 @@ class Worker {
   TimerHeap timers_;
   WorkerCounters counters_;
   bool in_idle_list_ = false;  // guarded by Scheduler::idle_mu_
+  // Fibers made runnable by a busy-time io_poll, on their way to the global
+  // queue (poll_io_busy). Owner thread only.
+  static constexpr std::uint32_t kIoBatch = 64;
+  bool io_to_global_ = false;
+  std::uint32_t io_batch_n_ = 0;
+  FiberCtl* io_batch_[kIoBatch];
   FiberId id_next_ = 0, id_end_ = 0;
   static constexpr std::int64_t kMinParkBackoffNs = 1000000;    // 1 ms
   static constexpr std::int64_t kMaxParkBackoffNs = 10000000;   // 10 ms
@@ -167,6 +184,9 @@ class Scheduler {
   void global_push(FiberCtl* f) noexcept;
   void global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept;
   FiberCtl* global_pop() noexcept;
+  // Up to `max` fibers from the head of the global queue, oldest first.
+  std::uint32_t global_pop_batch(FiberCtl** out, std::uint32_t max) noexcept;
+  std::uint64_t global_size() const noexcept { return global_size_.load(std::memory_order_acquire); }
   bool global_empty() const noexcept { return global_size_.load(std::memory_order_acquire) == 0; }
 
   // Wakes one parked worker if work was queued where no running worker will

@@ -148,11 +148,13 @@ FiberCtl* Worker::pick_next() noexcept {
     fire_timers(*this, steady_ticks(), true);
   if (tick_ % 61 == 0) {
     // Fairness: neither the global queue nor finished I/O waits behind a
-    // busy local queue for long.
+    // busy local queue for long. Polling here also hands queued SQEs to the
+    // kernel; I/O completions go to the global tail (poll_io_busy), then the
+    // global head gets its turn.
+    poll_io_busy();
     if (!sched_.global_empty()) {
       if (FiberCtl* f = sched_.global_pop()) return f;
     }
-    io_poll(index_, false);
   }
   if (FiberCtl* f = pick_local()) return f;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX) {
@@ -160,12 +162,53 @@ FiberCtl* Worker::pick_next() noexcept {
     if (FiberCtl* f = pick_local()) return f;
   }
   if (!sched_.global_empty()) {
-    if (FiberCtl* f = sched_.global_pop()) return f;
+    if (FiberCtl* f = global_take_batch()) return f;
   }
   if (io_poll(index_, true) != 0) {
     if (FiberCtl* f = pick_local()) return f;
   }
   return steal();
+}
+
+std::uint32_t Worker::poll_io_busy() noexcept {
+  // The local queue is busy: what I/O made runnable joins the global queue's
+  // tail, behind every fiber already waiting (as Go's netpoll injection). In
+  // the local queue it would run before the global backlog, which then only
+  // moves one fiber per 61 picks: connections that once overflowed there
+  // would wait for seconds while the others go round.
+  io_to_global_ = true;
+  const std::uint32_t n = io_poll(index_, false);
+  io_to_global_ = false;
+  flush_io_batch();
+  return n;
+}
+
+void Worker::push_io_ready(FiberCtl* f) noexcept {
+  io_batch_[io_batch_n_++] = f;
+  if (io_batch_n_ == kIoBatch) flush_io_batch();
+}
+
+void Worker::flush_io_batch() noexcept {
+  if (io_batch_n_ == 0) return;
+  sched_.global_push_batch(io_batch_, io_batch_n_);
+  io_batch_n_ = 0;
+  sched_.wake_idle_worker_if_needed();
+}
+
+FiberCtl* Worker::global_take_batch() noexcept {
+  // As Go's globrunqget: a fair share of the global queue (at most half the
+  // local ring), so a backlog there is worked off at the pace of the local
+  // queue rather than one fiber per pick, and the lock is taken once per batch.
+  FiberCtl* batch[RunQueue::kCapacity / 2];
+  const std::uint32_t room = RunQueue::kCapacity - runq_.size();
+  std::uint32_t max = static_cast<std::uint32_t>(
+      sched_.global_size() / sched_.worker_count() + 1);
+  max = std::min({max, room, RunQueue::kCapacity / 2});
+  const std::uint32_t n = sched_.global_pop_batch(batch, max == 0 ? 1 : max);
+  if (n == 0) return nullptr;
+  for (std::uint32_t i = 1; i < n; ++i) runq_.push(batch[i]);
+  if (n > 1) sched_.wake_idle_worker_if_needed();
+  return batch[0];
 }
 
 FiberCtl* Worker::steal() noexcept {
