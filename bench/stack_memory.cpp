@@ -567,7 +567,7 @@ int parent(bool quick, const char* markdown_file) {
   }
   section("Stack growth of a fresh fiber, ns per fiber (median; target uffd/kernel <= 1.5)", grow,
           "One CPU, 1 worker; every fiber starts with one mapped page (released stacks shrink to it). uffd "
-          "faults = stats().stack_faults per fiber (doubling: up to 16 pages per fault); kernel pages = pages "
+          "faults = stats().stack_faults per fiber (one page per fault up to 16 KiB, then doubling up to 16 pages); kernel pages = pages "
           "grown per fiber, counted at release. pthread: mmap a fresh 8 MiB stack, create, join, munmap. "
           "growth only = whole minus no growth; medians over interleaved batches.\n");
 

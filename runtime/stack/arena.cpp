@@ -609,8 +609,11 @@ void log_mode() {
   char workers[64];
   std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_rt.workers - 1);
   if (g_rt.mode == Mode::uffd)
-    std::snprintf(line, sizeof line, "stacks: mode=uffd (userfaultfd, fill=%s, up to %u pages per fault), %s",
-                  g_rt.fill == Fill::move ? "move" : "copy", g_rt.max_grow_pages, workers);
+    std::snprintf(line, sizeof line,
+                  "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
+                  "pages), %s",
+                  g_rt.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
+                  g_rt.max_grow_pages, workers);
   else
     std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
                   g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
