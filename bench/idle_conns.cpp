@@ -89,12 +89,14 @@ void stop_server(const Server& s) {
   ::waitpid(s.pid, nullptr, 0);
 }
 
-long status_kib(pid_t pid, const char* key) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+// The value of "key:" in a /proc file of "key: value kB" lines, or 0.
+long proc_kib(const std::string& path, const char* key) {
+  std::ifstream f(path);
+  const std::string want = std::string(key) + ":";
   std::string k;
   long v = 0;
   while (f >> k) {
-    if (k == std::string(key) + ":") {
+    if (k == want) {
       f >> v;
       return v;
     }
@@ -102,20 +104,8 @@ long status_kib(pid_t pid, const char* key) {
   }
   return 0;
 }
-
-long meminfo_kib(const char* key) {
-  std::ifstream f("/proc/meminfo");
-  std::string k;
-  long v = 0;
-  while (f >> k) {
-    if (k == std::string(key) + ":") {
-      f >> v;
-      return v;
-    }
-    std::getline(f, k);
-  }
-  return 0;
-}
+long status_kib(pid_t pid, const char* key) { return proc_kib("/proc/" + std::to_string(pid) + "/status", key); }
+long meminfo_kib(const char* key) { return proc_kib("/proc/meminfo", key); }
 
 struct Result {
   std::string server;

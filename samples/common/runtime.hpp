@@ -110,6 +110,16 @@ void go(std::function<void()> fn);
 // Parks the fiber (tendril) or sleeps the thread (twin).
 void sleep_for(Millis d);
 
+// A mutex and condition variable of the matching kind, for state shared
+// between connections.
+#if SAMPLE_PTHREAD
+using Mutex = std::mutex;
+using CondVar = std::condition_variable;
+#else
+using Mutex = tendril::Mutex;
+using CondVar = tendril::CondVar;
+#endif
+
 // A count of outstanding tasks that can be waited for with a deadline: what a
 // fan-out needs to gather answers from K calls.
 class Group {
@@ -121,22 +131,11 @@ class Group {
   void wait();
 
  private:
-#if SAMPLE_PTHREAD
-  std::mutex m_;
-  std::condition_variable cv_;
-#else
-  tendril::Mutex m_;
-  tendril::CondVar cv_;
-#endif
+  Mutex m_;
+  CondVar cv_;
   int count_ = 0;
 };
 
-// A mutex of the matching kind, for state shared between connections.
-#if SAMPLE_PTHREAD
-using Mutex = std::mutex;
-#else
-using Mutex = tendril::Mutex;
-#endif
 
 // Receives the stop request (SIGINT or SIGTERM). Callbacks registered with
 // on_stop run once, on a fiber/thread of the runtime, when it arrives, or at

@@ -1,4 +1,5 @@
 // The parts of samples/common/runtime.hpp that are the same on both runtimes.
+#include <signal.h>
 #include <sys/resource.h>
 
 #include <mutex>
@@ -28,6 +29,34 @@ void StopToken::request_stop() {
     fns.swap(fns_);
   }
   for (auto& f : fns) f();
+}
+
+void Group::add(int n) {
+  std::lock_guard<Mutex> g(m_);
+  count_ += n;
+}
+
+void Group::done() {
+  std::lock_guard<Mutex> g(m_);
+  if (--count_ == 0) cv_.notify_all();
+}
+
+bool Group::wait_until(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<Mutex> lk(m_);
+  return cv_.wait_until(lk, deadline, [&] { return count_ <= 0; });
+}
+
+void Group::wait() {
+  std::unique_lock<Mutex> lk(m_);
+  cv_.wait(lk, [&] { return count_ <= 0; });
+}
+
+void block_stop_signals() {
+  sigset_t s;
+  sigemptyset(&s);
+  sigaddset(&s, SIGINT);
+  sigaddset(&s, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &s, nullptr);
 }
 
 std::uint64_t raise_fd_limit() {

@@ -205,31 +205,6 @@ void go(std::function<void()> fn) {
 
 void sleep_for(Millis d) { std::this_thread::sleep_for(d); }
 
-void Group::add(int n) {
-  std::lock_guard<std::mutex> g(m_);
-  count_ += n;
-}
-void Group::done() {
-  std::lock_guard<std::mutex> g(m_);
-  if (--count_ == 0) cv_.notify_all();
-}
-bool Group::wait_until(std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<std::mutex> lk(m_);
-  return cv_.wait_until(lk, deadline, [&] { return count_ <= 0; });
-}
-void Group::wait() {
-  std::unique_lock<std::mutex> lk(m_);
-  cv_.wait(lk, [&] { return count_ <= 0; });
-}
-
-void block_stop_signals() {
-  sigset_t s;
-  sigemptyset(&s);
-  sigaddset(&s, SIGINT);
-  sigaddset(&s, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &s, nullptr);
-}
-
 void serve(unsigned /*workers*/, const std::function<void(StopToken&)>& main) {
   auto stop = std::make_shared<StopToken>();
   std::thread([stop] {

@@ -71,31 +71,6 @@ void go(std::function<void()> fn) { tendril::spawn(std::move(fn)).detach(); }
 
 void sleep_for(Millis d) { tendril::this_fiber::sleep_for(d); }
 
-void Group::add(int n) {
-  std::lock_guard<tendril::Mutex> g(m_);
-  count_ += n;
-}
-void Group::done() {
-  std::lock_guard<tendril::Mutex> g(m_);
-  if (--count_ == 0) cv_.notify_all();
-}
-bool Group::wait_until(std::chrono::steady_clock::time_point deadline) {
-  std::unique_lock<tendril::Mutex> lk(m_);
-  return cv_.wait_until(lk, deadline, [&] { return count_ <= 0; });
-}
-void Group::wait() {
-  std::unique_lock<tendril::Mutex> lk(m_);
-  cv_.wait(lk, [&] { return count_ <= 0; });
-}
-
-void block_stop_signals() {
-  sigset_t s;
-  sigemptyset(&s);
-  sigaddset(&s, SIGINT);
-  sigaddset(&s, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &s, nullptr);
-}
-
 void serve(unsigned workers, const std::function<void(StopToken&)>& main) {
   tendril::Options o;
   o.workers = workers;

@@ -10,6 +10,7 @@
 #include <list>
 #include <string>
 
+#include "samples/common/connections.hpp"
 #include "samples/common/flags.hpp"
 #include "samples/common/runtime.hpp"
 
@@ -21,30 +22,6 @@ struct Config {
   int backlog = 4096;
   unsigned workers = 0;
   int idle_timeout_ms = 0;
-};
-
-// The open connections, so a stop can wake their readers.
-class Connections {
- public:
-  std::list<sample::Stream*>::iterator add(sample::Stream* s) {
-    live_.add(1);
-    std::lock_guard<sample::Mutex> g(m_);
-    return open_.insert(open_.end(), s);
-  }
-  void remove(std::list<sample::Stream*>::iterator it) {
-    {
-      std::lock_guard<sample::Mutex> g(m_);
-      open_.erase(it);
-    }
-    live_.done();
-  }
-  void shutdown_all() {
-    std::lock_guard<sample::Mutex> g(m_);
-    for (auto* s : open_) s->shutdown();
-  }
-  sample::Mutex m_;
-  std::list<sample::Stream*> open_;
-  sample::Group live_;  // connections whose fiber or thread has not ended
 };
 
 void serve_connection(sample::Stream& s, int idle_timeout_ms) {
@@ -86,7 +63,7 @@ int main(int argc, char** argv) {
       auto l = sample::Listener::bind(cfg.host, static_cast<std::uint16_t>(cfg.port), cfg.backlog);
       std::printf("echo (%s) listening on %s:%u\n", sample::runtime_name(), cfg.host.c_str(), l.port());
       std::fflush(stdout);
-      Connections conns;
+      sample::Connections conns;
       // The stop callback runs on the signal watcher; it shares `callback`
       // with this frame, which waits for it before `l` and `conns` go away.
       auto callback = std::make_shared<sample::Group>();
@@ -113,7 +90,7 @@ int main(int argc, char** argv) {
         }
       }
       callback->wait();  // accept() ends only after the callback closed `l`
-      conns.live_.wait();
+      conns.wait();
       std::printf("echo: stopped\n");
     });
   } catch (const std::exception& e) {

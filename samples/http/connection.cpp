@@ -55,25 +55,4 @@ void serve_connection(sample::Stream& s, const ConnectionConfig& cfg, const Hand
   close_gracefully(s);
 }
 
-Connections::Handle Connections::add(sample::Stream* s) {
-  live_.add(1);
-  std::lock_guard<sample::Mutex> g(m_);
-  return open_.insert(open_.end(), s);
-}
-
-void Connections::remove(Handle h) {
-  {
-    std::lock_guard<sample::Mutex> g(m_);
-    open_.erase(h);
-  }
-  live_.done();
-}
-
-void Connections::shutdown_all() {
-  std::lock_guard<sample::Mutex> g(m_);
-  for (auto* s : open_) s->shutdown();
-}
-
-void Connections::wait() { live_.wait(); }
-
 }  // namespace sample_http

@@ -1,10 +1,9 @@
 // The socket side of a connection: the loop that reads, feeds a Session and
-// writes its responses, and the registry of open connections that a stop
-// shuts down and waits for (as in the echo sample).
+// writes its responses (the registry of open connections is
+// samples/common/connections.hpp).
 #pragma once
 
-#include <list>
-
+#include "samples/common/connections.hpp"
 #include "samples/common/runtime.hpp"
 #include "samples/http/session.hpp"
 
@@ -20,22 +19,6 @@ struct ConnectionConfig {
 // connection); the caller owns and closes s.
 void serve_connection(sample::Stream& s, const ConnectionConfig& cfg, const Handler& handler);
 
-// The open connections, so a stop can wake their readers, and a count of the
-// connection tasks still running, to wait for them.
-class Connections {
- public:
-  using Handle = std::list<sample::Stream*>::iterator;
-  Handle add(sample::Stream* s);
-  void remove(Handle h);
-  // Wakes every open connection's reads and writes (they end promptly).
-  void shutdown_all();
-  // Until every added connection was removed.
-  void wait();
-
- private:
-  sample::Mutex m_;
-  std::list<sample::Stream*> open_;  // guarded by m_
-  sample::Group live_;
-};
+using Connections = sample::Connections;
 
 }  // namespace sample_http

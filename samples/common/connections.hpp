@@ -1,0 +1,48 @@
+// The open connections of a sample server, so that a stop can wake their
+// readers, and a count of the connection tasks still running, to wait for.
+//
+//   sample::Connections conns;
+//   auto h = conns.add(stream);            // before the task starts
+//   sample::go([&, h] { ...; conns.remove(h); });
+//   ...on stop: conns.shutdown_all(); conns.wait();
+#pragma once
+
+#include <list>
+#include <mutex>
+
+#include "samples/common/runtime.hpp"
+
+namespace sample {
+
+class Connections {
+ public:
+  using Handle = std::list<Stream*>::iterator;
+
+  Handle add(Stream* s) {
+    live_.add(1);
+    std::lock_guard<Mutex> g(m_);
+    return open_.insert(open_.end(), s);
+  }
+  // The connection's task is done with s (it may be closed and freed next).
+  void remove(Handle h) {
+    {
+      std::lock_guard<Mutex> g(m_);
+      open_.erase(h);
+    }
+    live_.done();
+  }
+  // Wakes every open connection's reads and writes (they end promptly).
+  void shutdown_all() {
+    std::lock_guard<Mutex> g(m_);
+    for (Stream* s : open_) s->shutdown();
+  }
+  // Until every added connection was removed.
+  void wait() { live_.wait(); }
+
+ private:
+  Mutex m_;
+  std::list<Stream*> open_;  // guarded by m_
+  Group live_;
+};
+
+}  // namespace sample
