@@ -3,10 +3,11 @@
 # build it in Release, and show in a few minutes why one would link tendril
 # into a high-fan-out server instead of using a thread per connection: the
 # http sample (fibers) against its pthread twin (same sources, one thread per
-# connection) under wrk at 100, 1,000 and 10,000 connections, then how many
-# idle keep-alive connections each fits in 1 GiB.
+# connection) under wrk at 100, 1,000 and 10,000 connections (server and wrk
+# on separate CPUs), then how many idle keep-alive connections each fits in
+# 1 GiB.
 #
-#   bash scripts/main-job.sh                          # about 3 minutes
+#   bash scripts/main-job.sh                          # about 3 minutes with the build
 #   TENDRIL_MAIN_SECONDS=15 bash scripts/main-job.sh  # longer wrk runs
 #
 # Prints the tables and the path of the charts; everything is written to
@@ -29,7 +30,7 @@ echo "== $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) (other loa
 
 echo
 echo "== 1. http under wrk: tendril vs a thread per connection (${seconds}s per run)"
-bash bench/scripts/http-wrk.sh --build build-release --conns 100,1000,10000 --seconds "$seconds" --out "$out"
+bash bench/scripts/http-wrk.sh --build build-release --conns 100,1000,10000 --seconds "$seconds" --split --out "$out"
 
 echo
 echo "== 2. idle keep-alive connections per GiB of server memory"

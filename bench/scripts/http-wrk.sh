@@ -5,7 +5,12 @@
 # --latency), and the server's peak RSS (VmHWM) and thread count.
 #
 #   bash bench/scripts/http-wrk.sh [--build DIR] [--conns 100,1000,10000,50000]
-#        [--seconds 10] [--path /] [--out DIR]
+#        [--seconds 10] [--path /] [--out DIR] [--split]
+#
+# --split gives the server the first half of the CPUs and wrk the other half
+# (taskset; tendril starts one worker per CPU of its mask), so the load
+# generator does not compete with the server for the same CPUs. Without it
+# both share every CPU. Needs at least 2 CPUs (else it falls back, saying so).
 #
 # Writes DIR/http.md (a Markdown table), DIR/http.dat and, with gnuplot,
 # DIR/http-throughput.png, DIR/http-p99.png and DIR/http-rss.png. Levels that
@@ -18,6 +23,7 @@ conns_list="100,1000,10000,50000"
 seconds=10
 path="/"
 out=""
+split=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --build) build="$2"; shift 2 ;;
@@ -25,6 +31,7 @@ while [[ $# -gt 0 ]]; do
     --seconds) seconds="$2"; shift 2 ;;
     --path) path="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --split) split=1; shift ;;
     -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "http-wrk.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -43,6 +50,20 @@ hard_fds=$(ulimit -Hn)
 max_maps=$(cat /proc/sys/vm/max_map_count)
 threads_max=$(cat /proc/sys/kernel/threads-max)
 cpus=$(nproc)
+server_pin=(); wrk_pin=(); wrk_cpus=$cpus; placement="$cpus CPUs shared by wrk and the server"
+if [[ $split = 1 ]]; then
+  mapfile -t allowed < <(taskset -pc $$ | sed 's/.*: //' | tr ',' '\n' | awk -F- '{ if (NF == 2) for (i = $1; i <= $2; i++) print i; else print $1 }')
+  if (( ${#allowed[@]} >= 2 )); then
+    half=$(( ${#allowed[@]} / 2 ))
+    server_set=$(IFS=,; echo "${allowed[*]:0:half}")
+    wrk_set=$(IFS=,; echo "${allowed[*]:half}")
+    server_pin=(taskset -c "$server_set"); wrk_pin=(taskset -c "$wrk_set")
+    wrk_cpus=$(( ${#allowed[@]} - half ))
+    placement="server on CPU(s) $server_set, wrk on CPU(s) $wrk_set (--split)"
+  else
+    echo "http-wrk.sh: --split needs 2 CPUs; running shared" >&2
+  fi
+fi
 
 server_pid=""
 cleanup() { [[ -n "$server_pid" ]] && kill -9 "$server_pid" 2>/dev/null; server_pid=""; }
@@ -51,7 +72,7 @@ trap cleanup EXIT
 # start_server BIN -> sets server_pid and port
 start_server() {
   local log="$out/$1.log"
-  "$build/samples/$1" --port 0 --idle-timeout-ms 0 >"$log" 2>&1 &
+  ${server_pin[@]+"${server_pin[@]}"} "$build/samples/$1" --port 0 --idle-timeout-ms 0 >"$log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
     port=$(sed -n 's/.*listening on .*:\([0-9]*\)$/\1/p' "$log" | head -1)
@@ -124,11 +145,11 @@ for c in "${levels[@]}"; do
     fi
     printf '[%d/%d] %-12s %6d connections, %ss ... ' "$n" "$total" "$bin" "$c" "$seconds"
     start_server "$bin"
-    threads=$(( c < 2 * cpus ? c : 2 * cpus ))
+    threads=$(( c < 2 * wrk_cpus ? c : 2 * wrk_cpus ))
     kstack0=$(awk '/^KernelStack:/ {print $2}' /proc/meminfo)
     sample_peaks "$server_pid" "$out/peaks-$bin-$c.txt" &
     sampler=$!
-    timeout $((seconds + 60)) wrk -t"$threads" -c"$c" -d"${seconds}s" --timeout 10s --latency \
+    timeout $((seconds + 60)) ${wrk_pin[@]+"${wrk_pin[@]}"} wrk -t"$threads" -c"$c" -d"${seconds}s" --timeout 10s --latency \
       "http://127.0.0.1:$port$path" >"$out/wrk-$bin-$c.txt" 2>&1 || true
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     rss_kib=$(status_kib "$server_pid" VmHWM)
@@ -160,7 +181,7 @@ md="$out/http.md"
   echo "### http under wrk: tendril vs thread per connection"
   echo
   echo "\`wrk -t<min(conns, 2×CPUs)> -c<conns> -d${seconds}s --latency http://127.0.0.1:<port>$path\`, one server at a time," \
-       "$cpus CPUs shared by wrk and the server. RSS is the server's peak (VmHWM); all-in adds its peak page tables" \
+       "$placement. RSS is the server's peak (VmHWM); all-in adds its peak page tables" \
        "(VmPTE) and the growth of the kernel's KernelStack during the run (16 KiB per thread, not in RSS)."
   echo
   echo "| connections | tendril req/s | pthread req/s | throughput ratio | tendril p99 ms | pthread p99 ms | tendril RSS MiB | pthread RSS MiB | tendril all-in MiB | pthread all-in MiB | memory ratio (all-in, pthread/tendril) | pthread threads |"
