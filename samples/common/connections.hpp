@@ -7,6 +7,8 @@
 //   ...on stop: conns.shutdown_all(); conns.wait();
 #pragma once
 
+#include <exception>
+#include <functional>
 #include <list>
 #include <mutex>
 
@@ -44,5 +46,16 @@ class Connections {
   std::list<Stream*> open_;  // guarded by m_
   Group live_;
 };
+
+// The accept loop every sample server runs: each connection is served by
+// serve(stream) on its own fiber (or thread, in the twin). A stop request
+// closes `l`, runs `on_stop` (say, to cut sleeps short), and shuts every open
+// connection down; the call returns once the stop callback is done and every
+// connection's task has ended, so `l` and whatever serve uses may go away
+// then. A connection whose task cannot start (the twin out of threads) is
+// dropped and reported to `on_drop`.
+void accept_until_stopped(Listener& l, StopToken& stop, const std::function<void(Stream&)>& serve,
+                          const std::function<void()>& on_stop = {},
+                          const std::function<void(const std::exception&)>& on_drop = {});
 
 }  // namespace sample

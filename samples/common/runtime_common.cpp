@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "samples/common/connections.hpp"
 #include "samples/common/runtime.hpp"
 
 namespace sample {
@@ -57,6 +58,40 @@ void block_stop_signals() {
   sigaddset(&s, SIGINT);
   sigaddset(&s, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &s, nullptr);
+}
+
+void accept_until_stopped(Listener& l, StopToken& stop, const std::function<void(Stream&)>& serve,
+                          const std::function<void()>& on_stop,
+                          const std::function<void(const std::exception&)>& on_drop) {
+  Connections conns;
+  // The stop callback runs on the signal watcher; it shares `callback` with
+  // this frame, which waits for it before `l` and `conns` go away.
+  auto callback = std::make_shared<Group>();
+  callback->add(1);
+  stop.on_stop([&l, &conns, &on_stop, callback] {
+    l.close();
+    if (on_stop) on_stop();
+    conns.shutdown_all();
+    callback->done();
+  });
+  while (auto c = l.accept()) {
+    auto* s = new Stream(std::move(*c));
+    auto it = conns.add(s);
+    if (stop.stop_requested()) s->shutdown();
+    try {
+      go([s, it, &conns, &serve] {
+        serve(*s);
+        conns.remove(it);
+        delete s;
+      });
+    } catch (const std::exception& e) {
+      if (on_drop) on_drop(e);
+      conns.remove(it);
+      delete s;
+    }
+  }
+  callback->wait();  // accept() ends only once the callback closed `l`
+  conns.wait();
 }
 
 std::uint64_t raise_fd_limit() {

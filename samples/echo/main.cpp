@@ -7,7 +7,6 @@
 // SIGINT or SIGTERM stops accepting, closes the open connections and exits 0.
 #include <cstdio>
 #include <exception>
-#include <list>
 #include <string>
 
 #include "samples/common/connections.hpp"
@@ -63,34 +62,9 @@ int main(int argc, char** argv) {
       auto l = sample::Listener::bind(cfg.host, static_cast<std::uint16_t>(cfg.port), cfg.backlog);
       std::printf("echo (%s) listening on %s:%u\n", sample::runtime_name(), cfg.host.c_str(), l.port());
       std::fflush(stdout);
-      sample::Connections conns;
-      // The stop callback runs on the signal watcher; it shares `callback`
-      // with this frame, which waits for it before `l` and `conns` go away.
-      auto callback = std::make_shared<sample::Group>();
-      callback->add(1);
-      stop.on_stop([&l, &conns, callback] {
-        l.close();
-        conns.shutdown_all();
-        callback->done();
-      });
-      while (auto c = l.accept()) {
-        auto* s = new sample::Stream(std::move(*c));
-        auto it = conns.add(s);
-        if (stop.stop_requested()) s->shutdown();
-        try {
-          sample::go([s, it, &conns, &cfg] {
-            serve_connection(*s, cfg.idle_timeout_ms);
-            conns.remove(it);
-            delete s;
-          });
-        } catch (const std::exception& e) {  // e.g. the twin is out of threads: drop this one
-          std::fprintf(stderr, "echo: %s\n", e.what());
-          conns.remove(it);
-          delete s;
-        }
-      }
-      callback->wait();  // accept() ends only after the callback closed `l`
-      conns.wait();
+      sample::accept_until_stopped(
+          l, stop, [&](sample::Stream& s) { serve_connection(s, cfg.idle_timeout_ms); }, {},
+          [](const std::exception& e) { std::fprintf(stderr, "echo: %s\n", e.what()); });
       std::printf("echo: stopped\n");
     });
   } catch (const std::exception& e) {

@@ -107,33 +107,15 @@ int main(int argc, char** argv) {
       conn_cfg.limits.max_body_bytes = cfg.max_body_bytes;
       conn_cfg.idle_timeout_ms = cfg.idle_timeout_ms;
 
-      sample_http::Connections conns;
-      stop.on_stop([&] {
-        l.close();
-        interrupt->trigger();
-        conns.shutdown_all();
-      });
-      while (auto c = l.accept()) {
-        auto* s = new sample::Stream(std::move(*c));
-        auto it = conns.add(s);
-        if (stop.stop_requested()) s->shutdown();
-        counters->connections_open.fetch_add(1);
-        auto end = [s, it, &conns, counters] {
-          counters->connections_open.fetch_sub(1);
-          conns.remove(it);
-          delete s;
-        };
-        try {
-          sample::go([s, end, &conn_cfg, &handler] {
-            sample_http::serve_connection(*s, conn_cfg, handler);
-            end();
-          });
-        } catch (const std::exception& e) {
-          report_throttled(e.what());  // no thread or stack for it: drop this connection
-          end();
-        }
-      }
-      conns.wait();
+      sample::accept_until_stopped(
+          l, stop,
+          [&](sample::Stream& s) {
+            counters->connections_open.fetch_add(1);
+            sample_http::serve_connection(s, conn_cfg, handler);
+            counters->connections_open.fetch_sub(1);
+          },
+          [interrupt] { interrupt->trigger(); },
+          [](const std::exception& e) { report_throttled(e.what()); });  // no thread or stack: dropped
       // Calls still out (a slow backend) get a moment; simulated ones ended at the stop.
       fanout.drain_until(std::chrono::steady_clock::now() + std::chrono::seconds(2));
       std::printf("http: stopped\n");
