@@ -65,6 +65,8 @@
 #include <string>
 #include <vector>
 
+#include "bench/report/table.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -417,46 +419,13 @@ std::string notes(const Row& r) {
   return n;
 }
 
-struct Table {
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-};
-
-std::string render(const Table& t, bool markdown) {
-  std::vector<std::size_t> w(t.header.size());
-  for (std::size_t c = 0; c < t.header.size(); ++c) {
-    w[c] = t.header[c].size();
-    for (const auto& r : t.rows) w[c] = std::max(w[c], r[c].size());
-  }
-  const std::size_t last = t.header.size() - 1;  // notes: left-aligned, free width
-  auto line = [&](const std::vector<std::string>& cells) {
-    std::string s = markdown ? "| " : "";
-    for (std::size_t c = 0; c < cells.size(); ++c) {
-      std::string cell = cells[c];
-      if (c <= 1 || c == last) cell.resize(std::max(w[c], cell.size()), ' ');
-      else cell.insert(0, w[c] - cell.size(), ' ');
-      s += cell + (markdown ? " | " : "  ");
-    }
-    while (!s.empty() && s.back() == ' ') s.pop_back();
-    return s + "\n";
-  };
-  std::string out = line(t.header);
-  if (markdown) {
-    out += "|";
-    for (std::size_t c = 0; c < w.size(); ++c)
-      out += (c <= 1 || c == last ? " :" + std::string(w[c] - 1, '-') + " |" : " " + std::string(w[c] - 1, '-') + ": |");
-    out += "\n";
-  } else {
-    std::size_t total = 0;
-    for (auto x : w) total += x + 2;
-    out += std::string(total, '-') + "\n";
-  }
-  for (const auto& r : t.rows) out += line(r);
-  return out;
-}
+using bench::render;
+using bench::Table;
 
 Table make_table(const std::vector<Row>& rows) {
   Table t;
+  t.left = 2;  // k, server
+  t.last_left = true;  // notes
   t.header = {"k", "server", "req/s", "p50 ms", "p99 ms", "answered", "peak tasks", "peak threads", "peak fibers",
               "RSS peak MiB", "notes"};
   auto mib = [](std::uint64_t b) { return b ? fmt("%.1f", static_cast<double>(b) / (1 << 20)) : "-"; };

@@ -55,6 +55,8 @@
 
 extern char** environ;
 
+#include "bench/report/table.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -398,42 +400,8 @@ std::string fmt(const char* f, double v) {
   return b;
 }
 
-struct Table {
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-};
-
-std::string render(const Table& t, bool markdown) {
-  std::vector<std::size_t> w(t.header.size());
-  for (std::size_t c = 0; c < t.header.size(); ++c) {
-    w[c] = t.header[c].size();
-    for (const auto& r : t.rows) w[c] = std::max(w[c], r[c].size());
-  }
-  auto line = [&](const std::vector<std::string>& cells) {
-    std::string s = markdown ? "| " : "";
-    for (std::size_t c = 0; c < cells.size(); ++c) {
-      std::string cell = cells[c];
-      if (c == 0) cell.resize(w[c], ' ');
-      else cell.insert(0, w[c] - cell.size(), ' ');
-      s += cell;
-      s += markdown ? " | " : "  ";
-    }
-    while (!s.empty() && s.back() == ' ') s.pop_back();
-    return s + "\n";
-  };
-  std::string out = line(t.header);
-  if (markdown) {
-    out += "|";
-    for (std::size_t c = 0; c < w.size(); ++c) out += (c == 0 ? " :" : " ") + std::string(w[c] - 1, '-') + (c == 0 ? "- |" : ": |");
-    out += "\n";
-  } else {
-    std::size_t total = 0;
-    for (auto x : w) total += x + 2;
-    out += std::string(total, '-') + "\n";
-  }
-  for (const auto& r : t.rows) out += line(r);
-  return out;
-}
+using bench::render;
+using bench::Table;
 
 int parent(bool quick, const char* markdown_file) {
   std::string report_text, report_md;

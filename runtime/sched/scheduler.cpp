@@ -84,14 +84,8 @@ void Scheduler::global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept {
 }
 
 FiberCtl* Scheduler::global_pop() noexcept {
-  std::lock_guard<std::mutex> g(global_mu_);
-  FiberCtl* f = global_head_;
-  if (f == nullptr) return nullptr;
-  global_head_ = f->next;
-  if (global_head_ == nullptr) global_tail_ = nullptr;
-  f->next = nullptr;
-  global_size_.fetch_sub(1, std::memory_order_release);
-  return f;
+  FiberCtl* f = nullptr;
+  return global_pop_batch(&f, 1) != 0 ? f : nullptr;
 }
 
 std::uint32_t Scheduler::global_pop_batch(FiberCtl** out, std::uint32_t max) noexcept {

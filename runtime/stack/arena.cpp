@@ -63,9 +63,9 @@
 // A fault at page P of a slot whose resident size is M pages maps one page
 // while M < 4 (kSingleFaultPages), and otherwise n = min(M, 16, pages left
 // above lo) pages ending at P: past 16 KiB the stack doubles on each fault, as
-// Go doubles by copying, up to 64 KiB per fault. A 240 KiB recursion takes 9
-// faults instead of 60. The first 16 KiB go page by page because that is
-// where most server fibers stay: doubling from one page left the http
+// Go doubles by copying, up to 64 KiB per fault. A 240 KiB recursion takes 8
+// faults instead of 60 (1+1+1 pages, then 4, 8, 16, 16, 12). The first 16 KiB
+// go page by page because that is where most server fibers stay: doubling from one page left the http
 // sample's connection fibers at 4 pages where they touch 3 (+33% memory per
 // idle connection), for one fault saved. Pages are installed with
 // UFFDIO_COPY from a static 64 KiB zero buffer (the kernel allocates).
@@ -221,12 +221,14 @@
 //   uffd copy, 1 page/fault, same CPU      332,000  1,065,000   60
 //   uffd copy, 1 page/fault, other CPU     599,000 13,462,000   60
 //   uffd copy, doubling <= 4 pages         196,000    416,000   17
-//   uffd copy, doubling <= 16 (DEFAULT)    216,000    234,000    7
+//   uffd copy, doubling <= 16              216,000    234,000    7
 //   uffd move from pool, 1 page/fault    1,292,000  1,405,000   60
 //   uffd move from pool, doubling <= 16    844,000    422,000    7
 //   kernel demand paging                   584,000    841,000   (60 pages)
 //   fresh pthread (own mmap'd stack)       275,000  1,036,000
-// i.e. default uffd / kernel = 0.37 (64K), 0.28 (240K); uffd / pthread =
+// (The default now maps single pages up to 16 KiB, then doubles up to 16:
+// one fault more than the "doubling <= 16" row at 64 and at 240 KiB.)
+// i.e. doubling uffd / kernel = 0.37 (64K), 0.28 (240K); uffd / pthread =
 // 0.79, 0.23. Per uffd fault (same CPU, 1 page) ~18-21 us here vs ~14-36 us
 // per kernel-paged page under the same load; the cross-CPU handler was 2-13x
 // slower than the same-CPU one. An earlier run with the system less loaded
