@@ -280,11 +280,31 @@ struct SyscallResult {
   bool resident_after = false;
   long rc = -1;
   int err = 0;
-  char data[64] = {};
-  struct stat st {};
+  alignas(16) char bytes[256] = {};  // what the kernel wrote into the page
 };
 
 constexpr std::size_t kSyscallFiberLimit = 512 * kKiB;
+
+// Runs call(page) on a fiber named `name`, with `page` a stack page not mapped
+// yet (with_page_beyond_high_water), and records whether the page was resident
+// before and after, the call's result and errno, and the first n bytes of the
+// page.
+template <class Call>
+SyscallResult syscall_into_fresh_page(const char* name, std::size_t n, Call call) {
+  SyscallResult r;
+  tendril::run(two_workers(), [&] {
+    tendril::spawn(tendril::SpawnOptions{name, kSyscallFiberLimit}, [&] {
+      with_page_beyond_high_water([&](char* page) {
+        r.was_resident = page_resident(page);
+        r.rc = call(page);
+        r.err = errno;
+        r.resident_after = page_resident(page);
+        std::memcpy(r.bytes, page, std::min(n, sizeof r.bytes));
+      });
+    }).join();
+  });
+  return r;
+}
 
 }  // namespace
 
@@ -293,21 +313,11 @@ TEST(StackFiber, ReadFromPipeIntoUnmappedStackPage) {
   ASSERT_EQ(pipe(fds), 0);
   const char msg[] = "hello from the pipe, onto a page nobody mapped";
   ASSERT_EQ(write(fds[1], msg, sizeof msg), ssize_t(sizeof msg));
-  SyscallResult r;
-  tendril::run(two_workers(), [&] {
-    tendril::spawn(tendril::SpawnOptions{"pipe-reader", kSyscallFiberLimit}, [&] {
-      with_page_beyond_high_water([&](char* page) {
-        r.was_resident = page_resident(page);
-        r.rc = read(fds[0], page, sizeof msg);
-        r.err = errno;
-        r.resident_after = page_resident(page);
-        std::memcpy(r.data, page, sizeof msg);
-      });
-    }).join();
-  });
+  const SyscallResult r = syscall_into_fresh_page(
+      "pipe-reader", sizeof msg, [&](char* page) { return long(read(fds[0], page, sizeof msg)); });
   EXPECT_FALSE(r.was_resident);
   EXPECT_EQ(r.rc, long(sizeof msg)) << "errno " << r.err;
-  EXPECT_STREQ(r.data, msg);
+  EXPECT_STREQ(r.bytes, msg);
   EXPECT_TRUE(r.resident_after);
   close(fds[0]);
   close(fds[1]);
@@ -318,21 +328,11 @@ TEST(StackFiber, RecvFromSocketIntoUnmappedStackPage) {
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
   const char msg[] = "socketpair payload for a missing stack page";
   ASSERT_EQ(send(sv[1], msg, sizeof msg, 0), ssize_t(sizeof msg));
-  SyscallResult r;
-  tendril::run(two_workers(), [&] {
-    tendril::spawn(tendril::SpawnOptions{"sock-reader", kSyscallFiberLimit}, [&] {
-      with_page_beyond_high_water([&](char* page) {
-        r.was_resident = page_resident(page);
-        r.rc = recv(sv[0], page, sizeof msg, 0);
-        r.err = errno;
-        r.resident_after = page_resident(page);
-        std::memcpy(r.data, page, sizeof msg);
-      });
-    }).join();
-  });
+  const SyscallResult r = syscall_into_fresh_page(
+      "sock-reader", sizeof msg, [&](char* page) { return long(recv(sv[0], page, sizeof msg, 0)); });
   EXPECT_FALSE(r.was_resident);
   EXPECT_EQ(r.rc, long(sizeof msg)) << "errno " << r.err;
-  EXPECT_STREQ(r.data, msg);
+  EXPECT_STREQ(r.bytes, msg);
   EXPECT_TRUE(r.resident_after);
   close(sv[0]);
   close(sv[1]);
@@ -341,23 +341,16 @@ TEST(StackFiber, RecvFromSocketIntoUnmappedStackPage) {
 TEST(StackFiber, StatIntoUnmappedStackPage) {
   struct stat want {};
   ASSERT_EQ(stat("/proc/self/exe", &want), 0);
-  SyscallResult r;
-  tendril::run(two_workers(), [&] {
-    tendril::spawn(tendril::SpawnOptions{"stat-caller", kSyscallFiberLimit}, [&] {
-      with_page_beyond_high_water([&](char* page) {
-        r.was_resident = page_resident(page);
-        r.rc = stat("/proc/self/exe", reinterpret_cast<struct stat*>(page));
-        r.err = errno;
-        r.resident_after = page_resident(page);
-        std::memcpy(&r.st, page, sizeof r.st);
-      });
-    }).join();
+  const SyscallResult r = syscall_into_fresh_page("stat-caller", sizeof(struct stat), [&](char* page) {
+    return long(stat("/proc/self/exe", reinterpret_cast<struct stat*>(page)));
   });
+  struct stat got {};
+  std::memcpy(&got, r.bytes, sizeof got);
   EXPECT_FALSE(r.was_resident);
   EXPECT_EQ(r.rc, 0) << "errno " << r.err;
-  EXPECT_EQ(r.st.st_ino, want.st_ino);
-  EXPECT_EQ(r.st.st_dev, want.st_dev);
-  EXPECT_EQ(r.st.st_size, want.st_size);
+  EXPECT_EQ(got.st_ino, want.st_ino);
+  EXPECT_EQ(got.st_dev, want.st_dev);
+  EXPECT_EQ(got.st_size, want.st_size);
   EXPECT_TRUE(r.resident_after);
 }
 
