@@ -60,7 +60,6 @@
 #include <cstring>
 #include <deque>
 #include <exception>
-#include <list>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -68,6 +67,7 @@
 #include <utility>
 #include <vector>
 
+#include "samples/common/connections.hpp"
 #include "samples/common/flags.hpp"
 #include "samples/common/runtime.hpp"
 
@@ -341,26 +341,6 @@ class CallSlots {
 };
 
 // The open client connections, so that a stop can wake their readers.
-class Connections {
- public:
-  std::list<sample::Stream*>::iterator add(sample::Stream* s) {
-    std::lock_guard<sample::Mutex> g(m_);
-    return open_.insert(open_.end(), s);
-  }
-  void remove(std::list<sample::Stream*>::iterator it) {
-    std::lock_guard<sample::Mutex> g(m_);
-    open_.erase(it);
-  }
-  void shutdown_all() {
-    std::lock_guard<sample::Mutex> g(m_);
-    for (auto* s : open_) s->shutdown();
-  }
-
- private:
-  sample::Mutex m_;
-  std::list<sample::Stream*> open_;
-};
-
 struct Server {
   Server(const Config& c, std::vector<Backend> backends)
       : cfg(c), pool(std::move(backends), static_cast<std::size_t>(c.max_calls)), slots(c.max_calls) {}
@@ -369,8 +349,7 @@ struct Server {
   Counters counters;
   BackendPool pool;
   CallSlots slots;
-  Connections conns;
-  sample::Group live;  // every connection and call task that has not ended
+  sample::Group live;  // every call task that has not ended
   std::atomic<std::uint64_t> call_seq{0};
 };
 
@@ -691,50 +670,24 @@ int main(int argc, char** argv) {
       auto l = sample::Listener::bind(cfg.host, static_cast<std::uint16_t>(cfg.port), cfg.backlog);
       std::printf("fanout (%s) listening on %s:%u\n", sample::runtime_name(), cfg.host.c_str(), l.port());
       std::fflush(stdout);
-      // The stop callback only closes the listener; it shares the group it
-      // signals, so this frame can wait for it to be done with `l`.
-      auto closed = std::make_shared<sample::Group>();
-      closed->add(1);
-      stop.on_stop([&l, closed] {
-        l.close();
-        closed->done();
-      });
-      while (auto c = l.accept()) {
-        auto* s = new sample::Stream(std::move(*c));
-        auto it = srv.conns.add(s);
-        if (stop.stop_requested()) s->shutdown();
-        srv.counters.connections_open.fetch_add(1);
-        srv.counters.task_started();
-        srv.live.add(1);
-        bool started = true;
-        std::string failure;
-        try {
-          sample::go([s, it, &srv] {
-            serve_connection(srv, *s);
-            srv.conns.remove(it);
-            delete s;
+      // Connections end once a stop shuts them down; their calls end by their
+      // deadlines (srv.live).
+      sample::accept_until_stopped(
+          l, stop,
+          [&srv](sample::Stream& s) {
+            srv.counters.connections_open.fetch_add(1);
+            srv.counters.task_started();
+            serve_connection(srv, s);
             srv.counters.connections_open.fetch_sub(1);
             srv.counters.task_ended();
-            srv.live.done();
+          },
+          {},
+          [&](const std::exception& e) {  // the twin could not start a thread
+            static std::atomic<std::int64_t> last{0};
+            const auto now = std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
+            if (last.exchange(now) != now) std::fprintf(stderr, "%s: connection dropped: %s\n", prog, e.what());
           });
-        } catch (const std::exception& e) {  // the twin could not start a thread
-          started = false;
-          failure = e.what();
-        }
-        if (!started) {
-          srv.conns.remove(it);
-          delete s;
-          srv.counters.connections_open.fetch_sub(1);
-          srv.counters.task_ended();
-          srv.live.done();
-          static std::atomic<std::int64_t> last{0};
-          const auto now = std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
-          if (last.exchange(now) != now) std::fprintf(stderr, "%s: connection dropped: %s\n", prog, failure.c_str());
-        }
-      }
-      closed->wait();
-      srv.conns.shutdown_all();
-      srv.live.wait();  // connections end once woken; calls by their deadline
+      srv.live.wait();
       srv.pool.close_idle();
       std::printf("%s: stopped\n", prog);
       std::fflush(stdout);
