@@ -162,6 +162,17 @@ void block_stop_signals();
 // turns SIGINT/SIGTERM into stop.request_stop().
 void serve(unsigned workers, const std::function<void(StopToken&)>& main);
 
+// Writes a line to stderr unless this reporter wrote one within the same
+// second: for failures that can repeat in a tight loop (EMFILE on accept, a
+// thread that cannot be started), so they are seen without flooding the log.
+class ThrottledReport {
+ public:
+  void operator()(const std::string& line);
+
+ private:
+  std::atomic<std::int64_t> last_second_{-1};
+};
+
 // Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new limit.
 std::uint64_t raise_fd_limit();
 

@@ -2,6 +2,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 
+#include <cstdio>
 #include <mutex>
 
 #include "samples/common/connections.hpp"
@@ -92,6 +93,12 @@ void accept_until_stopped(Listener& l, StopToken& stop, const std::function<void
   }
   callback->wait();  // accept() ends only once the callback closed `l`
   conns.wait();
+}
+
+void ThrottledReport::operator()(const std::string& line) {
+  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                       std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (last_second_.exchange(now) != now) std::fprintf(stderr, "%s\n", line.c_str());
 }
 
 std::uint64_t raise_fd_limit() {

@@ -152,7 +152,7 @@ Listener Listener::bind(const std::string& host, std::uint16_t port, int backlog
 }
 
 std::optional<Stream> Listener::accept() {
-  static std::atomic<std::int64_t> last_report{0};
+  static ThrottledReport report;
   for (;;) {
     if (closed_->load()) return std::nullopt;
     const int fd = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
@@ -160,10 +160,7 @@ std::optional<Stream> Listener::accept() {
     const int err = errno;
     if (closed_->load()) return std::nullopt;
     if (err == EINTR || err == ECONNABORTED) continue;
-    const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                         std::chrono::steady_clock::now().time_since_epoch()).count();
-    if (last_report.exchange(now) != now)
-      std::fprintf(stderr, "accept: %s (retrying)\n", std::strerror(err));
+    report(std::string("accept: ") + std::strerror(err) + " (retrying)");
     sleep_for(Millis(10));
   }
 }

@@ -44,7 +44,7 @@ Listener Listener::bind(const std::string& host, std::uint16_t port, int backlog
 }
 
 std::optional<Stream> Listener::accept() {
-  static std::atomic<std::int64_t> last_report{0};
+  static ThrottledReport report;
   for (;;) {
     if (closed_->load()) return std::nullopt;
     try {
@@ -52,9 +52,7 @@ std::optional<Stream> Listener::accept() {
     } catch (const std::system_error& e) {
       if (closed_->load()) return std::nullopt;
       if (e.code() == std::errc::connection_aborted || e.code() == std::errc::interrupted) continue;
-      const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                           std::chrono::steady_clock::now().time_since_epoch()).count();
-      if (last_report.exchange(now) != now) std::fprintf(stderr, "%s (retrying)\n", e.what());
+      report(std::string(e.what()) + " (retrying)");
       sleep_for(Millis(10));
     }
   }

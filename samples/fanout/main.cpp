@@ -683,9 +683,8 @@ int main(int argc, char** argv) {
           },
           {},
           [&](const std::exception& e) {  // the twin could not start a thread
-            static std::atomic<std::int64_t> last{0};
-            const auto now = std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
-            if (last.exchange(now) != now) std::fprintf(stderr, "%s: connection dropped: %s\n", prog, e.what());
+            static sample::ThrottledReport report;
+            report(std::string(prog) + ": connection dropped: " + e.what());
           });
       srv.live.wait();
       srv.pool.close_idle();

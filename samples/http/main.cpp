@@ -49,13 +49,6 @@ const char* program() { return std::string_view(sample::runtime_name()) == "pthr
 
 // Reports a failure that repeats under load (no threads, no descriptors) at
 // most once a second.
-void report_throttled(const char* what) {
-  static std::atomic<std::int64_t> last{0};
-  const auto now = std::chrono::duration_cast<std::chrono::seconds>(
-                       std::chrono::steady_clock::now().time_since_epoch()).count();
-  if (last.exchange(now) != now) std::fprintf(stderr, "%s: %s\n", program(), what);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -115,7 +108,10 @@ int main(int argc, char** argv) {
             counters->connections_open.fetch_sub(1);
           },
           [interrupt] { interrupt->trigger(); },
-          [](const std::exception& e) { report_throttled(e.what()); });  // no thread or stack: dropped
+          [](const std::exception& e) {  // no thread or stack for it: dropped
+            static sample::ThrottledReport report;
+            report(std::string(program()) + ": " + e.what());
+          });
       // Calls still out (a slow backend) get a moment; simulated ones ended at the stop.
       fanout.drain_until(std::chrono::steady_clock::now() + std::chrono::seconds(2));
       std::printf("http: stopped\n");
