@@ -245,9 +245,12 @@ void fiber_growth_batch(const std::string& mode, int reps, std::size_t depth, st
   tendril::Options o;
   o.workers = 1;  // the fiber and its fault handler on one CPU, as a spawner's child would be
   o.stack_mode = mode;
+  // A FRESH stack each time: with no cache (and no learned depth, set by the
+  // parent through TENDRIL_STACK_LEARN=0) a released slot keeps only its top
+  // page, so every fiber below grows from one page.
+  o.stack_cache_bytes = 0;
   tendril::run(o, [&] {
-    // Warm-up: the arena and the (one) slot every fiber below reuses; each
-    // reuse starts with the top page only.
+    // Warm-up: the arena and the (one) slot every fiber below reuses.
     for (int i = 0; i < 4; ++i) tendril::spawn([] { grow_from_here(8 * kKiB); }).join();
     const std::uint64_t f0 = tendril::stats().stack_faults;
     const auto t0 = Clock::now();
@@ -303,6 +306,7 @@ int child_growth(int reps, int batches) {
     CPU_SET(first, &set);
     sched_setaffinity(0, sizeof set, &set);
   }
+  setenv("TENDRIL_STACK_LEARN", "0", 1);  // see fiber_growth_batch: fresh stacks only
   std::vector<double> ns[3][3];  // [uffd, kernel, pthread][depth]
   double faults[2][3] = {};
   for (int b = 0; b < batches; ++b) {

@@ -458,10 +458,31 @@ TEST_P(StackArena, ReusedSlotWithDifferentLimitMovesItsGuard) {
 }
 
 TEST_P(StackArena, OwnerNamesAreTruncated) {
-  StackSlot s = stack_allocate(0, kLimit);
-  stack_set_owner(s, 1, "a-very-long-fiber-name-that-goes-on-and-on-and-on");
-  stack_release(0, s);
-  SUCCEED();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        StackSlot s = stack_allocate(0, 64 * 1024);
+        stack_set_owner(s, 77, "a-very-long-fiber-name-that-goes-on-and-on-and-on");
+        run_on(s, [] { recurse_forever(0); });
+      },
+      "fiber 77 \"a-very-long-fiber-name-that-goe\" exceeded");  // the first 31 bytes
+}
+
+// Names live in a side table that unnamed fibers never touch: a slot reused by
+// an unnamed fiber must not report its previous owner's name.
+TEST_P(StackArena, ReusedSlotDoesNotReportThePreviousOwnersName) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        StackSlot first = stack_allocate(0, 64 * 1024);
+        stack_set_owner(first, 1, "previous-owner");
+        stack_release(0, first);
+        StackSlot s = stack_allocate(0, 64 * 1024);
+        if (s.hi != first.hi) std::abort();  // not the same slot: the test would prove nothing
+        stack_set_owner(s, 2, "");
+        run_on(s, [] { recurse_forever(0); });
+      },
+      "fiber stack overflow: fiber 2 \"\" exceeded its stack limit");
 }
 
 // --- concurrency: faults while other stacks are released ----------------------
@@ -522,5 +543,61 @@ TEST_P(StackArena, ReinitAfterShutdown) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, StackArena, ::testing::Values("uffd", "kernel"),
                          [](const auto& info) { return std::string(info.param); });
+
+// --- uffd growth policy (pages_for_fault in fault_handler.cpp) -------------------
+// The burst window is set through TENDRIL_STACK_BURST_US before init: a huge
+// window makes every run of faults a burst, 0 makes none, so the expected fault
+// counts do not depend on how fast this machine is.
+
+class StackGrowthPolicy : public ::testing::Test {
+ protected:
+  void init_with_burst_window(const char* us) {
+    setenv("TENDRIL_STACK_BURST_US", us, 1);
+    StackConfig c;
+    c.workers = 1;
+    c.mode = "uffd";
+    c.cache_bytes = 0;
+    stack_init(c);
+    unsetenv("TENDRIL_STACK_BURST_US");
+    stack_thread_init(0);
+  }
+  void TearDown() override { stack_shutdown(); }
+
+  // Faults taken by a fresh 256 KiB stack whose frames reach `depth` bytes below its top.
+  static std::uint64_t faults_to_reach(std::size_t depth, std::size_t* resident) {
+    StackSlot s = stack_allocate(0, kLimit);
+    const std::uint64_t before = stack_counters().stack_faults;
+    run_on(s, [&] { recurse_to(s.hi - depth, 0); });
+    const std::uint64_t faults = stack_counters().stack_faults - before;
+    *resident = resident_in(s.lo, s.hi);
+    stack_release(0, s);
+    return faults;
+  }
+};
+
+TEST_F(StackGrowthPolicy, ShallowStacksGrowOnePageAtATimeEvenInABurst) {
+  init_with_burst_window("60000000");
+  std::size_t resident = 0;
+  // Frames reach into the third page: two faults, and not a page more.
+  EXPECT_EQ(faults_to_reach(2 * kPageSize + 1500, &resident), 2u);
+  EXPECT_EQ(resident, 3u);
+}
+
+TEST_F(StackGrowthPolicy, ARecursionGrowsBy64KiBPerFaultInABurst) {
+  init_with_burst_window("60000000");
+  std::size_t resident = 0;
+  // 1 -> 2 -> 3 pages, then 16 pages per fault: 64 KiB takes 3 faults.
+  EXPECT_EQ(faults_to_reach(64 * 1024 - 2048, &resident), 3u);
+  EXPECT_EQ(resident, 19u);
+  EXPECT_EQ(faults_to_reach(240 * 1024, &resident), 6u);  // 3, 19, 35, 51, then the last 16
+}
+
+TEST_F(StackGrowthPolicy, WithoutBurstsAStackDoublesFromFourPages) {
+  init_with_burst_window("0");
+  std::size_t resident = 0;
+  // 1 -> 2 -> 3 -> 4 pages one at a time, then 8, 16: 64 KiB takes 5 faults.
+  EXPECT_EQ(faults_to_reach(64 * 1024 - 2048, &resident), 5u);
+  EXPECT_EQ(resident, 16u);
+}
 
 }  // namespace

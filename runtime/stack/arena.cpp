@@ -38,10 +38,13 @@
 //    reserved lazily on the first allocation of that class by that worker;
 //    at most 2^24 slots per reservation (StackSlot::index = worker<<24 | slot).
 //
-// Per-slot metadata (owner fiber id and name, limit, pages mapped, deepest
-// fault, free-list link) is a SlotMeta side table in a separate MAP_NORESERVE
-// mapping that is NOT registered with the uffd, so the fault handler and the
-// SIGSEGV handler can read it without faulting into the arena.
+// Per-slot metadata (owner fiber id, limit, pages mapped, deepest fault,
+// free-list link) is a 32-byte SlotMeta side table in a separate
+// MAP_NORESERVE mapping that is NOT registered with the uffd, so the fault
+// handler and the SIGSEGV handler can read it without faulting into the
+// arena. Fiber names sit in a third table (SlotName, 32 B) written only for
+// named fibers: every byte of per-slot metadata a fiber touches is a byte of
+// each idle fiber's footprint.
 //
 // # Growth in uffd mode (default)
 //
@@ -60,15 +63,24 @@
 // another worker still faults to its slot's owner handler (cross-CPU, slower,
 // correct).
 //
-// A fault at page P of a slot whose resident size is M pages maps one page
-// while M < 4 (kSingleFaultPages), and otherwise n = min(M, 16, pages left
-// above lo) pages ending at P: past 16 KiB the stack doubles on each fault, as
-// Go doubles by copying, up to 64 KiB per fault. A 240 KiB recursion takes 8
-// faults instead of 60 (1+1+1 pages, then 4, 8, 16, 16, 12). The first 16 KiB
-// go page by page because that is where most server fibers stay: doubling from one page left the http
-// sample's connection fibers at 4 pages where they touch 3 (+33% memory per
-// idle connection), for one fault saved. Pages are installed with
-// UFFDIO_COPY from a static 64 KiB zero buffer (the kernel allocates).
+// A fault at page P of a slot whose resident size is M pages maps
+//  - one page while M < 4 (kSingleFaultPages): the first 16 KiB go page by
+//    page because that is where most server fibers stay (the http sample's
+//    connection fibers touch 3 pages; doubling from one page left them at 4,
+//    +33% memory per idle connection);
+//  - 16 pages (64 KiB, max_grow_pages) when M >= 3 and the same slot faulted
+//    less than 1 ms ago (a "burst": the fiber is recursing right now; the
+//    handler remembers its last 4 faulting slots, privately);
+//  - otherwise n = min(M, 16) pages: past 16 KiB the stack doubles on each
+//    fault, as Go doubles by copying;
+// always ending at P and never below lo. Why bursts: a fault costs ~11 us
+// here against ~2.3 us per kernel-paged page (re-measured 2026-12-01), so a
+// recursion to 64 KiB must take at most 3 faults to stay within 1.5x of
+// kernel paging. Doubling alone took 5-6 (2.9x); bursts take 3 (1 -> 2 -> 3
+// -> 19 pages) and 240 KiB takes 6 instead of 8. Pages mapped ahead and never
+// written are not learned as depth, and the cache trims them at release, so
+// the overshoot lasts one fiber's life. Pages are installed with UFFDIO_COPY
+// from a static 64 KiB zero buffer (the kernel allocates).
 //
 // The handler takes no locks, calls no malloc and never touches registered
 // memory: it reads the side table, issues ioctls, and updates atomics. A fault
@@ -236,6 +248,15 @@
 // Idle slots (stack_growth ... memory), one resident page each, 256 KiB limit:
 //   RSS 4,192 B/slot (page + 64 B side table) + VmPTE 545 B/slot = 4,737 B,
 //   100k and 1M slots alike, +0 VMAs in both modes; 64 KiB limit: PTE 160 B.
+//   Since then SlotMeta shrank to 32 B (names moved to a table only named
+//   fibers touch): a parked fiber is 4,152 B RSS + 545 B VmPTE = 4,697 B
+//   all-in (bench/stack_memory, 2026-12-01).
+// Fresh-stack growth as the default policy does it, whole spawn..join per
+// fiber, cache and learned depth off so every fiber grows from one page
+// (build-release/bench/stack_memory, "Stack growth" table; 2026-12-01, 4 runs):
+//   64 KiB: uffd 43.6-55.0 us (3 faults) vs kernel 30.1-38.4 us: 1.37-1.45x
+//   240 KiB: uffd 115-148 us (6 faults) vs kernel 90-125 us: 1.05-1.28x
+//   (doubling without bursts, same day: 101 us vs 35 us at 64 KiB, 2.9x).
 //   allocate (fresh slot) 5-13 us in uffd mode, ~37 us in kernel mode
 //   (MADV_GUARD_INSTALL per fresh slot); release of an idle slot 30-40 ns
 //   (uffd) vs ~3 us (kernel: mincore to learn the slot's size).
@@ -278,6 +299,7 @@ constexpr std::size_t kMaxArenaBytes = std::size_t(8) << 30;  // 8 GiB per (work
 constexpr std::size_t kMaxArenaBytes = std::size_t(1) << 40; // 1 TiB per (worker, class)
 #endif
 constexpr unsigned kDefaultGrowPages = 16;
+constexpr long kDefaultBurstUs = 1000;  // see pages_for_fault: ~90 faults' worth here
 constexpr std::uint32_t kSwitchesPerTick = 1024;  // stack_on_switch runs cache_tick this often
 
 bool g_initialized = false;
@@ -307,6 +329,15 @@ void* map_noreserve(std::size_t bytes) {
   return p == MAP_FAILED ? nullptr : p;
 }
 
+void unmap_side_tables(SubArena& a) {
+  if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
+  if (a.cmeta) munmap(a.cmeta, std::size_t(a.capacity) * sizeof(SlotCacheMeta));
+  if (a.names) munmap(a.names, std::size_t(a.capacity) * sizeof(SlotName));
+  a.meta = nullptr;
+  a.cmeta = nullptr;
+  a.names = nullptr;
+}
+
 void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   a.class_bytes = class_bytes(cls);
   a.stride = a.class_bytes + class_guard(cls);
@@ -317,14 +348,12 @@ void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   madvise(base, a.bytes, MADV_NOHUGEPAGE);  // one touch must not commit 2 MiB
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
-  bool ok = a.meta != nullptr && a.cmeta != nullptr && (g_rt.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  a.names = static_cast<SlotName*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotName)));
+  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_rt.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
   if (!ok) {
     int err = errno;
     munmap(base, a.bytes);
-    if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
-    if (a.cmeta) munmap(a.cmeta, std::size_t(a.capacity) * sizeof(SlotCacheMeta));
-    a.meta = nullptr;
-    a.cmeta = nullptr;
+    unmap_side_tables(a);
     throw std::system_error(err, std::generic_category(), "tendril: registering stack arena");
   }
   a.base.store(base, std::memory_order_release);  // now visible to the fault handlers
@@ -339,8 +368,7 @@ SubArena& arena_for(Worker& w, unsigned cls) {
 void release_arena(SubArena& a) {
   char* base = a.base.exchange(nullptr);
   if (base) munmap(base, a.bytes);
-  if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
-  if (a.cmeta) munmap(a.cmeta, std::size_t(a.capacity) * sizeof(SlotCacheMeta));
+  unmap_side_tables(a);
   a.~SubArena();
   new (&a) SubArena();
 }
@@ -392,7 +420,7 @@ std::uint32_t carve_slot(SubArena& a) {
 
 void reset_owner(SlotMeta& m) {
   m.fiber_id.store(0, std::memory_order_relaxed);
-  m.name[0] = '\0';
+  m.named.store(0, std::memory_order_relaxed);
   m.deepest_fault.store(1, std::memory_order_relaxed);
 }
 
@@ -419,8 +447,10 @@ void prepare_fresh_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_
   SlotMeta& m = a.meta[slot];
   reset_owner(m);
   m.limit_pages.store(limit_pages, std::memory_order_relaxed);
-  m.guard_pages = 0;
-  if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
+  if (g_rt.mode == Mode::kernel) {
+    m.guard_pages = 0;
+    move_guard(a, slot, limit_pages);
+  }
   map_top_page(w, a.slot_hi(slot));
   m.mapped_pages.store(1, std::memory_order_relaxed);
   add_single_writer(w.counters.live_pages, 1);
@@ -572,6 +602,9 @@ void read_tuning_from_env() {
   const char* grow = std::getenv("TENDRIL_STACK_GROW");
   long pages = grow ? std::strtol(grow, nullptr, 10) : kDefaultGrowPages;
   g_rt.max_grow_pages = unsigned(std::clamp(pages, 1L, 16L));  // 16 = the 64 KiB zero source
+  const char* burst = std::getenv("TENDRIL_STACK_BURST_US");
+  const long burst_us = burst && *burst ? std::strtol(burst, nullptr, 10) : kDefaultBurstUs;
+  g_rt.burst_ns = std::uint64_t(std::max(0L, burst_us)) * 1000;
   const char* learn = std::getenv("TENDRIL_STACK_LEARN");
   g_rt.learn_depth = !(learn && std::strcmp(learn, "0") == 0);
 }
@@ -613,9 +646,9 @@ void log_mode() {
   if (g_rt.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
-                  "pages), %s",
+                  "pages, %u pages per fault in bursts), %s",
                   g_rt.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
-                  g_rt.max_grow_pages, workers);
+                  g_rt.max_grow_pages, g_rt.burst_ns ? g_rt.max_grow_pages : 0u, workers);
   else
     std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
                   g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
@@ -794,10 +827,14 @@ void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* 
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
   m.fiber_id.store(fiber_id, std::memory_order_relaxed);
+  // Unnamed fibers (most) never touch the names table: its pages stay unmapped.
   // strnlen + memcpy: no byte-at-a-time strncpy padding on the spawn path.
-  const std::size_t n = name != nullptr ? strnlen(name, sizeof m.name - 1) : 0;
-  if (n != 0) std::memcpy(m.name, name, n);
-  m.name[n] = '\0';
+  const std::size_t n = name != nullptr ? strnlen(name, kSlotNameBytes - 1) : 0;
+  if (n == 0) return;
+  char* text = r.arena->names[r.slot].text;
+  std::memcpy(text, name, n);
+  text[n] = '\0';
+  m.named.store(1, std::memory_order_release);
 }
 
 void stack_on_switch(unsigned worker, const StackSlot* /*next*/) noexcept {

@@ -14,6 +14,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
@@ -117,13 +118,59 @@ unsigned map_pages(Worker& w, char* dst, unsigned pages) noexcept {
   return done;
 }
 
-// How many pages to map for a fault at `page`: one page while the stack is
-// shallow (most server fibers stay within a few pages, and a page mapped
-// ahead is memory each of their thousands keeps), then double the stack (as
-// Go does when it copies one), capped by max_grow_pages and the slot's limit.
-unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo) noexcept {
+// Faults of one slot that follow each other within g_rt.burst_ns (1 ms by
+// default, TENDRIL_STACK_BURST_US; 0 turns bursts off) come from a fiber
+// that is recursing right now (a fault costs ~11 us here, kernel paging
+// ~2.3 us per page, so a recursion to 64 KiB must take at most ~3 faults to
+// stay within 1.5x of kernel paging). The handler remembers the last few
+// slots it served; only it reads or writes this, so it needs no atomics.
+constexpr unsigned kRecentFaults = 4;
+
+struct RecentFaults {
+  const SlotMeta* slot[kRecentFaults] = {};
+  std::uint64_t ns[kRecentFaults] = {};
+  unsigned next = 0;
+
+  // True if `m` faulted less than g_rt.burst_ns before `now`; records this fault.
+  bool note_and_check_burst(const SlotMeta* m, std::uint64_t now) noexcept {
+    bool burst = false;
+    for (unsigned i = 0; i < kRecentFaults; ++i)
+      if (slot[i] == m) {
+        burst = now - ns[i] < g_rt.burst_ns;
+        ns[i] = now;
+        return burst;
+      }
+    slot[next] = m;
+    ns[next] = now;
+    next = (next + 1) % kRecentFaults;
+    return burst;
+  }
+};
+
+std::uint64_t monotonic_ns() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO: no lock, no system call
+  return std::uint64_t(ts.tv_sec) * 1'000'000'000u + std::uint64_t(ts.tv_nsec);
+}
+
+// How many pages to map for a fault at `page`:
+//  - one page while the stack is shallow (most server fibers stay within a
+//    few pages, and a page mapped ahead is memory each of their thousands
+//    keeps): 2 faults take a fresh stack to 3 pages;
+//  - a third fault in a burst (see RecentFaults) means the fiber is recursing:
+//    map the most one fault may (max_grow_pages, 64 KiB), and keep doing so
+//    while the burst lasts;
+//  - otherwise double the stack (as Go does when it copies one), from 4 pages on.
+// Always capped by max_grow_pages and the room left above the slot's limit.
+// Pages mapped ahead and never written are not learned as depth (see
+// deepest_written_page), so later fibers of the same site premap only what
+// was used, and the stack cache trims the rest at release.
+unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo, bool burst) noexcept {
   const unsigned mapped = m.mapped_pages.load(std::memory_order_relaxed);
-  unsigned want = mapped < kSingleFaultPages ? 1u : mapped;
+  unsigned want;
+  if (burst && mapped >= kBurstFaultPages) want = g_rt.max_grow_pages;
+  else if (mapped < kSingleFaultPages) want = 1;
+  else want = mapped;
   want = std::min(want, g_rt.max_grow_pages);
   unsigned room = unsigned((page - lo) / kPage) + 1;
   return std::min(want, room);
@@ -148,7 +195,7 @@ void account_shortfall(Worker& w, SlotMeta& m, unsigned missing) noexcept {
   add_single_writer(w.handler_counters.live_pages, -std::int64_t(missing));
 }
 
-void resolve_fault(Worker& w, std::uintptr_t addr) noexcept {
+void resolve_fault(Worker& w, RecentFaults& recent, std::uintptr_t addr) noexcept {
   Located loc = locate_in_worker(w, addr);
   char* page = reinterpret_cast<char*>(addr & ~(kPage - 1));
   if (!loc.found()) {
@@ -158,7 +205,8 @@ void resolve_fault(Worker& w, std::uintptr_t addr) noexcept {
   }
   if (page < loc.lo) report_overflow_and_abort(loc, addr);
   SlotMeta& m = loc.arena->meta[loc.slot];
-  unsigned n = pages_for_fault(m, page, loc.lo);
+  const bool burst = recent.note_and_check_burst(&m, monotonic_ns());
+  unsigned n = pages_for_fault(m, page, loc.lo, burst);
   account_fault_ahead(w, m, loc.hi, page, n);
   unsigned mapped = map_pages(w, page - (n - 1) * kPage, n);
   account_shortfall(w, m, n - std::min(n, mapped));
@@ -171,13 +219,14 @@ void* handler_main(void* arg) noexcept {
   pthread_sigmask(SIG_BLOCK, &all, nullptr);  // signals belong to the workers
   struct pollfd fds[2] = {{w.uffd, POLLIN, 0}, {w.stop_fd, POLLIN, 0}};
   struct uffd_msg msgs[16];
+  RecentFaults recent;
   for (;;) {
     if (poll(fds, 2, -1) < 0) continue;  // EINTR
     if (fds[1].revents) break;
     ssize_t n = read(w.uffd, msgs, sizeof msgs);
     if (n <= 0) continue;  // EAGAIN: another reader or a spurious wake-up
     for (ssize_t i = 0; i < n / ssize_t(sizeof msgs[0]); ++i)
-      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, msgs[i].arg.pagefault.address);
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, recent, msgs[i].arg.pagefault.address);
   }
   return nullptr;
 }

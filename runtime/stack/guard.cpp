@@ -110,8 +110,9 @@ void log_line(const char* text) noexcept { Msg().str("tendril: ").str(text).str(
 
 [[noreturn]] void report_overflow_and_abort(const Located& loc, std::uintptr_t addr) noexcept {
   const SlotMeta& m = loc.arena->meta[loc.slot];
-  char name[sizeof m.name];
-  std::memcpy(name, m.name, sizeof name);  // may race with stack_set_owner; a torn name is fine here
+  char name[kSlotNameBytes] = {};
+  // May race with stack_set_owner; a torn name is fine here.
+  if (m.named.load(std::memory_order_acquire) != 0) std::memcpy(name, loc.arena->names[loc.slot].text, sizeof name);
   Msg msg;
   msg.str("tendril: fiber stack overflow: fiber ")
       .dec(m.fiber_id.load(std::memory_order_relaxed))

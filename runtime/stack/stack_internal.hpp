@@ -15,8 +15,10 @@ namespace tendril::detail::stack_impl {
 
 constexpr std::size_t kPage = 4096;
 // Below this many resident pages a fault maps one page; from there on the
-// stack doubles per fault (see pages_for_fault).
+// stack doubles per fault, and a stack of kBurstFaultPages or more that faults
+// again within a burst grows by the most one fault may (see pages_for_fault).
 constexpr unsigned kSingleFaultPages = 4;
+constexpr unsigned kBurstFaultPages = 3;
 constexpr unsigned kMinClassShift = 14;  // smallest size class: 16 KiB
 constexpr unsigned kNumClasses = 17;     // 16 KiB .. 1 GiB, powers of two
 constexpr unsigned kSlotBits = 24;       // StackSlot::index = worker << 24 | slot
@@ -30,20 +32,28 @@ enum SlotState : std::uint32_t { kNever = 0, kLive = 1, kFree = 2 };
 
 // Per-slot side table, kept in ordinary (unregistered) memory so that the uffd
 // handler and the SIGSEGV handler can read it without faulting into the arena.
-struct alignas(64) SlotMeta {
+// 32 bytes: every live fiber touches its entry, so each byte here is a byte of
+// every idle fiber's footprint. The fiber's name lives in a third table
+// (SubArena::names) that only named fibers touch.
+struct alignas(32) SlotMeta {
   std::atomic<std::uint64_t> fiber_id;
-  char name[32];
   std::atomic<std::uint32_t> limit_pages;    // usable pages: lo = hi - limit_pages*kPage
   std::atomic<std::uint32_t> mapped_pages;   // resident pages in [lo, hi) (uffd mode)
   std::atomic<std::uint32_t> deepest_fault;  // deepest faulting page, in pages from hi
-  std::atomic<std::uint32_t> state;          // SlotState
+  std::atomic<std::uint16_t> state;          // SlotState
+  std::atomic<std::uint16_t> named;          // 1: names[slot] holds the owner's name
   std::uint32_t next_free;                   // free-list link: slot number + 1, 0 = end
   std::uint32_t guard_pages;                 // kernel mode: guard installed on [base, base+guard)
 };
-static_assert(sizeof(SlotMeta) == 64);
+static_assert(sizeof(SlotMeta) == 32);
+
+constexpr std::size_t kSlotNameBytes = 32;  // names longer than 31 bytes are cut
+struct SlotName {
+  char text[kSlotNameBytes];
+};
 
 // Per-slot state of the free-stack cache (issue 4), a second side table next
-// to SlotMeta (so SlotMeta keeps its 64 bytes). Touched only by the thread that
+// to SlotMeta (so SlotMeta keeps its 32 bytes). Touched only by the thread that
 // holds the slot (allocating / releasing worker); hand-offs go through the
 // depot lock, the arena free lists or the scheduler. base_pages is also read by
 // stack_counters() in kernel mode, hence atomic.
@@ -67,6 +77,7 @@ struct SubArena {
   std::uint32_t capacity = 0;        // slots that fit
   SlotMeta* meta = nullptr;          // capacity entries, MAP_NORESERVE
   SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE (issue 4)
+  SlotName* names = nullptr;         // capacity entries, MAP_NORESERVE; touched by named fibers only
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
   std::uint32_t local_count = 0;
@@ -184,6 +195,7 @@ struct Runtime {
   Fill fill = Fill::copy;
   unsigned workers = 0;
   unsigned max_grow_pages = 1;  // pages mapped per fault at most (doubling up to this)
+  std::uint64_t burst_ns = 0;   // faults of one slot this close together are a burst (TENDRIL_STACK_BURST_US)
   std::size_t arena_bytes = 0;  // reservation size per (worker, class)
   bool guard_madvise = false;   // kernel mode: MADV_GUARD_INSTALL works
   bool learn_depth = true;      // issue 4: learned depth per spawn site (TENDRIL_STACK_LEARN=0 disables)
