@@ -164,6 +164,7 @@ int child_fibers(long n, std::size_t limit) {
     emit("spawn_park_s", spawn_park);
     emit("stack_pages_per", double(s.stack_pages_mapped) / double(n));
     emit("vmas_added", double(vmas1 - vmas0));
+    emit("prepared_share", double(s.stacks_prepared) / double(n));
     const auto t1 = Clock::now();
     gate.close();
     while (finished.load() < n) tendril::this_fiber::sleep_for(std::chrono::milliseconds(1));
@@ -493,19 +494,24 @@ int parent(bool quick, const char* markdown_file) {
       fmt("pthread / fiber (all-in, 100k uffd fibers): %.1fx\n", thread_allin / fiber_allin_100k);
   section("Memory per idle task (parked), bytes", mem, mem_note);
 
-  Table spawn{{"spawn + park", "N", "spawn loop s", "spawn+park s", "ns/task", "VMAs added", "wake+finish s"}, {}};
+  Table spawn{{"spawn + park", "N", "spawn loop s", "spawn+park s", "ns/task", "VMAs added", "wake+finish s",
+               "stacks prepared ahead"},
+              {}};
   for (auto& row : idle) {
     const Result& r = row.r;
     const double n = get(r, "n");
     spawn.rows.push_back({row.what, fmt("%.0f", n), row.thread ? "-" : fmt("%.3f", get(r, "spawn_loop_s")),
                           fmt("%.3f", get(r, "spawn_park_s")), fmt("%.0f", get(r, "spawn_park_s") * 1e9 / n),
                           row.thread ? "-" : fmt("%.0f", get(r, "vmas_added")),
-                          row.thread ? "-" : fmt("%.3f", get(r, "wake_finish_s"))});
+                          row.thread ? "-" : fmt("%.3f", get(r, "wake_finish_s")),
+                          row.thread ? "-" : fmt("%.0f%%", 100 * get(r, "prepared_share"))});
   }
   section("Time to spawn and park (target: 1M fibers <= 2 s; Go here: 1.95 s)", spawn,
           fmt("Each fresh stack costs at least one first-touched page (%.0f ns each on this machine right now) "
-          "and its share of a page-table page.\n",
-              touch_slot));
+              "and its share of a page-table page.\n",
+              touch_slot) +
+              "One fiber spawns them all (2 workers); stacks prepared ahead = the share whose top page the "
+              "other, idle, worker mapped (stack_prepare_ahead).\n");
 
   // ---- 3: growth ----
   const int reps = quick ? 100 : 200, batches = quick ? 3 : 7;
@@ -538,8 +544,9 @@ int parent(bool quick, const char* markdown_file) {
                          fmt("%.2f", u / k), fmt("%.2f", u / p)});
   }
   section("Stack growth of a fresh fiber, ns per fiber (median; target uffd/kernel <= 1.5)", grow,
-          "One CPU, 1 worker; every fiber starts with one mapped page (released stacks shrink to it). uffd "
-          "faults = stats().stack_faults per fiber (one page per fault up to 16 KiB, then doubling up to 16 pages); kernel pages = pages "
+          "One CPU, 1 worker; stack cache and learned depth off, so every fiber starts with one mapped page "
+          "(released stacks shrink to it). uffd faults = stats().stack_faults per fiber (one page per fault up "
+          "to 16 KiB, then doubling; 16 pages per fault in a burst); kernel pages = pages "
           "grown per fiber, counted at release. pthread: mmap a fresh 8 MiB stack, create, join, munmap. "
           "growth only = whole minus no growth; medians over interleaved batches.\n");
 

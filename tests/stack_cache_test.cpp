@@ -529,6 +529,82 @@ TEST_P(StackCache, CountersMatchMincoreThroughReusePremapAndGrowth) {
   }
 }
 
+// ---- stacks prepared ahead by an idle worker ---------------------------------------
+
+// Drives worker `worker`'s idle-time preparation until it says there is nothing to do.
+unsigned prepare_until_done(unsigned worker) {
+  unsigned batches = 0;
+  while (stack_prepare_ahead(worker)) ++batches;
+  return batches;
+}
+
+TEST_P(StackCache, IdleWorkerPreparesStacksForAWorkerWhoseSpawnsMissTheCache) {
+  start({.workers = 2});
+  EXPECT_EQ(prepare_until_done(1), 0u);  // no demand: nothing prepared
+  EXPECT_EQ(stack_counters().stacks_prepared, 0u);
+
+  std::vector<StackSlot> live;
+  for (int i = 0; i < 64; ++i) live.push_back(stack_allocate(0, kLimit));  // fresh carves: demand
+  EXPECT_GT(prepare_until_done(1), 0u);
+  StackCounters c = stack_counters();
+  EXPECT_GT(c.stacks_prepared, 0u);
+  EXPECT_LE(c.stacks_prepared, 64u);  // never more than was asked for
+  EXPECT_EQ(c.cache_stacks, c.stacks_prepared);
+  EXPECT_EQ(c.cache_pages, c.stacks_prepared);  // one page each: the top page
+  EXPECT_EQ(prepare_until_done(1), 0u);          // demand answered
+  EXPECT_EQ(prepare_until_done(0), 0u);          // worker 1 asked for nothing
+
+  const std::uint64_t prepared = c.stacks_prepared, hits0 = c.cache_hits;
+  for (std::uint64_t i = 0; i < prepared; ++i) {
+    StackSlot s = stack_allocate(0, kLimit);
+    EXPECT_EQ(s.index >> 24, 0u);  // a slot of the spawner's own arena: its faults go to its handler
+    EXPECT_EQ(resident_in(s.lo, s.hi), 1u);
+    EXPECT_EQ(s.hi - s.lo, std::ptrdiff_t(kLimit));
+    use_stack(s, 40 * 1024);  // grows like any fresh stack
+    live.push_back(s);
+  }
+  c = stack_counters();
+  EXPECT_EQ(c.cache_hits - hits0, prepared);
+  EXPECT_EQ(c.cache_stacks, 0u);
+  // Taking prepared stacks is demand too: the idle worker prepares again.
+  EXPECT_GT(prepare_until_done(1), 0u);
+  EXPECT_GT(stack_counters().stacks_prepared, prepared);
+  for (const StackSlot& s : live) stack_release(0, s);
+}
+
+TEST_P(StackCache, PreparedStacksRespectTheBudgetAndTheNode) {
+  start({.workers = 2, .cache_bytes = 16 * kPage});  // depots may hold 8 pages
+  std::vector<StackSlot> live;
+  for (int i = 0; i < 64; ++i) live.push_back(stack_allocate(0, kLimit));
+  prepare_until_done(1);
+  EXPECT_LE(stack_counters().cache_pages, 8u);
+  EXPECT_GT(stack_counters().stacks_prepared, 0u);
+  for (const StackSlot& s : live) stack_release(0, s);
+  live.clear();
+
+  start({.workers = 2, .two_nodes = true});  // worker 0 on node 0, worker 1 on node 1
+  for (int i = 0; i < 64; ++i) live.push_back(stack_allocate(0, kLimit));
+  EXPECT_EQ(prepare_until_done(1), 0u);  // pages of another node are no help
+  EXPECT_EQ(stack_counters().stacks_prepared, 0u);
+  for (const StackSlot& s : live) stack_release(0, s);
+}
+
+TEST_P(StackCache, UnusedPreparedStacksDecayWhenSpawningStops) {
+  start({.workers = 2});
+  std::vector<StackSlot> live;
+  for (int i = 0; i < 64; ++i) live.push_back(stack_allocate(0, kLimit));
+  prepare_until_done(1);
+  ASSERT_GT(stack_counters().cache_stacks, 0u);
+  for (int epoch = 0; epoch < 12 && stack_counters().cache_stacks > 0; ++epoch) {
+    next_epoch();
+    stack_maintain(0);
+    stack_maintain(1);
+  }
+  EXPECT_EQ(stack_counters().cache_stacks, 0u);
+  EXPECT_GT(stack_counters().stacks_evicted, 0u);
+  for (const StackSlot& s : live) stack_release(0, s);
+}
+
 INSTANTIATE_TEST_SUITE_P(Modes, StackCache, ::testing::Values("uffd", "kernel"),
                          [](const auto& info) { return std::string(info.param); });
 

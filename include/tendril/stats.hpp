@@ -45,6 +45,7 @@ struct Stats {
   std::uint64_t node_mismatch = 0;       // ... that had pages on another node (those pages were released, the stack kept)
   std::uint64_t pages_trimmed = 0;       // pages cached stacks gave back (deeper than kept, foreign, evicted)
   std::uint64_t stack_cache_pages = 0;   // gauge: resident pages held by the cache now
+  std::uint64_t stacks_prepared = 0;     // fresh stacks idle workers mapped ahead for a busy spawner
 
   // I/O (see <tendril/net.hpp>).
   std::string io_backend;                // "uring" or "epoll"

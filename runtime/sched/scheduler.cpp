@@ -152,6 +152,7 @@ Stats Scheduler::snapshot() const {
   s.node_mismatch = st.node_mismatch;
   s.pages_trimmed = st.pages_trimmed;
   s.stack_cache_pages = st.cache_pages;
+  s.stacks_prepared = st.stacks_prepared;
   s.io_backend = io_backend_name();
   return s;
 }

@@ -271,15 +271,21 @@ void Worker::fire_timers(Worker& into, std::int64_t now, bool may_block) noexcep
 }
 
 FiberCtl* Worker::spin_for_work() noexcept {
+  const std::int64_t start = steady_ticks();
   const std::int64_t until =
-      steady_ticks() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                           sched_.options().spin_before_park)
-                           .count();
+      start + std::chrono::duration_cast<std::chrono::steady_clock::duration>(sched_.options().spin_before_park).count();
   sched_.nspinning_.fetch_add(1, std::memory_order_seq_cst);
   FiberCtl* f = nullptr;
+  std::int64_t until_now = until;
   while (!sched_.stopping()) {
     if ((f = pick_next()) != nullptr) break;
-    if (steady_ticks() >= until) break;
+    // Useful work while idle: fresh stacks for a worker that spawns faster
+    // than it maps them. Each batch earns another spin period.
+    if (stack_prepare_ahead(index_)) {
+      until_now = steady_ticks() + (until - start);
+      continue;
+    }
+    if (steady_ticks() >= until_now) break;
     for (int k = 0; k < 32; ++k) TENDRIL_CPU_RELAX();
   }
   sched_.nspinning_.fetch_sub(1, std::memory_order_seq_cst);

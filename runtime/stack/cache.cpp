@@ -198,6 +198,7 @@ bool deposit(Worker& w, unsigned cls) {
   empty->next = nullptr;
   empty->count = 0;
   empty->pages = 0;
+  empty->prepared = false;
   c.mag[cls] = empty;
   return true;
 }
@@ -225,6 +226,10 @@ bool refill(Worker& w, unsigned cls) {
   }
   d.unlock();
   full->next = nullptr;
+  if (full->prepared) {  // stacks an idle worker made for us: ask for as many again
+    full->prepared = false;
+    c.demand.store(c.demand.load(std::memory_order_relaxed) + full->count, std::memory_order_relaxed);
+  }
   c.mag[cls] = full;
   c.local_pages += full->pages;
   return true;
@@ -300,6 +305,83 @@ void decay_local(unsigned worker) {
   }
 }
 
+// ---- stacks prepared ahead by idle workers --------------------------------------
+// A spawn that misses the cache carves a fresh slot and maps its top page: a
+// first-touched page, ~2 us on this VM, paid by the spawning worker while
+// another worker may sit idle. As the kernel refills its per-CPU arrays off
+// the fault path, an idle worker (spinning before it parks) prepares fresh
+// stacks for a worker of its node whose spawns keep carving: slots of THAT
+// worker's arena (so their growth faults go to its handler, on its CPU), with
+// top pages mapped from the idle worker's thread (same node), in a magazine
+// it then deposits in the node's depot, where the spawner's next refill finds
+// it. Demand is explicit: fresh carves, plus the size of each prepared
+// magazine the spawner took; at most kAheadMagazines full magazines wait in
+// a depot, their pages count against the cache budget from the moment they
+// are mapped, and unused ones decay like any depot magazine.
+
+constexpr std::uint32_t kAheadTrigger = 8;     // unanswered demand that starts preparing
+constexpr std::uint32_t kAheadBatch = 8;       // stacks per call, so the idle worker looks for work often
+constexpr std::uint32_t kAheadMagazines = 4;   // full magazines a depot may hold before we stop
+constexpr std::uint32_t kAheadBacklog = kAheadMagazines * kMagSlots * 2;  // older demand is forgotten
+
+// Publishes this worker's magazine of prepared stacks in its node's depot.
+// Its pages are in depot_pages already. Never waits.
+bool publish_ahead(WorkerCache& c) {
+  Magazine* m = c.ahead;
+  if (!m || m->count == 0) return m == nullptr;
+  Depot& d = depot(c.node, c.ahead_cls);
+  if (!d.try_lock()) return false;
+  m->next = d.full;
+  d.full = m;
+  ++d.nfull;
+  d.pages += m->pages;
+  d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
+  d.unlock();
+  c.ahead = nullptr;
+  return true;
+}
+
+// Prepares up to kAheadBatch fresh stacks of `owner`'s class cls. Returns how many.
+std::uint32_t prepare_batch(Worker& me, Worker& owner, unsigned cls, std::uint32_t limit_pages) {
+  WorkerCache& c = me.cache;
+  if (c.ahead && c.ahead_cls != cls && !publish_ahead(c)) return 0;
+  if (depot(c.node, cls).nfull_hint.load(std::memory_order_relaxed) >= kAheadMagazines) return 0;
+  if (!c.ahead) {
+    if (!(c.ahead = new_magazine())) return 0;
+    c.ahead->prepared = true;
+    c.ahead_cls = cls;
+  }
+  Magazine* m = c.ahead;
+  CacheCounters& k = c.counters;
+  std::uint32_t made = 0;
+  while (made < kAheadBatch && m->count < kMagSlots) {
+    // Reserve the page in the budget before mapping it.
+    if (std::uint64_t(g_cache.depot_pages.fetch_add(1, std::memory_order_relaxed)) + 1 > g_cache.depot_cap) {
+      g_cache.depot_pages.fetch_sub(1, std::memory_order_relaxed);
+      break;
+    }
+    CacheEntry e;
+    if (!arena_prepare_fresh_slot(me, owner, cls, limit_pages, &e)) {
+      g_cache.depot_pages.fetch_sub(1, std::memory_order_relaxed);
+      break;
+    }
+    SlotCacheMeta& cm = decode_ref(e.ref, cls).arena->cmeta[e.ref & (kMaxSlotsPerArena - 1)];
+    cm.site = nullptr;
+    if (g_cache.check) {  // mapped from this thread: on this worker's node
+      cm.node = std::int16_t(c.node);
+      cm.checked_pages = 1;
+    }
+    m->e[m->count++] = e;
+    m->pages += 1;
+    ++made;
+    add_single_writer(k.prepared, 1);
+    add_single_writer(k.stacks, 1);
+    add_single_writer(k.pages, 1);
+  }
+  if (m->count == kMagSlots) publish_ahead(c);
+  return made;
+}
+
 // ---- locality check ----------------------------------------------------------
 
 // Checks the resident pages at depths [from, to) (pages from hi) of a slot
@@ -371,11 +453,14 @@ void cache_init(std::size_t budget_bytes) noexcept {
 }
 
 void cache_shutdown() noexcept {
-  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i)
+  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i) {
     for (Magazine*& m : g_rt.w[i].cache.mag) {
       delete m;
       m = nullptr;
     }
+    delete g_rt.w[i].cache.ahead;
+    g_rt.w[i].cache.ahead = nullptr;
+  }
   if (g_cache.depots) {
     for (unsigned i = 0; i < g_cache.nodes * kNumClasses; ++i)
       for (Magazine* list : {g_cache.depots[i].full, g_cache.depots[i].empty})
@@ -437,6 +522,13 @@ void site_record(const void* site, std::uint32_t pages) noexcept {
     return;
   }
   // Table region full: this site is not learned (a fixed-size table, no malloc).
+}
+
+void cache_note_fresh_carve(Worker& w, unsigned cls, std::uint32_t limit_pages) noexcept {
+  WorkerCache& c = w.cache;
+  c.demand_cls.store(cls, std::memory_order_relaxed);
+  c.demand_limit.store(limit_pages, std::memory_order_relaxed);
+  c.demand.store(c.demand.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
 bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
@@ -588,6 +680,27 @@ std::uint64_t stack_maintain(unsigned worker) noexcept {
                      g_cache.depot_pages.load(std::memory_order_relaxed) > 0;
   if (!holds) return 0;
   return kStackCacheEpochNs - cache_now_ns() % kStackCacheEpochNs + 1;
+}
+
+bool stack_prepare_ahead(unsigned worker) noexcept {
+  if (!g_cache.enabled || worker >= g_rt.workers) return false;
+  Worker& me = g_rt.w[worker];
+  WorkerCache& c = me.cache;
+  for (unsigned v = 0; v < g_rt.workers; ++v) {
+    WorkerCache& vc = g_rt.w[v].cache;
+    if (v == worker || vc.node != c.node) continue;
+    const std::uint32_t demand = vc.demand.load(std::memory_order_acquire);
+    std::uint32_t& seen = c.demand_seen[v];
+    if (demand - seen > kAheadBacklog) seen = demand - kAheadBacklog;
+    if (demand - seen < kAheadTrigger) continue;
+    const std::uint32_t made = prepare_batch(me, g_rt.w[v], vc.demand_cls.load(std::memory_order_relaxed),
+                                             vc.demand_limit.load(std::memory_order_relaxed));
+    if (made == 0) continue;
+    seen += made;
+    return true;
+  }
+  publish_ahead(c);  // no demand left: do not sit on a half-filled magazine
+  return false;
 }
 
 std::size_t stack_learned_depth(const void* site) noexcept {

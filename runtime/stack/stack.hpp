@@ -57,6 +57,9 @@ struct StackCounters {
   std::uint64_t pages_trimmed = 0;   // pages of cached stacks given back (depth trim, foreign, eviction)
   std::uint64_t cache_stacks = 0;    // gauge: stacks in the cache now
   std::uint64_t cache_pages = 0;     // gauge: resident pages of the stacks in the cache now
+  // Added for issue 3 (1M spawns): fresh stacks idle workers prepared for a
+  // worker whose spawns kept missing the cache (see stack_prepare_ahead).
+  std::uint64_t stacks_prepared = 0;
 };
 
 // Lifetime: init() before any worker starts, shutdown() after all have stopped.
@@ -109,6 +112,14 @@ void stack_thread_init(unsigned worker) noexcept;
 // Returns the nanoseconds until the cache wants another call (its next epoch)
 // while stacks remain cached, or 0 when there is nothing left to give back.
 std::uint64_t stack_maintain(unsigned worker) noexcept;
+
+// Added for issue 3. Called by an idle worker (while it spins for work, before
+// it parks): if a worker of its NUMA node keeps carving fresh slots on its
+// spawn path, prepares a few fresh stacks for it (slots of that worker's
+// arena, top pages mapped from this thread) and hands them over through the
+// node's depot. Returns true if it did some of that work (call again soon),
+// false if there is nothing to do. Never blocks; takes only try-locks.
+bool stack_prepare_ahead(unsigned worker) noexcept;
 
 // Added by issue 4: the learned depth (bytes from hi) for `site`, 0 if none.
 std::size_t stack_learned_depth(const void* site) noexcept;

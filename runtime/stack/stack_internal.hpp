@@ -137,6 +137,7 @@ struct Magazine {
   Magazine* next = nullptr;
   std::uint32_t count = 0;
   std::uint32_t pages = 0;  // sum of e[i].pages
+  bool prepared = false;    // filled ahead by an idle worker (see cache_prepare_ahead)
   CacheEntry e[kMagSlots];
 };
 
@@ -159,6 +160,7 @@ struct alignas(64) CacheCounters {  // single writer: the worker index that owns
   std::atomic<std::int64_t> hits{0}, misses{0}, cached{0}, dropped{0}, evicted{0};
   std::atomic<std::int64_t> node_match{0}, node_mismatch{0}, pages_trimmed{0};
   std::atomic<std::int64_t> stacks{0}, pages{0};  // gauges (deltas; summed over workers)
+  std::atomic<std::int64_t> prepared{0};          // fresh stacks prepared ahead for other workers
 };
 
 struct TrimBatch {
@@ -176,6 +178,15 @@ struct WorkerCache {
   std::uint64_t epoch = 0;  // last epoch this worker decayed its magazines in
   TrimBatch batch;
   CacheCounters counters;
+  // Stacks prepared ahead (cache.cpp, cache_prepare_ahead). The owner bumps
+  // `demand` by one per fresh slot it had to carve and by a magazine's count
+  // per prepared magazine it took; idle workers of its node read it.
+  std::atomic<std::uint32_t> demand{0};
+  std::atomic<std::uint32_t> demand_cls{0};    // class and limit of its latest fresh carve
+  std::atomic<std::uint32_t> demand_limit{0};  // (pages)
+  std::uint32_t demand_seen[kMaxWorkers] = {};  // per other worker: demand already answered
+  Magazine* ahead = nullptr;                    // magazine being prepared; its pages count in depot_pages
+  unsigned ahead_cls = 0;
 };
 
 struct alignas(64) Worker {
@@ -251,12 +262,21 @@ bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* e
 bool cache_put(Worker& releaser, unsigned releaser_index, const SlotRef& r, unsigned cls, std::uint32_t resident,
                std::uint32_t extent) noexcept;
 std::uint32_t site_depth_pages(const void* site) noexcept;
+// Records that worker w had to carve a fresh slot of class cls (a page
+// fault's worth of work on its spawn path): idle workers prepare ahead.
+void cache_note_fresh_carve(Worker& w, unsigned cls, std::uint32_t limit_pages) noexcept;
 void site_record(const void* site, std::uint32_t pages) noexcept;
 void cache_tick(unsigned worker, bool flush) noexcept;
 std::uint64_t cache_now_ns() noexcept;
 // arena.cpp services the cache uses.
 void arena_free_slot(Worker& releaser, const SlotRef& r) noexcept;  // push a free slot (top page only) to its arena
 SlotRef decode_ref(std::uint32_t ref, unsigned cls) noexcept;
+// Carves a fresh slot of class cls from owner's arena and maps its top page,
+// from the calling (preparing) worker; the slot is left free, for the cache.
+// False if the arena is not reserved yet or is full, or the page could not be
+// mapped. Counts the page as cached on `preparer`.
+bool arena_prepare_fresh_slot(Worker& preparer, Worker& owner, unsigned cls, std::uint32_t limit_pages,
+                              CacheEntry* entry) noexcept;
 std::uint32_t resident_pages_in(char* lo, char* hi) noexcept;
 
 // guard.cpp
