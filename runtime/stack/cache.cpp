@@ -168,7 +168,7 @@ bool deposit(Worker& w, unsigned cls) {
   WorkerCache& c = w.cache;
   Magazine* full = c.mag[cls];
   flush_batch(c);  // pending trims must be done before a stack leaves this worker
-  Depot& d = depot(c.node, cls);
+  Depot& d = depot(c.node(), cls);
   if (!d.try_lock()) return false;
   std::int64_t now = g_cache.depot_pages.load(std::memory_order_relaxed);
   Magazine* empty = nullptr;
@@ -206,7 +206,7 @@ bool deposit(Worker& w, unsigned cls) {
 // Swaps worker w's empty magazine of class cls for a full one from its node's depot.
 bool refill(Worker& w, unsigned cls) {
   WorkerCache& c = w.cache;
-  Depot& d = depot(c.node, cls);
+  Depot& d = depot(c.node(), cls);
   if (d.nfull_hint.load(std::memory_order_relaxed) == 0 || !d.try_lock()) return false;
   Magazine* full = d.full;
   if (!full || c.local_pages + full->pages > g_cache.local_cap) {
@@ -329,7 +329,7 @@ constexpr std::uint32_t kAheadBacklog = kAheadMagazines * kMagSlots * 2;  // old
 bool publish_ahead(WorkerCache& c) {
   Magazine* m = c.ahead;
   if (!m || m->count == 0) return m == nullptr;
-  Depot& d = depot(c.node, c.ahead_cls);
+  Depot& d = depot(c.node(), c.ahead_cls);
   if (!d.try_lock()) return false;
   m->next = d.full;
   d.full = m;
@@ -345,7 +345,7 @@ bool publish_ahead(WorkerCache& c) {
 std::uint32_t prepare_batch(Worker& me, Worker& owner, unsigned cls, std::uint32_t limit_pages) {
   WorkerCache& c = me.cache;
   if (c.ahead && c.ahead_cls != cls && !publish_ahead(c)) return 0;
-  if (depot(c.node, cls).nfull_hint.load(std::memory_order_relaxed) >= kAheadMagazines) return 0;
+  if (depot(c.node(), cls).nfull_hint.load(std::memory_order_relaxed) >= kAheadMagazines) return 0;
   if (!c.ahead) {
     if (!(c.ahead = new_magazine())) return 0;
     c.ahead->prepared = true;
@@ -368,7 +368,7 @@ std::uint32_t prepare_batch(Worker& me, Worker& owner, unsigned cls, std::uint32
     SlotCacheMeta& cm = decode_ref(e.ref, cls).arena->cmeta[e.ref & (kMaxSlotsPerArena - 1)];
     cm.site = nullptr;
     if (g_cache.check) {  // mapped from this thread: on this worker's node
-      cm.node = std::int16_t(c.node);
+      cm.node = std::int16_t(c.node());
       cm.checked_pages = 1;
     }
     m->e[m->count++] = e;
@@ -443,7 +443,7 @@ void cache_init(std::size_t budget_bytes) noexcept {
   g_cache.pmadv_ok.store(g_cache.pidfd >= 0);
   for (unsigned i = 0; i < g_rt.workers; ++i) {
     WorkerCache& c = g_rt.w[i].cache;
-    c.node = g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0;
+    c.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
     c.epoch = cache_now_ns() / kStackCacheEpochNs;
   }
   for (Site& s : g_sites) {
@@ -479,7 +479,7 @@ void cache_shutdown() noexcept {
 
 void cache_thread_init(unsigned worker) noexcept {
   if (worker >= g_rt.workers) return;
-  g_rt.w[worker].cache.node = clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu());
+  g_rt.w[worker].cache.set_node(clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu()));
 }
 
 std::uint32_t site_depth_pages(const void* site) noexcept {
@@ -598,12 +598,12 @@ bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::
   std::int64_t trimmed = 0;
   if (g_cache.check) {
     std::uint32_t to = std::min(extent, keep);
-    std::uint32_t from = cm.node == c.node ? std::min(cm.checked_pages, to) : 0;
+    std::uint32_t from = cm.node == c.node() ? std::min(cm.checked_pages, to) : 0;
     bool top_foreign = false;
-    long foreign = from < to ? release_foreign_pages(hi, from, to, c.node, &top_foreign) : 0;
+    long foreign = from < to ? release_foreign_pages(hi, from, to, c.node(), &top_foreign) : 0;
     if (foreign >= 0) {
       add_single_writer(foreign > 0 ? k.node_mismatch : k.node_match, 1);
-      cm.node = std::int16_t(c.node);
+      cm.node = std::int16_t(c.node());
       cm.checked_pages = to;
       trimmed += foreign;
       resident -= std::uint32_t(std::min<long>(foreign, resident));
@@ -688,7 +688,7 @@ bool stack_prepare_ahead(unsigned worker) noexcept {
   WorkerCache& c = me.cache;
   for (unsigned v = 0; v < g_rt.workers; ++v) {
     WorkerCache& vc = g_rt.w[v].cache;
-    if (v == worker || vc.node != c.node) continue;
+    if (v == worker || vc.node() != c.node()) continue;
     const std::uint32_t demand = vc.demand.load(std::memory_order_acquire);
     std::uint32_t& seen = c.demand_seen[v];
     if (demand - seen > kAheadBacklog) seen = demand - kAheadBacklog;
@@ -710,7 +710,7 @@ std::size_t stack_learned_depth(const void* site) noexcept {
 void stack_set_topology_for_testing(const StackTopology* topology) noexcept {
   g_topo = topology ? *topology : StackTopology{};
   for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i)
-    g_rt.w[i].cache.node = g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0;
+    g_rt.w[i].cache.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
 }
 
 void stack_set_clock_for_testing(std::uint64_t (*now_ns)()) noexcept { g_clock = now_ns; }

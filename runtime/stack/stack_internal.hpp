@@ -173,7 +173,11 @@ struct WorkerCache {
   std::uint64_t local_pages = 0;             // pages in this worker's magazines
   std::uint32_t activity[kNumClasses] = {};  // cache operations per class
   std::uint32_t activity_seen[kNumClasses] = {};
-  std::int32_t node = 0;
+  // Set by the worker's own thread at start, read by idle workers of other
+  // threads (stack_prepare_ahead): hence atomic.
+  std::atomic<std::int32_t> node_{0};
+  int node() const noexcept { return node_.load(std::memory_order_relaxed); }
+  void set_node(int n) noexcept { node_.store(n, std::memory_order_relaxed); }
   std::uint32_t switches = 0;
   std::uint64_t epoch = 0;  // last epoch this worker decayed its magazines in
   TrimBatch batch;

@@ -308,7 +308,7 @@ TEST_F(HttpSession, StatsCountRequests) {
   EXPECT_NE(j.find(R"("connections_open":3,)"), std::string::npos) << j;
   EXPECT_NE(j.find(R"("requests_served":2,)"), std::string::npos) << j;
   for (const char* key : {"fibers_spawned", "fibers_live", "context_switches", "steals", "stack_mode", "io_backend",
-                          "stack_faults", "stack_pages_mapped", "cache_hits", "rss_bytes", "threads"})
+                          "stack_faults", "stack_pages_mapped", "cache_hits", "stacks_prepared", "rss_bytes", "threads"})
     EXPECT_NE(j.find(std::string("\"") + key + "\":"), std::string::npos) << key;
   EXPECT_GT(rss_bytes(), 0u);
   EXPECT_GE(thread_count(), 1u);

@@ -97,6 +97,7 @@ std::string stats_json(const Counters& counters) {
   j.add("node_mismatch", s.node_mismatch);
   j.add("pages_trimmed", s.pages_trimmed);
   j.add("stack_cache_pages", s.stack_cache_pages);
+  j.add("stacks_prepared", s.stacks_prepared);
   j.add("io_backend", s.io_backend);
 #endif
   j.add("threads", thread_count());
