@@ -380,6 +380,26 @@ TEST_P(Net, TenThousandConcurrentConnections) {
                                                    : "signal " + std::to_string(WTERMSIG(status)));
 }
 
+// A write the socket buffer has room for completes in the calling fiber,
+// without parking it (both backends try the nonblocking call first), so a
+// server's response does not cost a trip through the run queue.
+TEST_P(Net, SmallWriteWithRoomDoesNotPark) {
+  tendril::run(opts(1), [&] {
+    auto l = TcpListener::bind("127.0.0.1", 0);
+    auto c = TcpStream::connect("127.0.0.1", l.local_port(), 5s);
+    TcpStream server = l.accept();
+    const char msg[] = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    for (int i = 0; i < 100; ++i) {
+      const std::uint64_t before = tendril::stats().context_switches;
+      server.write_all(msg, sizeof msg - 1);
+      EXPECT_EQ(tendril::stats().context_switches, before) << "write " << i << " parked";
+      char buf[sizeof msg];
+      c.read_exact(buf, sizeof msg - 1);
+      EXPECT_EQ(std::string(buf, sizeof msg - 1), std::string(msg, sizeof msg - 1));
+    }
+  });
+}
+
 TEST_P(Net, ReadTimeoutFiresAndElapsedIsAtLeastTheTimeout) {
   tendril::run(opts(), [&] {
     auto l = TcpListener::bind("127.0.0.1", 0);

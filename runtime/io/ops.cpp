@@ -98,11 +98,18 @@ long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
     const IoKind kind = self != nullptr ? worker_io_kind(w->index()) : IoKind::none;
     long res;
     if (kind == IoKind::uring) {
-      // A listener under a burst has connections queued: take them without a
-      // trip through the ring and the run queue, so an accept loop drains its
-      // backlog in one run instead of one connection per scheduling round
-      // (behind every connection fiber it started). Sockets are O_NONBLOCK.
-      if (r.kind == OpKind::accept) {
+      // Try the nonblocking call first where it usually succeeds:
+      //  - a listener under a burst has connections queued: take them without
+      //    a trip through the ring and the run queue, so an accept loop drains
+      //    its backlog in one run instead of one connection per scheduling
+      //    round (behind every connection fiber it started);
+      //  - a send usually finds room in the socket buffer: the fiber goes on
+      //    (to its next read, typically) instead of parking until the worker
+      //    reaps the completion. http sample under wrk: +10-30% requests/s
+      //    at 100 connections, +13% at 10,000 (bench/scripts/http-wrk.sh).
+      // Sockets are O_NONBLOCK; MSG_DONTWAIT is added anyway. Reads are not
+      // tried first: a server's read mostly waits for the peer's next request.
+      if (r.kind == OpKind::accept || r.kind == OpKind::send || r.kind == OpKind::sendmsg) {
         res = try_syscall(r);
         if (res != -EAGAIN) return res;
       }
