@@ -140,3 +140,13 @@ TEST(MisuseDeathTest, ExceptionEscapingADetachedFiberAborts) {
                }),
                "exception escaped detached fiber [0-9]+ 'thrower': lost");
 }
+
+TEST(MisuseDeathTest, ParkingOnTheWorkerStackAborts) {
+  EXPECT_DEATH(tendril::run([] {
+                 tendril::spawn({.name = "sleeper"}, [] {
+                   tendril::this_fiber::on_worker_stack(
+                       [] { tendril::this_fiber::sleep_for(std::chrono::milliseconds(1)); });
+                 }).join();
+               }),
+               "fiber [0-9]+ 'sleeper' tried to park inside this_fiber::on_worker_stack");
+}

@@ -159,6 +159,29 @@ const char* name() noexcept;
 // one page); 0 outside a fiber.
 std::size_t stack_high_water() noexcept;
 
+// Runs f() on the worker thread's own stack instead of the calling fiber's, and
+// returns when f does (an exception f throws propagates to the caller). For
+// deep code that does not block (a parser with big frames, say): its frames
+// then never become pages of the fiber's stack, which each of thousands of
+// parked fibers would keep mapped. Go's runtime does the same (systemstack).
+//
+//   std::size_t n;
+//   tendril::this_fiber::on_worker_stack([&] { n = parser.put(bytes, ec); });
+//
+// f must not park: blocking on a tendril primitive, yielding or sleeping inside
+// f stops the process with a message naming the fiber. The worker stack holds
+// 256 KiB. Outside a fiber (a plain thread) and when nested, f runs in place;
+// sanitizer builds also run it in place.
+template <class F>
+void on_worker_stack(F&& f);
+void on_worker_stack_impl(void (*fn)(void*), void* arg);
+
+template <class F>
+void on_worker_stack(F&& f) {
+  using Fn = std::remove_reference_t<F>;
+  on_worker_stack_impl([](void* p) { (*static_cast<Fn*>(p))(); }, const_cast<void*>(static_cast<const void*>(&f)));
+}
+
 void sleep_until_steady(std::chrono::steady_clock::time_point t);
 
 template <class Rep, class Period>

@@ -80,6 +80,9 @@ class Worker {
   static constexpr std::uint32_t kRunnextStreak = 32;
 
   Worker(Scheduler& sched, unsigned index) : sched_(sched), index_(index) {}
+  ~Worker();
+  Worker(const Worker&) = delete;
+  Worker& operator=(const Worker&) = delete;
 
   unsigned index() const noexcept { return index_; }
   FiberCtl* current() const noexcept { return current_; }
@@ -111,6 +114,10 @@ class Worker {
   // Fires expired timers of this worker (into `into`'s local queue); try-lock
   // only when `into` is another worker.
   void fire_timers(Worker& into, std::int64_t now, bool may_block) noexcept;
+
+  // this_fiber::on_worker_stack for the running fiber (worker_stack.cpp).
+  void run_on_worker_stack(void (*fn)(void*), void* arg);
+  bool on_worker_stack() const noexcept { return on_worker_stack_; }
 
  private:
   friend class Scheduler;
@@ -148,6 +155,11 @@ class Worker {
   TimerHeap timers_;
   WorkerCounters counters_;
   bool in_idle_list_ = false;  // guarded by Scheduler::idle_mu_
+  // The worker stack of this_fiber::on_worker_stack (mapped on first use) and
+  // whether the running fiber is on it now: a switch then is a fatal error.
+  char* worker_stack_ = nullptr;
+  bool on_worker_stack_ = false;
+  [[noreturn]] void die_blocked_on_worker_stack(const FiberCtl* f) noexcept;
   // Fibers made runnable by a busy-time io_poll, on their way to the global
   // queue (poll_io_busy). Owner thread only.
   static constexpr std::uint32_t kIoBatch = 64;

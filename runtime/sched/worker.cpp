@@ -107,6 +107,7 @@ void Worker::push_runnext(FiberCtl* f) noexcept {
 
 void Worker::switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                        void* arg, bool finished) noexcept {
+  if (__builtin_expect(on_worker_stack_, false)) die_blocked_on_worker_stack(from);
   record_ = SwitchRecord{from, &from_ctx, action, arg};
   current_ = next;
   Context& to = next != nullptr ? next->ctx : sched_ctx_;

@@ -25,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if SAMPLE_PTHREAD
@@ -109,6 +110,16 @@ void go(std::function<void()> fn);
 
 // Parks the fiber (tendril) or sleeps the thread (twin).
 void sleep_for(Millis d);
+
+// Runs f, which must not block, on the worker's stack (tendril:
+// this_fiber::on_worker_stack, so its frames cost no page of each connection
+// fiber's stack) or in place (twin).
+void on_worker_stack_impl(void (*fn)(void*), void* arg);
+template <class F>
+void on_worker_stack(F&& f) {
+  using Fn = std::remove_reference_t<F>;
+  on_worker_stack_impl([](void* p) { (*static_cast<Fn*>(p))(); }, static_cast<void*>(&f));
+}
 
 // A mutex and condition variable of the matching kind, for state shared
 // between connections.

@@ -202,6 +202,8 @@ void go(std::function<void()> fn) {
 
 void sleep_for(Millis d) { std::this_thread::sleep_for(d); }
 
+void on_worker_stack_impl(void (*fn)(void*), void* arg) { fn(arg); }
+
 void serve(unsigned /*workers*/, const std::function<void(StopToken&)>& main) {
   auto stop = std::make_shared<StopToken>();
   std::thread([stop] {

@@ -69,6 +69,8 @@ void go(std::function<void()> fn) { tendril::spawn(std::move(fn)).detach(); }
 
 void sleep_for(Millis d) { tendril::this_fiber::sleep_for(d); }
 
+void on_worker_stack_impl(void (*fn)(void*), void* arg) { tendril::this_fiber::on_worker_stack_impl(fn, arg); }
+
 void serve(unsigned workers, const std::function<void(StopToken&)>& main) {
   tendril::Options o;
   o.workers = workers;
