@@ -507,6 +507,40 @@ TEST_P(Net, PeerResetIsConnectionReset) {
   });
 }
 
+// read(buf, n, ec): the same outcomes as read(), reported instead of thrown.
+TEST_P(Net, ReadWithErrorCodeReportsInsteadOfThrowing) {
+  tendril::run(opts(), [&] {
+    auto l = TcpListener::bind("127.0.0.1", 0);
+    auto c = TcpStream::connect("127.0.0.1", l.local_port());
+    TcpStream s = l.accept();
+    char b[8] = {};
+    std::error_code ec = std::make_error_code(std::errc::io_error);  // cleared on success
+    s.write_all("hi", 2);
+    EXPECT_EQ(c.read(b, sizeof b, ec), 2u);
+    EXPECT_FALSE(ec) << ec.message();
+    EXPECT_EQ(std::string(b, 2), "hi");
+
+    c.set_timeout(std::chrono::milliseconds(20));  // nothing to read: times out
+    EXPECT_EQ(c.read(b, sizeof b, ec), 0u);
+    EXPECT_EQ(ec, std::errc::timed_out);
+    c.set_timeout(std::chrono::nanoseconds(0));
+
+    {
+      TcpStream gone = std::move(s);
+      linger lg{1, 0};  // close() sends RST
+      ASSERT_EQ(setsockopt(gone.native_handle(), SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+    }
+    EXPECT_EQ(c.read(b, sizeof b, ec), 0u);
+    EXPECT_EQ(ec, std::errc::connection_reset);
+
+    TcpStream never;  // not connected
+    EXPECT_EQ(never.read(b, sizeof b, ec), 0u);
+    EXPECT_EQ(ec, std::errc::bad_file_descriptor);
+    EXPECT_EQ(c.read(b, 0, ec), 0u);  // nothing asked: nothing done, no error
+    EXPECT_FALSE(ec);
+  });
+}
+
 TEST_P(Net, HalfCloseLetsThePeerReplyAfterEndOfStream) {
   tendril::run(opts(), [&] {
     auto l = TcpListener::bind("127.0.0.1", 0);

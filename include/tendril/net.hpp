@@ -117,6 +117,12 @@ class TcpStream {
 
   // Reads up to n bytes, at least one; 0 at end of stream.
   std::size_t read(void* buf, std::size_t n);
+  // The same, but an error (reset, timeout, close() from another fiber, not
+  // connected) is reported in `ec`, with 0 returned, instead of thrown: for a
+  // server loop whose connections end in resets as a matter of course.
+  // Unwinding an exception takes several KiB of stack, which each of
+  // thousands of connection fibers would then keep mapped.
+  std::size_t read(void* buf, std::size_t n, std::error_code& ec) noexcept;
   // Writes up to n bytes, at least one, and returns how many.
   std::size_t write(const void* buf, std::size_t n);
   void read_exact(void* buf, std::size_t n);

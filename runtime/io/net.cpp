@@ -272,6 +272,30 @@ std::size_t TcpStream::read(void* buf, std::size_t n) {
       socket_op(sock_, r, timeout_ns_, "tendril::net::TcpStream::read", describe_stream, &ctx));
 }
 
+std::size_t TcpStream::read(void* buf, std::size_t n, std::error_code& ec) noexcept {
+  ec.clear();
+  if (n == 0) return 0;
+  if (sock_.get() < 0 || !sock_.enter()) {
+    ec = std::error_code(sock_.get() < 0 ? EBADF : ECANCELED, std::generic_category());
+    return 0;
+  }
+  rt::IoRequest r;
+  r.kind = rt::OpKind::recv;
+  r.fd = sock_.get();
+  r.buf = buf;
+  r.len = std::min(n, kMaxChunk);
+  rt::Deadline d;
+  if (timeout_ns_ > 0) d = deadline_after(timeout_ns_);
+  long res = rt::io_perform(r, timeout_ns_ > 0 ? &d : nullptr);
+  if (sock_.closing()) res = -ECANCELED;
+  sock_.leave();
+  if (res < 0) {
+    ec = std::error_code(static_cast<int>(-res), std::generic_category());
+    return 0;
+  }
+  return static_cast<std::size_t>(res);
+}
+
 std::size_t TcpStream::write(const void* buf, std::size_t n) {
   if (n == 0) return 0;
   rt::IoRequest r;

@@ -66,8 +66,9 @@
 // A fault at page P of a slot whose resident size is M pages maps
 //  - one page while M < 4 (kSingleFaultPages): the first 16 KiB go page by
 //    page because that is where most server fibers stay (the http sample's
-//    connection fibers touch 3 pages; doubling from one page left them at 4,
-//    +33% memory per idle connection);
+//    connection fibers touched 3 pages before its parser moved to the worker
+//    stack, 1 since; doubling from one page had left them at 4, +33% memory
+//    per idle connection);
 //  - 16 pages (64 KiB, max_grow_pages) when M >= 3 and the same slot faulted
 //    less than 1 ms ago (a "burst": the fiber is recursing right now; the
 //    handler remembers its last 4 faulting slots, privately);

@@ -25,6 +25,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <type_traits>
 #include <vector>
 
@@ -55,6 +56,9 @@ class Stream {
 
   // Some bytes (at least 1), or 0 at end of stream.
   std::size_t read(void* buf, std::size_t n);
+  // The same, with errors (reset, timeout, shutdown) in ec instead of thrown:
+  // a connection loop ends on them without unwinding, which takes KiB of stack.
+  std::size_t read(void* buf, std::size_t n, std::error_code& ec) noexcept;
   void write_all(const void* buf, std::size_t n);
   // For later reads and writes; zero means none.
   void set_timeout(Millis timeout);

@@ -83,6 +83,17 @@ std::size_t Stream::read(void* buf, std::size_t n) {
   }
 }
 
+std::size_t Stream::read(void* buf, std::size_t n, std::error_code& ec) noexcept {
+  ec.clear();
+  for (;;) {
+    const ssize_t r = ::recv(fd_, buf, n, 0);
+    if (r >= 0) return static_cast<std::size_t>(r);
+    if (errno == EINTR) continue;
+    ec = std::error_code(errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno, std::generic_category());
+    return 0;
+  }
+}
+
 void Stream::write_all(const void* buf, std::size_t n) {
   const char* p = static_cast<const char*>(buf);
   while (n > 0) {
