@@ -89,7 +89,7 @@ Result time_fresh_stacks(std::size_t depth, int iters, int reps) {
     auto t0 = Clock::now();
     for (int i = 0; i < iters; ++i) {
       StackSlot s = stack_allocate(0, 256 * 1024);
-      stack_on_switch(0, &s);  // as the scheduler does before resuming a fiber (refills the pool)
+      stack_on_switch(0, nullptr, &s);  // as the scheduler does before resuming a fiber (refills the pool)
       run_on(s, [&] { recurse_depth(depth); });
       stack_release(0, s);
     }

@@ -575,8 +575,8 @@ class StackGrowthPolicy : public ::testing::Test {
   }
 };
 
-TEST_F(StackGrowthPolicy, ShallowStacksGrowOnePageAtATimeEvenInABurst) {
-  init_with_burst_window("60000000");
+TEST_F(StackGrowthPolicy, ShallowStacksGrowOnePageAtATimeOutsideBursts) {
+  init_with_burst_window("0");
   std::size_t resident = 0;
   // Frames reach into the third page: two faults, and not a page more.
   EXPECT_EQ(faults_to_reach(2 * kPageSize + 1500, &resident), 2u);
@@ -586,10 +586,38 @@ TEST_F(StackGrowthPolicy, ShallowStacksGrowOnePageAtATimeEvenInABurst) {
 TEST_F(StackGrowthPolicy, ARecursionGrowsBy64KiBPerFaultInABurst) {
   init_with_burst_window("60000000");
   std::size_t resident = 0;
-  // 1 -> 2 -> 3 pages, then 16 pages per fault: 64 KiB takes 3 faults.
-  EXPECT_EQ(faults_to_reach(64 * 1024 - 2048, &resident), 3u);
-  EXPECT_EQ(resident, 19u);
-  EXPECT_EQ(faults_to_reach(240 * 1024, &resident), 6u);  // 3, 19, 35, 51, then the last 16
+  // 1 -> 2 pages, then 16 pages per fault: 64 KiB takes 2 faults.
+  EXPECT_EQ(faults_to_reach(64 * 1024 - 2048, &resident), 2u);
+  EXPECT_EQ(resident, 18u);
+  EXPECT_EQ(faults_to_reach(240 * 1024, &resident), 5u);  // 2, 18, 34, 50, then up to the limit
+}
+
+// What a burst mapped and the fiber did not write is given back when it parks
+// (the scheduler calls stack_on_switch with the parking fiber's stack, on
+// that stack).
+TEST_F(StackGrowthPolicy, PagesMappedAheadAndUnusedAreGivenBackWhenTheFiberParks) {
+  init_with_burst_window("60000000");
+  const std::uint64_t mapped0 = stack_counters().stack_pages_mapped;
+  StackSlot s = stack_allocate(0, kLimit);
+  std::size_t grown = 0, parked = 0, high_water = 0;
+  run_on(s, [&] {
+    recurse_to(s.hi - (2 * kPageSize + 1500), 0);  // into the third page, in a burst
+    grown = resident_in(s.lo, s.hi);
+    stack_on_switch(0, &s, nullptr);  // "parks", back at a shallow depth
+    parked = resident_in(s.lo, s.hi);
+    high_water = stack_high_water(s);
+  });
+  EXPECT_EQ(grown, 18u);  // the burst mapped 16 pages at the second fault
+  EXPECT_GE(parked, 2u);  // the pages written stay...
+  EXPECT_LE(parked, 3u);  // ...the unused ones went (the third page is below this frame, written or not)
+  EXPECT_GE(high_water, 2 * kPageSize);  // the deepest extent is still known
+  EXPECT_EQ(stack_counters().stack_pages_mapped - mapped0, resident_in(s.lo, s.hi));
+  EXPECT_GE(stack_counters().pages_trimmed, 15u);
+  // Nothing is trimmed without a burst to trim after.
+  const std::size_t before = resident_in(s.lo, s.hi);
+  run_on(s, [&] { stack_on_switch(0, &s, nullptr); });
+  EXPECT_EQ(resident_in(s.lo, s.hi), before);
+  stack_release(0, s);
 }
 
 TEST_F(StackGrowthPolicy, WithoutBurstsAStackDoublesFromFourPages) {

@@ -112,6 +112,12 @@ bool eventually(Pred done, std::chrono::milliseconds cap = 30s) {
 }
 
 // Sets an environment variable for its lifetime (read by tendril::run at start).
+// Writes `bytes` of the calling stack (one frame, so it all happens in one go).
+__attribute__((noinline)) void touch_stack_bytes(std::size_t bytes) {
+  volatile char area[32 * 1024];
+  for (std::size_t i = 0; i < bytes && i < sizeof area; i += 256) area[sizeof area - 1 - i] = 1;
+}
+
 struct ScopedEnv {
   ScopedEnv(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) had_ = true, old_ = old;
@@ -885,6 +891,44 @@ __attribute__((noinline)) void trace_high_water(HighWaterTrace& t, int frames_le
   frame[0] = frame[0] + 1;
 }
 }  // namespace
+
+// Fibers that went 12 KiB deep in one go (a burst: the handler maps 64 KiB
+// at the second fault) and then park keep what they wrote, not the burst.
+TEST(StackFiber, ParkedFibersDoNotKeepPagesABurstMappedAhead) {
+  const ScopedEnv burst("TENDRIL_STACK_BURST_US", "60000000");  // every run of faults is a burst
+  const ScopedEnv learn("TENDRIL_STACK_LEARN", "0");            // every fiber starts from one page
+  constexpr int kFibers = 200;
+  std::uint64_t per_fiber_x100 = 0, trimmed = 0;
+  std::string mode;
+  tendril::run(two_workers(), [&] {
+    mode = tendril::stats().stack_mode;
+    tendril::WaitGroup parked, release;
+    parked.add(kFibers);
+    release.add(1);
+    const std::uint64_t base = tendril::stats().stack_pages_mapped;
+    std::vector<tendril::Fiber> fibers;
+    for (int i = 0; i < kFibers; ++i)
+      fibers.push_back(tendril::spawn([&] {
+        touch_stack_bytes(12 * kKiB);
+        parked.done();
+        release.wait();  // parks at a shallow depth
+      }));
+    parked.wait();
+    tendril::this_fiber::sleep_for(2ms);  // the last ones reach their park
+    per_fiber_x100 = (tendril::stats().stack_pages_mapped - base) * 100 / kFibers;
+    trimmed = tendril::stats().pages_trimmed;
+    release.done();
+    for (auto& f : fibers) f.join();
+  });
+  SCOPED_TRACE("stack mode " + mode);
+  // 12 KiB of frames: 4 pages at most (5 in sanitizer builds' bigger frames),
+  // not the 18 a burst maps.
+  EXPECT_LE(per_fiber_x100, 500u);
+  if (mode == "uffd") {
+    EXPECT_GE(per_fiber_x100, 200u);
+    EXPECT_GT(trimmed, std::uint64_t(kFibers) * 8);
+  }
+}
 
 TEST(StackFiber, HighWaterGrowsWithDepthAndFaultsAreCounted) {
   constexpr int kFrames = 240;  // ~240 KiB

@@ -43,7 +43,8 @@ struct Stats {
   std::uint64_t stacks_evicted = 0;      // cached stacks given back after churn stopped
   std::uint64_t node_match = 0;          // cached stacks whose checked pages were all on the exiting worker's node
   std::uint64_t node_mismatch = 0;       // ... that had pages on another node (those pages were released, the stack kept)
-  std::uint64_t pages_trimmed = 0;       // pages cached stacks gave back (deeper than kept, foreign, evicted)
+  std::uint64_t pages_trimmed = 0;       // pages given back: cached stacks deeper than kept, foreign, evicted; and
+                                         // pages mapped ahead of a fiber that it had not written when it parked
   std::uint64_t stack_cache_pages = 0;   // gauge: resident pages held by the cache now
   std::uint64_t stacks_prepared = 0;     // fresh stacks idle workers mapped ahead for a busy spawner
 

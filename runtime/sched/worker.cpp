@@ -112,7 +112,8 @@ void Worker::switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, Switch
   current_ = next;
   Context& to = next != nullptr ? next->ctx : sched_ctx_;
   if (next != nullptr) WorkerCounters::bump(counters_.switches);
-  stack_on_switch(index_, next != nullptr ? &next->stack : nullptr);
+  stack_on_switch(index_, from != nullptr && !finished ? &from->stack : nullptr,
+                  next != nullptr ? &next->stack : nullptr);
   const transfer_t t = context_jump(from_ctx, to, &record_, finished);
   // Resumed, possibly on another thread: `this` may be a stranger now.
   complete_switch(from_ctx, t);

@@ -69,18 +69,24 @@
 //    connection fibers touched 3 pages before its parser moved to the worker
 //    stack, 1 since; doubling from one page had left them at 4, +33% memory
 //    per idle connection);
-//  - 16 pages (64 KiB, max_grow_pages) when M >= 3 and the same slot faulted
-//    less than 1 ms ago (a "burst": the fiber is recursing right now; the
+//  - 16 pages (64 KiB, max_grow_pages) when M >= 2 and the same slot faulted
+//    less than 1 ms ago (a "burst": the fiber is going deep right now; the
 //    handler remembers its last 4 faulting slots, privately);
 //  - otherwise n = min(M, 16) pages: past 16 KiB the stack doubles on each
 //    fault, as Go doubles by copying;
 // always ending at P and never below lo. Why bursts: a fault costs ~11 us
-// here against ~2.3 us per kernel-paged page (re-measured 2026-12-01), so a
-// recursion to 64 KiB must take at most 3 faults to stay within 1.5x of
-// kernel paging. Doubling alone took 5-6 (2.9x); bursts take 3 (1 -> 2 -> 3
-// -> 19 pages) and 240 KiB takes 6 instead of 8. Pages mapped ahead and never
-// written are not learned as depth, and the cache trims them at release, so
-// the overshoot lasts one fiber's life. Pages are installed with UFFDIO_COPY
+// here against ~2 us per kernel-paged page (re-measured 2026-12-01), so a
+// recursion to 64 KiB must take at most 2-3 faults to stay within 1.5x of
+// kernel paging. Doubling alone took 5-6 (2.9x), bursts from the third
+// page 3 (1.37-1.55x), bursts from the second page 2 (1.21-1.34x); 240 KiB
+// takes 5 instead of 8. What a burst maps ahead and the fiber does not use
+// does not stay: the handler notes it on the faulting worker (it knows the
+// thread from UFFD_FEATURE_THREAD_ID), and when that fiber next parks, its
+// worker gives back the all-zero pages below its stack pointer
+// (trim_unwritten_below_sp: one mincore, a zero scan and one MADV_DONTNEED,
+// once per burst). A fiber that went 12 KiB deep in a burst and parked holds
+// 3-4 pages, not 18 (stack_fiber_test: ParkedFibersDoNotKeepPages...).
+// Pages are installed with UFFDIO_COPY
 // from a static 64 KiB zero buffer (the kernel allocates).
 //
 // The handler takes no locks, calls no malloc and never touches registered
@@ -268,10 +274,11 @@
 //   all-in (bench/stack_memory, 2026-12-01).
 // Fresh-stack growth as the default policy does it, whole spawn..join per
 // fiber, cache and learned depth off so every fiber grows from one page
-// (build-release/bench/stack_memory, "Stack growth" table; 2026-12-01, 4 runs):
-//   64 KiB: uffd 43.6-55.0 us (3 faults) vs kernel 30.1-38.4 us: 1.37-1.45x
-//   240 KiB: uffd 115-148 us (6 faults) vs kernel 90-125 us: 1.05-1.28x
-//   (doubling without bursts, same day: 101 us vs 35 us at 64 KiB, 2.9x).
+// (build-release/bench/stack_memory, "Stack growth" table; 2026-12-01):
+//   64 KiB: uffd 39.3-47.0 us (2 faults) vs kernel 29.3-35.2 us: 1.21-1.34x
+//   240 KiB: uffd 109-138 us (5 faults) vs kernel 93-122 us: 1.13-1.17x
+//   (same day: bursts from the third page 1.37-1.55x at 64 KiB with 3
+//   faults; doubling without bursts 101 us vs 35 us, 2.9x).
 //   allocate (fresh slot) 5-13 us in uffd mode, ~37 us in kernel mode
 //   (MADV_GUARD_INSTALL per fresh slot); release of an idle slot 30-40 ns
 //   (uffd) vs ~3 us (kernel: mincore to learn the slot's size).
@@ -597,7 +604,9 @@ char* lowest_resident_page(char* lo, char* hi) {
   return hi - kPage;
 }
 
-bool page_is_zero(const char* page) {
+// Reads stack memory below a fiber's stack pointer, which AddressSanitizer may
+// still have poisoned from frames left by a context switch.
+__attribute__((no_sanitize_address)) bool page_is_zero(const char* page) {
   auto* w = reinterpret_cast<const std::uint64_t*>(page);
   for (std::size_t i = 0; i < kPage / 8; ++i)
     if (w[i]) return false;
@@ -617,6 +626,45 @@ std::uint32_t deepest_written_page(char* hi, std::uint32_t deepest, std::uint32_
   for (std::uint32_t i = 0; i < n; ++i)  // vec[0] is the deepest page
     if ((vec[i] & 1) && !page_is_zero(lo + std::size_t(i) * kPage)) return deepest + n - i;
   return deepest;
+}
+
+// A fault handler mapped pages ahead of the fiber now parking (a burst, or
+// doubling) and it may not have used them all. Below its stack pointer
+// nothing is live, so a resident page there that is still all zeros was
+// mapped ahead and never written: give back every page below the deepest
+// written one. Runs on the parking fiber's own stack, before the switch, so
+// only pages a safe margin below this frame are touched; the deepest fault
+// (and so stack_high_water) is unchanged. uffd mode only: kernel mode never
+// maps ahead.
+void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
+  if (g_rt.mode != Mode::uffd) return;
+  char here;
+  asm volatile("" : : "r"(&here) : "memory");
+  char* sp = &here;
+  if (sp <= s.lo || sp > s.hi) return;
+  char* limit = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(sp) - 1024) & ~(kPage - 1));
+  SlotRef r = decode(s);
+  SlotMeta& m = r.arena->meta[r.slot];
+  // Nothing is resident below what the handler may have mapped ahead of the
+  // deepest fault, or below the depth premapped at spawn.
+  const std::uint32_t ahead =
+      std::max(r.arena->cmeta[r.slot].extent_pages, m.deepest_fault.load(std::memory_order_relaxed) + g_rt.max_grow_pages - 1);
+  char* bottom = std::max({s.lo, s.hi - std::size_t(ahead) * kPage, limit - std::size_t(64) * kPage});
+  if (bottom >= limit) return;
+  unsigned char vec[64];
+  const std::size_t n = std::size_t(limit - bottom) / kPage;
+  if (mincore(bottom, n * kPage, vec) != 0) return;
+  std::size_t cut = 0, resident = 0;  // pages [bottom, bottom + cut) go
+  for (; cut < n; ++cut) {
+    if (!(vec[cut] & 1)) continue;
+    if (!page_is_zero(bottom + cut * kPage)) break;
+    ++resident;
+  }
+  if (resident == 0) return;
+  if (madvise(bottom, cut * kPage, MADV_DONTNEED) != 0) return;
+  m.mapped_pages.fetch_sub(std::uint32_t(resident), std::memory_order_relaxed);
+  add_single_writer(w.counters.live_pages, -std::int64_t(resident));
+  add_single_writer(w.cache.counters.pages_trimmed, std::int64_t(resident));
 }
 
 // ---- init helpers ------------------------------------------------------------
@@ -888,8 +936,12 @@ void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* 
   m.named.store(1, std::memory_order_release);
 }
 
-void stack_on_switch(unsigned worker, const StackSlot* /*next*/) noexcept {
+void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot* /*next*/) noexcept {
   Worker& w = g_rt.w[worker];
+  if (parking != nullptr && w.trim_on_park.load(std::memory_order_relaxed)) {
+    w.trim_on_park.store(false, std::memory_order_relaxed);
+    trim_unwritten_below_sp(w, *parking);
+  }
   if ((++w.cache.switches & (kSwitchesPerTick - 1)) == 0) cache_tick(worker, false);
   if (g_rt.fill != Fill::move || g_rt.mode != Mode::uffd) return;
   PagePool& p = w.pool;
@@ -948,6 +1000,7 @@ StackCounters stack_counters() {
 
 void stack_thread_init(unsigned worker) noexcept {
   guard_thread_altstack();
+  if (g_initialized && worker < g_rt.workers) g_rt.w[worker].tid.store(int(gettid()), std::memory_order_relaxed);
   if (g_initialized) cache_thread_init(worker);
   if (g_initialized && g_rt.mode == Mode::uffd && worker < g_rt.workers) handler_place_like_current_thread(g_rt.w[worker]);
 }

@@ -156,15 +156,16 @@ std::uint64_t monotonic_ns() noexcept {
 // How many pages to map for a fault at `page`:
 //  - one page while the stack is shallow (most server fibers stay within a
 //    few pages, and a page mapped ahead is memory each of their thousands
-//    keeps): 2 faults take a fresh stack to 3 pages;
-//  - a third fault in a burst (see RecentFaults) means the fiber is recursing:
-//    map the most one fault may (max_grow_pages, 64 KiB), and keep doing so
-//    while the burst lasts;
+//    keeps);
+//  - a second fault in a burst (see RecentFaults) means the fiber is going
+//    deep right now: map the most one fault may (max_grow_pages, 64 KiB),
+//    and keep doing so while the burst lasts (64 KiB then takes 2 faults);
 //  - otherwise double the stack (as Go does when it copies one), from 4 pages on.
 // Always capped by max_grow_pages and the room left above the slot's limit.
-// Pages mapped ahead and never written are not learned as depth (see
-// deepest_written_page), so later fibers of the same site premap only what
-// was used, and the stack cache trims the rest at release.
+// What was mapped ahead and not used does not stay: when the fiber next
+// parks, its worker gives back the never-written pages below its stack
+// pointer (trim_unwritten_below_sp in arena.cpp); such pages are not learned
+// as depth either (deepest_written_page), and the cache trims at release.
 unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo, bool burst) noexcept {
   const unsigned mapped = m.mapped_pages.load(std::memory_order_relaxed);
   unsigned want;
@@ -195,7 +196,18 @@ void account_shortfall(Worker& w, SlotMeta& m, unsigned missing) noexcept {
   add_single_writer(w.handler_counters.live_pages, -std::int64_t(missing));
 }
 
-void resolve_fault(Worker& w, RecentFaults& recent, std::uintptr_t addr) noexcept {
+// Pages mapped ahead of a fiber may go unused: the worker running it (the
+// faulting thread) checks when the fiber next parks. Bounded by the number of
+// workers; a thread that is not a worker (tests) is simply not found.
+void note_mapped_ahead(std::uint32_t ptid) noexcept {
+  for (unsigned i = 0; i < g_rt.workers; ++i)
+    if (std::uint32_t(g_rt.w[i].tid.load(std::memory_order_relaxed)) == ptid) {
+      g_rt.w[i].trim_on_park.store(true, std::memory_order_relaxed);
+      return;
+    }
+}
+
+void resolve_fault(Worker& w, RecentFaults& recent, std::uintptr_t addr, std::uint32_t ptid) noexcept {
   Located loc = locate_in_worker(w, addr);
   char* page = reinterpret_cast<char*>(addr & ~(kPage - 1));
   if (!loc.found()) {
@@ -208,6 +220,7 @@ void resolve_fault(Worker& w, RecentFaults& recent, std::uintptr_t addr) noexcep
   const bool burst = recent.note_and_check_burst(&m, monotonic_ns());
   unsigned n = pages_for_fault(m, page, loc.lo, burst);
   account_fault_ahead(w, m, loc.hi, page, n);
+  if (n > 1) note_mapped_ahead(ptid);  // before the wake-up: the fiber may park right after
   unsigned mapped = map_pages(w, page - (n - 1) * kPage, n);
   account_shortfall(w, m, n - std::min(n, mapped));
 }
@@ -226,7 +239,7 @@ void* handler_main(void* arg) noexcept {
     ssize_t n = read(w.uffd, msgs, sizeof msgs);
     if (n <= 0) continue;  // EAGAIN: another reader or a spurious wake-up
     for (ssize_t i = 0; i < n / ssize_t(sizeof msgs[0]); ++i)
-      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, recent, msgs[i].arg.pagefault.address);
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, recent, msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.feat.ptid);
   }
   return nullptr;
 }
@@ -238,7 +251,9 @@ bool uffd_open_and_register_api(Worker& w) noexcept {
   if (fd < 0) return false;
   struct uffdio_api api {};
   api.api = UFFD_API;
-  api.features = g_rt.fill == Fill::move ? UFFD_FEATURE_MOVE : 0;
+  // THREAD_ID: the handler tells the faulting worker to trim what it mapped
+  // ahead (see note_mapped_ahead).
+  api.features = UFFD_FEATURE_THREAD_ID | (g_rt.fill == Fill::move ? UFFD_FEATURE_MOVE : 0);
   if (ioctl(fd, UFFDIO_API, &api) != 0) {
     close(fd);
     return false;

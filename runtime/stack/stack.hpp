@@ -83,9 +83,12 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept;
 void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name) noexcept;
 
 // Called by worker `worker` on every switch, just before it resumes the fiber on
-// `next` (nullptr when it switches to its own scheduler context). Must be cheap
-// when there is nothing to do: it is on the context-switch path.
-void stack_on_switch(unsigned worker, const StackSlot* next) noexcept;
+// `next` (nullptr when it switches to its own scheduler context). `parking` is
+// the stack of the fiber switching away when it will run again (it parks or
+// yields; nullptr when it finished or the switch is from the scheduler
+// context): the call runs on that stack. Must be cheap when there is nothing
+// to do: it is on the context-switch path.
+void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot* next) noexcept;
 
 // Deepest extent the stack in `slot` has reached, in bytes from hi (at least one
 // page). Called by the fiber that owns the slot.

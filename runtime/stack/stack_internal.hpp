@@ -18,7 +18,7 @@ constexpr std::size_t kPage = 4096;
 // stack doubles per fault, and a stack of kBurstFaultPages or more that faults
 // again within a burst grows by the most one fault may (see pages_for_fault).
 constexpr unsigned kSingleFaultPages = 4;
-constexpr unsigned kBurstFaultPages = 3;
+constexpr unsigned kBurstFaultPages = 2;
 constexpr unsigned kMinClassShift = 14;  // smallest size class: 16 KiB
 constexpr unsigned kNumClasses = 17;     // 16 KiB .. 1 GiB, powers of two
 constexpr unsigned kSlotBits = 24;       // StackSlot::index = worker << 24 | slot
@@ -203,6 +203,12 @@ struct alignas(64) Worker {
   WorkerCounters counters;
   HandlerCounters handler_counters;
   WorkerCache cache;
+  // The worker thread (set by stack_thread_init), so that a fault handler can
+  // tell which worker a faulting thread is; and that worker's note, set by a
+  // handler that mapped pages ahead of one of its fibers, to trim what the
+  // fiber did not use when it parks (see trim_unwritten_below_sp).
+  std::atomic<int> tid{0};
+  std::atomic<bool> trim_on_park{false};
 };
 
 struct Runtime {
