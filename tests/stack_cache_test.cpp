@@ -401,6 +401,28 @@ TEST_P(StackCache, MemoryBudgetIsRespected) {
 
 const char kDeepSite = 0;  // its address names the spawn site
 
+// A site learned to be shallow (within 16 KiB) is not premapped: its fibers
+// grow page by page, so one that went deeper than the others does not make
+// every later fiber map pages it never touches.
+TEST_P(StackCache, ShallowLearnedDepthIsNotPremapped) {
+  start({.workers = 1, .cache_bytes = 0});  // every allocation: an arena slot with its top page
+  static const char kShallowSite = 0;
+  StackSlot s = stack_allocate(0, kLimit, &kShallowSite);
+  use_stack(s, 10 * 1024);  // 3 pages
+  stack_release(0, s);
+  EXPECT_GE(stack_learned_depth(&kShallowSite), 3 * kPage);
+  StackSlot t = stack_allocate(0, kLimit, &kShallowSite);
+  EXPECT_EQ(resident_in(t.lo, t.hi), 1u);
+  stack_release(0, t);
+  // A deep one is.
+  StackSlot d = stack_allocate(0, kLimit, &kDeepSite);
+  use_stack(d, 64 * 1024);
+  stack_release(0, d);
+  StackSlot e = stack_allocate(0, kLimit, &kDeepSite);
+  EXPECT_GE(resident_in(e.lo, e.hi), 16u);
+  stack_release(0, e);
+}
+
 TEST_P(StackCache, LearnedDepthRemovesGrowthFaults) {
   start({});
   constexpr std::size_t kDepth = 64 * 1024;

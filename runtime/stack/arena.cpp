@@ -182,8 +182,11 @@
 // fading by 1/8 per epoch. Spawn prefers a cached stack at least that deep
 // (looks at 8 magazine entries) and otherwise maps the missing depth up front
 // from the spawning thread (UFFDIO_COPY, or MADV_POPULATE_WRITE in kernel
-// mode): one call instead of several growth faults. TENDRIL_STACK_LEARN=0
-// turns it off.
+// mode): one call instead of several growth faults. Only depths beyond 16 KiB
+// (kPremapMinPages) are premapped: the http sample's connection fibers stay in
+// one page, and one of them that went 2-3 pages deep on an error path made
+// every later connection of the run premap its depth (+45% stack pages at
+// 10k connections in one run of two). TENDRIL_STACK_LEARN=0 turns it off.
 // Prepared ahead (cache.cpp, stack_prepare_ahead). A spawn that misses the
 // cache pays a first-touched page for the fresh slot's top page (~2 us here),
 // on the spawning worker, while another worker may sit idle. An idle worker
@@ -856,6 +859,11 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
   Worker& w = g_rt.w[worker];
   std::uint32_t limit_pages = std::uint32_t(bytes / kPage);
   std::uint32_t want = site && g_rt.learn_depth ? std::min(site_depth_pages(site), limit_pages) : 0;
+  // Only deep sites are premapped. Within 16 KiB, growth costs a few faults
+  // at most, while a premapped page is memory that every fiber of the site
+  // keeps, whatever it needs: one connection fiber that went deep on an error
+  // path must not make ten thousand others each map pages they never touch.
+  if (want <= kPremapMinPages) want = 0;
   SlotRef r;
   std::uint32_t resident, extent;
   CacheEntry e;

@@ -19,6 +19,8 @@ constexpr std::size_t kPage = 4096;
 // again within a burst grows by the most one fault may (see pages_for_fault).
 constexpr unsigned kSingleFaultPages = 4;
 constexpr unsigned kBurstFaultPages = 2;
+// A spawn site's learned depth is premapped only beyond this many pages.
+constexpr unsigned kPremapMinPages = 4;
 constexpr unsigned kMinClassShift = 14;  // smallest size class: 16 KiB
 constexpr unsigned kNumClasses = 17;     // 16 KiB .. 1 GiB, powers of two
 constexpr unsigned kSlotBits = 24;       // StackSlot::index = worker << 24 | slot
