@@ -645,7 +645,10 @@ void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
   asm volatile("" : : "r"(&here) : "memory");
   char* sp = &here;
   if (sp <= s.lo || sp > s.hi) return;
-  char* limit = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(sp) - 1024) & ~(kPage - 1));
+  // 2 KiB below this frame: room for the frames of the calls below (mincore,
+  // madvise) and of the context switch that follows, whatever a sanitizer
+  // adds to them.
+  char* limit = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(sp) - 2048) & ~(kPage - 1));
   SlotRef r = decode(s);
   SlotMeta& m = r.arena->meta[r.slot];
   // Nothing is resident below what the handler may have mapped ahead of the
