@@ -9,8 +9,8 @@
 #   bash scripts/bench-suite.sh [--quick] [--only LIST] [--build DIR]
 #
 # LIST: comma-separated parts (default all): core,memory,cache,echo,http,
-# fanout,idle,peers. --quick shortens every part (about 10 minutes in all;
-# the full run takes about 30). Dependencies: bash scripts/install-deps.sh;
+# fanout,idle,peers. --quick shortens every part; the full run took 8-10
+# minutes on the project's 2-vCPU machine (2026-12-01). Dependencies: bash scripts/install-deps.sh;
 # peers: apt-get install golang-go libboost-fiber-dev (skipped if missing).
 set -euo pipefail
 
