@@ -36,6 +36,8 @@
 // skynet_peak reports how many fibers were alive at the worst moment.
 #include <sys/resource.h>
 
+#include "bench/report/peer_args.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -212,17 +214,7 @@ double skynet_join_ms() {
 
 // ---- driver ----------------------------------------------------------------------
 
-struct Config {
-  bool quick = false;
-  int reps = 0;
-  std::set<std::string> only;  // empty: all
-  bool wants(const std::string& name) const {
-    if (only.empty()) return true;
-    for (const std::string& o : only)
-      if (name == o || name.rfind(o + "_", 0) == 0) return true;
-    return false;
-  }
-};
+using Config = bench::PeerConfig;
 
 void report(const char* name, const char* what, const std::vector<double>& v, const char* unit) {
   std::vector<double> s = v;
@@ -261,21 +253,8 @@ int main(int argc, char** argv) {
   Config cfg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--quick") {
-      cfg.quick = true;
-    } else if ((a == "--reps" || a == "--only") && i + 1 < argc) {
-      const std::string v = argv[++i];
-      if (a == "--reps") {
-        cfg.reps = std::atoi(v.c_str());
-      } else {
-        std::size_t p = 0;
-        while (p <= v.size()) {
-          const std::size_t q = std::min(v.find(',', p), v.size());
-          if (q > p) cfg.only.insert(v.substr(p, q - p));
-          p = q + 1;
-        }
-      }
-    } else if (a == "-h" || a == "--help") {
+    if (bench::parse_peer_arg(argc, argv, i, cfg)) continue;
+    if (a == "-h" || a == "--help") {
       usage(argv[0]);
       return 0;
     } else {
@@ -283,7 +262,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (cfg.reps <= 0) cfg.reps = cfg.quick ? 3 : 5;
+  cfg.finish();
   for (const char* v : {"TENDRIL_WORKERS", "TENDRIL_SPIN_US", "TENDRIL_PIN", "TENDRIL_STACK_MODE",
                         "TENDRIL_STACK_LIMIT", "TENDRIL_STACK_CACHE_BYTES"})
     if (const char* val = std::getenv(v))

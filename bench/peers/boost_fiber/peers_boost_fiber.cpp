@@ -34,6 +34,8 @@
 #include <thread>
 #include <vector>
 
+#include "bench/report/peer_args.hpp"
+
 namespace {
 
 namespace bf = boost::fibers;
@@ -248,17 +250,7 @@ double spawn_join_stealing_ns(long n) {
 
 // ---- driver ----------------------------------------------------------------------------
 
-struct Config {
-  bool quick = false;
-  int reps = 0;
-  std::set<std::string> only;
-  bool wants(const std::string& name) const {
-    if (only.empty()) return true;
-    for (const std::string& o : only)
-      if (name == o || name.rfind(o + "_", 0) == 0) return true;
-    return false;
-  }
-};
+using Config = bench::PeerConfig;
 
 template <class F>
 void bench_case(const Config& c, const char* name, const char* what, const char* unit, F&& f) {
@@ -292,27 +284,14 @@ int main(int argc, char** argv) {
   Config cfg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a == "--quick") {
-      cfg.quick = true;
-    } else if (a == "--launch" && i + 1 < argc) {
+    if (bench::parse_peer_arg(argc, argv, i, cfg)) continue;
+    if (a == "--launch" && i + 1 < argc) {
       const std::string v = argv[++i];
       if (v != "post" && v != "dispatch") {
         usage(argv[0]);
         return 2;
       }
       g_launch = v == "post" ? bf::launch::post : bf::launch::dispatch;
-    } else if ((a == "--reps" || a == "--only") && i + 1 < argc) {
-      const std::string v = argv[++i];
-      if (a == "--reps") {
-        cfg.reps = std::atoi(v.c_str());
-      } else {
-        std::size_t p = 0;
-        while (p <= v.size()) {
-          const std::size_t q = std::min(v.find(',', p), v.size());
-          if (q > p) cfg.only.insert(v.substr(p, q - p));
-          p = q + 1;
-        }
-      }
     } else if (a == "-h" || a == "--help") {
       usage(argv[0]);
       return 0;
@@ -321,7 +300,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (cfg.reps <= 0) cfg.reps = cfg.quick ? 3 : 5;
+  cfg.finish();
   const long k = cfg.quick ? 1 : 5;
   const unsigned all = std::max(1u, std::thread::hardware_concurrency());
   std::printf("boost.fiber: Boost %d.%d, work_stealing over %u threads for \"all\"; default stack %zu KiB; %s\n",
