@@ -43,7 +43,6 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -66,6 +65,7 @@
 #include <vector>
 
 #include "bench/report/table.hpp"
+#include "samples/common/child_process.hpp"
 
 namespace {
 
@@ -118,25 +118,10 @@ class Child {
   // thread (outside tendril::run), which lives as long as the program, so the
   // child's PR_SET_PDEATHSIG fires only when the program ends.
   bool start(const std::vector<std::string>& argv) {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) return false;
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const pid_t parent = ::getpid();
     std::lock_guard<std::mutex> g(g_children_mu);
-    pid_ = ::fork();
+    pid_ = sample::spawn_with_stdout_pipe(argv, &out_);
     if (pid_ < 0) return false;
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      ::dup2(p[1], STDOUT_FILENO);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
     g_children.push_back(pid_);
-    ::close(p[1]);
-    out_ = p[0];
     return true;
   }
 

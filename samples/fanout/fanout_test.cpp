@@ -8,7 +8,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "samples/common/child_process.hpp"
+
 namespace {
 
 constexpr int kReadTimeoutMs = 30000;  // only to fail instead of hanging
@@ -34,23 +35,8 @@ constexpr int kReadTimeoutMs = 30000;  // only to fail instead of hanging
 class Child {
  public:
   explicit Child(const std::vector<std::string>& argv) {
-    int p[2];
-    if (::pipe2(p, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    const pid_t parent = ::getpid();
-    pid_ = ::fork();
-    if (pid_ < 0) throw std::runtime_error("fork");
-    if (pid_ == 0) {
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      if (::getppid() != parent) ::_exit(127);
-      ::dup2(p[1], STDOUT_FILENO);
-      ::execv(args[0], args.data());
-      ::_exit(127);
-    }
-    ::close(p[1]);
-    out_ = p[0];
+    pid_ = sample::spawn_with_stdout_pipe(argv, &out_);
+    if (pid_ < 0) throw std::runtime_error("pipe2 or fork");
   }
   Child(const Child&) = delete;
   Child& operator=(const Child&) = delete;
