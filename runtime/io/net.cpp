@@ -148,33 +148,33 @@ rt::Deadline deadline_after(std::int64_t ns) {
   return std::chrono::steady_clock::now() + std::chrono::nanoseconds(ns);
 }
 
-// Marks a call in progress on a socket for its duration.
-class InUse {
- public:
-  InUse(detail::SocketFd& s, const char* what) : s_(s) {
-    if (s.get() < 0) throw_errno(EBADF, what);
-    if (!s.enter()) throw_errno(ECANCELED, what);
-  }
-  ~InUse() { s_.leave(); }
-  InUse(const InUse&) = delete;
-  InUse& operator=(const InUse&) = delete;
-
- private:
-  detail::SocketFd& s_;
-};
-
-// Runs one request on a socket with its timeout; a close() that raced with the
-// call turns its result into operation_canceled.
-long socket_op(detail::SocketFd& s, rt::IoRequest& r, std::int64_t timeout_ns, const char* op,
-               const std::string& (*describe)(const void*), const void* ctx) {
-  InUse use(s, op);
+// Runs one request on a socket with its timeout: the result, or -errno.
+// *started (if given) tells whether the call reached the socket; if not, the
+// socket was not open (-EBADF) or already closing (-ECANCELED). A close() that
+// races with the call turns its result into -ECANCELED.
+long perform_on_socket(detail::SocketFd& s, rt::IoRequest& r, std::int64_t timeout_ns, bool* started) noexcept {
+  if (started != nullptr) *started = false;
+  if (s.get() < 0) return -EBADF;
+  if (!s.enter()) return -ECANCELED;
+  if (started != nullptr) *started = true;
   r.fd = s.get();
   rt::Deadline d;
   if (timeout_ns > 0) d = deadline_after(timeout_ns);
-  const long res = rt::io_perform(r, timeout_ns > 0 ? &d : nullptr);
-  if (s.closing()) throw_errno(ECANCELED, describe(ctx));
-  if (res < 0) throw_errno(static_cast<int>(-res), describe(ctx));
+  long res = rt::io_perform(r, timeout_ns > 0 ? &d : nullptr);
+  if (s.closing()) res = -ECANCELED;
+  s.leave();
   return res;
+}
+
+// perform_on_socket, throwing: an error names the operation, and the peer
+// (describe(ctx)) once the call reached the socket.
+long socket_op(detail::SocketFd& s, rt::IoRequest& r, std::int64_t timeout_ns, const char* op,
+               const std::string& (*describe)(const void*), const void* ctx) {
+  bool started = false;
+  const long res = perform_on_socket(s, r, timeout_ns, &started);
+  if (res >= 0) return res;
+  if (!started) throw_errno(static_cast<int>(-res), op);
+  throw_errno(static_cast<int>(-res), describe(ctx));
 }
 
 // Large transfers go in pieces the kernel accepts in one call.
@@ -275,25 +275,14 @@ std::size_t TcpStream::read(void* buf, std::size_t n) {
 std::size_t TcpStream::read(void* buf, std::size_t n, std::error_code& ec) noexcept {
   ec.clear();
   if (n == 0) return 0;
-  if (sock_.get() < 0 || !sock_.enter()) {
-    ec = std::error_code(sock_.get() < 0 ? EBADF : ECANCELED, std::generic_category());
-    return 0;
-  }
   rt::IoRequest r;
   r.kind = rt::OpKind::recv;
-  r.fd = sock_.get();
   r.buf = buf;
   r.len = std::min(n, kMaxChunk);
-  rt::Deadline d;
-  if (timeout_ns_ > 0) d = deadline_after(timeout_ns_);
-  long res = rt::io_perform(r, timeout_ns_ > 0 ? &d : nullptr);
-  if (sock_.closing()) res = -ECANCELED;
-  sock_.leave();
-  if (res < 0) {
-    ec = std::error_code(static_cast<int>(-res), std::generic_category());
-    return 0;
-  }
-  return static_cast<std::size_t>(res);
+  const long res = perform_on_socket(sock_, r, timeout_ns_, nullptr);
+  if (res >= 0) return static_cast<std::size_t>(res);
+  ec = std::error_code(static_cast<int>(-res), std::generic_category());
+  return 0;
 }
 
 std::size_t TcpStream::write(const void* buf, std::size_t n) {
