@@ -631,6 +631,13 @@ std::uint32_t deepest_written_page(char* hi, std::uint32_t deepest, std::uint32_
   return deepest;
 }
 
+// The deepest page (from hi) a fault handler may have mapped for a slot:
+// up to max_grow_pages below its deepest fault, never below its limit.
+std::uint32_t deepest_mapped_ahead(const SlotMeta& m) {
+  return std::min(m.limit_pages.load(std::memory_order_relaxed),
+                  m.deepest_fault.load(std::memory_order_relaxed) + g_rt.max_grow_pages - 1);
+}
+
 // A fault handler mapped pages ahead of the fiber now parking (a burst, or
 // doubling) and it may not have used them all. Below its stack pointer
 // nothing is live, so a resident page there that is still all zeros was
@@ -653,8 +660,7 @@ void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
   SlotMeta& m = r.arena->meta[r.slot];
   // Nothing is resident below what the handler may have mapped ahead of the
   // deepest fault, or below the depth premapped at spawn.
-  const std::uint32_t ahead =
-      std::max(r.arena->cmeta[r.slot].extent_pages, m.deepest_fault.load(std::memory_order_relaxed) + g_rt.max_grow_pages - 1);
+  const std::uint32_t ahead = std::max(r.arena->cmeta[r.slot].extent_pages, deepest_mapped_ahead(m));
   char* bottom = std::max({s.lo, s.hi - std::size_t(ahead) * kPage, limit - std::size_t(64) * kPage});
   if (bottom >= limit) return;
   unsigned char vec[64];
@@ -912,7 +918,7 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept {
     resident = m.mapped_pages.load(std::memory_order_acquire);
     if (resident > base) {  // it grew: the handler mapped up to max_grow_pages below the deepest fault
       std::uint32_t deepest = m.deepest_fault.load(std::memory_order_relaxed);
-      std::uint32_t ahead = std::min(m.limit_pages.load(std::memory_order_relaxed), deepest + g_rt.max_grow_pages - 1);
+      std::uint32_t ahead = deepest_mapped_ahead(m);
       extent = std::max(extent, ahead);
       if (cm.site && g_rt.learn_depth) depth = deepest_written_page(slot.hi, deepest, ahead);
     }
