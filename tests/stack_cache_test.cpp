@@ -611,6 +611,24 @@ TEST_P(StackCache, PreparedStacksRespectTheBudgetAndTheNode) {
   for (const StackSlot& s : live) stack_release(0, s);
 }
 
+// A batch that found the budget full leaves an empty magazine behind; demand
+// for another size class must still be answered with it.
+TEST_P(StackCache, PreparingMovesOnToAnotherSizeClass) {
+  // Depots may hold 96 pages (3 prepared magazines); a worker's magazines 32.
+  start({.workers = 2, .cache_bytes = 192 * kPage});
+  std::vector<StackSlot> live;
+  for (int i = 0; i < 200; ++i) live.push_back(stack_allocate(0, kLimit));
+  prepare_until_done(1);  // 256 KiB stacks until the budget is full
+  const std::uint64_t first = stack_counters().stacks_prepared;
+  ASSERT_GT(first, 0u);
+  for (std::uint64_t i = 0; i < first; ++i) live.push_back(stack_allocate(0, kLimit));  // takes them
+  ASSERT_EQ(stack_counters().cache_stacks, 0u);
+  for (int i = 0; i < 64; ++i) live.push_back(stack_allocate(0, 64 * 1024));  // now the 64 KiB class
+  EXPECT_GT(prepare_until_done(1), 0u);
+  EXPECT_GT(stack_counters().stacks_prepared, first);
+  for (const StackSlot& s : live) stack_release(0, s);
+}
+
 TEST_P(StackCache, UnusedPreparedStacksDecayWhenSpawningStops) {
   start({.workers = 2});
   std::vector<StackSlot> live;

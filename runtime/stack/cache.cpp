@@ -185,11 +185,7 @@ bool deposit(Worker& w, unsigned cls) {
   // already be another worker's.
   const std::uint32_t full_pages = full->pages;
   if (empty) {
-    full->next = d.full;
-    d.full = full;
-    ++d.nfull;
-    d.pages += full_pages;
-    d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
+    d.push_full(full);
     g_cache.depot_pages.fetch_add(full_pages, std::memory_order_relaxed);
   }
   d.unlock();
@@ -325,17 +321,14 @@ constexpr std::uint32_t kAheadMagazines = 4;   // full magazines a depot may hol
 constexpr std::uint32_t kAheadBacklog = kAheadMagazines * kMagSlots * 2;  // older demand is forgotten
 
 // Publishes this worker's magazine of prepared stacks in its node's depot.
-// Its pages are in depot_pages already. Never waits.
+// Its pages are in depot_pages already. Never waits. True if nothing is
+// waiting to be published now (an empty magazine stays, for the next batch).
 bool publish_ahead(WorkerCache& c) {
   Magazine* m = c.ahead;
-  if (!m || m->count == 0) return m == nullptr;
+  if (!m || m->count == 0) return true;
   Depot& d = depot(c.node(), c.ahead_cls);
   if (!d.try_lock()) return false;
-  m->next = d.full;
-  d.full = m;
-  ++d.nfull;
-  d.pages += m->pages;
-  d.nfull_hint.store(d.nfull, std::memory_order_relaxed);
+  d.push_full(m);
   d.unlock();
   c.ahead = nullptr;
   return true;
@@ -344,7 +337,10 @@ bool publish_ahead(WorkerCache& c) {
 // Prepares up to kAheadBatch fresh stacks of `owner`'s class cls. Returns how many.
 std::uint32_t prepare_batch(Worker& me, Worker& owner, unsigned cls, std::uint32_t limit_pages) {
   WorkerCache& c = me.cache;
-  if (c.ahead && c.ahead_cls != cls && !publish_ahead(c)) return 0;
+  if (c.ahead && c.ahead_cls != cls) {
+    if (!publish_ahead(c)) return 0;
+    if (c.ahead) c.ahead_cls = cls;  // it was empty: reuse it for this class
+  }
   if (depot(c.node(), cls).nfull_hint.load(std::memory_order_relaxed) >= kAheadMagazines) return 0;
   if (!c.ahead) {
     if (!(c.ahead = new_magazine())) return 0;

@@ -155,6 +155,14 @@ struct alignas(64) Depot {
   std::uint32_t min_full = 0;  // low watermark of nfull since the last decay
   std::uint64_t pages = 0;     // resident pages in the full magazines
   bool try_lock() noexcept { return !busy.load(std::memory_order_relaxed) && !busy.exchange(true, std::memory_order_acquire); }
+  // Requires the lock. The caller accounts depot_pages.
+  void push_full(Magazine* m) noexcept {
+    m->next = full;
+    full = m;
+    ++nfull;
+    pages += m->pages;
+    nfull_hint.store(nfull, std::memory_order_relaxed);
+  }
   void unlock() noexcept { busy.store(false, std::memory_order_release); }
 };
 
