@@ -43,6 +43,35 @@ TEST(Fiber, HundredThousandSpawnedAndJoined) {
   EXPECT_EQ(s.fibers_live, 0u);
 }
 
+// join() races with the end of the joined fiber: the joiner publishes itself
+// only once its context is saved, and a fiber that finished first (on this
+// or the other worker) must not leave it parked, nor resume it twice. Joiners
+// on both workers, children that end before, during and after the join.
+TEST(Fiber, JoinRacingWithTheEndOfTheFiberResumesTheJoinerOnce) {
+  const int kRounds = static_cast<int>(stress_count(20000));
+  std::atomic<long> ended{0}, joined{0};
+  tendril::run(two_workers(), [&] {
+    auto joiner = [&](int seed) {
+      for (int i = 0; i < kRounds / 4; ++i) {
+        const int yields = (i * 7 + seed) % 3;  // 0: often over before the join
+        tendril::Fiber f = tendril::spawn([&ended, yields] {
+          for (int y = 0; y < yields; ++y) tendril::this_fiber::yield();
+          ended.fetch_add(1);
+        });
+        if (i % 5 == 0) tendril::this_fiber::yield();  // let it finish first
+        f.join();
+        joined.fetch_add(1);
+      }
+    };
+    std::vector<tendril::Fiber> joiners;
+    for (int j = 0; j < 4; ++j) joiners.push_back(tendril::spawn(joiner, j));
+    for (auto& j : joiners) j.join();
+  });
+  EXPECT_EQ(ended.load(), joined.load());
+  EXPECT_EQ(joined.load(), 4L * (kRounds / 4));
+  EXPECT_EQ(tendril::stats().fibers_live, 0u);
+}
+
 TEST(Fiber, ArgumentsAreMovedIntoTheFiber) {
   tendril::run([] {
     auto p = std::make_unique<int>(7);

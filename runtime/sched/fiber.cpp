@@ -46,7 +46,12 @@ void release_fiber(FiberCtl* f) noexcept {
 }
 
 void drop_ref(FiberCtl* f) noexcept {
-  if (f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) release_fiber(f);
+  // A count of 1 is ours alone (nobody can take a new reference), so the
+  // common join, after the fiber has switched away for good, needs no
+  // locked instruction.
+  if (f->refs.load(std::memory_order_acquire) == 1 ||
+      f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1)
+    release_fiber(f);
 }
 
 void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
@@ -68,12 +73,14 @@ void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
 
 [[noreturn]] void finish_fiber(FiberCtl* self) noexcept {
   const std::uintptr_t old = self->join_state.exchange(FiberCtl::kDone, std::memory_order_acq_rel);
+  Worker* w = current_worker();
   if (old == FiberCtl::kDetached) {
     if (self->error) die_with_escaped_exception(self);
+  } else if (old & FiberCtl::kJoinerIsFiber) {
+    w->push_runnext(reinterpret_cast<FiberCtl*>(old & ~FiberCtl::kJoinerIsFiber));  // runs next, here
   } else if (old != FiberCtl::kRunning) {
-    wake(*reinterpret_cast<Waiter*>(old));  // the joiner
+    wake(*reinterpret_cast<Waiter*>(old));  // a plain thread's join
   }
-  Worker* w = current_worker();
   WorkerCounters::bump(w->counters().finished);
   w->switch_out(self, drop_running_ref, nullptr, /*finished=*/true);
   __builtin_unreachable();
@@ -110,22 +117,10 @@ std::size_t validate_stack_limit(std::size_t requested, const ClosureOps& ops) {
   return limit;
 }
 
-}  // namespace
-
-FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* closure) {
-  Scheduler* s = current_scheduler();
-  if (s == nullptr) throw std::logic_error("tendril::spawn called outside tendril::run");
-  const std::size_t limit =
-      validate_stack_limit(options.stack_limit != 0 ? options.stack_limit : s->options().stack_limit, ops);
-
-  StackSlot slot;
-  Worker* w = current_worker();
-  FiberId id;
-  {
-    StackIndex idx(*s);
-    slot = stack_allocate(idx.index, limit, options.site != nullptr ? options.site : &ops);
-    id = w != nullptr ? w->next_fiber_id() : s->allocate_id_block(1);
-  }
+// Builds the fiber in its fresh stack: control block at the top, the callable
+// just below it, the first frame below that.
+FiberCtl* place_fiber(const StackSlot& slot, FiberId id, const SpawnOptions& options,
+                      const ClosureOps& ops, void* closure) noexcept {
   auto* f = ::new (align_down(slot.hi - sizeof(FiberCtl), alignof(FiberCtl))) FiberCtl;
   char* cl = align_down(reinterpret_cast<char*>(f) - ops.size, ops.align);
   ops.move_construct(cl, closure);  // nothrow for the closures spawn() builds from movable args
@@ -133,40 +128,95 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   f->closure = cl;
   f->stack = slot;
   f->id = id;
+  const char* name = nullptr;
   if (!options.name.empty()) {
     const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
     std::memcpy(f->name, options.name.data(), n);
+    name = f->name;
   }
   context_make(f->ctx, slot.lo, align_down(cl, 64), fiber_entry);
-  stack_set_owner(slot, id, f->name);
-  if (w != nullptr) {
+  stack_set_owner(slot, id, name);
+  return f;
+}
+
+}  // namespace
+
+FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* closure) {
+  Scheduler* s = current_scheduler();
+  if (s == nullptr) throw std::logic_error("tendril::spawn called outside tendril::run");
+  const std::size_t limit =
+      validate_stack_limit(options.stack_limit != 0 ? options.stack_limit : s->options().stack_limit, ops);
+  const void* site = options.site != nullptr ? options.site : &ops;
+  if (Worker* w = current_worker()) {
+    // The common case, kept free of locks: the worker's own stack index and
+    // id block, and the child runs next here.
+    FiberCtl* f = place_fiber(stack_allocate(w->index(), limit, site), w->next_fiber_id(), options, ops, closure);
     WorkerCounters::bump(w->counters().spawned);
-  } else {
-    s->external_spawned.fetch_add(1, std::memory_order_relaxed);
+    w->push_runnext(f);
+    return f;
   }
+  FiberCtl* f;
+  {
+    std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
+    f = place_fiber(stack_allocate(s->external_stack_index(), limit, site), s->allocate_id_block(1), options,
+                    ops, closure);
+  }
+  s->external_spawned.fetch_add(1, std::memory_order_relaxed);
   s->ready(f, /*handoff=*/true);
   return f;
 }
 
 FiberId fiber_id(const FiberCtl* f) noexcept { return f->id; }
 
-void fiber_join(FiberCtl* f) {
-  if (f == current_fiber())
+namespace {
+
+// A joining fiber publishes itself once its context is saved (so the
+// finishing fiber, on any worker, may resume it at once); if the fiber
+// finished first there is nothing to wait for and the joiner goes on.
+struct JoinArgs {
+  FiberCtl* target;
+};
+void publish_joiner_or_resume(FiberCtl* joiner, void* arg) noexcept {
+  FiberCtl* target = static_cast<JoinArgs*>(arg)->target;
+  std::uintptr_t expected = FiberCtl::kRunning;
+  if (!target->join_state.compare_exchange_strong(
+          expected, reinterpret_cast<std::uintptr_t>(joiner) | FiberCtl::kJoinerIsFiber,
+          std::memory_order_acq_rel))
+    current_worker()->push_runnext(joiner);
+}
+
+void wait_until_done_from_thread(FiberCtl* f) {
+  Waiter w;
+  struct Publish {
+    FiberCtl* f;
+    Waiter* w;
+    static bool commit(void* arg) noexcept {
+      auto* p = static_cast<Publish*>(arg);
+      std::uintptr_t expected = FiberCtl::kRunning;
+      return p->f->join_state.compare_exchange_strong(
+          expected, reinterpret_cast<std::uintptr_t>(p->w), std::memory_order_acq_rel);
+    }
+  } publish{f, &w};
+  park_committed(w, Publish::commit, &publish);
+}
+
+}  // namespace
+
+void fiber_join(FiberCtl*& handle) {
+  FiberCtl* const f = handle;
+  Worker* w = current_worker();
+  FiberCtl* self = w != nullptr ? w->current() : nullptr;
+  if (f == self)  // the handle stays: nothing happened
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "tendril::Fiber::join: a fiber cannot join itself");
+  handle = nullptr;
   if (f->join_state.load(std::memory_order_acquire) != FiberCtl::kDone) {
-    Waiter w;
-    struct Publish {
-      FiberCtl* f;
-      Waiter* w;
-      static bool commit(void* arg) noexcept {
-        auto* p = static_cast<Publish*>(arg);
-        std::uintptr_t expected = FiberCtl::kRunning;
-        return p->f->join_state.compare_exchange_strong(
-            expected, reinterpret_cast<std::uintptr_t>(p->w), std::memory_order_acq_rel);
-      }
-    } publish{f, &w};
-    park_committed(w, Publish::commit, &publish);
+    if (self != nullptr) {
+      JoinArgs args{f};
+      w->switch_out(self, publish_joiner_or_resume, &args);
+    } else {
+      wait_until_done_from_thread(f);
+    }
   }
   std::exception_ptr error = std::move(f->error);
   f->error = nullptr;
@@ -197,10 +247,7 @@ void Fiber::join() {
   if (ctl_ == nullptr)
     throw std::system_error(std::make_error_code(std::errc::invalid_argument),
                             "tendril::Fiber::join: fiber is not joinable");
-  detail::FiberCtl* f = ctl_;
-  if (f == detail::current_fiber()) detail::fiber_join(f);  // throws, keeps the handle
-  ctl_ = nullptr;
-  detail::fiber_join(f);
+  detail::fiber_join(ctl_);
 }
 
 void Fiber::detach() {

@@ -28,8 +28,10 @@ struct alignas(64) FiberCtl {
   // with the last one.
   std::atomic<std::uint32_t> refs{2};
   // One word settles the race between finishing, joining and detaching:
-  // kRunning, kDone, kDetached, or the joiner's Waiter* (parked until done).
-  static constexpr std::uintptr_t kRunning = 0, kDone = 1, kDetached = 2;
+  // kRunning, kDone, kDetached, or who waits for it: a joining fiber's
+  // FiberCtl* tagged with kJoinerIsFiber, or a plain thread's Waiter*
+  // (8-aligned, so the tag bit is clear).
+  static constexpr std::uintptr_t kRunning = 0, kDone = 1, kDetached = 2, kJoinerIsFiber = 4;
   std::atomic<std::uintptr_t> join_state{kRunning};
   std::exception_ptr error;    // set before kDone is published; read by the joiner
 
@@ -41,5 +43,8 @@ struct alignas(64) FiberCtl {
 
   char name[32] = {};
 };
+
+static_assert(alignof(Waiter) >= 8 && alignof(FiberCtl) > FiberCtl::kJoinerIsFiber,
+              "join_state tags a joining fiber's pointer with kJoinerIsFiber");
 
 }  // namespace tendril::detail

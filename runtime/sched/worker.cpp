@@ -101,6 +101,12 @@ void Worker::push_local(FiberCtl* f) noexcept {
 }
 
 void Worker::push_runnext(FiberCtl* f) noexcept {
+  // Only the owner makes runnext non-null (stealers only empty it), so an
+  // empty slot stays empty until this store: no locked instruction needed.
+  if (runnext_.load(std::memory_order_relaxed) == nullptr) {
+    runnext_.store(f, std::memory_order_release);
+    return;
+  }
   FiberCtl* old = runnext_.exchange(f, std::memory_order_acq_rel);
   if (old != nullptr) push_local(old);
 }

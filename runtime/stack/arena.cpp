@@ -297,6 +297,7 @@
 #include "stack_internal.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -334,10 +335,10 @@ std::size_t round_up_pages(std::size_t bytes) { return (bytes + kPage - 1) & ~(k
 // ---- size classes ------------------------------------------------------------
 
 unsigned class_for(std::size_t limit_bytes) {
-  unsigned cls = 0;
-  while ((std::size_t(1) << (kMinClassShift + cls)) < limit_bytes) {
-    if (++cls == kNumClasses) throw std::bad_alloc();
-  }
+  // The smallest power of two >= limit_bytes, counted from 16 KiB.
+  const unsigned shift = limit_bytes <= 1 ? 0 : unsigned(std::bit_width(limit_bytes - 1));
+  const unsigned cls = shift > kMinClassShift ? shift - kMinClassShift : 0;
+  if (cls >= kNumClasses) throw std::bad_alloc();
   return cls;
 }
 
