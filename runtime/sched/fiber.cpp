@@ -20,29 +20,18 @@ char* align_down(char* p, std::size_t a) noexcept {
   return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{a} - 1));
 }
 
-// The stack-subsystem index for the calling thread (its worker, or the one
-// shared by plain threads, which must hold the external mutex).
-struct StackIndex {
-  explicit StackIndex(Scheduler& s) {
-    if (Worker* w = current_worker()) {
-      index = w->index();
-    } else {
-      index = s.external_stack_index();
-      lock = std::unique_lock<std::mutex>(s.external_mutex());
-    }
-  }
-  unsigned index = 0;
-  std::unique_lock<std::mutex> lock;
-};
-
 void release_fiber(FiberCtl* f) noexcept {
-  Scheduler* s = current_scheduler();
   const StackSlot slot = f->stack;
   context_destroy(f->ctx);
   f->~FiberCtl();
+  if (Worker* w = current_worker()) {
+    stack_release(w->index(), slot);
+    return;
+  }
+  Scheduler* s = current_scheduler();
   if (s == nullptr) return;  // runtime gone: the arena went with it
-  StackIndex idx(*s);
-  stack_release(idx.index, slot);
+  std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
+  stack_release(s->external_stack_index(), slot);
 }
 
 void drop_ref(FiberCtl* f) noexcept {

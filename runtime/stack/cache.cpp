@@ -573,7 +573,9 @@ bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::
   char* hi = r.arena->slot_hi(r.slot);
   std::uint32_t limit_pages = m.limit_pages.load(std::memory_order_relaxed);
   std::uint32_t keep = kKeepPages;
-  if (cm.site) keep = std::max(keep, site_depth_pages(cm.site));
+  // The site's depth matters only to a stack mapped deeper than the minimum
+  // keep (most are not): skip the lookup on the common release.
+  if (cm.site && extent > kKeepPages) keep = std::max(keep, site_depth_pages(cm.site));
   keep = std::min({keep, kMaxKeepPages, limit_pages});
   std::uint32_t bound = std::min(resident, keep);  // pages it will hold at most
 
