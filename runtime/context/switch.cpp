@@ -12,7 +12,10 @@ namespace {
 __attribute__((tls_model("initial-exec"))) thread_local EhState* tls_eh_state = nullptr;
 }  // namespace
 
-EhState* thread_eh_state() noexcept {
+// noinline: with link-time optimisation an inlined copy could let the
+// compiler keep the thread pointer in a register across a switch, after which
+// the fiber may be running on another thread.
+__attribute__((noinline)) EhState* thread_eh_state() noexcept {
   // libstdc++'s layout starts with these two fields on every target we build
   // for (x86-64, AArch64: no ARM EHABI propagatingExceptions in between).
   static_assert(sizeof(void*) == 8, "EhState mirrors the LP64 __cxa_eh_globals");
