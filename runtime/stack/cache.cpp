@@ -527,7 +527,30 @@ void cache_note_fresh_carve(Worker& w, unsigned cls, std::uint32_t limit_pages) 
   c.demand.store(c.demand.load(std::memory_order_relaxed) + 1, std::memory_order_release);
 }
 
-bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
+namespace {
+
+// Takes entry `pick` out of magazine m (the top one moves into its place)
+// and settles the gauges.
+void take_entry(Worker& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noexcept {
+  WorkerCache& c = w.cache;
+  const std::uint32_t top = m->count - 1;
+  *out = m->e[pick];
+  m->e[pick] = m->e[top];
+  --m->count;
+  m->pages -= out->pages;
+  c.local_pages -= out->pages;
+  out->pending = 0;
+  CacheCounters& k = c.counters;
+  add_single_writer(k.hits, 1);
+  add_single_writer(k.stacks, -1);
+  add_single_writer(k.pages, -std::int64_t(out->pages));
+  add_single_writer(w.counters.cached_pages, -std::int64_t(out->pages));
+}
+
+// Everything but the common case: refill from the depot, skip stacks whose
+// trim is still queued, look for one mapped as deep as the site needs.
+__attribute__((noinline)) bool cache_take_searching(Worker& w, unsigned cls, std::uint32_t want_pages,
+                                                    CacheEntry* out) noexcept {
   WorkerCache& c = w.cache;
   Magazine* m = c.mag[cls];
   if (!m || m->count == 0) {
@@ -551,18 +574,26 @@ bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* o
     }
   }
   if (m->e[pick].pending) flush_batch(c);
-  *out = m->e[pick];
-  m->e[pick] = m->e[top];
-  --m->count;
-  m->pages -= out->pages;
-  c.local_pages -= out->pages;
-  out->pending = 0;
-  CacheCounters& k = c.counters;
-  add_single_writer(k.hits, 1);
-  add_single_writer(k.stacks, -1);
-  add_single_writer(k.pages, -std::int64_t(out->pages));
-  add_single_writer(w.counters.cached_pages, -std::int64_t(out->pages));
+  take_entry(w, m, pick, out);
   return true;
+}
+
+}  // namespace
+
+bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
+  // The spawn path's common case, kept small enough to inline there: the
+  // stack released last (LIFO: still warm) is mapped deep enough and has no
+  // trim queued.
+  Magazine* m = w.cache.mag[cls];
+  if (m != nullptr && m->count != 0) {
+    const CacheEntry& top = m->e[m->count - 1];
+    if (!top.pending && top.extent >= want_pages) {
+      ++w.cache.activity[cls];
+      take_entry(w, m, m->count - 1, out);
+      return true;
+    }
+  }
+  return cache_take_searching(w, cls, want_pages, out);
 }
 
 bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::uint32_t resident,
