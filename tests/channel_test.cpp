@@ -5,8 +5,10 @@
 
 #include "tests/scale.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -204,4 +206,293 @@ TEST(Channel, HandleOutlivesRunAndCapacityLimit) {
   EXPECT_EQ(ch.size(), 1u);
   EXPECT_EQ(ch.try_recv(), 7);
   EXPECT_THROW(tendril::Channel<int>((std::size_t{1} << 32) + 1), std::invalid_argument);
+}
+
+// ---------------------------------------------------------------------------
+// Stress tests for the lock-free hand-off: they check exact delivery and
+// per-sender order under contention, with more operations in flight than the
+// channel's ring has cells, try_ operations mixed with blocking ones, close()
+// racing parked senders and receivers, and plain threads next to fibers.
+
+namespace {
+
+// A value that says who sent it and in which order: sender << 32 | sequence.
+std::int64_t tagged(std::int64_t sender, std::int64_t seq) { return sender << 32 | seq; }
+std::int64_t sender_of(std::int64_t v) { return v >> 32; }
+std::int64_t seq_of(std::int64_t v) { return v & 0xffffffff; }
+
+// Every receiver sees each sender's values in increasing order, and every
+// value sent arrives exactly once.
+void fifo_exact(std::size_t capacity, int senders, int receivers, std::int64_t per_sender) {
+  std::vector<std::vector<std::int64_t>> got(static_cast<std::size_t>(receivers));
+  tendril::run(two_workers(), [&] {
+    tendril::Channel<std::int64_t> ch(capacity);
+    std::vector<tendril::Fiber> rs, ss;
+    for (int r = 0; r < receivers; ++r) {
+      rs.push_back(tendril::spawn([&, ch, r]() mutable {
+        auto& mine = got[static_cast<std::size_t>(r)];
+        while (auto v = ch.recv()) mine.push_back(*v);
+      }));
+    }
+    for (int s = 0; s < senders; ++s) {
+      ss.push_back(tendril::spawn([ch, s, per_sender]() mutable {
+        for (std::int64_t i = 0; i < per_sender; ++i) ASSERT_TRUE(ch.send(tagged(s, i)));
+      }));
+    }
+    for (auto& f : ss) f.join();
+    ch.close();
+    for (auto& f : rs) f.join();
+  });
+  std::vector<std::vector<unsigned char>> seen(static_cast<std::size_t>(senders),
+                                               std::vector<unsigned char>(static_cast<std::size_t>(per_sender), 0));
+  std::int64_t total = 0;
+  for (const auto& mine : got) {
+    std::vector<std::int64_t> last(static_cast<std::size_t>(senders), -1);
+    for (std::int64_t v : mine) {
+      const auto s = static_cast<std::size_t>(sender_of(v));
+      ASSERT_LT(s, seen.size());
+      ASSERT_LT(seq_of(v), per_sender);
+      EXPECT_GT(seq_of(v), last[s]) << "sender " << s << " out of order";
+      last[s] = seq_of(v);
+      EXPECT_EQ(seen[s][static_cast<std::size_t>(seq_of(v))]++, 0) << "duplicate " << v;
+      ++total;
+    }
+  }
+  EXPECT_EQ(total, senders * per_sender);
+}
+
+}  // namespace
+
+TEST(Channel, StressFifoPerSenderUnbuffered) { fifo_exact(0, 6, 5, stress_count(40000)); }
+TEST(Channel, StressFifoPerSenderCapacityOne) { fifo_exact(1, 6, 5, stress_count(40000)); }
+TEST(Channel, StressFifoPerSenderCapacityThree) { fifo_exact(3, 7, 3, stress_count(40000)); }
+TEST(Channel, StressFifoPerSenderCapacity64) { fifo_exact(64, 5, 6, stress_count(40000)); }
+// More parked operations than the ring has cells (operations wait for a lap).
+TEST(Channel, StressManyMoreSendersThanCells) { fifo_exact(0, 100, 3, stress_count(2000, 100)); }
+TEST(Channel, StressManyMoreReceiversThanCells) { fifo_exact(2, 3, 100, stress_count(20000, 1000)); }
+
+// try_send / try_recv interleaved with send / recv: nothing lost, nothing
+// duplicated, and no cell left behind that blocks the blocking operations.
+TEST(Channel, StressMixedTryAndBlockingExact) {
+  for (std::size_t capacity : {std::size_t{0}, std::size_t{1}, std::size_t{3}, std::size_t{64}}) {
+    const std::int64_t per_sender = stress_count(20000);
+    const int senders = 4, receivers = 4;
+    std::atomic<std::int64_t> sum{0}, count{0}, try_hits{0};
+    tendril::run(two_workers(), [&] {
+      tendril::Channel<std::int64_t> ch(capacity);
+      std::vector<tendril::Fiber> rs, ss;
+      for (int r = 0; r < receivers; ++r) {
+        rs.push_back(tendril::spawn([&, ch, r]() mutable {
+          std::int64_t s = 0, n = 0, hits = 0;
+          for (std::int64_t i = 0;; ++i) {
+            std::optional<std::int64_t> v;
+            if ((i + r) % 3 != 0) {
+              v = ch.try_recv();
+              if (v) ++hits;
+              else if (i % 7 == 0) tendril::this_fiber::yield();
+            }
+            if (!v) v = ch.recv();
+            if (!v) break;
+            s += *v;
+            ++n;
+          }
+          sum += s;
+          count += n;
+          try_hits += hits;
+        }));
+      }
+      for (int p = 0; p < senders; ++p) {
+        ss.push_back(tendril::spawn([&, ch, p]() mutable {
+          for (std::int64_t i = 1; i <= per_sender; ++i) {
+            std::int64_t v = i * senders + p;
+            if ((i + p) % 2 == 0) {
+              if (ch.try_send(v)) continue;
+              EXPECT_EQ(v, i * senders + p);  // untouched on failure
+            }
+            ASSERT_TRUE(ch.send(v));
+          }
+        }));
+      }
+      for (auto& f : ss) f.join();
+      ch.close();
+      for (auto& f : rs) f.join();
+      EXPECT_FALSE(ch.try_send(std::int64_t{1}));
+      EXPECT_EQ(ch.try_recv(), std::nullopt);
+      EXPECT_EQ(ch.size(), 0u);
+    });
+    const std::int64_t n = per_sender * senders;
+    EXPECT_EQ(count.load(), n) << "capacity " << capacity;
+    // values are senders..senders*(per_sender+1)-1, i.e. sum over k in [senders, n + senders)
+    EXPECT_EQ(sum.load(), (n + senders) * (n + senders - 1) / 2 - senders * (senders - 1) / 2)
+        << "capacity " << capacity;
+  }
+}
+
+// With capacity C exactly C try_sends succeed on an idle channel, whatever
+// failed try_ operations came before, and values come out in order.
+TEST(Channel, TryOperationsKeepExactCapacity) {
+  tendril::run([] {
+    tendril::Channel<int> ch(3);
+    for (int round = 0; round < 200; ++round) {
+      EXPECT_EQ(ch.try_recv(), std::nullopt);
+      int sent = 0;
+      while (ch.try_send(round * 10 + sent)) ++sent;
+      EXPECT_EQ(sent, 3);
+      EXPECT_EQ(ch.size(), 3u);
+      for (int i = 0; i < 3; ++i) EXPECT_EQ(ch.try_recv(), round * 10 + i);
+      EXPECT_EQ(ch.try_recv(), std::nullopt);
+      EXPECT_EQ(ch.size(), 0u);
+    }
+    tendril::Channel<int> rendezvous(0);
+    for (int round = 0; round < 200; ++round) {
+      EXPECT_FALSE(rendezvous.try_send(round));
+      EXPECT_EQ(rendezvous.try_recv(), std::nullopt);
+    }
+    auto r = tendril::spawn([rendezvous]() mutable { EXPECT_EQ(rendezvous.recv(), 7); });
+    while (!rendezvous.try_send(7)) tendril::this_fiber::yield();
+    r.join();
+  });
+}
+
+// close() racing senders and receivers, parked or not: every value whose
+// send returned true is received exactly once, no value whose send returned
+// false is received, and once a send fails every later one does too.
+TEST(Channel, StressCloseRacesParkedSendersAndReceivers) {
+  const int iterations = static_cast<int>(stress_count(600, 40));
+  for (int it = 0; it < iterations; ++it) {
+    const std::size_t capacity = std::size_t{0} + (it % 4 == 3 ? 64 : it % 4);  // 0, 1, 2, 64
+    const int senders = 3 + it % 5, receivers = 1 + it % 4;
+    const std::int64_t per_sender = 40;
+    const bool with_thread = it % 5 == 0;
+    std::vector<std::vector<std::int64_t>> accepted(static_cast<std::size_t>(senders));
+    std::vector<std::vector<std::int64_t>> got(static_cast<std::size_t>(receivers + 1));
+    tendril::run(two_workers(), [&] {
+      tendril::Channel<std::int64_t> ch(capacity);
+      std::vector<tendril::Fiber> fs;
+      auto drain = [ch](std::vector<std::int64_t>& mine) mutable {
+        while (auto v = ch.recv()) mine.push_back(*v);
+      };
+      for (int r = 0; r < receivers; ++r)
+        fs.push_back(tendril::spawn([&, r] { drain(got[static_cast<std::size_t>(r)]); }));
+      std::thread t;
+      if (with_thread) t = std::thread([&] { drain(got.back()); });
+      for (int s = 0; s < senders; ++s) {
+        fs.push_back(tendril::spawn([&, ch, s]() mutable {
+          bool failed = false;
+          for (std::int64_t i = 0; i < per_sender; ++i) {
+            const std::int64_t v = tagged(s, i);
+            const bool ok = (i % 4 == 1) ? ch.try_send(v) || ch.send(v) : ch.send(v);
+            if (ok) {
+              EXPECT_FALSE(failed) << "send succeeded after one failed";
+              accepted[static_cast<std::size_t>(s)].push_back(v);
+            } else {
+              failed = true;
+            }
+          }
+        }));
+      }
+      fs.push_back(tendril::spawn([ch, it]() mutable {
+        for (int i = 0; i < (it * 7) % 23; ++i) tendril::this_fiber::yield();
+        ch.close();
+        ch.close();
+      }));
+      for (auto& f : fs) f.join();
+      if (t.joinable()) t.join();
+      EXPECT_TRUE(ch.closed());
+      EXPECT_FALSE(ch.send(1));
+      EXPECT_EQ(ch.recv(), std::nullopt);
+    });
+    std::vector<std::int64_t> sent, received;
+    for (auto& a : accepted) sent.insert(sent.end(), a.begin(), a.end());
+    for (auto& g : got) received.insert(received.end(), g.begin(), g.end());
+    std::sort(sent.begin(), sent.end());
+    std::sort(received.begin(), received.end());
+    ASSERT_EQ(received, sent) << "iteration " << it << " capacity " << capacity;
+  }
+}
+
+// close() wakes operations that wait for a lap of the ring, not only the ones
+// parked in a cell: far more parked senders and receivers than cells.
+TEST(Channel, CloseWakesManyParkedOperations) {
+  tendril::run(two_workers(), [] {
+    for (std::size_t capacity : {std::size_t{0}, std::size_t{4}}) {
+      tendril::Channel<int> to_senders(capacity), to_receivers(capacity);
+      std::atomic<int> failed_sends{0}, empty_recvs{0}, delivered{0};
+      std::vector<tendril::Fiber> fs;
+      for (int i = 0; i < 150; ++i) {
+        fs.push_back(tendril::spawn([&, to_senders, i]() mutable {
+          if (to_senders.send(i)) ++delivered; else ++failed_sends;
+        }));
+        fs.push_back(tendril::spawn([&, to_receivers]() mutable {
+          if (!to_receivers.recv()) ++empty_recvs;
+        }));
+      }
+      tendril::this_fiber::sleep_for(std::chrono::milliseconds(20));
+      to_senders.close();
+      to_receivers.close();
+      for (auto& f : fs) f.join();
+      int drained = 0;
+      while (to_senders.recv()) ++drained;
+      // Senders beyond the buffer cannot have succeeded; the ones that did left
+      // their values for the receivers.
+      EXPECT_LE(delivered.load(), static_cast<int>(capacity));
+      EXPECT_EQ(drained, delivered.load());
+      EXPECT_EQ(failed_sends.load() + delivered.load(), 150);
+      EXPECT_EQ(empty_recvs.load(), 150);
+    }
+  });
+}
+
+// Plain OS threads and fibers on both ends of one channel, blocking and try_.
+TEST(Channel, StressPlainThreadsAndFibersMixed) {
+  for (std::size_t capacity : {std::size_t{0}, std::size_t{3}}) {
+    const std::int64_t per_sender = stress_count(20000);
+    std::atomic<std::int64_t> sum{0}, count{0};
+    tendril::run(two_workers(), [&] {
+      tendril::Channel<std::int64_t> ch(capacity);
+      auto receive = [&, ch]() mutable {
+        std::int64_t s = 0, n = 0;
+        while (auto v = ch.recv()) {
+          s += *v;
+          ++n;
+        }
+        sum += s;
+        count += n;
+      };
+      auto send = [ch, per_sender](std::int64_t base) mutable {
+        for (std::int64_t i = 0; i < per_sender; ++i) {
+          std::int64_t v = base + i;
+          if (i % 5 == 0 && ch.try_send(v)) continue;
+          ASSERT_TRUE(ch.send(v));
+        }
+      };
+      // The sending threads report back over a channel, so this fiber waits
+      // without blocking its worker.
+      tendril::Channel<int> threads_done(2);
+      auto thread_send = [send, threads_done](std::int64_t base) mutable {
+        send(base);
+        threads_done.send(1);
+      };
+      std::thread tr(receive);
+      std::thread ts1(thread_send, 0), ts2(thread_send, per_sender);
+      std::vector<tendril::Fiber> fs;
+      fs.push_back(tendril::spawn(receive));
+      fs.push_back(tendril::spawn(receive));
+      fs.push_back(tendril::spawn(send, 2 * per_sender));
+      fs.push_back(tendril::spawn(send, 3 * per_sender));
+      threads_done.recv();
+      threads_done.recv();
+      ts1.join();
+      ts2.join();
+      fs[2].join();
+      fs[3].join();
+      ch.close();
+      tr.join();
+      fs[0].join();
+      fs[1].join();
+    });
+    const std::int64_t n = 4 * per_sender;
+    EXPECT_EQ(count.load(), n) << "capacity " << capacity;
+    EXPECT_EQ(sum.load(), n * (n - 1) / 2) << "capacity " << capacity;
+  }
 }

@@ -22,11 +22,87 @@
 //   untouched) if the value cannot be handed over now or the channel is closed.
 // - close() wakes every parked sender (send returns false) and receiver; values
 //   already buffered can still be received. Closing twice is harmless.
+// - size() is the number of buffered values (exact when nobody is mid-send or
+//   mid-receive; a snapshot otherwise).
 //
-// T must be nothrow-move-constructible (values move while a lock is held).
+// No operation takes a lock; see "How it works" below.
+//
+// T must be nothrow-move-constructible (a value may be moved into a cell that a
+// receiver reads as soon as it is published, and moved back if publishing
+// loses a race; neither step may fail half-way).
+//
+// ---------------------------------------------------------------------------
+// How it works (after Koval, Alistarh, Elizarov, "Fast and Scalable Channels
+// in Kotlin Coroutines", PPoPP 2023, on a ring instead of a list of segments)
+//
+// Two counters hand out tickets: every send attempt takes the next sender
+// ticket s, every receive attempt the next receiver ticket r. Sender ticket t
+// and receiver ticket t meet in cell t mod N of a ring of N cells. A cell is a
+// small state machine in one 64-bit word: the lap (which ticket the cell
+// serves now: t / N), a "closed" bit, and the state of that meeting:
+//
+//   empty       nobody has arrived (or only an expander marked it in-buffer)
+//   buffered    the sender left its value in the cell and went on
+//   send-wait   the sender parked; its Waiter points at the value
+//   recv-wait   the receiver parked; its Waiter points at its storage
+//   resuming    someone claimed a parked waiter and is finishing the hand-off
+//   recv-broke  the receiver gave up on this cell (its sender was too slow)
+//   send-cancel the sender withdrew (try_send, or the channel closed)
+//
+// Whoever arrives second completes the meeting: a receiver takes a buffered
+// value or claims a parked sender; a sender claims a parked receiver and moves
+// the value straight into its storage. Claiming is one CAS on the cell word,
+// so a waiter is resumed by exactly one party. The party that completes the
+// meeting ends the lap (one fetch_add moves the word to lap+1, state empty),
+// which opens the cell to tickets t+N. Operations whose cell is still on an
+// earlier lap (more than N operations in flight) park on the cell's
+// TurnWaiters until the lap ends; that is the only place a ring bounds
+// anything, so the ring can be small.
+//
+// Why values are neither lost nor duplicated: each value travels only through
+// the one cell of its sender's ticket, and each cell's lap is visited by
+// exactly one sender and one receiver; every transition out of a state that
+// holds a value (buffered, send-wait) is a CAS by the one party allowed to
+// take it. A sender that cannot complete (recv-broke) retries with a new,
+// larger ticket, so per-sender FIFO holds: its later values get later tickets.
+//
+// When a receiver may park (recv-wait) vs. give up on a cell: if r >= S (no
+// sender has ticket r yet), it parks and that future sender will find it; if
+// r < S, the sender is between taking its ticket and reaching the cell, so
+// the receiver spins briefly and then marks the cell recv-broke and retries
+// (rather than wait for a thread that may be preempted). A sender may leave
+// its value in an empty cell without waiting when receiver ticket s has been
+// handed out (s < R: its receiver is on the way) or when s is within the
+// buffer (s < B, below); otherwise it parks in the cell.
+//
+// Buffer (capacity C > 0): a third counter B, starting at C, marks the end of
+// the buffer: sender tickets below B may complete without a receiver. Every
+// receive attempt moves B on by one ("expand buffer"): if the cell at the old
+// B holds a parked sender, its value moves into the cell (buffered) and the
+// sender is released; if that sender is still on its way, the cell is marked
+// in-buffer so it will not park; a cell whose sender withdrew holds no value
+// and is skipped (B moves on once more). So the cells in [R, B) that can hold
+// a value number C, and at most C values wait in the channel.
+//
+// Close: close() sets the closed bit of S (new send attempts fail; sc = the
+// number of sender tickets issued), then sets the closed bit of every cell
+// word and settles whatever it finds: a parked sender is cancelled (send
+// returns false), a parked receiver whose ticket is >= sc is woken empty (no
+// sender will come), and turn waiters are woken. A waiter publishes itself
+// with one CAS that expects the closed bit clear, so it is either settled by
+// close() or sees the bit and does not park. Receiver tickets < sc still meet
+// their senders, so buffered values stay receivable. After close a sender
+// that finds an empty cell withdraws instead of leaving its value, and a turn
+// waiter whose lap has not come gives its ticket up (a sender fails, a
+// receiver draws a new ticket); the closed bit survives lap changes, so the
+// two cannot both act on one cell and leave a value nobody will collect.
+// ---------------------------------------------------------------------------
 #pragma once
 
+#include <atomic>
+#include <bit>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <new>
 #include <optional>
@@ -35,6 +111,7 @@
 #include <utility>
 
 #include "tendril/detail/park.hpp"
+#include "tendril/detail/turn_waiters.hpp"
 
 namespace tendril {
 
@@ -63,153 +140,443 @@ class Channel {
   std::size_t size() const noexcept { return s_->buffered(); }
 
  private:
-  struct State {
+  using u64 = std::uint64_t;
+
+  // Cell word: [ lap : 56 | closed : 1 | unused : 3 | state : 4 ].
+  enum : u64 {
+    kEmpty = 0,
+    kInBuffer = 1,
+    kBuffered = 2,
+    kSendWait = 3,
+    kRecvWait = 4,
+    kResuming = 5,
+    kRecvBroke = 6,
+    kSendCancel = 7,
+    kRecvCancel = 8,
+  };
+  static constexpr u64 kStateMask = 0xf;
+  static constexpr u64 kCellClosed = 0x80;
+  static constexpr unsigned kLapShift = 8;
+  static constexpr u64 kOneLap = u64{1} << kLapShift;
+  static constexpr u64 kSendersClosed = u64{1} << 63;  // in State::senders
+  // How long a receiver waits for a sender that has its ticket but has not
+  // reached the cell yet, before it gives the cell up (recv-broke).
+  static constexpr unsigned kSpinForSender = 128;
+
+  static u64 state_of(u64 word) noexcept { return word & kStateMask; }
+  static u64 lap_bits(u64 word) noexcept { return word & ~(kOneLap - 1); }
+  static u64 sent_count(u64 senders) noexcept { return senders & ~kSendersClosed; }
+
+  struct Cell {
+    std::atomic<u64> word{0};
+    // Published by a send-wait / recv-wait word. One field per side: the
+    // other side may be writing its own while it loses the race to park.
+    detail::Waiter* sender = nullptr;
+    detail::Waiter* receiver = nullptr;
+    detail::TurnWaiters turn;          // operations whose lap has not come yet
+    alignas(T) unsigned char value[sizeof(T)];
+
+    T* stored() noexcept { return std::launder(reinterpret_cast<T*>(value)); }
+  };
+
+  enum class Outcome { kDone, kFailed, kRetry };
+
+  struct State : std::enable_shared_from_this<State> {
     explicit State(std::size_t capacity) : cap(capacity) {
       if (capacity > (std::size_t{1} << 32)) throw std::invalid_argument("tendril::Channel: capacity over 2^32");
-      if (cap > 0) ring = std::allocator<T>().allocate(cap);
+      // Room for the whole buffer plus a few parked operations before anyone
+      // has to wait for a lap; more in flight still works, just slower.
+      const std::size_t n = std::bit_ceil(capacity + 16);
+      shift = static_cast<unsigned>(std::countr_zero(n));
+      mask = n - 1;
+      cells.reset(new Cell[n]);
+      for (std::size_t i = 0; i < n; ++i) cells[i].word.store(0, std::memory_order_relaxed);
+      buffer_end.store(capacity, std::memory_order_relaxed);
     }
     ~State() {
-      while (count > 0) pop_ring();
-      if (ring != nullptr) std::allocator<T>().deallocate(ring, cap);
+      for (std::size_t i = 0; i <= mask; ++i) {
+        if (state_of(cells[i].word.load(std::memory_order_acquire)) == kBuffered) cells[i].stored()->~T();
+      }
     }
 
-    // Requires lock. Moves `value` to a parked receiver or the buffer.
-    bool hand_over_locked(T& value) {
-      if (detail::Waiter* r = recvq.claim_front()) {
-        lock.unlock();
-        ::new (r->slot) T(std::move(value));
-        r->ok = true;
-        detail::wake(*r);
-        return true;
+    Cell& cell(u64 ticket) noexcept { return cells[ticket & mask]; }
+    u64 lap_of(u64 ticket) const noexcept { return (ticket >> shift) << kLapShift; }
+    std::size_t index_of(const Cell& c) const noexcept { return static_cast<std::size_t>(&c - cells.get()); }
+
+    // Ends the lap of a cell in state `from` (which nobody else may change):
+    // state empty, lap + 1, closed bit kept. Then wakes operations waiting for
+    // the new lap.
+    static void end_lap(Cell& c, u64 from) noexcept {
+      c.word.fetch_add(kOneLap - from, std::memory_order_seq_cst);
+      c.turn.wake_all();
+    }
+    // Moves a cell between two states without touching the lap or closed bit;
+    // for a party that owns the cell's state (it set kResuming).
+    static void set_owned_state(Cell& c, u64 from, u64 to) noexcept {
+      c.word.fetch_add(to - from, std::memory_order_acq_rel);
+    }
+    static bool cas_state(Cell& c, u64& seen, u64 to) noexcept {
+      return c.word.compare_exchange_strong(seen, seen - state_of(seen) + to, std::memory_order_seq_cst,
+                                            std::memory_order_acquire);
+    }
+
+    // ---- waiting for a cell's lap (rare: more than N operations in flight)
+
+    struct TurnWait {
+      State* st;
+      Cell* c;
+      u64 lap;
+      detail::Waiter* me;
+    };
+    static bool publish_turn_waiter(void* arg) noexcept {
+      auto* a = static_cast<TurnWait*>(arg);
+      // Once pushed we may be woken and our caller may drop the last handle
+      // before this returns: keep the channel (and our cell) alive.
+      std::shared_ptr<State> keep = a->st->shared_from_this();
+      Cell& c = *a->c;
+      const u64 lap = a->lap;
+      c.turn.push(*a->me);
+      const u64 w = c.word.load(std::memory_order_seq_cst);
+      if (lap_bits(w) >= lap || (w & kCellClosed) != 0) c.turn.wake_all();  // raced with the waker
+      return true;
+    }
+    // Returns once cell `c` serves `ticket`: true; false if the channel closed
+    // first (the ticket must then be given up).
+    bool await_turn(Cell& c, u64 ticket) {
+      const u64 lap = lap_of(ticket);
+      for (;;) {
+        const u64 w = c.word.load(std::memory_order_seq_cst);
+        if (lap_bits(w) == lap) return true;
+        if ((w & kCellClosed) != 0 || lap_bits(w) > lap) return false;
+        detail::Waiter me;
+        TurnWait a{this, &c, lap, &me};
+        detail::park_committed(me, publish_turn_waiter, &a);
       }
-      if (count < cap) {
-        ::new (ring + (head + count) % cap) T(std::move(value));
-        ++count;
-        lock.unlock();
+    }
+
+    // ---- parking in a cell (one CAS publishes the waiter)
+
+    struct CellWait {
+      Cell* c;
+      u64 seen;  // the word we decided to park on (closed bit clear)
+      u64 to;    // kSendWait or kRecvWait
+      detail::Waiter* me;
+      bool parked = false;
+    };
+    static bool publish_cell_waiter(void* arg) noexcept {
+      auto* a = static_cast<CellWait*>(arg);
+      (a->to == kSendWait ? a->c->sender : a->c->receiver) = a->me;
+      u64 seen = a->seen;
+      const u64 to = seen - state_of(seen) + a->to;
+      a->parked = true;  // before the CAS: afterwards `a` may be gone
+      if (a->c->word.compare_exchange_strong(seen, to, std::memory_order_seq_cst, std::memory_order_relaxed))
         return true;
-      }
+      a->parked = false;
       return false;
+    }
+    // Parks in `c` if its word is still `seen`; false if it changed first.
+    static bool park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
+      CellWait a{&c, seen, to, &me};
+      detail::park_committed(me, publish_cell_waiter, &a);
+      return a.parked;
+    }
+
+    // ---- sending
+
+    // Leaves `value` in an empty cell; on a lost race moves it back.
+    static bool leave_value(Cell& c, u64& seen, T& value) noexcept {
+      T* p = ::new (static_cast<void*>(c.value)) T(std::move(value));
+      if (cas_state(c, seen, kBuffered)) return true;
+      value.~T();
+      ::new (static_cast<void*>(&value)) T(std::move(*p));
+      p->~T();
+      return false;
+    }
+
+    Outcome send_in_cell(Cell& c, u64 s, T& value, bool may_park) {
+      for (;;) {
+        u64 w = c.word.load(std::memory_order_acquire);
+        switch (state_of(w)) {
+          case kRecvWait: {
+            if (!cas_state(c, w, kResuming)) continue;
+            detail::Waiter* r = c.receiver;
+            ::new (r->slot) T(std::move(value));
+            r->ok = true;
+            end_lap(c, kResuming);
+            detail::wake(*r);
+            return Outcome::kDone;
+          }
+          case kRecvBroke:
+            end_lap(c, kRecvBroke);
+            return Outcome::kRetry;
+          case kEmpty:
+          case kInBuffer: {
+            if ((w & kCellClosed) != 0) {
+              if (cas_state(c, w, kSendCancel)) return Outcome::kFailed;
+              continue;
+            }
+            if (state_of(w) == kInBuffer || s < receivers.load(std::memory_order_seq_cst) ||
+                s < buffer_end.load(std::memory_order_seq_cst)) {
+              if (leave_value(c, w, value)) return Outcome::kDone;
+              continue;
+            }
+            if (!may_park) {
+              if (cas_state(c, w, kSendCancel)) return Outcome::kFailed;
+              continue;
+            }
+            detail::Waiter me;
+            me.slot = &value;
+            if (!park_in_cell(c, w, kSendWait, me)) continue;
+            return me.ok ? Outcome::kDone : Outcome::kFailed;
+          }
+          default:  // kResuming: someone is finishing with this cell
+            detail::cpu_relax();
+            continue;
+        }
+      }
     }
 
     bool send(T& value) {
-      lock.lock();
-      if (closed) {
-        lock.unlock();
-        return false;
+      for (;;) {
+        u64 s = senders.load(std::memory_order_relaxed);
+        do {
+          if ((s & kSendersClosed) != 0) return false;
+        } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
+        Cell& c = cell(s);
+        if (!await_turn(c, s)) return false;
+        switch (send_in_cell(c, s, value, /*may_park=*/true)) {
+          case Outcome::kDone: return true;
+          case Outcome::kFailed: return false;
+          case Outcome::kRetry: break;
+        }
       }
-      if (hand_over_locked(value)) return true;
-      detail::Waiter w;
-      w.slot = &value;
-      sendq.push_back(w);
-      detail::park(w, lock);
-      return w.ok;
+    }
+
+    // Whether sender ticket `s` could complete right now without parking.
+    bool could_send_now(u64 s) noexcept {
+      const u64 w = cell(s).word.load(std::memory_order_acquire);
+      if (lap_bits(w) != lap_of(s) || (w & kCellClosed) != 0) return false;
+      switch (state_of(w)) {
+        case kRecvWait:
+        case kInBuffer:
+        case kRecvBroke:
+          return true;
+        case kEmpty:
+          return s < receivers.load(std::memory_order_seq_cst) || s < buffer_end.load(std::memory_order_seq_cst);
+        default:
+          return false;
+      }
     }
 
     bool try_send(T& value) {
-      lock.lock();
-      if (closed) {
-        lock.unlock();
-        return false;
+      for (;;) {
+        u64 s = senders.load(std::memory_order_seq_cst);
+        if ((s & kSendersClosed) != 0 || !could_send_now(s)) return false;
+        // Drawing the ticket only if it is still the one we inspected means
+        // its lap cannot have moved on: no waiting for a turn here.
+        if (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) continue;
+        switch (send_in_cell(cell(s), s, value, /*may_park=*/false)) {
+          case Outcome::kDone: return true;
+          case Outcome::kFailed: return false;
+          case Outcome::kRetry: break;
+        }
       }
-      if (hand_over_locked(value)) return true;
-      lock.unlock();
-      return false;
     }
 
-    // Requires lock; releases it when it returns a value.
-    std::optional<T> take_locked() {
-      if (count > 0) {
-        std::optional<T> v(pop_ring());
-        if (detail::Waiter* s = sendq.claim_front()) {
-          ::new (ring + (head + count) % cap) T(std::move(*static_cast<T*>(s->slot)));
-          ++count;
-          s->ok = true;
-          lock.unlock();
-          detail::wake(*s);
-        } else {
-          lock.unlock();
+    // ---- receiving
+
+    // One step of "expand buffer": see the header comment.
+    void expand_buffer() noexcept {
+      for (;;) {
+        const u64 b = buffer_end.fetch_add(1, std::memory_order_seq_cst);
+        if (b >= sent_count(senders.load(std::memory_order_seq_cst))) return;  // that sender will see b < B
+        if (admit_into_buffer(cell(b), b)) return;
+      }
+    }
+    // False if cell b will never hold a value (its sender withdrew).
+    bool admit_into_buffer(Cell& c, u64 b) noexcept {
+      for (;;) {
+        u64 w = c.word.load(std::memory_order_acquire);
+        // Another lap: sender b has not reached the cell (it reads B when it
+        // does) or the meeting is already over.
+        if (lap_bits(w) != lap_of(b) || (w & kCellClosed) != 0) return true;
+        switch (state_of(w)) {
+          case kEmpty:
+            if (cas_state(c, w, kInBuffer)) return true;
+            continue;
+          case kSendWait: {
+            if (!cas_state(c, w, kResuming)) continue;
+            detail::Waiter* s = c.sender;
+            ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(s->slot)));
+            s->ok = true;
+            set_owned_state(c, kResuming, kBuffered);
+            detail::wake(*s);
+            return true;
+          }
+          case kResuming:
+            detail::cpu_relax();
+            continue;
+          case kSendCancel:
+            return false;
+          default:
+            return true;
         }
-        return v;
       }
-      if (detail::Waiter* s = sendq.claim_front()) {
-        lock.unlock();
-        std::optional<T> v(std::move(*static_cast<T*>(s->slot)));
-        s->ok = true;
-        detail::wake(*s);
-        return v;
+    }
+
+    Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, bool may_park) {
+      for (unsigned spins = 0;;) {
+        u64 w = c.word.load(std::memory_order_acquire);
+        switch (state_of(w)) {
+          case kBuffered: {
+            T* p = c.stored();
+            out.emplace(std::move(*p));
+            p->~T();
+            end_lap(c, kBuffered);
+            return Outcome::kDone;
+          }
+          case kSendWait: {
+            if (!cas_state(c, w, kResuming)) continue;
+            detail::Waiter* s = c.sender;
+            out.emplace(std::move(*static_cast<T*>(s->slot)));
+            s->ok = true;
+            end_lap(c, kResuming);
+            detail::wake(*s);
+            return Outcome::kDone;
+          }
+          case kSendCancel:
+            end_lap(c, kSendCancel);
+            return Outcome::kRetry;
+          case kEmpty:
+          case kInBuffer: {
+            const u64 s = senders.load(std::memory_order_seq_cst);
+            if (r < sent_count(s)) {  // its sender is on the way
+              if (++spins < kSpinForSender) {
+                detail::cpu_relax();
+                continue;
+              }
+              if (cas_state(c, w, kRecvBroke)) return Outcome::kRetry;
+              continue;
+            }
+            if ((s & kSendersClosed) != 0) return Outcome::kFailed;  // no sender will come
+            if (!may_park) {
+              if (cas_state(c, w, kRecvBroke)) return Outcome::kFailed;
+              continue;
+            }
+            alignas(T) unsigned char storage[sizeof(T)];
+            detail::Waiter me;
+            me.slot = storage;
+            if (!park_in_cell(c, w, kRecvWait, me)) continue;
+            if (!me.ok) return Outcome::kFailed;
+            T* p = std::launder(reinterpret_cast<T*>(storage));
+            out.emplace(std::move(*p));
+            p->~T();
+            return Outcome::kDone;
+          }
+          default:  // kResuming
+            detail::cpu_relax();
+            continue;
+        }
       }
-      return std::nullopt;
     }
 
     std::optional<T> recv() {
-      lock.lock();
-      if (std::optional<T> v = take_locked()) return v;
-      if (closed) {
-        lock.unlock();
-        return std::nullopt;
+      std::optional<T> out;
+      for (;;) {
+        const u64 r = receivers.fetch_add(1, std::memory_order_seq_cst);
+        if (cap > 0) expand_buffer();
+        const u64 s = senders.load(std::memory_order_seq_cst);
+        if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return std::nullopt;
+        Cell& c = cell(r);
+        if (!await_turn(c, r)) continue;  // closed while an earlier lap held the cell
+        switch (recv_in_cell(c, r, out, /*may_park=*/true)) {
+          case Outcome::kDone: return out;
+          case Outcome::kFailed: return std::nullopt;
+          case Outcome::kRetry: break;
+        }
       }
-      alignas(T) unsigned char storage[sizeof(T)];
-      detail::Waiter w;
-      w.slot = storage;
-      recvq.push_back(w);
-      detail::park(w, lock);
-      if (!w.ok) return std::nullopt;
-      T* p = std::launder(reinterpret_cast<T*>(storage));
-      std::optional<T> v(std::move(*p));
-      p->~T();
-      return v;
+    }
+
+    // Whether receiver ticket `r` would find a value (or a withdrawn sender to
+    // step over) right now.
+    bool could_receive_now(u64 r) noexcept {
+      if (r >= sent_count(senders.load(std::memory_order_seq_cst))) return false;
+      const u64 w = cell(r).word.load(std::memory_order_acquire);
+      if (lap_bits(w) != lap_of(r)) return false;
+      const u64 st = state_of(w);
+      return st == kBuffered || st == kSendWait || st == kSendCancel || st == kResuming;
     }
 
     std::optional<T> try_recv() {
-      lock.lock();
-      if (std::optional<T> v = take_locked()) return v;
-      lock.unlock();
-      return std::nullopt;
-    }
-
-    void close() noexcept {
-      lock.lock();
-      closed = true;
-      detail::WaitQueue woken;
-      while (detail::Waiter* w = recvq.claim_front()) woken.push_back(*w);
-      while (detail::Waiter* w = sendq.claim_front()) woken.push_back(*w);
-      lock.unlock();
-      while (detail::Waiter* w = woken.pop_front()) {
-        w->ok = false;
-        detail::wake(*w);
+      std::optional<T> out;
+      for (;;) {
+        u64 r = receivers.load(std::memory_order_seq_cst);
+        if (!could_receive_now(r)) return std::nullopt;
+        if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
+          continue;
+        if (cap > 0) expand_buffer();
+        switch (recv_in_cell(cell(r), r, out, /*may_park=*/false)) {
+          case Outcome::kDone: return out;
+          case Outcome::kFailed: return std::nullopt;
+          case Outcome::kRetry: break;
+        }
       }
     }
 
-    bool is_closed() const noexcept {
-      lock.lock();
-      bool c = closed;
-      lock.unlock();
-      return c;
-    }
-    std::size_t buffered() const noexcept {
-      lock.lock();
-      std::size_t n = count;
-      lock.unlock();
-      return n;
+    // ---- closing
+
+    // Cancels a waiter parked in `c` if close() must wake it.
+    void settle_on_close(Cell& c, u64 closed_at) noexcept {
+      for (;;) {
+        u64 w = c.word.load(std::memory_order_acquire);
+        const u64 st = state_of(w);
+        const u64 ticket = ((w >> kLapShift) << shift) | index_of(c);
+        u64 cancelled;
+        if (st == kSendWait) {
+          cancelled = kSendCancel;  // a receiver still comes by and ends the lap
+        } else if (st == kRecvWait && ticket >= closed_at) {
+          cancelled = kRecvCancel;  // no sender has this ticket; the cell stays put
+        } else {
+          return;
+        }
+        if (!cas_state(c, w, kResuming)) continue;
+        detail::Waiter* x = st == kSendWait ? c.sender : c.receiver;
+        x->ok = false;
+        set_owned_state(c, kResuming, cancelled);
+        detail::wake(*x);
+        return;
+      }
     }
 
-    T pop_ring() noexcept {
-      T* p = ring + head;
-      T v(std::move(*p));
-      p->~T();
-      head = (head + 1) % cap;
-      --count;
-      return v;
+    void close() noexcept {
+      u64 s = senders.load(std::memory_order_relaxed);
+      do {
+        if ((s & kSendersClosed) != 0) return;
+      } while (!senders.compare_exchange_weak(s, s | kSendersClosed, std::memory_order_seq_cst,
+                                              std::memory_order_relaxed));
+      for (std::size_t i = 0; i <= mask; ++i) {
+        Cell& c = cells[i];
+        c.word.fetch_or(kCellClosed, std::memory_order_seq_cst);
+        settle_on_close(c, s);
+        c.turn.wake_all();
+      }
+    }
+
+    bool is_closed() const noexcept { return (senders.load(std::memory_order_acquire) & kSendersClosed) != 0; }
+    std::size_t buffered() const noexcept {
+      const u64 r = receivers.load(std::memory_order_acquire);
+      const u64 s = sent_count(senders.load(std::memory_order_acquire));
+      if (s <= r) return 0;
+      return static_cast<std::size_t>(s - r < cap ? s - r : cap);
     }
 
     const std::size_t cap;
-    T* ring = nullptr;
-    std::size_t head = 0;
-    std::size_t count = 0;
-    bool closed = false;
-    mutable detail::SpinLock lock;
-    detail::WaitQueue recvq;
-    detail::WaitQueue sendq;
+    unsigned shift = 0;
+    u64 mask = 0;
+    std::unique_ptr<Cell[]> cells;
+    alignas(64) std::atomic<u64> senders{0};    // sender tickets issued | kSendersClosed
+    alignas(64) std::atomic<u64> receivers{0};  // receiver tickets issued
+    alignas(64) std::atomic<u64> buffer_end{0};  // B: sender tickets below it need no receiver
   };
 
   std::shared_ptr<State> s_;

@@ -8,6 +8,9 @@
 // resume a half-switched fiber); for a plain OS thread, before it sleeps on a
 // futex. A waker claims a waiter (claim() fails if the waiter has already timed
 // out), hands it whatever it waits for, and then wakes it.
+//
+// Channel<T> takes no lock: a waiter is published by the one CAS that puts it
+// into a ring cell, as park_committed's commit step (see channel.hpp).
 #pragma once
 
 #include <atomic>

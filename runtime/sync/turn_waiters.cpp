@@ -1,0 +1,23 @@
+// Wake-all waiter set for Channel cells (see include/tendril/detail/turn_waiters.hpp).
+#include "tendril/detail/turn_waiters.hpp"
+
+namespace tendril::detail {
+
+void TurnWaiters::push(Waiter& w) noexcept {
+  Waiter* head = head_.load(std::memory_order_relaxed);
+  do {
+    w.next = head;
+  } while (!head_.compare_exchange_weak(head, &w, std::memory_order_seq_cst,
+                                        std::memory_order_relaxed));
+}
+
+void TurnWaiters::wake_all_slow() noexcept {
+  Waiter* w = head_.exchange(nullptr, std::memory_order_seq_cst);
+  while (w != nullptr) {
+    Waiter* next = w->next;  // read before wake: a woken waiter may vanish
+    if (claim(*w)) wake(*w);
+    w = next;
+  }
+}
+
+}  // namespace tendril::detail
