@@ -361,8 +361,11 @@ TEST(Channel, StressCloseRacesParkedSendersAndReceivers) {
   const int iterations = static_cast<int>(stress_count(600, 40));
   for (int it = 0; it < iterations; ++it) {
     const std::size_t capacity = std::size_t{0} + (it % 4 == 3 ? 64 : it % 4);  // 0, 1, 2, 64
-    const int senders = 3 + it % 5, receivers = 1 + it % 4;
-    const std::int64_t per_sender = 40;
+    // Every third iteration has more senders and receivers than the ring has
+    // cells, so close() also meets operations waiting for a lap.
+    const bool crowd = it % 3 == 2;
+    const int senders = crowd ? 40 : 3 + it % 5, receivers = crowd ? 30 : 1 + it % 4;
+    const std::int64_t per_sender = crowd ? 10 : 40;
     const bool with_thread = it % 5 == 0;
     std::vector<std::vector<std::int64_t>> accepted(static_cast<std::size_t>(senders));
     std::vector<std::vector<std::int64_t>> got(static_cast<std::size_t>(receivers + 1));

@@ -66,14 +66,15 @@
 // take it. A sender that cannot complete (recv-broke) retries with a new,
 // larger ticket, so per-sender FIFO holds: its later values get later tickets.
 //
-// When a receiver may park (recv-wait) vs. give up on a cell: if r >= S (no
-// sender has ticket r yet), it parks and that future sender will find it; if
-// r < S, the sender is between taking its ticket and reaching the cell, so
-// the receiver spins briefly and then marks the cell recv-broke and retries
-// (rather than wait for a thread that may be preempted). A sender may leave
-// its value in an empty cell without waiting when receiver ticket s has been
-// handed out (s < R: its receiver is on the way) or when s is within the
-// buffer (s < B, below); otherwise it parks in the cell.
+// A receiver that finds its cell empty parks there (recv-wait): its sender
+// (ticket r, now or later) must come by this cell and will complete the
+// meeting. If r < S the sender is between taking its ticket and reaching the
+// cell, so the receiver first spins briefly; try_recv, which must not park,
+// instead marks the cell recv-broke and draws a new ticket, and so does a
+// receiver that finds the channel closing (its sender will withdraw). A sender
+// may leave its value in an empty cell without waiting when receiver ticket
+// s has been handed out (s < R: its receiver is on the way) or when s is
+// within the buffer (s < B, below); otherwise it parks in the cell.
 //
 // Buffer (capacity C > 0): a third counter B, starting at C, marks the end of
 // the buffer: sender tickets below B may complete without a receiver. Every
@@ -159,8 +160,8 @@ class Channel {
   static constexpr unsigned kLapShift = 8;
   static constexpr u64 kOneLap = u64{1} << kLapShift;
   static constexpr u64 kSendersClosed = u64{1} << 63;  // in State::senders
-  // How long a receiver waits for a sender that has its ticket but has not
-  // reached the cell yet, before it gives the cell up (recv-broke).
+  // How long a receiver spins for a sender that has its ticket but has not
+  // reached the cell yet, before it parks (or, for try_recv, gives up).
   static constexpr unsigned kSpinForSender = 128;
 
   static u64 state_of(u64 word) noexcept { return word & kStateMask; }
@@ -169,10 +170,14 @@ class Channel {
 
   struct Cell {
     std::atomic<u64> word{0};
-    // Published by a send-wait / recv-wait word. One field per side: the
-    // other side may be writing its own while it loses the race to park.
-    detail::Waiter* sender = nullptr;
-    detail::Waiter* receiver = nullptr;
+    // Published by a send-wait / recv-wait word: written (relaxed) before the
+    // CAS that installs that state, read (relaxed) after the CAS or acquire
+    // load that saw it. One field per side, because the other side may be
+    // writing its own while it loses the race to park; atomic because a
+    // party that loses the race to park rewrites its field while it is not
+    // published, which must not count as a data race.
+    std::atomic<detail::Waiter*> sender{nullptr};
+    std::atomic<detail::Waiter*> receiver{nullptr};
     detail::TurnWaiters turn;          // operations whose lap has not come yet
     alignas(T) unsigned char value[sizeof(T)];
 
@@ -185,12 +190,15 @@ class Channel {
     explicit State(std::size_t capacity) : cap(capacity) {
       if (capacity > (std::size_t{1} << 32)) throw std::invalid_argument("tendril::Channel: capacity over 2^32");
       // Room for the whole buffer plus a few parked operations before anyone
-      // has to wait for a lap; more in flight still works, just slower.
-      const std::size_t n = std::bit_ceil(capacity + 16);
+      // has to wait for a lap; more in flight still works, just slower. Small
+      // rings live inside the State: channels are often made per request.
+      const std::size_t n = std::bit_ceil(capacity + 8 > kInlineCells ? capacity + 8 : kInlineCells);
       shift = static_cast<unsigned>(std::countr_zero(n));
       mask = n - 1;
-      cells.reset(new Cell[n]);
-      for (std::size_t i = 0; i < n; ++i) cells[i].word.store(0, std::memory_order_relaxed);
+      if (n > kInlineCells) {
+        heap_cells.reset(new Cell[n]);
+        cells = heap_cells.get();
+      }
       buffer_end.store(capacity, std::memory_order_relaxed);
     }
     ~State() {
@@ -201,7 +209,7 @@ class Channel {
 
     Cell& cell(u64 ticket) noexcept { return cells[ticket & mask]; }
     u64 lap_of(u64 ticket) const noexcept { return (ticket >> shift) << kLapShift; }
-    std::size_t index_of(const Cell& c) const noexcept { return static_cast<std::size_t>(&c - cells.get()); }
+    std::size_t index_of(const Cell& c) const noexcept { return static_cast<std::size_t>(&c - cells); }
 
     // Ends the lap of a cell in state `from` (which nobody else may change):
     // state empty, lap + 1, closed bit kept. Then wakes operations waiting for
@@ -265,7 +273,6 @@ class Channel {
     };
     static bool publish_cell_waiter(void* arg) noexcept {
       auto* a = static_cast<CellWait*>(arg);
-      (a->to == kSendWait ? a->c->sender : a->c->receiver) = a->me;
       u64 seen = a->seen;
       const u64 to = seen - state_of(seen) + a->to;
       a->parked = true;  // before the CAS: afterwards `a` may be gone
@@ -276,6 +283,9 @@ class Channel {
     }
     // Parks in `c` if its word is still `seen`; false if it changed first.
     static bool park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
+      // Only this operation writes its side's field during this lap, and the
+      // CAS in publish_cell_waiter publishes it.
+      (to == kSendWait ? c.sender : c.receiver).store(&me, std::memory_order_relaxed);
       CellWait a{&c, seen, to, &me};
       detail::park_committed(me, publish_cell_waiter, &a);
       return a.parked;
@@ -298,11 +308,13 @@ class Channel {
         u64 w = c.word.load(std::memory_order_acquire);
         switch (state_of(w)) {
           case kRecvWait: {
-            if (!cas_state(c, w, kResuming)) continue;
-            detail::Waiter* r = c.receiver;
+            // No CAS to claim it: nobody else may take this receiver. close()
+            // only cancels receivers whose ticket no sender holds, and the
+            // expander only acts on senders; the receiver never withdraws.
+            detail::Waiter* r = c.receiver.load(std::memory_order_relaxed);
             ::new (r->slot) T(std::move(value));
             r->ok = true;
-            end_lap(c, kResuming);
+            end_lap(c, kRecvWait);
             detail::wake(*r);
             return Outcome::kDone;
           }
@@ -406,7 +418,7 @@ class Channel {
             continue;
           case kSendWait: {
             if (!cas_state(c, w, kResuming)) continue;
-            detail::Waiter* s = c.sender;
+            detail::Waiter* s = c.sender.load(std::memory_order_relaxed);
             ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(s->slot)));
             s->ok = true;
             set_owned_state(c, kResuming, kBuffered);
@@ -437,7 +449,7 @@ class Channel {
           }
           case kSendWait: {
             if (!cas_state(c, w, kResuming)) continue;
-            detail::Waiter* s = c.sender;
+            detail::Waiter* s = c.sender.load(std::memory_order_relaxed);
             out.emplace(std::move(*static_cast<T*>(s->slot)));
             s->ok = true;
             end_lap(c, kResuming);
@@ -455,13 +467,19 @@ class Channel {
                 detail::cpu_relax();
                 continue;
               }
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kRetry;
-              continue;
-            }
-            if ((s & kSendersClosed) != 0) return Outcome::kFailed;  // no sender will come
-            if (!may_park) {
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kFailed;
-              continue;
+              // A blocking receiver parks and lets the sender complete the
+              // meeting; one that must not park (or finds the channel
+              // closing, where the sender will withdraw) gives the cell up.
+              if (!may_park || (w & kCellClosed) != 0) {
+                if (cas_state(c, w, kRecvBroke)) return Outcome::kRetry;
+                continue;
+              }
+            } else {
+              if ((s & kSendersClosed) != 0) return Outcome::kFailed;  // no sender will come
+              if (!may_park) {
+                if (cas_state(c, w, kRecvBroke)) return Outcome::kFailed;
+                continue;
+              }
             }
             alignas(T) unsigned char storage[sizeof(T)];
             detail::Waiter me;
@@ -540,7 +558,7 @@ class Channel {
           return;
         }
         if (!cas_state(c, w, kResuming)) continue;
-        detail::Waiter* x = st == kSendWait ? c.sender : c.receiver;
+        detail::Waiter* x = (st == kSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed);
         x->ok = false;
         set_owned_state(c, kResuming, cancelled);
         detail::wake(*x);
@@ -573,10 +591,17 @@ class Channel {
     const std::size_t cap;
     unsigned shift = 0;
     u64 mask = 0;
-    std::unique_ptr<Cell[]> cells;
-    alignas(64) std::atomic<u64> senders{0};    // sender tickets issued | kSendersClosed
-    alignas(64) std::atomic<u64> receivers{0};  // receiver tickets issued
-    alignas(64) std::atomic<u64> buffer_end{0};  // B: sender tickets below it need no receiver
+    // The counters share a cache line with each other and the first cells on
+    // purpose: a hand-off touches all of them, and a channel is usually
+    // shared by a few fibers, where fewer lines to move between CPUs beats
+    // avoiding false sharing between senders and receivers.
+    std::atomic<u64> senders{0};     // sender tickets issued | kSendersClosed
+    std::atomic<u64> receivers{0};   // receiver tickets issued
+    std::atomic<u64> buffer_end{0};  // B: sender tickets below it need no receiver (receivers move it)
+    static constexpr std::size_t kInlineCells = 16;
+    Cell inline_cells[kInlineCells];
+    std::unique_ptr<Cell[]> heap_cells;
+    Cell* cells = inline_cells;
   };
 
   std::shared_ptr<State> s_;
