@@ -49,6 +49,11 @@
 //   recv-broke  the receiver gave up on this cell (its sender was too slow)
 //   send-cancel the sender withdrew (try_send, or the channel closed)
 //
+// The only wait on another party is for a cell in "resuming", which lasts
+// one move of a T: pause briefly, then yield the CPU (the party may have been
+// preempted). Apart from that, and a receiver's brief spin for a sender that
+// already holds its ticket (after which it parks), nothing waits unparked.
+//
 // Whoever arrives second completes the meeting: a receiver takes a buffered
 // value or claims a parked sender; a sender claims a parked receiver and moves
 // the value straight into its storage. Claiming is one CAS on the cell word,
@@ -304,6 +309,7 @@ class Channel {
     }
 
     Outcome send_in_cell(Cell& c, u64 s, T& value, bool may_park) {
+      detail::Backoff backoff;
       for (;;) {
         u64 w = c.word.load(std::memory_order_acquire);
         switch (state_of(w)) {
@@ -342,7 +348,7 @@ class Channel {
             return me.ok ? Outcome::kDone : Outcome::kFailed;
           }
           default:  // kResuming: someone is finishing with this cell
-            detail::cpu_relax();
+            backoff.pause();
             continue;
         }
       }
@@ -407,6 +413,7 @@ class Channel {
     }
     // False if cell b will never hold a value (its sender withdrew).
     bool admit_into_buffer(Cell& c, u64 b) noexcept {
+      detail::Backoff backoff;
       for (;;) {
         u64 w = c.word.load(std::memory_order_acquire);
         // Another lap: sender b has not reached the cell (it reads B when it
@@ -426,7 +433,7 @@ class Channel {
             return true;
           }
           case kResuming:
-            detail::cpu_relax();
+            backoff.pause();
             continue;
           case kSendCancel:
             return false;
@@ -437,6 +444,7 @@ class Channel {
     }
 
     Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, bool may_park) {
+      detail::Backoff backoff;
       for (unsigned spins = 0;;) {
         u64 w = c.word.load(std::memory_order_acquire);
         switch (state_of(w)) {
@@ -492,7 +500,7 @@ class Channel {
             return Outcome::kDone;
           }
           default:  // kResuming
-            detail::cpu_relax();
+            backoff.pause();
             continue;
         }
       }

@@ -1,7 +1,11 @@
 // Wake-all waiter set for Channel cells (see include/tendril/detail/turn_waiters.hpp).
 #include "tendril/detail/turn_waiters.hpp"
 
+#include <sched.h>
+
 namespace tendril::detail {
+
+void Backoff::yield_cpu() noexcept { sched_yield(); }
 
 void TurnWaiters::push(Waiter& w) noexcept {
   Waiter* head = head_.load(std::memory_order_relaxed);

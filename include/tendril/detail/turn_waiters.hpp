@@ -22,6 +22,26 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// Waiting for another party to finish a step of a few dozen instructions (a
+// cell in "resuming"): pause first; past a few dozen rounds, give the CPU up,
+// since the other party may have been preempted by the kernel and spinning
+// on would only delay it.
+class Backoff {
+ public:
+  void pause() noexcept {
+    if (++rounds_ < kSpinRounds) {
+      cpu_relax();
+    } else {
+      yield_cpu();
+    }
+  }
+
+ private:
+  static constexpr unsigned kSpinRounds = 64;
+  static void yield_cpu() noexcept;
+  unsigned rounds_ = 0;
+};
+
 class TurnWaiters {
  public:
   // Publishes `w`. After this returns `w` may already have been woken.
