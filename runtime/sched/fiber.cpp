@@ -159,18 +159,19 @@ FiberId fiber_id(const FiberCtl* f) noexcept { return f->id; }
 
 namespace {
 
+// Records who waits for `target` (a tagged joining fiber or a thread's
+// Waiter*); false if it finished first.
+bool publish_joiner(FiberCtl* target, std::uintptr_t joiner) noexcept {
+  std::uintptr_t expected = FiberCtl::kRunning;
+  return target->join_state.compare_exchange_strong(expected, joiner, std::memory_order_acq_rel);
+}
+
 // A joining fiber publishes itself once its context is saved (so the
 // finishing fiber, on any worker, may resume it at once); if the fiber
 // finished first there is nothing to wait for and the joiner goes on.
-struct JoinArgs {
-  FiberCtl* target;
-};
-void publish_joiner_or_resume(FiberCtl* joiner, void* arg) noexcept {
-  FiberCtl* target = static_cast<JoinArgs*>(arg)->target;
-  std::uintptr_t expected = FiberCtl::kRunning;
-  if (!target->join_state.compare_exchange_strong(
-          expected, reinterpret_cast<std::uintptr_t>(joiner) | FiberCtl::kJoinerIsFiber,
-          std::memory_order_acq_rel))
+void publish_joiner_or_resume(FiberCtl* joiner, void* target) noexcept {
+  if (!publish_joiner(static_cast<FiberCtl*>(target),
+                      reinterpret_cast<std::uintptr_t>(joiner) | FiberCtl::kJoinerIsFiber))
     current_worker()->push_runnext(joiner);
 }
 
@@ -181,9 +182,7 @@ void wait_until_done_from_thread(FiberCtl* f) {
     Waiter* w;
     static bool commit(void* arg) noexcept {
       auto* p = static_cast<Publish*>(arg);
-      std::uintptr_t expected = FiberCtl::kRunning;
-      return p->f->join_state.compare_exchange_strong(
-          expected, reinterpret_cast<std::uintptr_t>(p->w), std::memory_order_acq_rel);
+      return publish_joiner(p->f, reinterpret_cast<std::uintptr_t>(p->w));
     }
   } publish{f, &w};
   park_committed(w, Publish::commit, &publish);
@@ -201,8 +200,7 @@ void fiber_join(FiberCtl*& handle) {
   handle = nullptr;
   if (f->join_state.load(std::memory_order_acquire) != FiberCtl::kDone) {
     if (self != nullptr) {
-      JoinArgs args{f};
-      w->switch_out(self, publish_joiner_or_resume, &args);
+      w->switch_out(self, publish_joiner_or_resume, f);
     } else {
       wait_until_done_from_thread(f);
     }
