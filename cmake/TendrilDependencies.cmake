@@ -42,6 +42,10 @@ find_package(Threads REQUIRED)
 pkg_check_modules(URING QUIET IMPORTED_TARGET liburing)
 tendril_require(URING_FOUND "liburing" liburing-dev)
 
+# elfutils' libdw: unwinding and symbolizing fiber stacks for the fiber dump.
+pkg_check_modules(DW QUIET IMPORTED_TARGET libdw)
+tendril_require(DW_FOUND "libdw (elfutils)" libdw-dev)
+
 pkg_check_modules(JEMALLOC QUIET IMPORTED_TARGET jemalloc)
 tendril_require(JEMALLOC_FOUND "jemalloc" libjemalloc-dev)
 

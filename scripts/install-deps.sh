@@ -13,6 +13,8 @@ packages=(
   liburing-dev                        # io_uring
   libjemalloc-dev                     # allocator for the benchmarks
   libnuma-dev                         # NUMA placement
+  libdw-dev                           # fiber dump: unwinding and symbols (elfutils)
+  gdb                                 # the gdb extension's tests
   libgtest-dev libgmock-dev           # tests
   libbenchmark-dev                    # benchmarks
   gnuplot-nox                         # benchmark plots

@@ -255,7 +255,7 @@ class Channel {
     }
     // Returns once cell `c` serves `ticket`: true; false if the channel closed
     // first (the ticket must then be given up).
-    bool await_turn(Cell& c, u64 ticket) {
+    bool await_turn(Cell& c, u64 ticket, WaitReason why) {
       const u64 lap = lap_of(ticket);
       for (;;) {
         const u64 w = c.word.load(std::memory_order_seq_cst);
@@ -263,7 +263,7 @@ class Channel {
         if ((w & kCellClosed) != 0 || lap_bits(w) > lap) return false;
         detail::Waiter me;
         TurnWait a{this, &c, lap, &me};
-        detail::park_committed(me, publish_turn_waiter, &a);
+        detail::park_committed(me, why, publish_turn_waiter, &a);
       }
     }
 
@@ -292,7 +292,8 @@ class Channel {
       // CAS in publish_cell_waiter publishes it.
       (to == kSendWait ? c.sender : c.receiver).store(&me, std::memory_order_relaxed);
       CellWait a{&c, seen, to, &me};
-      detail::park_committed(me, publish_cell_waiter, &a);
+      detail::park_committed(me, to == kSendWait ? WaitReason::channel_send : WaitReason::channel_recv,
+                             publish_cell_waiter, &a);
       return a.parked;
     }
 
@@ -361,7 +362,7 @@ class Channel {
           if ((s & kSendersClosed) != 0) return false;
         } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
         Cell& c = cell(s);
-        if (!await_turn(c, s)) return false;
+        if (!await_turn(c, s, WaitReason::channel_send)) return false;
         switch (send_in_cell(c, s, value, /*may_park=*/true)) {
           case Outcome::kDone: return true;
           case Outcome::kFailed: return false;
@@ -514,7 +515,7 @@ class Channel {
         const u64 s = senders.load(std::memory_order_seq_cst);
         if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return std::nullopt;
         Cell& c = cell(r);
-        if (!await_turn(c, r)) continue;  // closed while an earlier lap held the cell
+        if (!await_turn(c, r, WaitReason::channel_recv)) continue;  // closed while an earlier lap held the cell
         switch (recv_in_cell(c, r, out, /*may_park=*/true)) {
           case Outcome::kDone: return out;
           case Outcome::kFailed: return std::nullopt;

@@ -16,6 +16,7 @@
 #include "tendril/blocking.hpp"
 #include "tendril/channel.hpp"
 #include "tendril/condvar.hpp"
+#include "tendril/debug.hpp"
 #include "tendril/fiber.hpp"
 #include "tendril/io.hpp"
 #include "tendril/mutex.hpp"

@@ -88,7 +88,12 @@ inline transfer_t context_jump(Context& from, Context& to, void* data, bool from
   __tsan_switch_to_fiber(to.tsan_fiber, 0);
 #endif
   from.eh = *thread_eh_state();
-  return boost::context::detail::jump_fcontext(to.fctx, data);
+  // A context's fctx is valid only while it is switched out: null from here
+  // until the switch away from it completes (complete_switch stores it). The
+  // fiber dump reads a parked fiber's registers through it (see ParkRecord).
+  const fcontext_t target = to.fctx;
+  to.fctx = nullptr;
+  return boost::context::detail::jump_fcontext(target, data);
 }
 
 // Must be the first thing done on resuming (also at the top of a fiber's entry

@@ -146,7 +146,7 @@ void blocking_run(void (*fn)(void*) noexcept, void* arg) {
     fn(arg);  // no thread to be had: run it here rather than fail
     return;
   }
-  park(c.waiter, c.lock);
+  park(c.waiter, c.lock, WaitReason::blocking_call);
 }
 
 void blocking_pool_quiesce() noexcept { pool().quiesce(); }

@@ -215,7 +215,7 @@ void epoll_wake(EpollWorker* e) noexcept {
   [[maybe_unused]] ssize_t n = ::write(e->wake_fd, &one, sizeof(one));
 }
 
-long epoll_wait_ready(EpollWorker* e, int fd, short events, const Deadline* deadline) noexcept {
+long epoll_wait_ready(EpollWorker* e, int fd, short events, WaitFor what, const Deadline* deadline) noexcept {
   FdEntry* ent = fd_entry(fd);
   if (ent == nullptr) return -EBADF;
   Waiter w;
@@ -227,7 +227,7 @@ long epoll_wait_ready(EpollWorker* e, int fd, short events, const Deadline* dead
     ent->lock.unlock();
     return rc == -EPERM ? 0 : rc;  // EPERM: a regular file, always ready
   }
-  if (park(w, ent->lock, deadline)) return 0;
+  if (park(w, ent->lock, what, deadline)) return 0;
   ent->lock.lock();
   q.remove(w);
   ent->lock.unlock();

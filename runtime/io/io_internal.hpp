@@ -40,7 +40,26 @@ struct IoRequest {
   socklen_t addrlen_in = 0;       // connect
   msghdr* msg = nullptr;          // recvmsg/sendmsg
   short events = 0;               // poll
+  // What a parked caller waits for, as the fiber dump reports it; none: the
+  // reason that follows from `kind` (see wait_for).
+  WaitReason reason = WaitReason::none;
 };
+
+// The park-record entry for `r`: io_* for descriptors read and written
+// through io::, net_* for socket operations.
+inline WaitFor wait_for(const IoRequest& r) noexcept {
+  if (r.reason != WaitReason::none) return WaitFor(r.reason, r.fd);
+  switch (r.kind) {
+    case OpKind::read: return WaitFor(WaitReason::io_read, r.fd);
+    case OpKind::write: return WaitFor(WaitReason::io_write, r.fd);
+    case OpKind::poll: return WaitFor(WaitReason::io_poll, r.fd);
+    case OpKind::recv: case OpKind::recvmsg: return WaitFor(WaitReason::net_read, r.fd);
+    case OpKind::send: case OpKind::sendmsg: return WaitFor(WaitReason::net_write, r.fd);
+    case OpKind::accept: return WaitFor(WaitReason::net_accept, r.fd);
+    case OpKind::connect: return WaitFor(WaitReason::net_connect, r.fd);
+  }
+  return WaitFor(WaitReason::none);
+}
 
 // Runs `req` for the calling fiber or thread until it completes, fails or
 // `deadline` passes. Returns the syscall's result (poll: the revents), or
@@ -94,7 +113,7 @@ void epoll_wake(EpollWorker* e) noexcept;
 // Parks the calling fiber until `fd` reports one of `events` (POLLIN or
 // POLLOUT), or `deadline`: 0, -ETIMEDOUT, or -errno. Files epoll cannot watch
 // (regular files) count as ready.
-long epoll_wait_ready(EpollWorker* e, int fd, short events, const Deadline* deadline) noexcept;
+long epoll_wait_ready(EpollWorker* e, int fd, short events, WaitFor what, const Deadline* deadline) noexcept;
 void epoll_table_reset() noexcept;
 
 // Per-worker backend state, owned by poller.cpp.

@@ -34,7 +34,7 @@ long thread_wait_ready(int fd, short events, const Deadline* deadline) noexcept 
 }
 
 // Waits for readiness the way the caller's context allows.
-long wait_ready(int fd, short events, const Deadline* deadline) noexcept {
+long wait_ready(int fd, short events, WaitFor what, const Deadline* deadline) noexcept {
   Worker* w = current_worker();
   FiberCtl* self = w != nullptr ? w->current() : nullptr;
   const IoKind kind = self != nullptr ? worker_io_kind(w->index()) : IoKind::none;
@@ -43,10 +43,11 @@ long wait_ready(int fd, short events, const Deadline* deadline) noexcept {
     p.kind = OpKind::poll;
     p.fd = fd;
     p.events = events;
+    p.reason = what.reason();
     const long r = uring_perform(worker_uring(w->index()), w, self, p, deadline);
     return r < 0 ? r : 0;
   }
-  if (kind == IoKind::epoll) return epoll_wait_ready(worker_epoll(w->index()), fd, events, deadline);
+  if (kind == IoKind::epoll) return epoll_wait_ready(worker_epoll(w->index()), fd, events, what, deadline);
   return thread_wait_ready(fd, events, deadline);
 }
 
@@ -127,7 +128,7 @@ long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
         return res;
       }
     }
-    if (const long rc = wait_ready(r.fd, wanted_events(r), deadline); rc < 0) return rc;
+    if (const long rc = wait_ready(r.fd, wanted_events(r), wait_for(r), deadline); rc < 0) return rc;
     if (after == After::finish_connect) return finish_connect(r.fd);
     if (after == After::plain_syscall) return plain_syscall(r);
   }

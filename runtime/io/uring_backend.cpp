@@ -219,6 +219,7 @@ long submit_and_park(UringWorker* u, Worker* w, FiberCtl* self, IoRequest& r,
     op.outstanding = 2;
   }
   u->inflight += op.outstanding;
+  self->park.begin(wait_for(r), w->index(), park_clock_ns());
   w->switch_out(self, mark_parked, &op);
   // Resumed, possibly on another worker; every CQE for `op` has arrived.
   if (op.timeout_fired && (op.res == -ECANCELED || op.res == -EINTR)) return -ETIMEDOUT;

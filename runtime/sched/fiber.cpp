@@ -185,7 +185,7 @@ void wait_until_done_from_thread(FiberCtl* f) {
       return publish_joiner(p->f, reinterpret_cast<std::uintptr_t>(p->w));
     }
   } publish{f, &w};
-  park_committed(w, Publish::commit, &publish);
+  park_committed(w, WaitReason::join, Publish::commit, &publish);
 }
 
 }  // namespace
@@ -200,6 +200,7 @@ void fiber_join(FiberCtl*& handle) {
   handle = nullptr;
   if (f->join_state.load(std::memory_order_acquire) != FiberCtl::kDone) {
     if (self != nullptr) {
+      self->park.begin(WaitReason::join, w->index(), park_clock_ns());
       w->switch_out(self, publish_joiner_or_resume, f);
     } else {
       wait_until_done_from_thread(f);
@@ -281,6 +282,7 @@ void sleep_until_steady(std::chrono::steady_clock::time_point t) {
   }
   self->timer_deadline = detail::to_ticks(t);
   self->timer_waiter = nullptr;
+  self->park.begin(WaitReason::sleep, w->index(), detail::park_clock_ns());
   w->switch_out(self, arm_timer, nullptr);
 }
 

@@ -13,6 +13,60 @@
 
 namespace tendril::detail {
 
+// How a fiber parks: one record per fiber, written by every park and read by
+// the debug tools (fiber dump, stall watchdog, gdb), and the one place that
+// deadlines and cancellation interrupt a park.
+//
+// - `wait` is written once per park, with the reason and descriptor
+//   (WaitFor), the worker it parks on and a park sequence number in its top
+//   16 bits; the worker clears
+//   the reason (keeping the sequence) just before it switches into the fiber.
+//   A reader on another thread (the fiber dump) may therefore copy a parked
+//   fiber's saved registers and stack without stopping anything: if `wait`
+//   reads the same parked value before and after the copy, the fiber did not
+//   run in between, so the copy is consistent (a seqlock whose writer is the
+//   park and whose "odd" state is "reason none"). The park stores one word
+//   and the resume clears one: nothing else is added to the switch path.
+// - `since` is when it parked, from the coarse monotonic clock (a vDSO read
+//   of a few words; milliseconds are all a dump needs).
+// - Interruption: a park that can end early leaves a claimable Waiter in
+//   FiberCtl::timer_waiter. The timer claims it with kTimedOut and readies the
+//   fiber; a deadline or a cancellation carried by the fiber (a scope) uses the
+//   same claim, so the primitive's own timed-out path (relock, unlink, report)
+//   is the only cleanup there is. I/O waits on io_uring end through their
+//   linked timeout or an async cancel of the op record, never by touching the
+//   fiber's stack from outside.
+// - Where it lives: in the FiberCtl, beside the context. Everything a waker,
+//   the scheduler or a joiner touches for a parked fiber is in this block and
+//   none of it in the frames below, so the block can move off the stack page
+//   (a dense per-worker slab of FiberCtls) without changing any park.
+struct ParkRecord {
+  std::atomic<std::uint64_t> wait{0};
+  std::int64_t since = 0;  // CLOCK_MONOTONIC_COARSE, ns
+
+  // The park path of fiber `self`: records `what` and when. Owner only.
+  void begin(WaitFor what, unsigned worker, std::int64_t now) noexcept {
+    const std::uint64_t w = wait.load(std::memory_order_relaxed);
+    const std::uint64_t seq = (w >> WaitFor::kSeqShift) + 1;
+    since = now;
+    wait.store(what.bits | (std::uint64_t(worker & 0xff) << WaitFor::kWorkerShift) |
+                   (seq << WaitFor::kSeqShift),
+               std::memory_order_release);
+  }
+  // The resume path, before the first instruction of the fiber runs again.
+  // The fence keeps the fiber's later stack writes after the clear for a
+  // reader that validates with `wait` (a compiler barrier on x86).
+  void end() noexcept {
+    const std::uint64_t w = wait.load(std::memory_order_relaxed);
+    if ((w & WaitFor::kReasonMask) == 0) return;
+    wait.store(w & ~WaitFor::kReasonMask, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+};
+
+// The coarse clock the park record uses.
+std::int64_t park_clock_ns() noexcept;
+
 struct alignas(64) FiberCtl {
   Context ctx;
   FiberCtl* next = nullptr;  // intrusive link for the global queue
@@ -40,6 +94,8 @@ struct alignas(64) FiberCtl {
   std::size_t timer_index = 0;
   std::int64_t timer_deadline = 0;  // steady_clock ticks
   Waiter* timer_waiter = nullptr;   // claimed by the timer when it fires
+
+  ParkRecord park;
 
   char name[32] = {};
 };

@@ -85,7 +85,7 @@ class Worker {
   Worker& operator=(const Worker&) = delete;
 
   unsigned index() const noexcept { return index_; }
-  FiberCtl* current() const noexcept { return current_; }
+  FiberCtl* current() const noexcept { return current_.load(std::memory_order_relaxed); }
   WorkerCounters& counters() noexcept { return counters_; }
   TimerHeap& timers() noexcept { return timers_; }
 
@@ -144,7 +144,9 @@ class Worker {
   Scheduler& sched_;
   const unsigned index_;
   Context sched_ctx_;
-  FiberCtl* current_ = nullptr;  // nullptr while in the scheduler context
+  // nullptr while in the scheduler context. Atomic (relaxed: a plain move)
+  // because the stall watchdog and the fiber dump read it from other threads.
+  std::atomic<FiberCtl*> current_{nullptr};
   SwitchRecord record_;
   std::atomic<FiberCtl*> runnext_{nullptr};
   std::uint32_t runnext_streak_ = 0;

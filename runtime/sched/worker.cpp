@@ -47,6 +47,12 @@ FiberCtl* current_fiber() noexcept {
   return w != nullptr ? w->current() : nullptr;
 }
 
+std::int64_t park_clock_ns() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
 std::int64_t steady_ticks() noexcept {
   return std::chrono::steady_clock::now().time_since_epoch().count();
 }
@@ -118,9 +124,12 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
                        void* arg, bool finished) noexcept {
   if (__builtin_expect(on_worker_stack_, false)) die_blocked_on_worker_stack(from);
   record_ = SwitchRecord{from, &from_ctx, action, arg};
-  current_ = next;
+  current_.store(next, std::memory_order_relaxed);
   Context& to = next != nullptr ? next->ctx : sched_ctx_;
-  if (next != nullptr) WorkerCounters::bump(counters_.switches);
+  if (next != nullptr) {
+    WorkerCounters::bump(counters_.switches);
+    next->park.end();
+  }
   stack_on_switch(index_, from != nullptr && !finished ? &from->stack : nullptr,
                   next != nullptr ? &next->stack : nullptr);
   const transfer_t t = context_jump(from_ctx, to, &record_, finished);

@@ -1023,4 +1023,30 @@ void stack_thread_init(unsigned worker) noexcept {
   if (g_initialized && g_rt.mode == Mode::uffd && worker < g_rt.workers) handler_place_like_current_thread(g_rt.w[worker]);
 }
 
+void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) noexcept {
+  for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i)
+    for (SubArena& a : g_rt.w[i].arenas) {
+      if (!a.base.load(std::memory_order_acquire)) continue;
+      const std::uint32_t carved = a.carved.load(std::memory_order_acquire);
+      for (std::uint32_t s = 0; s < carved; ++s) {
+        const SlotMeta& m = a.meta[s];
+        if (m.state.load(std::memory_order_acquire) != kLive) continue;
+        LiveStack ls;
+        char* hi = a.slot_hi(s);
+        const std::size_t bytes = std::size_t(m.limit_pages.load(std::memory_order_relaxed)) * kPage;
+        ls.slot = StackSlot{hi - bytes, hi, bytes, std::uint32_t(i) << kSlotBits | s};
+        ls.fiber_id = m.fiber_id.load(std::memory_order_relaxed);
+        if (g_rt.mode == Mode::uffd) {
+          ls.mapped_pages = m.mapped_pages.load(std::memory_order_relaxed);
+          ls.high_water = std::size_t(std::max(1u, m.deepest_fault.load(std::memory_order_relaxed))) * kPage;
+        } else {
+          char* lowest = hi;
+          ls.mapped_pages = resident_pages(ls.slot.lo, hi, &lowest);
+          ls.high_water = std::size_t(hi - lowest);
+        }
+        fn(ls, arg);
+      }
+    }
+}
+
 }  // namespace tendril::detail

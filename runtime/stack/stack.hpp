@@ -96,6 +96,19 @@ std::size_t stack_high_water(const StackSlot& slot) noexcept;
 
 StackCounters stack_counters();
 
+// One live stack as the debug tools see it (see stack_for_each_live).
+struct LiveStack {
+  StackSlot slot;
+  std::uint64_t fiber_id = 0;    // as stack_set_owner recorded it; 0 until then
+  std::uint32_t mapped_pages = 0;
+  std::size_t high_water = 0;    // bytes from hi: deepest fault (uffd) or lowest resident page (kernel)
+};
+// Calls `fn` for every slot that holds a fiber now (allocated, not yet
+// released). Reads only the side tables and, in kernel mode, mincore(2); never
+// the stacks. Any thread may call it while workers run: a slot allocated or
+// released meanwhile may or may not be reported.
+void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) noexcept;
+
 // Added by issue 3. Called once on each worker thread before it runs any fiber
 // (after stack_init). Gives the thread an alternate signal stack so a stack
 // overflow in "kernel" mode can still be reported, and places worker `worker`'s

@@ -14,7 +14,7 @@ bool CondVar::wait_until_steady(std::unique_lock<Mutex>& lock, const detail::Dea
   // Enqueued before the mutex is released, so a notify that follows a state
   // change made under the mutex cannot miss us.
   lock.mutex()->unlock();
-  const bool woken = detail::park(w, queue_lock_, deadline);
+  const bool woken = detail::park(w, queue_lock_, WaitReason::condvar, deadline);
   if (!woken) {
     queue_lock_.lock();
     waiters_.remove(w);

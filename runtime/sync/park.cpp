@@ -50,8 +50,9 @@ void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
   a->lock->unlock();
 }
 
-bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock,
+bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
                 const Deadline* deadline) noexcept {
+  self->park.begin(what, w->index(), park_clock_ns());
   if (deadline == nullptr) {
     w->switch_out(self, release_lock, &lock);
     return true;  // only a wake() resumes an untimed waiter
@@ -95,10 +96,11 @@ void commit_or_resume(FiberCtl* from, void* arg) noexcept {
 
 }  // namespace
 
-void park_committed(Waiter& waiter, bool (*commit)(void*) noexcept, void* arg) {
+void park_committed(Waiter& waiter, WaitFor what, bool (*commit)(void*) noexcept, void* arg) {
   Worker* w = current_worker();
   FiberCtl* self = w != nullptr ? w->current() : nullptr;
   if (self != nullptr) {
+    self->park.begin(what, w->index(), park_clock_ns());
     CommitArgs a{commit, arg};
     w->switch_out(self, commit_or_resume, &a);
     return;
@@ -107,10 +109,10 @@ void park_committed(Waiter& waiter, bool (*commit)(void*) noexcept, void* arg) {
   while (waiter.woken.load(std::memory_order_acquire) == 0) futex_wait(waiter.woken, 0, nullptr);
 }
 
-bool park(Waiter& waiter, SpinLock& lock, const Deadline* deadline) {
+bool park(Waiter& waiter, SpinLock& lock, WaitFor what, const Deadline* deadline) {
   Worker* w = current_worker();
   FiberCtl* self = w != nullptr ? w->current() : nullptr;
-  if (self != nullptr) return park_fiber(w, self, waiter, lock, deadline);
+  if (self != nullptr) return park_fiber(w, self, waiter, lock, what, deadline);
   return park_thread(waiter, lock, deadline);
 }
 

@@ -28,7 +28,7 @@ bool Semaphore::acquire_until(const detail::Deadline* deadline) {
   }
   detail::Waiter w;
   waiters_.push_back(w);
-  if (detail::park(w, lock_, deadline)) return true;  // release() gave us a unit
+  if (detail::park(w, lock_, WaitReason::semaphore, deadline)) return true;  // release() gave us a unit
   lock_.lock();
   waiters_.remove(w);
   lock_.unlock();

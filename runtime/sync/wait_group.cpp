@@ -44,7 +44,7 @@ void WaitGroup::wait() const {
   }
   detail::Waiter w;
   s.waiters.push_back(w);
-  detail::park(w, s.lock);
+  detail::park(w, s.lock, WaitReason::wait_group);
 }
 
 std::int64_t WaitGroup::count() const noexcept {

@@ -17,6 +17,8 @@
 #include <chrono>
 #include <cstdint>
 
+#include "tendril/detail/wait_reason.hpp"
+
 namespace tendril::detail {
 
 struct FiberCtl;
@@ -98,15 +100,16 @@ using Deadline = std::chrono::steady_clock::time_point;
 // Parks the caller, which has linked `w` into a queue guarded by `lock` and
 // holds `lock`. Returns with `lock` NOT held: true once woken by wake(w), false
 // if `deadline` (when given) passed first, in which case the caller must take
-// the lock again and unlink `w` if it is still linked.
-bool park(Waiter& w, SpinLock& lock, const Deadline* deadline = nullptr);
+// the lock again and unlink `w` if it is still linked. `what` is recorded in a
+// parking fiber's park record (the fiber dump reports it).
+bool park(Waiter& w, SpinLock& lock, WaitFor what, const Deadline* deadline = nullptr);
 
 // Parks the caller until wake(w), for waits whose registration is a single
 // atomic step rather than a locked queue. `commit(arg)` publishes `w` (so a
 // waker can find it) and runs only once it is safe to be woken: for a fiber,
 // after its context is saved. If commit returns false there is nothing to wait
 // for and the caller continues at once.
-void park_committed(Waiter& w, bool (*commit)(void* arg) noexcept, void* arg);
+void park_committed(Waiter& w, WaitFor what, bool (*commit)(void* arg) noexcept, void* arg);
 
 // Claims a waiter; false if it timed out first (then leave it alone).
 inline bool claim(Waiter& w) noexcept {

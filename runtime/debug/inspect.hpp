@@ -1,0 +1,30 @@
+// Reading live fibers from any thread without stopping them (the fiber dump
+// and the stall watchdog share it). See ParkRecord for why a parked fiber's
+// copy is consistent, and include/tendril/debug.hpp for what is reported.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+
+#include "runtime/debug/unwind.hpp"
+#include "runtime/sched/scheduler.hpp"
+#include "tendril/debug.hpp"
+
+namespace tendril::detail {
+
+// Where place_fiber builds a fiber's control block: at the top of its stack.
+inline FiberCtl* fiber_ctl_of(const StackSlot& slot) noexcept {
+  const std::uintptr_t top = reinterpret_cast<std::uintptr_t>(slot.hi) - sizeof(FiberCtl);
+  return reinterpret_cast<FiberCtl*>(top & ~(std::uintptr_t{alignof(FiberCtl)} - 1));
+}
+
+// Calls `fn(info)` for every live fiber of `s`, in id order, with frames for
+// parked fibers. Serialised with every other dump by an internal mutex; call
+// it off the workers (the dump runs on the blocking() pool).
+void for_each_fiber(Scheduler& s, void (*fn)(FiberInfo& info, void* arg), void* arg);
+
+// The spawn site of `f` as a word: the callable's type from the symbol of
+// its ClosureOps.
+std::string spawn_site_of(Unwinder& u, const FiberCtl* f);
+
+}  // namespace tendril::detail
