@@ -19,6 +19,8 @@
 // | stack_mode       | TENDRIL_STACK_MODE       | "" (automatic): "uffd" or "kernel" |
 // | io_backend       | TENDRIL_IO               | "" (automatic): "uring" or "epoll" |
 // | stack_cache_bytes| TENDRIL_STACK_CACHE_BYTES| 64 MiB (suffixes K, M, G); 0: no cache |
+// | stall_threshold  | TENDRIL_STALL_MS         | 100 ms; 0: no stall watchdog     |
+// | dump_signal      | TENDRIL_DUMP_SIGNAL      | 0: none (USR1, SIGUSR1 or a number) |
 #pragma once
 
 #include <chrono>
@@ -49,6 +51,15 @@ struct Options {
   // The cache grows under spawn/exit churn up to this and gives the pages back
   // when churn stops. 0 disables it (every exit returns its stack's pages).
   std::size_t stack_cache_bytes = std::size_t(64) << 20;
+  // Stall watchdog: a fiber that runs on a worker this long without switching
+  // is reported once on stderr, with its backtrace, and counted in
+  // stats().stalls (see <tendril/debug.hpp>). 0 turns the watchdog off.
+  std::chrono::milliseconds stall_threshold{100};
+  // A signal on which the runtime writes the fiber dump to stderr and the
+  // process goes on (0: none). Not SIGKILL, SIGSTOP, the fault signals
+  // (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT) or SIGURG, which the
+  // stall watchdog uses to sample a running fiber.
+  int dump_signal = 0;
 
   // The values in *this with every TENDRIL_* variable that is set applied on
   // top. Throws std::invalid_argument for a malformed or out-of-range value.

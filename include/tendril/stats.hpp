@@ -24,6 +24,7 @@ struct Stats {
   std::uint64_t steals = 0;            // fibers taken from another worker's queue
   std::uint64_t worker_parks = 0;      // times an idle worker put its thread to sleep
   std::uint64_t worker_wakeups = 0;    // times a parked worker was woken to take work
+  std::uint64_t stalls = 0;            // fibers the stall watchdog caught running too long without yielding
 
   // Stacks (see <tendril/fiber.hpp> for the stack model).
   std::string stack_mode;                // "uffd" or "kernel"

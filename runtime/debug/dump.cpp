@@ -88,19 +88,6 @@ TENDRIL_RACY_READER Snapshot read_ctl(const FiberCtl* f) noexcept {
 
 TENDRIL_RACY_READER bool unchanged(const FiberCtl* f, const Snapshot& before) noexcept;
 
-// Drops the runtime's own frames: the park machinery at the top (the public
-// call that parked, tendril::Mutex::lock say, stays) and the fiber's entry
-// trampoline at the bottom.
-void trim_runtime_frames(std::vector<FiberFrame>* frames) {
-  auto& v = *frames;
-  std::size_t first = 0;
-  while (first + 1 < v.size() && v[first].function.rfind("tendril::detail::", 0) == 0) ++first;
-  std::size_t end = v.size();
-  for (std::size_t i = first; i < v.size(); ++i)
-    if (v[i].function.find("fiber_entry(") != std::string::npos) { end = i; break; }
-  v = std::vector<FiberFrame>(v.begin() + long(first), v.begin() + long(end));
-}
-
 TENDRIL_RACY_READER bool unchanged(const FiberCtl* f, const Snapshot& before) noexcept {
   std::atomic_thread_fence(std::memory_order_acquire);
   const std::uint64_t w = f->park.wait.load(std::memory_order_relaxed);
@@ -124,7 +111,7 @@ bool frames_of_parked(Unwinder& u, const FiberCtl* f, const StackSlot& slot, con
   MachineRegs regs;
   if (!regs_from_saved_context(img, snap.fctx, &regs)) return false;
   *out = u.backtrace(regs, img);
-  trim_runtime_frames(out);
+  trim_runtime_frames(out, /*park_frames=*/true);
   return true;
 }
 
@@ -135,6 +122,32 @@ int running_worker(Scheduler& s, const FiberCtl* f) noexcept {
 }
 
 }  // namespace
+
+void trim_runtime_frames(std::vector<FiberFrame>* frames, bool park_frames) {
+  auto& v = *frames;
+  std::size_t first = 0;
+  while (park_frames && first + 1 < v.size() && v[first].function.rfind("tendril::detail::", 0) == 0) ++first;
+  std::size_t end = v.size();
+  for (std::size_t i = first; i < v.size(); ++i)
+    if (v[i].function.find("fiber_entry(") != std::string::npos) {
+      end = i;
+      break;
+    }
+  v = std::vector<FiberFrame>(v.begin() + long(first), v.begin() + long(end));
+}
+
+std::string format_frames(const std::vector<FiberFrame>& frames) {
+  std::string s;
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    const FiberFrame& fr = frames[i];
+    char pc[32];
+    std::snprintf(pc, sizeof pc, "0x%llx", static_cast<unsigned long long>(fr.pc));
+    s += "  #" + std::to_string(i) + " " + pc + " " + (fr.function.empty() ? "??" : fr.function);
+    if (!fr.file.empty()) s += " at " + fr.file + ":" + std::to_string(fr.line);
+    s += "\n";
+  }
+  return s;
+}
 
 std::string spawn_site_of(Unwinder& u, const FiberCtl* f) {
   std::string sym = u.symbol_name(reinterpret_cast<std::uintptr_t>(f->ops));
@@ -230,15 +243,7 @@ std::string format_fiber(const FiberInfo& f) {
     s += "  (frames not taken: the fiber is " + std::string(to_string(f.state)) + ")\n";
   else if (f.frames.empty())
     s += "  (frames not taken: the fiber ran while it was read)\n";
-  for (std::size_t i = 0; i < f.frames.size(); ++i) {
-    const FiberFrame& fr = f.frames[i];
-    char pc[32];
-    std::snprintf(pc, sizeof pc, "0x%llx", static_cast<unsigned long long>(fr.pc));
-    s += "  #" + std::to_string(i) + " " + pc + " " + (fr.function.empty() ? "??" : fr.function);
-    if (!fr.file.empty()) s += " at " + fr.file + ":" + std::to_string(fr.line);
-    s += "\n";
-  }
-  return s;
+  return s + detail::format_frames(f.frames);
 }
 
 std::vector<FiberInfo> fibers() {

@@ -23,6 +23,14 @@ inline FiberCtl* fiber_ctl_of(const StackSlot& slot) noexcept {
 // it off the workers (the dump runs on the blocking() pool).
 void for_each_fiber(Scheduler& s, void (*fn)(FiberInfo& info, void* arg), void* arg);
 
+// Frames as the dump prints them: "  #<i> 0x<pc> <function> at <file>:<line>".
+std::string format_frames(const std::vector<FiberFrame>& frames);
+
+// Drops the runtime's frames below the fiber's own code: its entry function
+// and the context trampoline. With `park_frames`, also the park machinery at
+// the top (the public call that parked, tendril::Mutex::lock say, stays).
+void trim_runtime_frames(std::vector<FiberFrame>* frames, bool park_frames);
+
 // The spawn site of `f` as a word: the callable's type from the symbol of
 // its ClosureOps.
 std::string spawn_site_of(Unwinder& u, const FiberCtl* f);

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <stdexcept>
 
+#include "runtime/debug/service.hpp"
 #include "runtime/io/poller.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
@@ -74,6 +75,12 @@ void validate(const Options& o) {
     throw std::invalid_argument("tendril: Options::spin_before_park must be within [0, 1 s]");
   if (!o.io_backend.empty() && o.io_backend != "uring" && o.io_backend != "epoll")
     throw std::invalid_argument("tendril: I/O backend must be \"uring\" or \"epoll\", not \"" + o.io_backend + "\"");
+  if (o.stall_threshold.count() < 0 || o.stall_threshold > std::chrono::hours(1))
+    throw std::invalid_argument("tendril: Options::stall_threshold must be within [0, 1 h]");
+  if (o.dump_signal != 0) {
+    if (const char* why = detail::unusable_dump_signal(o.dump_signal))
+      throw std::invalid_argument("tendril: Options::dump_signal " + std::to_string(o.dump_signal) + ": " + why);
+  }
   if (!o.stack_mode.empty() && o.stack_mode != "uffd" && o.stack_mode != "kernel")
     throw std::invalid_argument("tendril: stack mode must be \"uffd\" or \"kernel\", not \"" + o.stack_mode + "\"");
 }
@@ -127,6 +134,21 @@ Options Options::with_environment() const {
       bad_env("TENDRIL_IO", v, "expected uring or epoll");
     o.io_backend = v;
   }
+  if (const char* v = std::getenv("TENDRIL_STALL_MS")) {
+    const unsigned long long n = parse_unsigned("TENDRIL_STALL_MS", v);
+    if (n > 3600000) bad_env("TENDRIL_STALL_MS", v, "at most 3600000 (1 h)");
+    o.stall_threshold = std::chrono::milliseconds(n);
+  }
+  if (const char* v = std::getenv("TENDRIL_DUMP_SIGNAL")) {
+    if (*v == '\0') {
+      o.dump_signal = 0;
+    } else {
+      const int sig = detail::parse_signal(v);
+      if (sig <= 0) bad_env("TENDRIL_DUMP_SIGNAL", v, "expected a signal name such as USR1 or SIGUSR1, or a number");
+      if (const char* why = detail::unusable_dump_signal(sig)) bad_env("TENDRIL_DUMP_SIGNAL", v, why);
+      o.dump_signal = sig;
+    }
+  }
   validate(o);
   return o;
 }
@@ -157,6 +179,7 @@ void run(const Options& options, std::function<void()> main) {
   }
   detail::set_current_scheduler(&sched);
   sched.start();
+  detail::DebugService debug(sched, opts);
 
   std::exception_ptr error;
   try {
@@ -165,6 +188,7 @@ void run(const Options& options, std::function<void()> main) {
   } catch (...) {
     error = std::current_exception();
   }
+  debug.stop();
   sched.stop();
   {
     // Under the lock that stats() holds while it reads the live scheduler, so

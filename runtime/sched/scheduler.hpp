@@ -87,10 +87,12 @@ class Worker {
   unsigned index() const noexcept { return index_; }
   FiberCtl* current() const noexcept { return current_.load(std::memory_order_relaxed); }
   WorkerCounters& counters() noexcept { return counters_; }
+  const WorkerCounters& counters() const noexcept { return counters_; }
   TimerHeap& timers() noexcept { return timers_; }
 
   void start(int cpu);
   void join() { if (thread_.joinable()) thread_.join(); }
+  pthread_t native_handle() noexcept { return thread_.native_handle(); }
 
   // Makes f runnable on this worker: in runnext (a hand-off) or at the tail
   // of the local queue. Owner thread only.
@@ -218,6 +220,7 @@ class Scheduler {
 
   std::atomic<std::uint64_t> external_spawned{0};
   std::atomic<std::uint64_t> external_finished{0};
+  std::atomic<std::uint64_t> stalls{0};  // written by the stall watchdog
 
  private:
   friend class Worker;
