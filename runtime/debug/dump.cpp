@@ -177,6 +177,8 @@ void for_each_fiber(Scheduler& s, void (*fn)(FiberInfo& info, void* arg), void* 
     FiberCtl* f = fiber_ctl_of(ls.slot);
     Snapshot snap = read_ctl(f);
     if (snap.id != ls.fiber_id) continue;  // spawned or finished meanwhile
+    // Finished, its stack kept only for a Fiber handle not joined yet.
+    if (f->join_state.load(std::memory_order_acquire) == FiberCtl::kDone) continue;
     FiberInfo info;
     info.id = snap.id;
     info.name = snap.name;
