@@ -109,6 +109,10 @@ class Listener {
 #endif
 };
 
+// Every fiber with its state, wait reason and frames, as tendril::dump_fibers
+// writes it (tendril); empty for the twin, whose connections are threads.
+std::string fiber_dump();
+
 // Runs fn detached: a fiber (tendril) or a thread (twin).
 void go(std::function<void()> fn);
 

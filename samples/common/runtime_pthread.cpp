@@ -36,6 +36,8 @@ constexpr std::size_t kThreadStack = 256 * 1024;
 
 const char* runtime_name() noexcept { return "pthread"; }
 
+std::string fiber_dump() { return {}; }
+
 Stream::Stream(Stream&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
 Stream& Stream::operator=(Stream&& o) noexcept {
   if (this != &o) {

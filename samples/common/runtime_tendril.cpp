@@ -15,6 +15,12 @@ namespace sample {
 
 const char* runtime_name() noexcept { return "tendril"; }
 
+std::string fiber_dump() {
+  std::string out;
+  for (const tendril::FiberInfo& f : tendril::fibers()) out += tendril::format_fiber(f);
+  return out;
+}
+
 Stream::Stream(Stream&&) noexcept = default;
 Stream& Stream::operator=(Stream&&) noexcept = default;
 Stream::~Stream() = default;

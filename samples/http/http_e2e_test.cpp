@@ -251,6 +251,24 @@ TEST_P(HttpE2E, StatsReportTheRuntime) {
   EXPECT_EQ(j.find(R"("rss_bytes":0)"), std::string::npos) << j;
 }
 
+TEST_P(HttpE2E, DebugFibersShowsParkedConnections) {
+  auto s = start();
+  Client idle(s->port());
+  get(idle, "/");  // this connection's fiber now waits for its next request
+  Client c(s->port());
+  const Response r = get(c, "/debug/fibers");
+  if (rt() != "tendril") {
+    EXPECT_EQ(r.status, 404);
+    return;
+  }
+  ASSERT_EQ(r.status, 200);
+  // The idle connection parks in a socket read; the request being answered
+  // is the fiber running the dump's caller.
+  EXPECT_NE(r.body.find("[parked: net read fd="), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("serve_connection"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("[parked: net accept fd="), std::string::npos) << r.body;
+}
+
 TEST_P(HttpE2E, FanoutWithSimulatedBackend) {
   // A deadline no healthy run reaches: every call answers.
   auto s = start({"--fanout-deadline-ms", "60000"});

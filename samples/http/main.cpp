@@ -1,5 +1,5 @@
 // http: an HTTP/1.1 server, one fiber (or, in http-pthread, one thread) per
-// connection, with keep-alive and pipelining. Routes: / /stats /sleep /fanout
+// connection, with keep-alive and pipelining. Routes: / /stats /debug/fibers /sleep /fanout
 // (routes.hpp). This file reads the flags and runs the accept loop.
 //
 //   build/samples/http --port 8080 &
@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   Config cfg;
   sample::Flags flags(program(),
                       std::string("HTTP/1.1 server on ") + sample::runtime_name() +
-                          " (routes: / /stats /sleep?ms=N /fanout?n=K&ms=M)");
+                          " (routes: / /stats /debug/fibers /sleep?ms=N /fanout?n=K&ms=M)");
   flags.add("host", &cfg.host, "address to listen on");
   flags.add("port", &cfg.port, "port to listen on (0: any, printed at start)");
   flags.add("backlog", &cfg.backlog, "listen backlog");
@@ -94,6 +94,7 @@ int main(int argc, char** argv) {
       actions.sleep = [interrupt](std::chrono::milliseconds d) { return interrupt->sleep_for(d); };
       actions.fanout = fanout;
       actions.stats = [counters] { return sample_http::stats_json(*counters); };
+      actions.fiber_dump = sample::fiber_dump;
       const sample_http::Handler handler = sample_http::Routes(std::move(actions), counters);
       sample_http::ConnectionConfig conn_cfg;
       conn_cfg.limits.max_header_bytes = cfg.max_header_bytes;

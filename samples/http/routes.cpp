@@ -71,7 +71,8 @@ Reply Routes::route(const Request& req) const {
   const std::string_view path = req.target.substr(0, q);
   const std::string_view query = q == std::string_view::npos ? std::string_view() : req.target.substr(q + 1);
 
-  const bool known = path == "/" || path == "/stats" || path == "/sleep" || path == "/fanout";
+  const bool known =
+      path == "/" || path == "/stats" || path == "/sleep" || path == "/fanout" || path == "/debug/fibers";
   if (!known) return text(404, "not found\n");
   if (req.method != "GET") {
     Reply r = text(405, "method not allowed\n");
@@ -82,6 +83,12 @@ Reply Routes::route(const Request& req) const {
   if (path == "/") return text(200, std::string("hello from ") + sample::runtime_name() + "\n");
 
   if (path == "/stats") return json(actions_.stats());
+
+  if (path == "/debug/fibers") {
+    std::string dump = actions_.fiber_dump ? actions_.fiber_dump() : std::string();
+    if (dump.empty()) return text(404, "no fibers here: this server runs a thread per connection\n");
+    return text(200, std::move(dump));
+  }
 
   if (path == "/sleep") {
     const auto ms = int_param(query, "ms", 0, kMaxSleepMs);

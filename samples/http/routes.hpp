@@ -4,6 +4,8 @@
 //
 //   GET /                  200 "hello from <runtime>"
 //   GET /stats             200 JSON counters (stats_json.hpp)
+//   GET /debug/fibers      200 every fiber: state, wait reason, frames (as Go's
+//                          /debug/pprof/goroutine?debug=2); 404 on the thread twin
 //   GET /sleep?ms=N        waits N ms (0..60000), then 200
 //   GET /fanout?n=K&ms=M   K backend calls (1..1000) of M ms (0..60000), 200 JSON
 //   other paths 404, other methods 405, bad arguments 400
@@ -38,6 +40,8 @@ struct Actions {
   std::function<FanoutResult(int n, int ms)> fanout;
   // The /stats body.
   std::function<std::string()> stats;
+  // The /debug/fibers body; empty: the runtime has no fibers to show.
+  std::function<std::string()> fiber_dump;
 };
 
 constexpr int kMaxSleepMs = 60000;
