@@ -435,7 +435,11 @@ TEST(StallWatchdog, OneReportForAFiberThatSpins) {
   EXPECT_EQ(count_of(text, "tendril: stall: "), 1u) << text;
   EXPECT_NE(text.find("\"spinner\" has run "), std::string::npos) << text;
   EXPECT_NE(text.find(" without yielding"), std::string::npos) << text;
+#if !defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer holds signals back until the thread reaches one of its
+  // interceptors, which a spinning loop never does: no sample there.
   EXPECT_NE(text.find("debug_test_spin_without_yielding"), std::string::npos) << text;
+#endif
   EXPECT_EQ(stalls, 1u);
 }
 

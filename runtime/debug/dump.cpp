@@ -79,9 +79,7 @@ TENDRIL_RACY_READER Snapshot read_ctl(const FiberCtl* f) noexcept {
   s.fctx = reinterpret_cast<std::uintptr_t>(*static_cast<void* const volatile*>(
       static_cast<const void*>(&f->ctx.fctx)));
   s.since = *static_cast<const volatile std::int64_t*>(&f->park.since);
-  s.id = *static_cast<const volatile FiberId*>(&f->id);
-  for (std::size_t i = 0; i < sizeof s.name; ++i) s.name[i] = static_cast<const volatile char*>(f->name)[i];
-  s.name[sizeof s.name - 1] = '\0';
+  read_identity(f, &s.id, s.name);
   s.ops = *static_cast<const void* const volatile*>(static_cast<const void*>(&f->ops));
   return s;
 }
@@ -149,8 +147,15 @@ std::string format_frames(const std::vector<FiberFrame>& frames) {
   return s;
 }
 
-std::string spawn_site_of(Unwinder& u, const FiberCtl* f) {
-  std::string sym = u.symbol_name(reinterpret_cast<std::uintptr_t>(f->ops));
+TENDRIL_RACY_READER void read_identity(const FiberCtl* f, FiberId* id,
+                                       char (&name)[sizeof(FiberCtl::name)]) noexcept {
+  *id = *static_cast<const volatile FiberId*>(&f->id);
+  for (std::size_t i = 0; i < sizeof name; ++i) name[i] = static_cast<const volatile char*>(f->name)[i];
+  name[sizeof name - 1] = '\0';
+}
+
+std::string spawn_site_of(Unwinder& u, const void* ops) {
+  std::string sym = u.symbol_name(reinterpret_cast<std::uintptr_t>(ops));
   // "tendril::detail::closure_ops<T>": the callable's type is the useful part.
   // "tendril::detail::closure_ops<tendril::spawn<T>(...)::{lambda()#1}>": the
   // callable's type T is the useful part.
@@ -184,7 +189,7 @@ void for_each_fiber(Scheduler& s, void (*fn)(FiberInfo& info, void* arg), void* 
     info.name = snap.name;
     info.stack_mapped = std::size_t(ls.mapped_pages) * 4096;
     info.stack_high_water = ls.high_water;
-    info.spawn_site = spawn_site_of(u, f);
+    info.spawn_site = spawn_site_of(u, snap.ops);
     for (int attempt = 0; attempt < 3; ++attempt) {
       const WaitFor what(snap.wait, 0);
       info.worker = running_worker(s, f);

@@ -31,8 +31,12 @@ std::string format_frames(const std::vector<FiberFrame>& frames);
 // the top (the public call that parked, tendril::Mutex::lock say, stays).
 void trim_runtime_frames(std::vector<FiberFrame>* frames, bool park_frames);
 
-// The spawn site of `f` as a word: the callable's type from the symbol of
-// its ClosureOps.
-std::string spawn_site_of(Unwinder& u, const FiberCtl* f);
+// The spawn site as a word: the callable's type, from the symbol of the
+// fiber's ClosureOps (`ops`).
+std::string spawn_site_of(Unwinder& u, const void* ops);
+
+// Id and name of a fiber that may be running on another thread (plain reads
+// of fields fixed at spawn, taken without synchronisation on purpose).
+void read_identity(const FiberCtl* f, FiberId* id, char (&name)[sizeof(FiberCtl::name)]) noexcept;
 
 }  // namespace tendril::detail

@@ -68,7 +68,10 @@ namespace {
 
 constexpr std::size_t kSampleBytes = 64 * 1024;
 constexpr std::int64_t kReportIntervalNs = 1'000'000'000;  // at most one written report per second
-enum : int { kIdle = 0, kRequested = 1, kTaken = 2, kMissed = 3 };
+// kRequested -> kCopying (the handler claims the sample) -> kTaken or kMissed;
+// or kRequested -> kIdle (the watchdog gives up first). Whoever moves it out
+// of kRequested owns the buffer, so a late signal never writes into it.
+enum : int { kIdle = 0, kRequested = 1, kCopying = 2, kTaken = 3, kMissed = 4 };
 
 // What the handler on the stalled worker copies for the watchdog. One at a
 // time: the watchdog requests a sample and waits for it.
@@ -87,9 +90,11 @@ std::atomic<StallSample*> g_sample{nullptr};
 
 void on_sample_signal(int, siginfo_t*, void* ucv) {
   StallSample* s = g_sample.load(std::memory_order_acquire);
-  if (s == nullptr || s->state.load(std::memory_order_acquire) != kRequested) return;
+  if (s == nullptr) return;
   Worker* w = current_worker();
   if (w == nullptr || w->index() != s->worker) return;
+  int expected = kRequested;
+  if (!s->state.compare_exchange_strong(expected, kCopying, std::memory_order_acq_rel)) return;
   FiberCtl* f = w->current();
   if (f != s->fiber) {
     s->state.store(kMissed, std::memory_order_release);
@@ -256,16 +261,16 @@ void DebugService::watch_for_stalls() {
       sample.fiber = f;
       sample.state.store(kRequested, std::memory_order_release);
       g_sample.store(&sample, std::memory_order_release);
-      int state = kRequested;
       if (pthread_kill(w.native_handle(), kStallSampleSignal) == 0) {
-        for (int waited = 0; waited < 100 && (state = sample.state.load(std::memory_order_acquire)) == kRequested;
-             ++waited)
+        for (int waited = 0; waited < 100 && sample.state.load(std::memory_order_acquire) == kRequested; ++waited)
           std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
-      // The handler may still run late: it finds kIdle and leaves the buffer alone.
-      int expected = kRequested;
-      sample.state.compare_exchange_strong(expected, kIdle, std::memory_order_acq_rel);
-      state = expected == kRequested ? kRequested : state;
+      int state = kRequested;
+      if (sample.state.compare_exchange_strong(state, kIdle, std::memory_order_acq_rel)) {
+        state = kRequested;  // not sampled; a late handler now finds kIdle and leaves the buffer alone
+      } else {
+        while ((state = sample.state.load(std::memory_order_acquire)) == kCopying) std::this_thread::yield();
+      }
       g_sample.store(nullptr, std::memory_order_release);
       std::string report;
       const long long ms = (now - s.since) / 1000000;
@@ -285,8 +290,13 @@ void DebugService::watch_for_stalls() {
         trim_runtime_frames(&frames, /*park_frames=*/false);
         report += format_frames(frames);
       } else {
-        report = "tendril: stall: a fiber has run " + std::to_string(ms) + " ms on worker " + std::to_string(i) +
-                 " without yielding (it switched before its backtrace was taken)\n";
+        // No sample (the fiber switched first, or the signal was held back):
+        // name it from its control block all the same.
+        FiberId id = 0;
+        char name[sizeof(FiberCtl::name)];
+        read_identity(f, &id, name);
+        report = "tendril: stall: fiber " + std::to_string(id) + " \"" + name + "\" has run " + std::to_string(ms) +
+                 " ms on worker " + std::to_string(i) + " without yielding (no backtrace: it could not be sampled)\n";
       }
       if (suppressed != 0) {
         report += "tendril: stall: " + std::to_string(suppressed) +
