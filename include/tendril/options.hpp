@@ -51,9 +51,10 @@ struct Options {
   // The cache grows under spawn/exit churn up to this and gives the pages back
   // when churn stops. 0 disables it (every exit returns its stack's pages).
   std::size_t stack_cache_bytes = std::size_t(64) << 20;
-  // Stall watchdog: a fiber that runs on a worker this long without switching
-  // is reported once on stderr, with its backtrace, and counted in
-  // stats().stalls (see <tendril/debug.hpp>). 0 turns the watchdog off.
+  // Stall watchdog: a fiber that holds a worker this long without switching
+  // (running, or blocked in a system call; not counting time the kernel kept
+  // the thread off the CPU) is reported once on stderr, with its backtrace,
+  // and counted in stats().stalls (see <tendril/debug.hpp>). 0: off.
   std::chrono::milliseconds stall_threshold{100};
   // A signal on which the runtime writes the fiber dump to stderr and the
   // process goes on (0: none). Not SIGKILL, SIGSTOP, the fault signals

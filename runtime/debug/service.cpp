@@ -158,6 +158,20 @@ void write_all(int fd, const std::string& s) {
   }
 }
 
+// Nanoseconds thread `tid` has spent waiting for a CPU (runnable but not
+// running): the second field of /proc/<tid>/schedstat. A worker the kernel
+// preempted has not stalled; that time does not count. 0 without schedstat.
+std::int64_t runqueue_wait_ns(int fd) {
+  if (fd < 0) return 0;
+  char buf[96];
+  const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  unsigned long long run = 0, wait = 0;
+  if (std::sscanf(buf, "%llu %llu", &run, &wait) != 2) return 0;
+  return std::int64_t(wait);
+}
+
 std::int64_t now_ns() {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -226,9 +240,15 @@ void DebugService::watch_for_stalls() {
     std::uint64_t switches = ~std::uint64_t{0};
     FiberCtl* fiber = nullptr;
     std::int64_t since = 0;
+    std::int64_t waited_before = 0;  // runqueue wait of the worker at `since`
     bool reported = false;
   };
   std::vector<Seen> seen(n);
+  std::vector<int> schedstat(n, -1);
+  for (unsigned i = 0; i < n; ++i) {
+    const std::string path = "/proc/self/task/" + std::to_string(sched_.worker(i).os_tid()) + "/schedstat";
+    schedstat[i] = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  }
   StallSample sample;
   sample.img.words.resize(kSampleBytes / 8);
   std::int64_t last_report = 0;
@@ -245,10 +265,12 @@ void DebugService::watch_for_stalls() {
       FiberCtl* f = w.current();
       Seen& s = seen[i];
       if (f == nullptr || sw != s.switches || f != s.fiber) {
-        s = Seen{sw, f, now, false};
+        s = Seen{sw, f, now, runqueue_wait_ns(schedstat[i]), false};
         continue;
       }
       if (s.reported || now - s.since < threshold_ns) continue;
+      const std::int64_t held = now - s.since - (runqueue_wait_ns(schedstat[i]) - s.waited_before);
+      if (held < threshold_ns) continue;  // mostly preempted by the kernel, not stalled
       s.reported = true;  // once per stall: until this worker switches
       sched_.stalls.fetch_add(1, std::memory_order_relaxed);
       if (last_report != 0 && now - last_report < kReportIntervalNs) {
@@ -273,7 +295,7 @@ void DebugService::watch_for_stalls() {
       }
       g_sample.store(nullptr, std::memory_order_release);
       std::string report;
-      const long long ms = (now - s.since) / 1000000;
+      const long long ms = held / 1000000;
       if (state == kTaken) {
         report = "tendril: stall: fiber " + std::to_string(sample.id) + " \"" + sample.name + "\" has run " +
                  std::to_string(ms) + " ms on worker " + std::to_string(i) + " without yielding\n";
@@ -307,6 +329,8 @@ void DebugService::watch_for_stalls() {
     }
     lock.lock();
   }
+  for (int fd : schedstat)
+    if (fd >= 0) ::close(fd);
 }
 
 }  // namespace tendril::detail

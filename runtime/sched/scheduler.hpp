@@ -93,6 +93,8 @@ class Worker {
   void start(int cpu);
   void join() { if (thread_.joinable()) thread_.join(); }
   pthread_t native_handle() noexcept { return thread_.native_handle(); }
+  // The worker thread's kernel thread id, once it has started (else 0).
+  int os_tid() const noexcept { return os_tid_.load(std::memory_order_acquire); }
 
   // Makes f runnable on this worker: in runnext (a hand-off) or at the tail
   // of the local queue. Owner thread only.
@@ -176,6 +178,7 @@ class Worker {
   std::int64_t park_backoff_ns_ = kMinParkBackoffNs;
   Deadline park_deadline_{};
   std::uint64_t maintenance_due_ns_ = 0;  // from stack_maintain: when to wake for it
+  std::atomic<int> os_tid_{0};
   std::thread thread_;
 };
 

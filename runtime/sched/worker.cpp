@@ -75,6 +75,7 @@ void Worker::start(int cpu) {
     pthread_setname_np(pthread_self(), name);
     stack_thread_init(index_);
     tls_worker = this;
+    os_tid_.store(static_cast<int>(gettid()), std::memory_order_release);
     io_thread_init(index_);
     context_adopt_thread(sched_ctx_);
     sched_.started_->count_down();  // run() starts main only once every worker is ready
