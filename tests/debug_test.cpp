@@ -382,6 +382,11 @@ TEST(FiberDump, CompleteWithManyFibersWhileWorkersRun) {
 }
 
 TEST(FiberDump, SignalWritesTheDumpWhileWorkersAreBusy) {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer defers an asynchronous signal until the thread it landed
+  // on calls one of its interceptors; busy workers that only yield never do.
+  GTEST_SKIP() << "signal delivery is deferred under ThreadSanitizer";
+#endif
   CaptureStderr cap;
   tendril::Options o = two_workers();
   o.dump_signal = SIGUSR2;
@@ -453,11 +458,13 @@ TEST(StallWatchdog, OneReportForAFiberThatSpins) {
 TEST(StallWatchdog, NoReportForABusyServerThatYields) {
   CaptureStderr cap;
   tendril::Options o = two_workers();
-  o.stall_threshold = 100ms;
+  // Under a sanitizer one step of this loop (a spawn, a channel operation)
+  // can itself take tens of milliseconds; the threshold scales with it.
+  o.stall_threshold = 100ms * (kStressScale > 1 ? 10 : 1);
   std::uint64_t stalls = 1;
   tendril::run(o, [&] {
     std::vector<tendril::Fiber> workers;
-    const auto end = std::chrono::steady_clock::now() + 500ms;
+    const auto end = std::chrono::steady_clock::now() + 5 * o.stall_threshold;
     tendril::Channel<int> ch(16);
     for (int i = 0; i < 4; ++i)
       workers.push_back(tendril::spawn([=]() mutable {
