@@ -146,7 +146,7 @@ class StackCache : public ::testing::TestWithParam<const char*> {
       stack_set_topology_for_testing(nullptr);
     }
     stack_set_clock_for_testing(fake_clock);
-    StackConfig c;
+    StackConfig c = stack_config(tendril::Options{}.with_environment(), 1);  // TENDRIL_STACK_FILL etc.
     c.default_limit = kLimit;
     c.workers = cfg.workers;
     c.mode = GetParam();

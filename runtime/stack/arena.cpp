@@ -324,8 +324,6 @@ constexpr std::size_t kMaxArenaBytes = std::size_t(8) << 30;  // 8 GiB per (work
 #else
 constexpr std::size_t kMaxArenaBytes = std::size_t(1) << 40; // 1 TiB per (worker, class)
 #endif
-constexpr unsigned kDefaultGrowPages = 16;
-constexpr long kDefaultBurstUs = 1000;  // see pages_for_fault: ~90 faults' worth here
 constexpr std::uint32_t kSwitchesPerTick = 1024;  // stack_on_switch runs cache_tick this often
 
 bool g_initialized = false;
@@ -682,23 +680,11 @@ void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
 
 // ---- init helpers ------------------------------------------------------------
 
-std::string chosen_mode_name(const StackConfig& config) {
-  if (!config.mode.empty()) return config.mode;
-  const char* env = std::getenv("TENDRIL_STACK_MODE");
-  return env && *env ? env : "uffd";
-}
-
-void read_tuning_from_env() {
-  const char* fill = std::getenv("TENDRIL_STACK_FILL");
-  g_rt.fill = fill && std::strcmp(fill, "move") == 0 ? Fill::move : Fill::copy;
-  const char* grow = std::getenv("TENDRIL_STACK_GROW");
-  long pages = grow ? std::strtol(grow, nullptr, 10) : kDefaultGrowPages;
-  g_rt.max_grow_pages = unsigned(std::clamp(pages, 1L, 16L));  // 16 = the 64 KiB zero source
-  const char* burst = std::getenv("TENDRIL_STACK_BURST_US");
-  const long burst_us = burst && *burst ? std::strtol(burst, nullptr, 10) : kDefaultBurstUs;
-  g_rt.burst_ns = std::uint64_t(std::max(0L, burst_us)) * 1000;
-  const char* learn = std::getenv("TENDRIL_STACK_LEARN");
-  g_rt.learn_depth = !(learn && std::strcmp(learn, "0") == 0);
+void apply_tuning(const StackConfig& config) {
+  g_rt.fill = config.fill_move ? Fill::move : Fill::copy;
+  g_rt.max_grow_pages = std::clamp(config.max_grow_pages, 1u, 16u);  // 16 = the 64 KiB zero source
+  g_rt.burst_ns = config.burst_ns;
+  g_rt.learn_depth = config.learn_depth;
 }
 
 bool start_uffd_workers() {
@@ -830,12 +816,12 @@ using namespace stack_impl;
 
 void stack_init(const StackConfig& config) {
   if (g_initialized) stack_shutdown();
-  std::string mode = chosen_mode_name(config);
+  const std::string mode = config.mode.empty() ? "uffd" : config.mode;
   if (mode != "uffd" && mode != "kernel") throw std::invalid_argument("tendril: stack mode must be uffd or kernel: " + mode);
   g_rt = Runtime{};
   g_rt.workers = std::clamp(config.workers, 1u, kMaxWorkers);
   g_rt.arena_bytes = std::min(kMaxArenaBytes, kArenaBudget / g_rt.workers);
-  read_tuning_from_env();
+  apply_tuning(config);
   g_rt.w = new Worker[g_rt.workers];
   g_rt.mode = Mode::uffd;
   if (mode == "kernel" || !start_uffd_workers()) {
@@ -843,7 +829,7 @@ void stack_init(const StackConfig& config) {
     stop_uffd_workers();
     start_kernel_mode();
   }
-  cache_init(config.cache_bytes);
+  cache_init(config.cache_bytes, config.numa_check);
   g_initialized = true;
   log_mode();
 }
@@ -936,7 +922,7 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept {
   }
   if (depth && cm.site && g_rt.learn_depth) site_record(cm.site, depth);
   m.state.store(kFree, std::memory_order_release);
-  if (cache_enabled() && cache_put(releaser, worker, r, cls, resident, extent)) return;
+  if (cache_enabled() && cache_put(releaser, r, cls, resident, extent)) return;
   drop_released_slot(releaser, r, resident, extent);
 }
 

@@ -423,11 +423,11 @@ std::uint64_t cache_now_ns() noexcept {
   return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
 }
 
-void cache_init(std::size_t budget_bytes) noexcept {
+void cache_init(std::size_t budget_bytes, bool numa_check) noexcept {
   g_cache.enabled = budget_bytes >= kPage && g_rt.workers > 0;
   g_cache.nodes = g_topo.nodes ? std::min<unsigned>(g_topo.nodes, kMaxNodes) : real_nodes();
   g_cache.check = g_cache.nodes > 1 || g_topo.check_single_node;
-  if (const char* env = std::getenv("TENDRIL_STACK_NUMA_CHECK"); env && *env == '1') g_cache.check = true;
+  if (numa_check) g_cache.check = true;
   std::uint64_t pages = budget_bytes / kPage;
   g_cache.local_cap = pages / (2 * std::uint64_t(g_rt.workers));
   g_cache.depot_cap = pages - g_cache.local_cap * g_rt.workers;
@@ -596,8 +596,7 @@ bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* o
   return cache_take_searching(w, cls, want_pages, out);
 }
 
-bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::uint32_t resident,
-               std::uint32_t extent) noexcept {
+bool cache_put(Worker& w, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept {
   WorkerCache& c = w.cache;
   SlotMeta& m = r.arena->meta[r.slot];
   SlotCacheMeta& cm = r.arena->cmeta[r.slot];
@@ -677,7 +676,6 @@ bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::
   add_single_writer(k.stacks, 1);
   add_single_writer(k.pages, resident);
   add_single_writer(w.counters.cached_pages, resident);
-  (void)worker;
   return true;
 }
 

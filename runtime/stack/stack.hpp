@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 
+#include "tendril/options.hpp"
+
 namespace tendril::detail {
 
 // One fiber stack. The usable range is [lo, hi); stacks grow down from hi. At
@@ -22,18 +24,41 @@ struct StackSlot {
   std::uint32_t index = 0;   // provider-private identity (slot number)
 };
 
-// Added by issue 4: default memory budget of the free-stack cache (bytes of
-// resident pages held by cached stacks); Options::stack_cache_bytes.
+// Default memory budget of the free-stack cache (bytes of resident pages held
+// by cached stacks); Options::stack_cache_bytes.
 constexpr std::size_t kDefaultStackCacheBytes = std::size_t(64) << 20;
 
+// The defaults are Options' defaults; the fields mirror Options (see
+// options.hpp for what each means), which validates them.
 struct StackConfig {
   std::size_t default_limit = 256 * 1024;
   unsigned workers = 1;
-  std::string mode;  // "", "uffd" or "kernel" (TENDRIL_STACK_MODE)
-  // Added by issue 4: budget of the NUMA-aware free-stack cache; 0 disables it
-  // (a released slot then goes straight back to its arena with its top page).
+  std::string mode;  // "" (uffd where allowed), "uffd" or "kernel"
+  // Budget of the NUMA-aware free-stack cache; 0 disables it (a released slot
+  // then goes straight back to its arena with its top page).
   std::size_t cache_bytes = kDefaultStackCacheBytes;
+  bool fill_move = false;                  // Options::stack_fill == "move"
+  unsigned max_grow_pages = 16;            // Options::stack_grow_pages
+  std::uint64_t burst_ns = 1000 * 1000;    // Options::stack_burst
+  bool learn_depth = true;                 // Options::stack_learn_depth
+  bool numa_check = false;                 // Options::stack_numa_check
 };
+
+// The stack subsystem's part of `options` (already validated, environment
+// applied), for `workers` worker indexes.
+inline StackConfig stack_config(const Options& options, unsigned workers) {
+  StackConfig c;
+  c.default_limit = options.stack_limit;
+  c.workers = workers;
+  c.mode = options.stack_mode;
+  c.cache_bytes = options.stack_cache_bytes;
+  c.fill_move = options.stack_fill == "move";
+  c.max_grow_pages = options.stack_grow_pages;
+  c.burst_ns = std::uint64_t(options.stack_burst.count()) * 1000;
+  c.learn_depth = options.stack_learn_depth;
+  c.numa_check = options.stack_numa_check;
+  return c;
+}
 
 struct StackCounters {
   std::string mode;                  // "uffd" or "kernel" ("simple" for the issue-2 provider)

@@ -268,19 +268,20 @@ struct SlotRef {
   SubArena* arena;
   std::uint32_t slot;
 };
-void cache_init(std::size_t budget_bytes) noexcept;
+// `numa_check`: check page locality even on a one-node machine.
+void cache_init(std::size_t budget_bytes, bool numa_check) noexcept;
 void cache_shutdown() noexcept;
 void cache_thread_init(unsigned worker) noexcept;
 bool cache_enabled() noexcept;
 // Takes a cached slot of class `cls` for worker w, preferring one mapped at
-// least `want_pages` deep. On success *ref and *entry describe it; the slot
-// is out of the cache (gauges settled) but not yet prepared.
+// least `want_pages` deep. On success *entry describes it; the slot is out
+// of the cache (gauges settled) but not yet prepared.
 bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* entry) noexcept;
-// Offers a released slot (state already kFree, live pages already debited:
-// `resident` pages are resident in it). Returns false if the cache refused it:
-// the caller then shrinks it and frees it to its arena.
-bool cache_put(Worker& releaser, unsigned releaser_index, const SlotRef& r, unsigned cls, std::uint32_t resident,
-               std::uint32_t extent) noexcept;
+// Offers slot `r`, released on worker `releaser` (state already kFree, live
+// pages already debited; `resident` pages are resident in it, none deeper
+// than `extent` pages below hi) to the releaser's cache. Returns false if the
+// cache refused it: the caller then shrinks it and frees it to its arena.
+bool cache_put(Worker& releaser, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept;
 std::uint32_t site_depth_pages(const void* site) noexcept;
 // Records that worker w had to carve a fresh slot of class cls (a page
 // fault's worth of work on its spawn path): idle workers prepare ahead.
