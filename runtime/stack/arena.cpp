@@ -966,11 +966,33 @@ std::size_t stack_high_water(const StackSlot& slot) noexcept {
   return std::size_t(slot.hi - deepest);
 }
 
+// The cache counters of all workers, summed (gauges are deltas: a worker's
+// part may be negative, the sum is not).
+struct CacheSums {
+#define TENDRIL_CACHE_SUM(storage, field, doc) std::int64_t storage = 0;
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_SUM)
+#undef TENDRIL_CACHE_SUM
+  std::int64_t stacks = 0;
+
+  void add(const CacheCounters& q) noexcept {
+#define TENDRIL_CACHE_ADD(storage, field, doc) storage += q.storage.load(std::memory_order_relaxed);
+    TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_ADD)
+#undef TENDRIL_CACHE_ADD
+    stacks += q.stacks.load(std::memory_order_relaxed);
+  }
+  void store(StackCounters& c) const noexcept {
+#define TENDRIL_CACHE_STORE(storage, field, doc) c.field = std::uint64_t(std::max<std::int64_t>(storage, 0));
+    TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_STORE)
+#undef TENDRIL_CACHE_STORE
+    c.cache_stacks = std::uint64_t(std::max<std::int64_t>(stacks, 0));
+  }
+};
+
 StackCounters stack_counters() {
   StackCounters c;
   c.mode = g_rt.mode == Mode::uffd ? "uffd" : "kernel";
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
-  std::int64_t cc[11] = {};
+  CacheSums sums;
   for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i) {
     WorkerCounters& k = g_rt.w[i].counters;
     const HandlerCounters& h = g_rt.w[i].handler_counters;
@@ -978,11 +1000,7 @@ StackCounters stack_counters() {
     live += k.live_pages.load(std::memory_order_relaxed) + h.live_pages.load(std::memory_order_relaxed);
     cached += k.cached_pages.load(std::memory_order_relaxed);
     refills += k.pool_refills.load(std::memory_order_relaxed);
-    const CacheCounters& q = g_rt.w[i].cache.counters;
-    const std::atomic<std::int64_t>* qs[11] = {&q.hits,       &q.misses,        &q.cached,        &q.dropped,
-                                               &q.evicted,    &q.node_match,    &q.node_mismatch, &q.pages_trimmed,
-                                               &q.stacks,     &q.pages,         &q.prepared};
-    for (int j = 0; j < 11; ++j) cc[j] += qs[j]->load(std::memory_order_relaxed);
+    sums.add(g_rt.w[i].cache.counters);
     PagePool& p = g_rt.w[i].pool;
     pool += std::int64_t(p.produced.load() - p.consumed.load());
   }
@@ -995,10 +1013,7 @@ StackCounters stack_counters() {
   c.cached_pages = std::uint64_t(std::max<std::int64_t>(cached, 0));
   c.pool_refills = std::uint64_t(refills);
   c.pool_pages = std::uint64_t(pool);
-  std::uint64_t* out[11] = {&c.cache_hits,  &c.cache_misses, &c.stacks_cached, &c.stacks_dropped,
-                            &c.stacks_evicted, &c.node_match, &c.node_mismatch, &c.pages_trimmed,
-                            &c.cache_stacks, &c.cache_pages, &c.stacks_prepared};
-  for (int j = 0; j < 11; ++j) *out[j] = std::uint64_t(std::max<std::int64_t>(cc[j], 0));
+  sums.store(c);
   return c;
 }
 

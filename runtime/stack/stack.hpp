@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tendril/detail/counters.hpp"
 #include "tendril/options.hpp"
 
 namespace tendril::detail {
@@ -72,19 +73,13 @@ struct StackCounters {
   // Added by issue 4 (the free-stack cache; see arena.cpp). cached_pages above
   // now counts every resident page of a free slot, cache_pages the part of it
   // held by the stack cache.
-  std::uint64_t cache_hits = 0;      // allocations served by the cache (no fault, no syscall)
-  std::uint64_t cache_misses = 0;    // allocations that took a slot from the arena
-  std::uint64_t stacks_cached = 0;   // releases the cache took
-  std::uint64_t stacks_dropped = 0;  // releases the cache could not take (full, over budget, off)
-  std::uint64_t stacks_evicted = 0;  // cached stacks given back to the arena when churn stopped
-  std::uint64_t node_match = 0;      // released stacks whose checked pages were all on the releaser's node
-  std::uint64_t node_mismatch = 0;   // ... that had pages on another node (those pages were released)
-  std::uint64_t pages_trimmed = 0;   // pages of cached stacks given back (depth trim, foreign, eviction)
+  // The cache's counters, named as in Stats (TENDRIL_STACK_CACHE_COUNTERS).
+  // cached_pages above counts every resident page of a free slot,
+  // stack_cache_pages the part of it held by the stack cache.
+#define TENDRIL_STACK_COUNTER(storage, field, doc) std::uint64_t field = 0;
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STACK_COUNTER)
+#undef TENDRIL_STACK_COUNTER
   std::uint64_t cache_stacks = 0;    // gauge: stacks in the cache now
-  std::uint64_t cache_pages = 0;     // gauge: resident pages of the stacks in the cache now
-  // Added for issue 3 (1M spawns): fresh stacks idle workers prepared for a
-  // worker whose spawns kept missing the cache (see stack_prepare_ahead).
-  std::uint64_t stacks_prepared = 0;
 };
 
 // Lifetime: init() before any worker starts, shutdown() after all have stopped.

@@ -167,10 +167,10 @@ struct alignas(64) Depot {
 };
 
 struct alignas(64) CacheCounters {  // single writer: the worker index that owns it
-  std::atomic<std::int64_t> hits{0}, misses{0}, cached{0}, dropped{0}, evicted{0};
-  std::atomic<std::int64_t> node_match{0}, node_mismatch{0}, pages_trimmed{0};
-  std::atomic<std::int64_t> stacks{0}, pages{0};  // gauges (deltas; summed over workers)
-  std::atomic<std::int64_t> prepared{0};          // fresh stacks prepared ahead for other workers
+#define TENDRIL_CACHE_COUNTER(storage, field, doc) std::atomic<std::int64_t> storage{0};
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_COUNTER)
+#undef TENDRIL_CACHE_COUNTER
+  std::atomic<std::int64_t> stacks{0};  // gauge (deltas; summed over workers): stacks in the cache
 };
 
 struct TrimBatch {
