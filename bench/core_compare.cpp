@@ -1,4 +1,4 @@
-// Issue 2 comparison: tendril vs pthreads, measured in the same run.
+// Core comparison: tendril vs pthreads, measured in the same run.
 //
 //   core_compare [--quick] [--reps N] [--markdown FILE] [--png DIR]
 //
@@ -440,7 +440,7 @@ void write_markdown(const Config& cfg, const std::vector<Case>& cases, const std
     std::fprintf(stderr, "core_compare: cannot write %s: %s\n", cfg.markdown.c_str(), std::strerror(errno));
     return;
   }
-  std::fprintf(f, "# tendril vs pthreads (issue 2), core_compare\n\n%s\n\n", env.c_str());
+  std::fprintf(f, "# tendril vs pthreads, core_compare\n\n%s\n\n", env.c_str());
   std::fprintf(f, "## Ratios (same run)\n\npthread/tendril > 1 means tendril is faster. Units: ns per switch, "
                   "per round trip, per fiber/thread, per lock+unlock.\n\n");
   ratio_table(cases).markdown(f);
@@ -578,7 +578,7 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "total %.1f s\n", std::chrono::duration<double>(Clock::now() - t_start).count());
 
   const std::string env = environment_line(cfg, tendril::stats().stack_mode);
-  std::printf("\ntendril vs pthreads (issue 2) -- %s\n", env.c_str());
+  std::printf("\ntendril vs pthreads -- %s\n", env.c_str());
   std::printf("\nRatios (same run; pthread/tendril > 1 means tendril is faster; ns per switch, per round trip,\n"
               "per fiber/thread, per lock+unlock):\n");
   ratio_table(cases).print(stdout);

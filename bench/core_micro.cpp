@@ -1,4 +1,4 @@
-// Issue 2 micro-benchmarks (Google Benchmark): tendril vs pthreads, in one run.
+// Core micro-benchmarks (Google Benchmark): tendril vs pthreads, in one run.
 //
 //   core_micro [--benchmark_filter=REGEX] [--benchmark_min_time=0.2] ...
 //

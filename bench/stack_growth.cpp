@@ -1,4 +1,4 @@
-// Stack growth benchmark for runtime/stack (tendril issue 3). Plain program.
+// Stack growth benchmark for runtime/stack. Plain program.
 //
 //   g++ -std=c++20 -O2 bench/stack_growth.cpp runtime/stack/*.cpp
 //       -lboost_context -lpthread -o /tmp/stack_growth && /tmp/stack_growth [iterations] [growth|memory]

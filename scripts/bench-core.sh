@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds tendril in Release (build-release/, Ninja) and runs the issue-2
+# Builds tendril in Release (build-release/, Ninja) and runs the core
 # comparison, tendril vs pthreads, writing into bench/results/:
 #   core_compare-<stamp>.txt   the printed tables
 #   core_compare-<stamp>.md    the same as Markdown

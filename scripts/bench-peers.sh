@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6: tendril next to its peers, Go goroutines and Boost.Fiber, on the
+# tendril next to its peers, Go goroutines and Boost.Fiber, on the
 # same micro-benchmarks and the skynet spawn tree, measured one runtime after
 # the other on this machine (see bench/peers/README.md for what each case does).
 #
@@ -175,7 +175,7 @@ make_table() {  # $1 = text | md
 }
 
 echo
-echo "tendril vs Go vs Boost.Fiber (issue 6) -- $env_line"
+echo "tendril vs Go vs Boost.Fiber -- $env_line"
 echo "$versions"
 echo "Units: ns per switch / round trip / task, ms per skynet tree. peer/tendril > 1: tendril is faster (leaner)."
 echo
@@ -186,7 +186,7 @@ if [[ -n "$markdown" ]]; then
   mkdir -p "$(dirname "$markdown")"
   {
     echo
-    echo "## tendril vs Go vs Boost.Fiber (issue 6), $(date '+%Y-%m-%d %H:%M')"
+    echo "## tendril vs Go vs Boost.Fiber, $(date '+%Y-%m-%d %H:%M')"
     echo
     echo "$env_line."
     echo "$versions."

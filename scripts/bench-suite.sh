@@ -10,7 +10,7 @@
 #
 # LIST: comma-separated parts (default all): core,memory,cache,echo,http,
 # fanout,idle,peers. --quick shortens every part; the full run took 8-10
-# minutes on the project's 2-vCPU machine (2026-12-01). Dependencies: bash scripts/install-deps.sh;
+# minutes on the project's 2-vCPU machine. Dependencies: bash scripts/install-deps.sh;
 # peers: apt-get install golang-go libboost-fiber-dev (skipped if missing).
 set -euo pipefail
 

@@ -415,7 +415,7 @@ TEST_P(StackArena, GrowAndReleaseLeaksNoPages) {
     for (auto& s : slots) recurse_near_limit(s, 16 * kPageSize);
     EXPECT_GE(stack_counters().stack_pages_mapped, std::uint64_t(kSlots) * 8);
     for (std::size_t i = 0; i < slots.size(); ++i) stack_release(i % 2, slots[i]);  // some cross-worker
-    // Issue 4: released stacks now go to the free-stack cache, which keeps up
+    // Released stacks now go to the free-stack cache, which keeps up
     // to 16 KiB of each (no learned depth here) and trims the rest in batches;
     // stack_maintain issues the pending trims.
     stack_maintain(0);
@@ -428,7 +428,7 @@ TEST_P(StackArena, GrowAndReleaseLeaksNoPages) {
 }
 
 TEST_P(StackArena, CrossWorkerReleaseReturnsSlotToOwner) {
-  // Issue 4: with the free-stack cache on, the slot would stay cached on
+  // With the free-stack cache on, the slot would stay cached on
   // worker 1; this test is about the arena's own free lists, so it runs with
   // the cache off (tests/stack_cache_test.cpp covers cached cross-worker reuse).
   stack_shutdown();

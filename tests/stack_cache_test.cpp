@@ -1,4 +1,4 @@
-// Tests of the NUMA-aware free-stack cache (issue 4), through the seam in
+// Tests of the NUMA-aware free-stack cache, through the seam in
 // runtime/stack/stack.hpp with plain threads standing in for workers and
 // Boost.Context running code on the slots, and through tendril::run.
 // Locality rules run on a simulated two-node topology (a fake move_pages);

@@ -1,5 +1,5 @@
 // Shared by bench/core_micro.cpp and bench/core_compare.cpp: pinning helpers,
-// the issue-2 targets, the peer figures measured earlier on this machine
+// the core targets, the peer figures measured earlier on this machine
 // (docs: /work/shared/notes/measured-facts.md), and small table helpers.
 #pragma once
 
@@ -119,7 +119,7 @@ inline StatsDelta stats_delta(const tendril::Stats& a, const tendril::Stats& b, 
 
 // ---- targets and peers -----------------------------------------------------
 
-// Issue 2 targets (ns per unit).
+// Targets of the core comparison (ns per unit).
 constexpr double kTargetSpawnJoinNs = 100.0;     // spawn+join, per fiber
 constexpr double kTargetPingPongNs = 150.0;      // channel ping-pong, per round trip
 

@@ -1,8 +1,10 @@
-// Growable fiber stacks (tendril issue 3).
+// Growable fiber stacks: the layout of stack memory and the seam in stack.hpp.
 //
-// This file owns the layout of stack memory and the seam in stack.hpp;
-// fault_handler.cpp owns userfaultfd and the page pool; guard.cpp owns guard
-// zones, the SIGSEGV handler of kernel mode and the overflow diagnostic.
+// fault_handler.cpp owns userfaultfd and the page pools; guard.cpp owns guard
+// zones, the SIGSEGV handler of kernel mode and the overflow diagnostic;
+// cache.cpp owns the free-stack cache (its design is at the top of that file).
+// Measurements behind the constants below, with the commands that produce
+// them: bench/results/stack-design.md.
 //
 // # Layout
 //
@@ -22,16 +24,14 @@
 // below lo is guard (so a 140 KiB stack in the 256 KiB class has 116+16 KiB of
 // guard). Only hi - kPage is mapped when stack_allocate returns.
 //
-// Why this shape:
 //  - VMAs do not grow with the number of stacks: one reservation per (worker,
 //    class) used, and uffd copies, MADV_DONTNEED and MADV_GUARD_INSTALL never
-//    split it. 1M live 256 KiB stacks add 0 VMAs (vm.max_map_count = 65530).
+//    split it, so 1M live stacks add 0 VMAs (vm.max_map_count = 65530).
 //  - Size classes live in separate reservations so small stacks are packed
 //    densely: a page-table page (4 KiB, covers 2 MiB) is shared by
-//    2 MiB / stride slots. Measured VmPTE per idle slot: 160 B for 64 KiB
-//    stacks, 545 B for 256 KiB stacks; a 2 MiB class would cost a whole 4 KiB
-//    page-table page per slot, and mixing it into the small classes' range
-//    would make them pay that too.
+//    2 MiB / stride slots, about 160 B of page table per idle 64 KiB slot and
+//    545 B per 256 KiB slot; a 2 MiB class costs a whole page-table page per
+//    slot, and mixing it into the small classes' range would make them pay it.
 //  - Per-worker reservations route a slot's faults to its owner's uffd, whose
 //    handler thread sits on the owner's CPU (see below).
 //  - The reservation size is min(1 TiB, 16 TiB / workers) per (worker, class),
@@ -44,7 +44,8 @@
 // handler and the SIGSEGV handler can read it without faulting into the
 // arena. Fiber names sit in a third table (SlotName, 32 B) written only for
 // named fibers: every byte of per-slot metadata a fiber touches is a byte of
-// each idle fiber's footprint.
+// each idle fiber's footprint (a parked fiber is about one page of RSS plus
+// its share of a page-table page).
 //
 // # Growth in uffd mode (default)
 //
@@ -59,35 +60,34 @@
 // One handler thread per worker polls that worker's uffd. stack_thread_init()
 // copies the worker thread's CPU affinity to it: the faulting thread wakes the
 // handler and sleeps, and a same-CPU hand-off is a local wake-up, while a
-// cross-CPU one is an IPI to a (often halted) vCPU. A fiber that migrated to
-// another worker still faults to its slot's owner handler (cross-CPU, slower,
-// correct).
+// cross-CPU one is an IPI to a (often halted) vCPU, 2-13x slower. A fiber that
+// migrated to another worker still faults to its slot's owner handler
+// (cross-CPU, slower, correct).
 //
-// A fault at page P of a slot whose resident size is M pages maps
-//  - one page while M < 4 (kSingleFaultPages): the first 16 KiB go page by
-//    page because that is where most server fibers stay (the http sample's
-//    connection fibers touched 3 pages before its parser moved to the worker
-//    stack, 1 since; doubling from one page had left them at 4, +33% memory
-//    per idle connection);
+// Policy. A uffd fault costs about five kernel-paged pages (two context
+// switches and an ioctl against one page-fault entry), so growth must take few
+// faults. A fault at page P of a slot whose resident size is M pages maps
+//  - one page while M < 4 (kSingleFaultPages): most server fibers stay within
+//    16 KiB, and doubling from one page had left the http sample's
+//    connection fibers at 4 pages instead of 3 (+33% memory per idle
+//    connection);
 //  - 16 pages (64 KiB, max_grow_pages) when M >= 2 and the same slot faulted
 //    less than 1 ms ago (a "burst": the fiber is going deep right now; the
-//    handler remembers its last 4 faulting slots, privately);
+//    handler remembers its last 4 faulting slots, privately). 1 ms is about
+//    90 faults' worth, far more than one recursion needs between two faults;
 //  - otherwise n = min(M, 16) pages: past 16 KiB the stack doubles on each
 //    fault, as Go doubles by copying;
-// always ending at P and never below lo. Why bursts: a fault costs ~11 us
-// here against ~2 us per kernel-paged page (re-measured 2026-12-01), so a
-// recursion to 64 KiB must take at most 2-3 faults to stay within 1.5x of
-// kernel paging. Doubling alone took 5-6 (2.9x), bursts from the third
-// page 3 (1.37-1.55x), bursts from the second page 2 (1.21-1.34x); 240 KiB
-// takes 5 instead of 8. What a burst maps ahead and the fiber does not use
-// does not stay: the handler notes it on the faulting worker (it knows the
+// always ending at P and never below lo. With these a recursion to 64 KiB
+// takes 2 faults (1.2-1.3x kernel paging) and one to 240 KiB 5 (1.1-1.2x);
+// doubling alone took 5-6 to 64 KiB (2.9x). 16 pages is the size of the zero
+// source, and the most a fiber that only touched a few pages of a burst
+// holds until it parks: what a burst maps ahead and the fiber does not use
+// does not stay. The handler notes it on the faulting worker (it knows the
 // thread from UFFD_FEATURE_THREAD_ID), and when that fiber next parks, its
 // worker gives back the all-zero pages below its stack pointer
 // (trim_unwritten_below_sp: one mincore, a zero scan and one MADV_DONTNEED,
-// once per burst). A fiber that went 12 KiB deep in a burst and parked holds
-// 3-4 pages, not 18 (stack_fiber_test: ParkedFibersDoNotKeepPages...).
-// Pages are installed with UFFDIO_COPY
-// from a static 64 KiB zero buffer (the kernel allocates).
+// once per burst). Pages are installed with UFFDIO_COPY from a static 64 KiB
+// zero buffer (the kernel allocates).
 //
 // The handler takes no locks, calls no malloc and never touches registered
 // memory: it reads the side table, issues ioctls, and updates atomics. A fault
@@ -96,19 +96,6 @@
 //   of <limit> bytes: fault at 0x..., N bytes below ... (stack lo-hi)
 // to stderr with write(2) and abort()s. The side table is updated before the
 // ioctl that wakes the faulting thread (see account_fault_ahead).
-//
-// ## Per-worker page pools (TENDRIL_STACK_FILL=move) — measured and NOT default
-//
-// The kernel's dynamic-stack RFC serves faults from per-CPU page arrays
-// refilled in schedule(). The user-space analogue is implemented: each worker
-// has a 2 MiB ring of pages outside the registered range, populated with
-// MADV_POPULATE_WRITE in stack_on_switch() when below 1/4 full, and the
-// handler UFFDIO_MOVEs pages from it (falling back to UFFDIO_COPY from the
-// zero buffer when it is empty). Measured here it loses to plain UFFDIO_COPY:
-// UFFDIO_MOVE flushes the source TLB range on every CPU running the process
-// (IPIs), and the refill is paid on the switch path anyway. So the default is
-// UFFDIO_COPY + doubling, and StackCounters::pool_* stay 0 in that mode.
-// TENDRIL_STACK_GROW=1..16 caps the pages per fault (default 16).
 //
 // # Kernel mode (no userfaultfd, or TENDRIL_STACK_MODE=kernel)
 //
@@ -124,115 +111,23 @@
 //
 // # Allocation, release, reuse
 //
-// Free slots are kept per (worker, class). A released slot that the stack
-// cache (below) does not take goes back to the free list of the worker that
-// OWNS its sub-arena (to keep its faults on that worker's handler): a plain
-// push on the owner, a push-only Treiber stack from other workers, adopted
-// whole by the owner with one exchange (ABA-free). No locks on
-// allocate/release/switch. That path = drop_released_slot (everything below
-// the top page goes with one MADV_DONTNEED) + push; the top page stays so
-// reuse costs no fault.
-//
-// # The free-stack cache (issue 4; cache.cpp)
-//
-// Freed stacks are cached WITH THEIR PAGES MAPPED, so a spawn that hits the
-// cache takes no page fault and no system call. Shape: sheaves and barns
-// (SLUB) / magazines and depots (Bonwick):
-//  - Each worker has one magazine (32 stacks) per size class. Exit pushes,
-//    spawn pops (LIFO: the warmest stack), no locks, no atomics RMW.
-//  - A full magazine moves to the depot of the worker's NUMA node (per node
-//    and class), an empty one refills from it. Depots are taken with a
-//    TRY-lock only: a busy depot counts as empty on spawn (-> arena) and as
-//    full on exit (-> drop); nothing spins.
-//  - Spawn order: local magazine, node depot, arena free list, fresh slot.
-//    A slot cached on another worker than its owner still faults to its
-//    owner's uffd handler (correct, slower).
-// Locality. A stack enters node N's cache only if its resident pages are on
-// N: at release the pages it will KEEP are queried with move_pages(2) in
-// query mode (nodes = NULL: faults nothing in; never get_mempolicy, which
-// would), in batches of 64. Foreign pages are MADV_DONTNEED'd and the slot is
-// kept; if its top page was foreign it is mapped again from the releasing
-// thread (UFFDIO_COPY / first touch: the new page is local). Each slot
-// remembers (node, depth verified), so a stack that did not grow beyond what
-// was checked is not queried again; the checks are skipped entirely on a
-// single-node machine unless the topology is simulated or
-// TENDRIL_STACK_NUMA_CHECK=1. node_match / node_mismatch count released
-// stacks (a stack finished by a worker on another node than its pages is a
-// mismatch); pages_trimmed counts the pages given back.
-// Trimming. A cached stack keeps at most max(16 KiB, learned depth of its
-// spawn site) (<= 1 MiB, <= its limit); deeper pages are queued in a
-// per-worker batch of 16 ranges and given back with ONE process_madvise(2)
-// (MADV_DONTNEED on our own pidfd, Linux 6.13+, one TLB flush on 6.16+;
-// per-range madvise before that).
-// Budget and adaptive size. Options::stack_cache_bytes (64 MiB,
-// TENDRIL_STACK_CACHE_BYTES; 0 = off) bounds the resident pages of cached
-// stacks: half split evenly over the workers' magazines, half shared by the
-// depots (checked when a magazine moves). The cache grows on demand: exits
-// that overflow a magazine fill depots until the budget. It shrinks by epochs
-// (0.5 s of CLOCK_MONOTONIC_COARSE): each depot gives back half of the
-// magazines that stayed unused for a whole epoch (its low watermark), and a
-// worker's magazine with no traffic for an epoch gives back half its stacks;
-// evicted stacks keep only their top page (stacks_evicted). The epoch clock is
-// read by stack_maintain() (worker idle path) and every 1024 switches in
-// stack_on_switch.
-// Learned depth. A table of 1024 spawn sites (key = SpawnOptions::site, else
-// &closure_ops<C>; open addressing, lock-free, no malloc) keeps the deepest
-// page stacks from that site touched (recorded at release when the stack
-// grew; in uffd mode pages mapped ahead by doubling are inspected for data),
-// fading by 1/8 per epoch. Spawn prefers a cached stack at least that deep
-// (looks at 8 magazine entries) and otherwise maps the missing depth up front
-// from the spawning thread (UFFDIO_COPY, or MADV_POPULATE_WRITE in kernel
-// mode): one call instead of several growth faults. Only depths beyond 16 KiB
-// (kPremapMinPages) are premapped: the http sample's connection fibers stay in
-// one page, and one of them that went 2-3 pages deep on an error path made
-// every later connection of the run premap its depth (+45% stack pages at
-// 10k connections in one run of two). TENDRIL_STACK_LEARN=0 turns it off.
-// Prepared ahead (cache.cpp, stack_prepare_ahead). A spawn that misses the
-// cache pays a first-touched page for the fresh slot's top page (~2 us here),
-// on the spawning worker, while another worker may sit idle. An idle worker
-// (spinning before it parks) prepares fresh stacks for a worker of its node
-// whose spawns keep carving: slots of THAT worker's arena (growth faults stay
-// on its handler), top pages mapped from the idle worker's thread (same
-// node), 8 per call, deposited as a magazine in the node's depot where the
-// spawner's next refill finds it. Demand = fresh carves + the size of each
-// prepared magazine taken; at most 4 full magazines wait in a depot; pages
-// count against the budget from the moment they are mapped; unused ones decay
-// like any depot magazine. 1M fibers spawned by one fiber and parked, 2
-// workers: 2.4-2.8 s before, 1.48-1.69 s with it, half of the top pages mapped
-// by the idle worker (bench/stack_memory, 2026-12-01).
-// Cache invariants:
-//  - A cached stack's entry records its resident pages exactly; pages below
-//    hi - extent are never resident; its top page is always resident.
-//  - A stack in node N's depot or in the magazine of a worker on node N had
-//    every resident page verified on N (when checks run); a spawn on node N
-//    only ever takes from its own magazine and node N's depot.
-//  - A stack whose trim is still queued stays in the magazine of the worker
-//    whose batch holds the trim; the batch is flushed before any such stack
-//    leaves (spawn of it, deposit, eviction), so no queued MADV_DONTNEED can
-//    ever hit a live stack.
-//  - Resident pages held by the cache <= stack_cache_bytes at all times
-//    (a magazine being prepared ahead counts in depot_pages already).
-//  - StackCounters::cached_pages = every resident page of free slots (cache
-//    stacks plus the top pages of arena-free slots); cache_pages the cache's.
-// Cache numbers (same VM, 2 vCPUs, uffd mode, loaded by concurrent builds:
-// compare ratios). Command (Release build):
-//   cmake -S . -B /tmp/rel -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/rel
-//     --target stack_cache core_micro && /tmp/rel/bench/stack_cache
-//   1M fibers through 1k live, 2 workers: hit rate 99.9% (998,967 hits,
-//   1,034 misses = the first 1k stacks), 0.0000 stack faults per fiber,
-//   863 ns/fiber with the cache vs 990 ns without (0.87), pthread
-//   create+join 60,093 ns (70x). Site recursing 64 KiB (4 live): 3.0 growth
-//   faults per fiber and 562 us/fiber without learning (kept 16 KiB, regrows
-//   by uffd faults) vs 0.000 faults and 694 ns/fiber learned.
-//   core_micro --benchmark_filter=SpawnJoin (median of 3, real time), with
-//   TENDRIL_STACK_CACHE_BYTES=64M vs 0: 1 worker 375 vs 402 ns, 2 workers
-//   524 vs 1,670 ns; SpawnJoinBatch 2 workers 8.3 vs 15.8 us per 1000.
+// Spawn order: the worker's cache magazine, its node's depot (cache.cpp), the
+// arena free list, a fresh slot. A released slot that the cache does not take
+// goes back to the free list of the worker that OWNS its sub-arena (to keep
+// its faults on that worker's handler): a plain push on the owner, a
+// push-only Treiber stack from other workers, adopted whole by the owner with
+// one exchange (ABA-free). No locks on allocate/release/switch. That path is
+// drop_released_slot (everything below the top page goes with one
+// MADV_DONTNEED) and a push; the top page stays so reuse costs no fault.
 //
 // # Invariants
 //  - A slot from the arena has only its top page resident when handed out
 //    (plus its site's learned depth, mapped up front); a cached one has what
 //    it was cached with.
 //  - No page below lo is ever mapped; a fault below lo aborts the process.
+//  - A slot's state goes kNever or kFree -> kLive when it is handed out and
+//    kLive -> kFree when it is released: a live slot is never handed out and
+//    a free one never released.
 //  - SlotMeta::mapped_pages counts the resident pages of a slot in uffd mode;
 //    StackCounters::stack_pages_mapped is the sum over live slots (kernel
 //    mode: mincore over live slots) and StackCounters::cached_pages every
@@ -241,50 +136,28 @@
 //    stack_maintain) stack_pages_mapped == mincore over the live slots and
 //    stack_pages_mapped + cached_pages == mincore over every slot, whatever
 //    mix of cache hits, premapped learned depth and growth after reuse led
-//    there (stack_cache_test: CountersMatchMincore...). After any
-//    grow/release sequence stack_pages_mapped returns to its baseline.
+//    there (stack_cache_test: CountersMatchMincore...).
 //  - The fault handler and the SIGSEGV handler read only the side tables and
 //    the sub-arena descriptors (published with a release store of base).
 //
-// # Numbers (this VM: Firecracker, 2 vCPUs, Linux 6.18; free-page reporting
-// makes every freshly allocated page expensive, and other builds were running,
-// so absolute times are ~10x the quiet numbers in measured-facts.md; compare
-// ratios). Command:
-//   g++ -std=c++20 -O2 bench/stack_growth.cpp runtime/stack/*.cpp
-//       -lboost_context -lpthread -o /tmp/stack_growth && /tmp/stack_growth 100
-// Fresh stack (allocate + recurse + release), median of 5x100, ns per stack:
-//                                          64 KiB    240 KiB   faults@240K
-//   uffd copy, 1 page/fault, same CPU      332,000  1,065,000   60
-//   uffd copy, 1 page/fault, other CPU     599,000 13,462,000   60
-//   uffd copy, doubling <= 4 pages         196,000    416,000   17
-//   uffd copy, doubling <= 16              216,000    234,000    7
-//   uffd move from pool, 1 page/fault    1,292,000  1,405,000   60
-//   uffd move from pool, doubling <= 16    844,000    422,000    7
-//   kernel demand paging                   584,000    841,000   (60 pages)
-//   fresh pthread (own mmap'd stack)       275,000  1,036,000
-// (The default now maps single pages up to 16 KiB, then doubles up to 16:
-// one fault more than the "doubling <= 16" row at 64 and at 240 KiB.)
-// i.e. doubling uffd / kernel = 0.37 (64K), 0.28 (240K); uffd / pthread =
-// 0.79, 0.23. Per uffd fault (same CPU, 1 page) ~18-21 us here vs ~14-36 us
-// per kernel-paged page under the same load; the cross-CPU handler was 2-13x
-// slower than the same-CPU one. An earlier run with the system less loaded
-// gave 47 us/fault same CPU vs 359 us cross CPU at 64 KiB.
-// Idle slots (stack_growth ... memory), one resident page each, 256 KiB limit:
-//   RSS 4,192 B/slot (page + 64 B side table) + VmPTE 545 B/slot = 4,737 B,
-//   100k and 1M slots alike, +0 VMAs in both modes; 64 KiB limit: PTE 160 B.
-//   Since then SlotMeta shrank to 32 B (names moved to a table only named
-//   fibers touch): a parked fiber is 4,152 B RSS + 545 B VmPTE = 4,697 B
-//   all-in (bench/stack_memory, 2026-12-01).
-// Fresh-stack growth as the default policy does it, whole spawn..join per
-// fiber, cache and learned depth off so every fiber grows from one page
-// (build-release/bench/stack_memory, "Stack growth" table; 2026-12-01):
-//   64 KiB: uffd 39.3-47.0 us (2 faults) vs kernel 29.3-35.2 us: 1.21-1.34x
-//   240 KiB: uffd 109-138 us (5 faults) vs kernel 93-122 us: 1.13-1.17x
-//   (same day: bursts from the third page 1.37-1.55x at 64 KiB with 3
-//   faults; doubling without bursts 101 us vs 35 us, 2.9x).
-//   allocate (fresh slot) 5-13 us in uffd mode, ~37 us in kernel mode
-//   (MADV_GUARD_INSTALL per fresh slot); release of an idle slot 30-40 ns
-//   (uffd) vs ~3 us (kernel: mincore to learn the slot's size).
+// # Alternatives rejected
+//  - One mmap per stack (what pthreads do): a VMA per stack, and
+//    vm.max_map_count (65530) caps live fibers near 32k with guard pages.
+//  - One page per fault: 60 faults to 240 KiB, 4.5x slower than doubling.
+//  - Doubling without bursts: 2.9x kernel paging for a 64 KiB recursion.
+//  - Per-worker page pools (TENDRIL_STACK_FILL=move): the kernel's
+//    dynamic-stack RFC serves faults from per-CPU page arrays refilled in
+//    schedule(). The user-space analogue is implemented: each worker has a
+//    2 MiB ring of pages outside the registered range, populated with
+//    MADV_POPULATE_WRITE in stack_on_switch() when below 1/4 full, and the
+//    handler UFFDIO_MOVEs pages from it (UFFDIO_COPY when it is empty). It
+//    loses to UFFDIO_COPY (1.8x slower at 240 KiB): UFFDIO_MOVE flushes the
+//    source TLB range on every CPU running the process (IPIs), and the refill
+//    is paid on the switch path anyway. It stays, off by default, until it can
+//    be measured on a machine with two NUMA nodes; StackCounters::pool_* stay
+//    0 without it.
+//  - Copying stacks to grow them (Go): needs precise pointer maps that C++
+//    frames do not have.
 //
 // # Known limits
 //  - A frame larger than the guard zone (16 KiB, or C/16) can jump over it into

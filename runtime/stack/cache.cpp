@@ -1,8 +1,114 @@
-// The NUMA-aware free-stack cache (tendril issue 4). The design, its
-// invariants and measured numbers are in the comment at the top of arena.cpp
-// ("# The free-stack cache"); this file holds the magazines and depots, the
-// locality checks, batched trimming, the adaptive decay and the table of
-// learned stack depths per spawn site.
+// The NUMA-aware free-stack cache: magazines and depots, the locality checks,
+// batched trimming, the adaptive decay and the table of learned stack depths
+// per spawn site. The stack layout it caches is described at the top of
+// arena.cpp; measurements: bench/results/stack-design.md.
+//
+// # Shape
+//
+// Freed stacks are cached WITH THEIR PAGES MAPPED, so a spawn that hits the
+// cache takes no page fault and no system call. Shape: sheaves and barns
+// (SLUB) / magazines and depots (Bonwick):
+//  - Each worker has one magazine (32 stacks) per size class. Exit pushes,
+//    spawn pops (LIFO: the warmest stack), no locks, no atomic RMW.
+//  - A full magazine moves to the depot of the worker's NUMA node (per node
+//    and class), an empty one refills from it. Depots are taken with a
+//    TRY-lock only: a busy depot counts as empty on spawn (-> arena) and as
+//    full on exit (-> drop); nothing spins.
+//  - A slot cached on another worker than its owner still faults to its
+//    owner's uffd handler (correct, slower).
+//
+// # Locality
+//
+// A stack enters node N's cache only if its resident pages are on N: at
+// release the pages it will KEEP are queried with move_pages(2) in query mode
+// (nodes = NULL: faults nothing in; never get_mempolicy, which would), in
+// batches of 64. Foreign pages are MADV_DONTNEED'd and the slot is kept; if
+// its top page was foreign it is mapped again from the releasing thread
+// (UFFDIO_COPY / first touch: the new page is local). Each slot remembers
+// (node, depth verified), so a stack that did not grow beyond what was checked
+// is not queried again; the checks are skipped entirely on a single-node
+// machine unless the topology is simulated or Options::stack_numa_check is
+// set. node_match / node_mismatch count released stacks (a stack finished by a
+// worker on another node than its pages is a mismatch); pages_trimmed counts
+// the pages given back.
+//
+// # Trimming
+//
+// A cached stack keeps at most max(16 KiB, learned depth of its spawn site)
+// (<= 1 MiB, <= its limit): 16 KiB is where most server fibers stay, 1 MiB
+// bounds what one deep site can pin. Deeper pages are queued in a per-worker
+// batch of 16 ranges and given back with ONE process_madvise(2) (MADV_DONTNEED
+// on our own pidfd, Linux 6.13+, one TLB flush on 6.16+; per-range madvise
+// before that).
+//
+// # Budget and adaptive size
+//
+// Options::stack_cache_bytes (64 MiB; 0 = off) bounds the resident pages of
+// cached stacks: half split evenly over the workers' magazines, half shared by
+// the depots (checked when a magazine moves). The cache grows on demand: exits
+// that overflow a magazine fill depots until the budget. It shrinks by epochs
+// (0.5 s of CLOCK_MONOTONIC_COARSE): each depot gives back half of the
+// magazines that stayed unused for a whole epoch (its low watermark), and a
+// worker's magazine with no traffic for an epoch gives back half its stacks;
+// evicted stacks keep only their top page (stacks_evicted). Halving per epoch
+// empties an idle cache within a few seconds while a burst that returns
+// within half a second finds it warm. The epoch clock is read by
+// stack_maintain() (worker idle path) and every 1024 switches in
+// stack_on_switch.
+//
+// # Learned depth
+//
+// A table of 1024 spawn sites (key = SpawnOptions::site, else
+// &closure_ops<C>; open addressing, lock-free, no malloc) keeps the deepest
+// page stacks from that site touched (recorded at release when the stack
+// grew; in uffd mode pages mapped ahead by doubling are inspected for data),
+// fading by 1/8 per epoch. Spawn prefers a cached stack at least that deep
+// (looks at 8 magazine entries) and otherwise maps the missing depth up front
+// from the spawning thread (UFFDIO_COPY, or MADV_POPULATE_WRITE in kernel
+// mode): one call instead of several growth faults. Only depths beyond 16 KiB
+// (kPremapMinPages) are premapped: one connection fiber of the http sample
+// that went 2-3 pages deep on an error path otherwise made every later
+// connection premap that depth (+45% stack pages at 10k connections).
+// Options::stack_learn_depth = false turns it off.
+//
+// # Prepared ahead (stack_prepare_ahead)
+//
+// A spawn that misses the cache pays a first-touched page for the fresh
+// slot's top page, on the spawning worker, while another worker may sit idle.
+// An idle worker (spinning before it parks) prepares fresh stacks for a worker
+// of its node whose spawns keep carving: slots of THAT worker's arena (growth
+// faults stay on its handler), top pages mapped from the idle worker's thread
+// (same node), 8 per call, deposited as a magazine in the node's depot where
+// the spawner's next refill finds it. Demand = fresh carves + the size of each
+// prepared magazine taken; at most 4 full magazines wait in a depot; pages
+// count against the budget from the moment they are mapped; unused ones decay
+// like any depot magazine. Spawning 1M parked fibers from one fiber on 2
+// workers takes about 0.6x the time it takes without.
+//
+// # Invariants
+//  - A cached stack's entry records its resident pages exactly; pages below
+//    hi - extent are never resident; its top page is always resident.
+//  - A stack in node N's depot or in the magazine of a worker on node N had
+//    every resident page verified on N (when checks run); a spawn on node N
+//    only ever takes from its own magazine and node N's depot.
+//  - A stack whose trim is still queued stays in the magazine of the worker
+//    whose batch holds the trim; the batch is flushed before any such stack
+//    leaves (spawn of it, deposit, eviction), so no queued MADV_DONTNEED can
+//    ever hit a live stack.
+//  - Resident pages held by the cache <= stack_cache_bytes at all times
+//    (a magazine being prepared ahead counts in depot_pages already).
+//  - StackCounters::cached_pages = every resident page of free slots (cache
+//    stacks plus the top pages of arena-free slots); stack_cache_pages the
+//    cache's.
+//
+// # Alternatives rejected
+//  - Giving every freed stack's pages back at exit (the arena alone): each
+//    spawn then pays a fault or a system call; with the cache spawn+join on
+//    two workers costs a third of that.
+//  - A global lock-protected free list: cross-CPU cache-line traffic on every
+//    spawn and exit; magazines make the common case worker-local.
+//  - get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR) for the locality check: it
+//    faults the page in; move_pages in query mode does not.
 #include "stack_internal.hpp"
 
 #include <algorithm>

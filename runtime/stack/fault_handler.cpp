@@ -273,7 +273,7 @@ bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept {
 
 bool uffd_map_top_page(Worker& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }
 
-// Issue 4 (learned depth): UFFDIO_COPY from the calling thread, so the pages
+// Learned depth: UFFDIO_COPY from the calling thread, so the pages
 // come from its node; pages that already exist are stepped over.
 unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept {
   unsigned mapped = 0;

@@ -62,17 +62,14 @@ inline StackConfig stack_config(const Options& options, unsigned workers) {
 }
 
 struct StackCounters {
-  std::string mode;                  // "uffd" or "kernel" ("simple" for the issue-2 provider)
+  std::string mode;                  // "uffd" or "kernel"
   std::uint64_t stack_faults = 0;    // faults that grew a stack
   std::uint64_t stack_pages_mapped = 0;
   std::uint64_t pool_refills = 0;
   std::uint64_t pool_pages = 0;
-  // Added by issue 3: pages still resident in released slots kept for reuse
-  // (each free slot keeps its top page so the next allocate costs no fault).
+  // Pages still resident in free slots (each keeps at least its top page so
+  // the next allocate costs no fault).
   std::uint64_t cached_pages = 0;
-  // Added by issue 4 (the free-stack cache; see arena.cpp). cached_pages above
-  // now counts every resident page of a free slot, cache_pages the part of it
-  // held by the stack cache.
   // The cache's counters, named as in Stats (TENDRIL_STACK_CACHE_COUNTERS).
   // cached_pages above counts every resident page of a free slot,
   // stack_cache_pages the part of it held by the stack cache.
@@ -89,7 +86,7 @@ void stack_shutdown() noexcept;
 // Called on worker `worker` (0-based). Throws std::system_error / std::bad_alloc
 // when no stack can be had; never returns a half-usable slot.
 StackSlot stack_allocate(unsigned worker, std::size_t limit);
-// Added by issue 4: the same, for a fiber spawned at `site` (any stable
+// The same, for a fiber spawned at `site` (any stable
 // address naming the spawn site: SpawnOptions::site, else the closure's
 // ClosureOps). The subsystem remembers how deep stacks from each site grew and
 // hands out a stack already mapped that deep. site == nullptr: no learning.
@@ -116,7 +113,7 @@ std::size_t stack_high_water(const StackSlot& slot) noexcept;
 
 StackCounters stack_counters();
 
-// Added by issue 3. Called once on each worker thread before it runs any fiber
+// Called once on each worker thread before it runs any fiber
 // (after stack_init). Gives the thread an alternate signal stack so a stack
 // overflow in "kernel" mode can still be reported, and places worker `worker`'s
 // userfaultfd handler thread on the same CPU(s) as the calling thread (a
@@ -125,7 +122,7 @@ StackCounters stack_counters();
 // plain SIGSEGV instead of the diagnostic.
 void stack_thread_init(unsigned worker) noexcept;
 
-// Added by issue 4. Housekeeping of the free-stack cache for worker `worker`:
+// Housekeeping of the free-stack cache for worker `worker`:
 // issues the worker's pending batched page trims and, once per epoch (about
 // 0.5 s of the monotonic coarse clock), gives back cached stacks that went
 // unused during the last epoch. Cheap when there is nothing to do. The
@@ -136,7 +133,7 @@ void stack_thread_init(unsigned worker) noexcept;
 // while stacks remain cached, or 0 when there is nothing left to give back.
 std::uint64_t stack_maintain(unsigned worker) noexcept;
 
-// Added for issue 3. Called by an idle worker (while it spins for work, before
+// Called by an idle worker (while it spins for work, before
 // it parks): if a worker of its NUMA node keeps carving fresh slots on its
 // spawn path, prepares a few fresh stacks for it (slots of that worker's
 // arena, top pages mapped from this thread) and hands them over through the
@@ -144,10 +141,10 @@ std::uint64_t stack_maintain(unsigned worker) noexcept;
 // false if there is nothing to do. Never blocks; takes only try-locks.
 bool stack_prepare_ahead(unsigned worker) noexcept;
 
-// Added by issue 4: the learned depth (bytes from hi) for `site`, 0 if none.
+// The learned depth (bytes from hi) for `site`, 0 if none.
 std::size_t stack_learned_depth(const void* site) noexcept;
 
-// ---- test seams (issue 4) ----------------------------------------------------
+// ---- test seams --------------------------------------------------------------
 // The NUMA topology as the stack cache sees it. Tests replace it to simulate a
 // machine with several nodes; nullptr members fall back to the real ones.
 struct StackTopology {

@@ -54,7 +54,7 @@ struct SlotName {
   char text[kSlotNameBytes];
 };
 
-// Per-slot state of the free-stack cache (issue 4), a second side table next
+// Per-slot state of the free-stack cache, a second side table next
 // to SlotMeta (so SlotMeta keeps its 32 bytes). Touched only by the thread that
 // holds the slot (allocating / releasing worker); hand-offs go through the
 // depot lock, the arena free lists or the scheduler. base_pages is also read by
@@ -78,7 +78,7 @@ struct SubArena {
   std::size_t stride = 0;            // class_bytes + minimum guard
   std::uint32_t capacity = 0;        // slots that fit
   SlotMeta* meta = nullptr;          // capacity entries, MAP_NORESERVE
-  SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE (issue 4)
+  SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE
   SlotName* names = nullptr;         // capacity entries, MAP_NORESERVE; touched by named fibers only
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
@@ -122,7 +122,7 @@ inline void add_single_writer(std::atomic<std::int64_t>& c, std::int64_t delta) 
   c.store(c.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
-// ---- the free-stack cache (issue 4; cache.cpp) --------------------------------
+// ---- the free-stack cache (cache.cpp) ----------------------------------------
 constexpr unsigned kMagSlots = 32;      // stacks per magazine
 constexpr unsigned kTrimBatch = 16;     // ranges per batched MADV_DONTNEED
 constexpr unsigned kMaxNodes = 64;
@@ -226,10 +226,10 @@ struct Runtime {
   Fill fill = Fill::copy;
   unsigned workers = 0;
   unsigned max_grow_pages = 1;  // pages mapped per fault at most (doubling up to this)
-  std::uint64_t burst_ns = 0;   // faults of one slot this close together are a burst (TENDRIL_STACK_BURST_US)
+  std::uint64_t burst_ns = 0;   // faults of one slot this close together are a burst (Options::stack_burst)
   std::size_t arena_bytes = 0;  // reservation size per (worker, class)
   bool guard_madvise = false;   // kernel mode: MADV_GUARD_INSTALL works
-  bool learn_depth = true;      // issue 4: learned depth per spawn site (TENDRIL_STACK_LEARN=0 disables)
+  bool learn_depth = true;      // learned depth per spawn site (Options::stack_learn_depth)
   Worker* w = nullptr;
 };
 
@@ -252,7 +252,7 @@ Located locate_any(std::uintptr_t addr) noexcept;
 bool uffd_open_and_register_api(Worker& w) noexcept;
 bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept;
 bool uffd_map_top_page(Worker& w, char* page) noexcept;
-// Issue 4: maps zero pages into [lo, lo + pages*kPage) ahead of use (pages that
+// Maps zero pages into [lo, lo + pages*kPage) ahead of use (pages that
 // already exist are skipped). Returns the pages it mapped.
 unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept;
 bool handler_start(Worker& w, unsigned index) noexcept;
@@ -262,7 +262,7 @@ bool pool_create(PagePool& p) noexcept;
 void pool_destroy(PagePool& p) noexcept;
 void pool_refill(Worker& w) noexcept;
 
-// cache.cpp (issue 4). The arena side (arena.cpp) calls these.
+// cache.cpp. The arena side (arena.cpp) calls these.
 struct SlotRef {
   Worker* owner;
   SubArena* arena;
