@@ -1,4 +1,5 @@
 #include "runtime/sched/scheduler.hpp"
+#include "tendril/detail/assert.hpp"
 
 #include <sched.h>
 
@@ -56,6 +57,8 @@ void Scheduler::stop() noexcept {
 }
 
 void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
+  TENDRIL_ASSERT(f->join_state.load(std::memory_order_relaxed) != FiberCtl::kDone,
+                 "a fiber that finished is never made runnable again");
   Worker* w = current_worker();
   if (w != nullptr && &w->sched_ == this) {
     if (w->io_to_global_) {

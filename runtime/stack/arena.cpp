@@ -184,7 +184,7 @@
 
 namespace tendril::detail::stack_impl {
 
-Runtime g_rt;
+StackRuntime g_stacks;
 
 namespace {
 
@@ -235,10 +235,10 @@ void unmap_side_tables(SubArena& a) {
   a.names = nullptr;
 }
 
-void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
+void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   a.class_bytes = class_bytes(cls);
   a.stride = a.class_bytes + class_guard(cls);
-  a.capacity = std::uint32_t(std::min<std::size_t>(g_rt.arena_bytes / a.stride, kMaxSlotsPerArena));
+  a.capacity = std::uint32_t(std::min<std::size_t>(g_stacks.arena_bytes / a.stride, kMaxSlotsPerArena));
   a.bytes = std::size_t(a.capacity) * a.stride;
   char* base = static_cast<char*>(map_noreserve(a.bytes));
   if (!base) throw std::system_error(errno, std::generic_category(), "tendril: reserving stack arena");
@@ -246,7 +246,7 @@ void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
   a.names = static_cast<SlotName*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotName)));
-  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_rt.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
   if (!ok) {
     int err = errno;
     munmap(base, a.bytes);
@@ -256,7 +256,7 @@ void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   a.base.store(base, std::memory_order_release);  // now visible to the fault handlers
 }
 
-SubArena& arena_for(Worker& w, unsigned cls) {
+SubArena& arena_for(WorkerStacks& w, unsigned cls) {
   SubArena& a = w.arenas[cls];
   if (!a.base.load(std::memory_order_relaxed)) reserve_arena(w, a, cls);
   return a;
@@ -337,13 +337,13 @@ void move_guard(SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   std::size_t guard = a.stride - std::size_t(limit_pages) * kPage;
   if (!guard_set(a.slot_base(slot), std::size_t(m.guard_pages) * kPage, guard))
     throw std::system_error(errno, std::generic_category(),
-                            g_rt.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
+                            g_stacks.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
   m.guard_pages = std::uint32_t(guard / kPage);
 }
 
-void map_top_page(Worker& owner, char* hi) {
+void map_top_page(WorkerStacks& owner, char* hi) {
   char* top = hi - kPage;
-  if (g_rt.mode == Mode::uffd) {
+  if (g_stacks.mode == Mode::uffd) {
     if (!uffd_map_top_page(owner, top)) throw std::system_error(errno, std::generic_category(), "tendril: UFFDIO_COPY");
   } else {
     *reinterpret_cast<volatile char*>(top) = 0;  // ordinary demand paging
@@ -352,11 +352,11 @@ void map_top_page(Worker& owner, char* hi) {
 
 // Limit, guard and top page of a slot never used before; `owner` owns its
 // arena (its uffd maps the page), the calling thread's node gets the page.
-void init_fresh_slot(Worker& owner, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+void init_fresh_slot(WorkerStacks& owner, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   SlotMeta& m = a.meta[slot];
   reset_owner(m);
   m.limit_pages.store(limit_pages, std::memory_order_relaxed);
-  if (g_rt.mode == Mode::kernel) {
+  if (g_stacks.mode == Mode::kernel) {
     m.guard_pages = 0;
     move_guard(a, slot, limit_pages);
   }
@@ -368,17 +368,17 @@ void init_fresh_slot(Worker& owner, SubArena& a, std::uint32_t slot, std::uint32
   cm.node = -1;
 }
 
-void prepare_fresh_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+void prepare_fresh_slot(WorkerStacks& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   init_fresh_slot(w, a, slot, limit_pages);
   add_single_writer(w.counters.live_pages, 1);
 }
 
 // A reused slot still has its top page: no fault, no syscall unless the limit changed.
-void prepare_reused_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+void prepare_reused_slot(WorkerStacks& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   SlotMeta& m = a.meta[slot];
   reset_owner(m);
   if (m.limit_pages.load(std::memory_order_relaxed) != limit_pages) {
-    if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
+    if (g_stacks.mode == Mode::kernel) move_guard(a, slot, limit_pages);
     m.limit_pages.store(limit_pages, std::memory_order_relaxed);
   }
   add_single_writer(w.counters.cached_pages, -std::int64_t(1));
@@ -388,7 +388,7 @@ void prepare_reused_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32
 // A slot from the stack cache keeps the pages it was cached with (no fault,
 // no syscall). Only if a smaller limit now puts some of them below lo (rare)
 // is it first shrunk to its top page.
-std::uint32_t prepare_cached_slot(Worker& w, const SlotRef& r, std::uint32_t limit_pages, const CacheEntry& e) {
+std::uint32_t prepare_cached_slot(WorkerStacks& w, const SlotRef& r, std::uint32_t limit_pages, const CacheEntry& e) {
   SubArena& a = *r.arena;
   SlotMeta& m = a.meta[r.slot];
   SlotCacheMeta& cm = a.cmeta[r.slot];
@@ -401,10 +401,10 @@ std::uint32_t prepare_cached_slot(Worker& w, const SlotRef& r, std::uint32_t lim
     resident = 1;
     cm.extent_pages = 1;
     cm.checked_pages = std::min<std::uint32_t>(cm.checked_pages, 1);
-    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(1, std::memory_order_relaxed);
+    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(1, std::memory_order_relaxed);
   }
   if (m.limit_pages.load(std::memory_order_relaxed) != limit_pages) {
-    if (g_rt.mode == Mode::kernel) move_guard(a, r.slot, limit_pages);
+    if (g_stacks.mode == Mode::kernel) move_guard(a, r.slot, limit_pages);
     m.limit_pages.store(limit_pages, std::memory_order_relaxed);
   }
   add_single_writer(w.counters.live_pages, resident);
@@ -413,11 +413,11 @@ std::uint32_t prepare_cached_slot(Worker& w, const SlotRef& r, std::uint32_t lim
 
 // Learned depth: map [hi - want, hi - have) ahead of use, from this thread
 // (so on this node), with one ioctl / madvise instead of growth faults.
-std::uint32_t premap(Worker& w, const SlotRef& r, std::uint32_t have, std::uint32_t want) {
+std::uint32_t premap(WorkerStacks& w, const SlotRef& r, std::uint32_t have, std::uint32_t want) {
   char* hi = r.arena->slot_hi(r.slot);
   char* lo = hi - std::size_t(want) * kPage;
   std::uint32_t n = want - have;
-  if (g_rt.mode == Mode::uffd) {
+  if (g_stacks.mode == Mode::uffd) {
     n = uffd_populate(*r.owner, lo, n);
     r.arena->meta[r.slot].mapped_pages.fetch_add(n, std::memory_order_relaxed);
   } else if (madvise(lo, std::size_t(n) * kPage, MADV_POPULATE_WRITE) != 0) {
@@ -449,7 +449,7 @@ void drop_pages_below_top(char* lo, char* hi) { madvise(lo, std::size_t(hi - kPa
 
 // Returns a released slot (live pages already debited) to one page and its
 // arena's free list: the path when the cache is off or refuses the stack.
-void drop_released_slot(Worker& releaser, const SlotRef& r, std::uint32_t resident, std::uint32_t extent) {
+void drop_released_slot(WorkerStacks& releaser, const SlotRef& r, std::uint32_t resident, std::uint32_t extent) {
   SubArena& a = *r.arena;
   SlotMeta& m = a.meta[r.slot];
   SlotCacheMeta& cm = a.cmeta[r.slot];
@@ -507,7 +507,7 @@ std::uint32_t deepest_written_page(char* hi, std::uint32_t deepest, std::uint32_
 // up to max_grow_pages below its deepest fault, never below its limit.
 std::uint32_t deepest_mapped_ahead(const SlotMeta& m) {
   return std::min(m.limit_pages.load(std::memory_order_relaxed),
-                  m.deepest_fault.load(std::memory_order_relaxed) + g_rt.max_grow_pages - 1);
+                  m.deepest_fault.load(std::memory_order_relaxed) + g_stacks.max_grow_pages - 1);
 }
 
 // A fault handler mapped pages ahead of the fiber now parking (a burst, or
@@ -518,8 +518,8 @@ std::uint32_t deepest_mapped_ahead(const SlotMeta& m) {
 // only pages a safe margin below this frame are touched; the deepest fault
 // (and so stack_high_water) is unchanged. uffd mode only: kernel mode never
 // maps ahead.
-void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
-  if (g_rt.mode != Mode::uffd) return;
+void trim_unwritten_below_sp(WorkerStacks& w, const StackSlot& s) noexcept {
+  if (g_stacks.mode != Mode::uffd) return;
   char here;
   asm volatile("" : : "r"(&here) : "memory");
   char* sp = &here;
@@ -554,34 +554,34 @@ void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
 // ---- init helpers ------------------------------------------------------------
 
 void apply_tuning(const StackConfig& config) {
-  g_rt.fill = config.fill_move ? Fill::move : Fill::copy;
-  g_rt.max_grow_pages = std::clamp(config.max_grow_pages, 1u, 16u);  // 16 = the 64 KiB zero source
-  g_rt.burst_ns = config.burst_ns;
-  g_rt.learn_depth = config.learn_depth;
+  g_stacks.fill = config.fill_move ? Fill::move : Fill::copy;
+  g_stacks.max_grow_pages = std::clamp(config.max_grow_pages, 1u, 16u);  // 16 = the 64 KiB zero source
+  g_stacks.burst_ns = config.burst_ns;
+  g_stacks.learn_depth = config.learn_depth;
 }
 
 bool start_uffd_workers() {
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    Worker& w = g_rt.w[i];
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    WorkerStacks& w = g_stacks.w[i];
     if (!uffd_open_and_register_api(w)) return false;
-    if (g_rt.fill == Fill::move && !pool_create(w.pool)) return false;
-    if (g_rt.fill == Fill::move) pool_refill(w);
+    if (g_stacks.fill == Fill::move && !pool_create(w.pool)) return false;
+    if (g_stacks.fill == Fill::move) pool_refill(w);
     if (!handler_start(w, i)) return false;
   }
   return true;
 }
 
 void stop_uffd_workers() {
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    handler_stop(g_rt.w[i]);
-    pool_destroy(g_rt.w[i].pool);
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    handler_stop(g_stacks.w[i]);
+    pool_destroy(g_stacks.w[i].pool);
   }
 }
 
 void start_kernel_mode() {
-  g_rt.mode = Mode::kernel;
-  g_rt.guard_madvise = guard_probe_madvise();
-  if (!g_rt.guard_madvise)
+  g_stacks.mode = Mode::kernel;
+  g_stacks.guard_madvise = guard_probe_madvise();
+  if (!g_stacks.guard_madvise)
     log_line("warning: MADV_GUARD_INSTALL unavailable (Linux < 6.13); stack guards use mprotect, "
              "which costs 2 VMAs per stack: vm.max_map_count limits live stacks");
   guard_install_signal_handler();
@@ -593,22 +593,22 @@ void start_kernel_mode() {
 void log_mode() {
   char line[240];
   char workers[64];
-  std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_rt.workers - 1);
-  if (g_rt.mode == Mode::uffd)
+  std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_stacks.workers - 1);
+  if (g_stacks.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
                   "pages, %u pages per fault in bursts), %s",
-                  g_rt.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
-                  g_rt.max_grow_pages, g_rt.burst_ns ? g_rt.max_grow_pages : 0u, workers);
+                  g_stacks.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
+                  g_stacks.max_grow_pages, g_stacks.burst_ns ? g_stacks.max_grow_pages : 0u, workers);
   else
     std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
-                  g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
+                  g_stacks.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
   log_line(line);
 }
 
 void kernel_mode_scan(std::int64_t* pages, std::int64_t* growth) {
-  for (unsigned i = 0; i < g_rt.workers; ++i)
-    for (SubArena& a : g_rt.w[i].arenas) {
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) {
       if (!a.base.load(std::memory_order_acquire)) continue;
       std::uint32_t carved = a.carved.load(std::memory_order_acquire);
       for (std::uint32_t s = 0; s < carved; ++s) {
@@ -626,11 +626,11 @@ void kernel_mode_scan(std::int64_t* pages, std::int64_t* growth) {
 }  // namespace
 
 SlotRef decode_ref(std::uint32_t ref, unsigned cls) noexcept {
-  Worker& owner = g_rt.w[ref >> kSlotBits];
+  WorkerStacks& owner = g_stacks.w[ref >> kSlotBits];
   return {&owner, &owner.arenas[cls], ref & (kMaxSlotsPerArena - 1)};
 }
 
-bool arena_prepare_fresh_slot(Worker& preparer, Worker& owner, unsigned cls, std::uint32_t limit_pages,
+bool arena_prepare_fresh_slot(WorkerStacks& preparer, WorkerStacks& owner, unsigned cls, std::uint32_t limit_pages,
                               CacheEntry* entry) noexcept {
   SubArena& a = owner.arenas[cls];
   std::uint32_t slot;
@@ -645,20 +645,20 @@ bool arena_prepare_fresh_slot(Worker& preparer, Worker& owner, unsigned cls, std
   }
   a.meta[slot].state.store(kFree, std::memory_order_relaxed);
   add_single_writer(preparer.counters.cached_pages, 1);
-  *entry = CacheEntry{std::uint32_t(&owner - g_rt.w) << kSlotBits | slot, 1, 1, 0};
+  *entry = CacheEntry{std::uint32_t(&owner - g_stacks.w) << kSlotBits | slot, 1, 1, 0};
   return true;
 }
 
 // A slot goes back to the free list of the worker that owns its sub-arena
 // (a plain push on the owner, the Treiber stack from anyone else).
-void arena_free_slot(Worker& releaser, const SlotRef& r) noexcept {
+void arena_free_slot(WorkerStacks& releaser, const SlotRef& r) noexcept {
   if (r.owner == &releaser) push_local(*r.arena, r.slot);
   else push_remote(*r.arena, r.slot);
 }
 
 std::uint32_t resident_pages_in(char* lo, char* hi) noexcept { return resident_pages(lo, hi); }
 
-Located locate_in_worker(Worker& w, std::uintptr_t addr) noexcept {
+Located locate_in_worker(WorkerStacks& w, std::uintptr_t addr) noexcept {
   Located loc;
   for (SubArena& a : w.arenas) {
     auto base = reinterpret_cast<std::uintptr_t>(a.base.load(std::memory_order_acquire));
@@ -674,8 +674,8 @@ Located locate_in_worker(Worker& w, std::uintptr_t addr) noexcept {
 }
 
 Located locate_any(std::uintptr_t addr) noexcept {
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    Located loc = locate_in_worker(g_rt.w[i], addr);
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    Located loc = locate_in_worker(g_stacks.w[i], addr);
     if (loc.found()) return loc;
   }
   return {};
@@ -691,12 +691,12 @@ void stack_init(const StackConfig& config) {
   if (g_initialized) stack_shutdown();
   const std::string mode = config.mode.empty() ? "uffd" : config.mode;
   if (mode != "uffd" && mode != "kernel") throw std::invalid_argument("tendril: stack mode must be uffd or kernel: " + mode);
-  g_rt = Runtime{};
-  g_rt.workers = std::clamp(config.workers, 1u, kMaxWorkers);
-  g_rt.arena_bytes = std::min(kMaxArenaBytes, kArenaBudget / g_rt.workers);
+  g_stacks = StackRuntime{};
+  g_stacks.workers = std::clamp(config.workers, 1u, kMaxWorkers);
+  g_stacks.arena_bytes = std::min(kMaxArenaBytes, kArenaBudget / g_stacks.workers);
   apply_tuning(config);
-  g_rt.w = new Worker[g_rt.workers];
-  g_rt.mode = Mode::uffd;
+  g_stacks.w = new WorkerStacks[g_stacks.workers];
+  g_stacks.mode = Mode::uffd;
   if (mode == "kernel" || !start_uffd_workers()) {
     if (mode == "uffd") log_line("userfaultfd unavailable (no /dev/userfaultfd access or seccomp); falling back to kernel mode");
     stop_uffd_workers();
@@ -709,25 +709,25 @@ void stack_init(const StackConfig& config) {
 
 void stack_shutdown() noexcept {
   if (!g_initialized) return;
-  if (g_rt.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
+  if (g_stacks.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
   else guard_remove_signal_handler();
   cache_shutdown();
-  for (unsigned i = 0; i < g_rt.workers; ++i)
-    for (SubArena& a : g_rt.w[i].arenas) release_arena(a);
-  delete[] g_rt.w;
-  g_rt = Runtime{};
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) release_arena(a);
+  delete[] g_stacks.w;
+  g_stacks = StackRuntime{};
   g_initialized = false;
 }
 
 StackSlot stack_allocate(unsigned worker, std::size_t limit) { return stack_allocate(worker, limit, nullptr); }
 
 StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
-  if (!g_initialized || worker >= g_rt.workers) throw std::system_error(EINVAL, std::generic_category(), "tendril: stack_allocate");
+  if (!g_initialized || worker >= g_stacks.workers) throw std::system_error(EINVAL, std::generic_category(), "tendril: stack_allocate");
   std::size_t bytes = round_up_pages(std::max<std::size_t>(limit, kPage));
   unsigned cls = class_for(bytes);
-  Worker& w = g_rt.w[worker];
+  WorkerStacks& w = g_stacks.w[worker];
   std::uint32_t limit_pages = std::uint32_t(bytes / kPage);
-  std::uint32_t want = site && g_rt.learn_depth ? std::min(site_depth_pages(site), limit_pages) : 0;
+  std::uint32_t want = site && g_stacks.learn_depth ? std::min(site_depth_pages(site), limit_pages) : 0;
   // Only deep sites are premapped. Within 16 KiB, growth costs a few faults
   // at most, while a premapped page is memory that every fiber of the site
   // keeps, whatever it needs: one connection fiber that went deep on an error
@@ -761,26 +761,31 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
     cm.extent_pages = want;
   }
   cm.base_pages.store(resident, std::memory_order_relaxed);
+  TENDRIL_ASSERT(r.arena->meta[r.slot].state.load(std::memory_order_relaxed) != kLive,
+                 "a live stack slot is never handed out again");
+  TENDRIL_ASSERT(resident >= 1, "a slot handed out has its top page resident");
   r.arena->meta[r.slot].state.store(kLive, std::memory_order_release);
   char* hi = r.arena->slot_hi(r.slot);
-  return StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_rt.w) << kSlotBits | r.slot};
+  return StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot};
 }
 
 void stack_release(unsigned worker, const StackSlot& slot) noexcept {
   const unsigned cls = class_for(slot.limit);
   SlotRef r = decode_ref(slot.index, cls);
-  Worker& releaser = g_rt.w[worker];
+  WorkerStacks& releaser = g_stacks.w[worker];
   SlotMeta& m = r.arena->meta[r.slot];
+  TENDRIL_ASSERT(m.state.load(std::memory_order_relaxed) == kLive,
+                 "only a live stack slot is released (released twice, or never handed out)");
   SlotCacheMeta& cm = r.arena->cmeta[r.slot];
   const std::uint32_t base = cm.base_pages.load(std::memory_order_relaxed);
   std::uint32_t resident, extent = cm.extent_pages, depth = 0;
-  if (g_rt.mode == Mode::uffd) {
+  if (g_stacks.mode == Mode::uffd) {
     resident = m.mapped_pages.load(std::memory_order_acquire);
     if (resident > base) {  // it grew: the handler mapped up to max_grow_pages below the deepest fault
       std::uint32_t deepest = m.deepest_fault.load(std::memory_order_relaxed);
       std::uint32_t ahead = deepest_mapped_ahead(m);
       extent = std::max(extent, ahead);
-      if (cm.site && g_rt.learn_depth) depth = deepest_written_page(slot.hi, deepest, ahead);
+      if (cm.site && g_stacks.learn_depth) depth = deepest_written_page(slot.hi, deepest, ahead);
     }
     add_single_writer(releaser.counters.live_pages, -std::int64_t(resident));
   } else {
@@ -793,7 +798,7 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept {
     }
     add_single_writer(releaser.counters.live_pages, -std::int64_t(base));
   }
-  if (depth && cm.site && g_rt.learn_depth) site_record(cm.site, depth);
+  if (depth && cm.site && g_stacks.learn_depth) site_record(cm.site, depth);
   m.state.store(kFree, std::memory_order_release);
   if (cache_enabled() && cache_put(releaser, r, cls, resident, extent)) return;
   drop_released_slot(releaser, r, resident, extent);
@@ -814,13 +819,13 @@ void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* 
 }
 
 void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot* /*next*/) noexcept {
-  Worker& w = g_rt.w[worker];
+  WorkerStacks& w = g_stacks.w[worker];
   if (parking != nullptr && w.trim_on_park.load(std::memory_order_relaxed)) {
     w.trim_on_park.store(false, std::memory_order_relaxed);
     trim_unwritten_below_sp(w, *parking);
   }
   if ((++w.cache.switches & (kSwitchesPerTick - 1)) == 0) cache_tick(worker, false);
-  if (g_rt.fill != Fill::move || g_rt.mode != Mode::uffd) return;
+  if (g_stacks.fill != Fill::move || g_stacks.mode != Mode::uffd) return;
   PagePool& p = w.pool;
   std::uint64_t avail = p.produced.load(std::memory_order_relaxed) - p.consumed.load(std::memory_order_relaxed);
   if (avail < p.low_water) pool_refill(w);
@@ -830,7 +835,7 @@ std::size_t stack_high_water(const StackSlot& slot) noexcept {
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
   char* lowest = lowest_resident_page(slot.lo, slot.hi);
-  if (g_rt.mode == Mode::kernel) return std::size_t(slot.hi - lowest);
+  if (g_stacks.mode == Mode::kernel) return std::size_t(slot.hi - lowest);
   // uffd mode: pages below the deepest fault may have been mapped ahead of use;
   // count them only if something was written there.
   char* deepest = slot.hi - std::size_t(m.deepest_fault.load(std::memory_order_relaxed)) * kPage;
@@ -863,21 +868,21 @@ struct CacheSums {
 
 StackCounters stack_counters() {
   StackCounters c;
-  c.mode = g_rt.mode == Mode::uffd ? "uffd" : "kernel";
+  c.mode = g_stacks.mode == Mode::uffd ? "uffd" : "kernel";
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
   CacheSums sums;
-  for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i) {
-    WorkerCounters& k = g_rt.w[i].counters;
-    const HandlerCounters& h = g_rt.w[i].handler_counters;
+  for (unsigned i = 0; g_initialized && i < g_stacks.workers; ++i) {
+    WorkerStackCounters& k = g_stacks.w[i].counters;
+    const HandlerStackCounters& h = g_stacks.w[i].handler_counters;
     faults += k.faults.load(std::memory_order_relaxed) + h.faults.load(std::memory_order_relaxed);
     live += k.live_pages.load(std::memory_order_relaxed) + h.live_pages.load(std::memory_order_relaxed);
     cached += k.cached_pages.load(std::memory_order_relaxed);
     refills += k.pool_refills.load(std::memory_order_relaxed);
-    sums.add(g_rt.w[i].cache.counters);
-    PagePool& p = g_rt.w[i].pool;
+    sums.add(g_stacks.w[i].cache.counters);
+    PagePool& p = g_stacks.w[i].pool;
     pool += std::int64_t(p.produced.load() - p.consumed.load());
   }
-  if (g_initialized && g_rt.mode == Mode::kernel) {
+  if (g_initialized && g_stacks.mode == Mode::kernel) {
     live = 0;  // the kernel does not tell us about faults: look at the page tables
     kernel_mode_scan(&live, &faults);
   }
@@ -892,9 +897,9 @@ StackCounters stack_counters() {
 
 void stack_thread_init(unsigned worker) noexcept {
   guard_thread_altstack();
-  if (g_initialized && worker < g_rt.workers) g_rt.w[worker].tid.store(int(gettid()), std::memory_order_relaxed);
+  if (g_initialized && worker < g_stacks.workers) g_stacks.w[worker].tid.store(int(gettid()), std::memory_order_relaxed);
   if (g_initialized) cache_thread_init(worker);
-  if (g_initialized && g_rt.mode == Mode::uffd && worker < g_rt.workers) handler_place_like_current_thread(g_rt.w[worker]);
+  if (g_initialized && g_stacks.mode == Mode::uffd && worker < g_stacks.workers) handler_place_like_current_thread(g_stacks.w[worker]);
 }
 
 }  // namespace tendril::detail

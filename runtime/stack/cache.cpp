@@ -249,10 +249,10 @@ SlotView view(std::uint32_t ref, unsigned cls) {
 
 // Gives a cached stack back to its arena with only its top page (eviction).
 void evict(unsigned worker, const CacheEntry& e, unsigned cls) {
-  Worker& w = g_rt.w[worker];
+  WorkerStacks& w = g_stacks.w[worker];
   SlotView v = view(e.ref, cls);
   if (e.pages > 1 || e.extent > 1) madvise(v.lo, std::size_t(v.hi - kPage - v.lo), MADV_DONTNEED);
-  if (g_rt.mode == Mode::uffd) v.m->mapped_pages.store(1, std::memory_order_relaxed);
+  if (g_stacks.mode == Mode::uffd) v.m->mapped_pages.store(1, std::memory_order_relaxed);
   v.cm->extent_pages = 1;
   v.cm->checked_pages = std::min<std::uint32_t>(v.cm->checked_pages, 1);
   CacheCounters& k = w.cache.counters;
@@ -270,10 +270,12 @@ Magazine* new_magazine() { return new (std::nothrow) Magazine(); }
 
 // Moves worker w's full magazine of class cls to its node's depot and gives it
 // an empty one. Never waits: a busy or over-budget depot refuses.
-bool deposit(Worker& w, unsigned cls) {
+bool deposit(WorkerStacks& w, unsigned cls) {
   WorkerCache& c = w.cache;
   Magazine* full = c.mag[cls];
   flush_batch(c);  // pending trims must be done before a stack leaves this worker
+  for (std::uint32_t i = 0; kChecks && i < full->count; ++i)
+    TENDRIL_ASSERT(!full->e[i].pending, "a cached stack whose trim is queued never leaves before the batch is flushed");
   Depot& d = depot(c.node(), cls);
   if (!d.try_lock()) return false;
   std::int64_t now = g_cache.depot_pages.load(std::memory_order_relaxed);
@@ -306,7 +308,7 @@ bool deposit(Worker& w, unsigned cls) {
 }
 
 // Swaps worker w's empty magazine of class cls for a full one from its node's depot.
-bool refill(Worker& w, unsigned cls) {
+bool refill(WorkerStacks& w, unsigned cls) {
   WorkerCache& c = w.cache;
   Depot& d = depot(c.node(), cls);
   if (d.nfull_hint.load(std::memory_order_relaxed) == 0 || !d.try_lock()) return false;
@@ -390,7 +392,7 @@ void decay_depots(unsigned worker) {
 // A worker's own magazine of a class that saw no cache traffic for an epoch
 // gives back half its stacks.
 void decay_local(unsigned worker) {
-  WorkerCache& c = g_rt.w[worker].cache;
+  WorkerCache& c = g_stacks.w[worker].cache;
   for (unsigned cls = 0; cls < kNumClasses; ++cls) {
     Magazine* m = c.mag[cls];
     bool idle = c.activity[cls] == c.activity_seen[cls];
@@ -441,7 +443,7 @@ bool publish_ahead(WorkerCache& c) {
 }
 
 // Prepares up to kAheadBatch fresh stacks of `owner`'s class cls. Returns how many.
-std::uint32_t prepare_batch(Worker& me, Worker& owner, unsigned cls, std::uint32_t limit_pages) {
+std::uint32_t prepare_batch(WorkerStacks& me, WorkerStacks& owner, unsigned cls, std::uint32_t limit_pages) {
   WorkerCache& c = me.cache;
   if (c.ahead && c.ahead_cls != cls) {
     if (!publish_ahead(c)) return 0;
@@ -530,21 +532,21 @@ std::uint64_t cache_now_ns() noexcept {
 }
 
 void cache_init(std::size_t budget_bytes, bool numa_check) noexcept {
-  g_cache.enabled = budget_bytes >= kPage && g_rt.workers > 0;
+  g_cache.enabled = budget_bytes >= kPage && g_stacks.workers > 0;
   g_cache.nodes = g_topo.nodes ? std::min<unsigned>(g_topo.nodes, kMaxNodes) : real_nodes();
   g_cache.check = g_cache.nodes > 1 || g_topo.check_single_node;
   if (numa_check) g_cache.check = true;
   std::uint64_t pages = budget_bytes / kPage;
-  g_cache.local_cap = pages / (2 * std::uint64_t(g_rt.workers));
-  g_cache.depot_cap = pages - g_cache.local_cap * g_rt.workers;
+  g_cache.local_cap = pages / (2 * std::uint64_t(g_stacks.workers));
+  g_cache.depot_cap = pages - g_cache.local_cap * g_stacks.workers;
   g_cache.depot_pages.store(0);
   g_cache.decayed_epoch.store(cache_now_ns() / kStackCacheEpochNs);
   g_cache.depots = g_cache.enabled ? new (std::nothrow) Depot[g_cache.nodes * kNumClasses] : nullptr;
   if (!g_cache.depots) g_cache.enabled = false;
   g_cache.pidfd = g_cache.enabled ? int(syscall(SYS_pidfd_open, getpid(), 0u)) : -1;
   g_cache.pmadv_ok.store(g_cache.pidfd >= 0);
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    WorkerCache& c = g_rt.w[i].cache;
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    WorkerCache& c = g_stacks.w[i].cache;
     c.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
     c.epoch = cache_now_ns() / kStackCacheEpochNs;
   }
@@ -555,13 +557,13 @@ void cache_init(std::size_t budget_bytes, bool numa_check) noexcept {
 }
 
 void cache_shutdown() noexcept {
-  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i) {
-    for (Magazine*& m : g_rt.w[i].cache.mag) {
+  for (unsigned i = 0; g_stacks.w && i < g_stacks.workers; ++i) {
+    for (Magazine*& m : g_stacks.w[i].cache.mag) {
       delete m;
       m = nullptr;
     }
-    delete g_rt.w[i].cache.ahead;
-    g_rt.w[i].cache.ahead = nullptr;
+    delete g_stacks.w[i].cache.ahead;
+    g_stacks.w[i].cache.ahead = nullptr;
   }
   if (g_cache.depots) {
     for (unsigned i = 0; i < g_cache.nodes * kNumClasses; ++i)
@@ -580,8 +582,8 @@ void cache_shutdown() noexcept {
 }
 
 void cache_thread_init(unsigned worker) noexcept {
-  if (worker >= g_rt.workers) return;
-  g_rt.w[worker].cache.set_node(clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu()));
+  if (worker >= g_stacks.workers) return;
+  g_stacks.w[worker].cache.set_node(clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu()));
 }
 
 std::uint32_t site_depth_pages(const void* site) noexcept {
@@ -626,7 +628,7 @@ void site_record(const void* site, std::uint32_t pages) noexcept {
   // Table region full: this site is not learned (a fixed-size table, no malloc).
 }
 
-void cache_note_fresh_carve(Worker& w, unsigned cls, std::uint32_t limit_pages) noexcept {
+void cache_note_fresh_carve(WorkerStacks& w, unsigned cls, std::uint32_t limit_pages) noexcept {
   WorkerCache& c = w.cache;
   c.demand_cls.store(cls, std::memory_order_relaxed);
   c.demand_limit.store(limit_pages, std::memory_order_relaxed);
@@ -637,9 +639,11 @@ namespace {
 
 // Takes entry `pick` out of magazine m (the top one moves into its place)
 // and settles the gauges.
-void take_entry(Worker& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noexcept {
+void take_entry(WorkerStacks& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noexcept {
   WorkerCache& c = w.cache;
   const std::uint32_t top = m->count - 1;
+  TENDRIL_ASSERT(!m->e[pick].pending, "a cached stack whose trim is queued never leaves before the batch is flushed");
+  TENDRIL_ASSERT(m->e[pick].pages >= 1, "a cached stack's top page is always resident");
   *out = m->e[pick];
   m->e[pick] = m->e[top];
   --m->count;
@@ -655,7 +659,7 @@ void take_entry(Worker& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noe
 
 // Everything but the common case: refill from the depot, skip stacks whose
 // trim is still queued, look for one mapped as deep as the site needs.
-__attribute__((noinline)) bool cache_take_searching(Worker& w, unsigned cls, std::uint32_t want_pages,
+__attribute__((noinline)) bool cache_take_searching(WorkerStacks& w, unsigned cls, std::uint32_t want_pages,
                                                     CacheEntry* out) noexcept {
   WorkerCache& c = w.cache;
   Magazine* m = c.mag[cls];
@@ -686,7 +690,7 @@ __attribute__((noinline)) bool cache_take_searching(Worker& w, unsigned cls, std
 
 }  // namespace
 
-bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
+bool cache_take(WorkerStacks& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
   // The spawn path's common case, kept small enough to inline there: the
   // stack released last (LIFO: still warm) is mapped deep enough and has no
   // trim queued.
@@ -702,7 +706,7 @@ bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* o
   return cache_take_searching(w, cls, want_pages, out);
 }
 
-bool cache_put(Worker& w, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept {
+bool cache_put(WorkerStacks& w, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept {
   WorkerCache& c = w.cache;
   SlotMeta& m = r.arena->meta[r.slot];
   SlotCacheMeta& cm = r.arena->cmeta[r.slot];
@@ -745,11 +749,11 @@ bool cache_put(Worker& w, const SlotRef& r, unsigned cls, std::uint32_t resident
         // The slot is kept: map its top page again, from this thread, so the
         // new page comes from this node.
         char* top = hi - kPage;
-        bool ok = g_rt.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
+        bool ok = g_stacks.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
                                           : (__atomic_fetch_add(reinterpret_cast<char*>(top), 0, __ATOMIC_RELAXED), true);
         if (ok) ++resident;
       }
-      if (g_rt.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
+      if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
     }
   }
 
@@ -764,16 +768,16 @@ bool cache_put(Worker& w, const SlotRef& r, unsigned cls, std::uint32_t resident
     extent = keep;
     queue_trim(c, lo, cut);
     pending = true;
-    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
+    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
     cm.checked_pages = std::min(cm.checked_pages, keep);
   }
   if (resident == 0) {  // top page could not be mapped again: hand the slot back
-    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(0, std::memory_order_relaxed);
+    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(0, std::memory_order_relaxed);
     add_single_writer(k.pages_trimmed, trimmed);
     return false;
   }
   cm.extent_pages = extent;
-  mag->e[mag->count++] = CacheEntry{std::uint32_t(r.owner - g_rt.w) << kSlotBits | r.slot, std::uint16_t(resident),
+  mag->e[mag->count++] = CacheEntry{std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot, std::uint16_t(resident),
                                      std::uint16_t(extent), std::uint16_t(pending)};
   mag->pages += resident;
   c.local_pages += resident;
@@ -786,8 +790,8 @@ bool cache_put(Worker& w, const SlotRef& r, unsigned cls, std::uint32_t resident
 }
 
 void cache_tick(unsigned worker, bool flush) noexcept {
-  if (!g_cache.enabled || worker >= g_rt.workers) return;
-  WorkerCache& c = g_rt.w[worker].cache;
+  if (!g_cache.enabled || worker >= g_stacks.workers) return;
+  WorkerCache& c = g_stacks.w[worker].cache;
   if (flush) flush_batch(c);
   std::uint64_t epoch = cache_now_ns() / kStackCacheEpochNs;
   if (epoch == c.epoch) return;
@@ -806,27 +810,27 @@ using namespace stack_impl;
 
 std::uint64_t stack_maintain(unsigned worker) noexcept {
   cache_tick(worker, true);
-  if (!g_cache.enabled || worker >= g_rt.workers) return 0;
+  if (!g_cache.enabled || worker >= g_stacks.workers) return 0;
   // Stacks still cached here or in a depot shrink only over later epochs:
   // ask to be called again then, so an idle server gives them back.
-  const bool holds = g_rt.w[worker].cache.local_pages != 0 ||
+  const bool holds = g_stacks.w[worker].cache.local_pages != 0 ||
                      g_cache.depot_pages.load(std::memory_order_relaxed) > 0;
   if (!holds) return 0;
   return kStackCacheEpochNs - cache_now_ns() % kStackCacheEpochNs + 1;
 }
 
 bool stack_prepare_ahead(unsigned worker) noexcept {
-  if (!g_cache.enabled || worker >= g_rt.workers) return false;
-  Worker& me = g_rt.w[worker];
+  if (!g_cache.enabled || worker >= g_stacks.workers) return false;
+  WorkerStacks& me = g_stacks.w[worker];
   WorkerCache& c = me.cache;
-  for (unsigned v = 0; v < g_rt.workers; ++v) {
-    WorkerCache& vc = g_rt.w[v].cache;
+  for (unsigned v = 0; v < g_stacks.workers; ++v) {
+    WorkerCache& vc = g_stacks.w[v].cache;
     if (v == worker || vc.node() != c.node()) continue;
     const std::uint32_t demand = vc.demand.load(std::memory_order_acquire);
     std::uint32_t& seen = c.demand_seen[v];
     if (demand - seen > kAheadBacklog) seen = demand - kAheadBacklog;
     if (demand - seen < kAheadTrigger) continue;
-    const std::uint32_t made = prepare_batch(me, g_rt.w[v], vc.demand_cls.load(std::memory_order_relaxed),
+    const std::uint32_t made = prepare_batch(me, g_stacks.w[v], vc.demand_cls.load(std::memory_order_relaxed),
                                              vc.demand_limit.load(std::memory_order_relaxed));
     if (made == 0) continue;
     seen += made;
@@ -842,8 +846,8 @@ std::size_t stack_learned_depth(const void* site) noexcept {
 
 void stack_set_topology_for_testing(const StackTopology* topology) noexcept {
   g_topo = topology ? *topology : StackTopology{};
-  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i)
-    g_rt.w[i].cache.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
+  for (unsigned i = 0; g_stacks.w && i < g_stacks.workers; ++i)
+    g_stacks.w[i].cache.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
 }
 
 void stack_set_clock_for_testing(std::uint64_t (*now_ns)()) noexcept { g_clock = now_ns; }
