@@ -7,7 +7,7 @@
 #
 #   --quick          5x fewer iterations, 3 repetitions per case (~40 s once built)
 #   --markdown FILE  append the table (Markdown) to FILE
-#   BUILD_DIR=dir    build directory (default build-release; relative to the repo)
+#   BUILD_DIR=dir    build directory (default build; relative to the repo)
 #
 # Builds what is missing: bench/skynet (tendril) and peers/peers_boost_fiber
 # with CMake/Ninja in BUILD_DIR (configured like scripts/main-job.sh if it has
@@ -31,7 +31,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-build="${BUILD_DIR:-build-release}"
+build="${BUILD_DIR:-build}"
 [[ "$build" == /* ]] || build="$root/$build"
 peers="$build/peers"
 mkdir -p "$peers"
@@ -41,7 +41,7 @@ say() { printf '== %s\n' "$*" >&2; }
 # ---- build -------------------------------------------------------------------------
 say "building in $build"
 if [[ ! -f "$build/build.ninja" ]]; then
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF >/dev/null
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
 ninja -C "$build" skynet >/dev/null
 

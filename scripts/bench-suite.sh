@@ -15,7 +15,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build-release"
+build="$root/build"
 quick=0
 only="core,memory,cache,echo,http,fanout,idle,peers"
 while [[ $# -gt 0 ]]; do
@@ -31,7 +31,7 @@ want() { [[ ",$only," == *",$1,"* ]]; }
 q=(); [[ $quick = 1 ]] && q=(--quick)
 
 echo "== building tendril (Release) in $build"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF \
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DTENDRIL_BUILD_BENCH=ON -DTENDRIL_BUILD_SAMPLES=ON >/dev/null
 cmake --build "$build" >/dev/null
 
