@@ -1,4 +1,4 @@
-// Issue 2 comparison: tendril vs pthreads, measured in the same run.
+// Core comparison: tendril vs pthreads, measured in the same run.
 //
 //   core_compare [--quick] [--reps N] [--markdown FILE] [--png DIR]
 //
@@ -440,14 +440,14 @@ void write_markdown(const Config& cfg, const std::vector<Case>& cases, const std
     std::fprintf(stderr, "core_compare: cannot write %s: %s\n", cfg.markdown.c_str(), std::strerror(errno));
     return;
   }
-  std::fprintf(f, "# tendril vs pthreads (issue 2), core_compare\n\n%s\n\n", env.c_str());
+  std::fprintf(f, "# tendril vs pthreads, core_compare\n\n%s\n\n", env.c_str());
   std::fprintf(f, "## Ratios (same run)\n\npthread/tendril > 1 means tendril is faster. Units: ns per switch, "
                   "per round trip, per fiber/thread, per lock+unlock.\n\n");
-  ratio_table(cases).markdown(f);
+  bench::print_markdown(ratio_table(cases), f);
   std::fprintf(f, "\n## All cases\n\n");
-  results_table(cases).markdown(f);
+  bench::print_markdown(results_table(cases), f);
   std::fprintf(f, "\n## Peers\n\n%s.\n\n", bench::kPeerNote);
-  peers_table().markdown(f);
+  bench::print_markdown(peers_table(), f);
   std::fclose(f);
   std::fprintf(stderr, "wrote %s\n", cfg.markdown.c_str());
 }
@@ -578,15 +578,15 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "total %.1f s\n", std::chrono::duration<double>(Clock::now() - t_start).count());
 
   const std::string env = environment_line(cfg, tendril::stats().stack_mode);
-  std::printf("\ntendril vs pthreads (issue 2) -- %s\n", env.c_str());
+  std::printf("\ntendril vs pthreads -- %s\n", env.c_str());
   std::printf("\nRatios (same run; pthread/tendril > 1 means tendril is faster; ns per switch, per round trip,\n"
               "per fiber/thread, per lock+unlock):\n");
-  ratio_table(cases).print(stdout);
+  bench::print_text(ratio_table(cases), stdout);
   std::printf("\nAll cases (CPU ns: whole-process CPU per unit, includes idle workers' spinning and the\n"
               "partner thread; tendril stats per unit in the last columns):\n");
-  results_table(cases).print(stdout);
+  bench::print_text(results_table(cases), stdout);
   std::printf("\n%s:\n", bench::kPeerNote);
-  peers_table().print(stdout);
+  bench::print_text(peers_table(), stdout);
   std::fflush(stdout);
 
   if (!cfg.markdown.empty()) write_markdown(cfg, cases, env);

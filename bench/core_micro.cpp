@@ -1,4 +1,4 @@
-// Issue 2 micro-benchmarks (Google Benchmark): tendril vs pthreads, in one run.
+// Core micro-benchmarks (Google Benchmark): tendril vs pthreads, in one run.
 //
 //   core_micro [--benchmark_filter=REGEX] [--benchmark_min_time=0.2] ...
 //
@@ -354,12 +354,12 @@ void print_ratio_table(const CapturingReporter& rep) {
   }
   if (t.rows.empty()) return;
   std::printf("\nRatios (same run; ns per unit: switch, round trip, fiber/thread, lock+unlock):\n");
-  t.print(stdout);
+  bench::print_text(t, stdout);
   std::printf("\n%s:\n", bench::kPeerNote);
   bench::Table peers;
   peers.header = {"", "Go 1.19", "Boost.Fiber 1.74", "pthreads"};
   for (const bench::Peer& p : bench::peers()) peers.rows.push_back({p.what, p.go, p.bfiber, p.pthread});
-  peers.print(stdout);
+  bench::print_text(peers, stdout);
   const tendril::Stats s = tendril::stats();
   std::printf("\nstack provider: %s%s\n", s.stack_mode.c_str(),
               s.stack_mode == "simple" ? " (dev mmap-per-stack: spawn numbers are pessimistic)" : "");

@@ -1,4 +1,4 @@
-// Timer precision and idle cost (issue 2: "timers for sleep_for / wait_for with
+// Timer precision and idle cost ("timers for sleep_for / wait_for with
 // sub-millisecond precision", "idle workers that spin briefly and then park
 // without burning CPU"), beside the same measurements for plain threads.
 //

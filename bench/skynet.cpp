@@ -1,4 +1,4 @@
-// Issue 6: the skynet spawn tree on tendril, plus the small micro-benchmarks
+// The skynet spawn tree on tendril, plus the small micro-benchmarks
 // that bench/peers/ runs on Go and Boost.Fiber with the same semantics, so
 // scripts/bench-peers.sh can put the runtimes side by side.
 //

@@ -1,4 +1,4 @@
-// Free-stack cache benchmark (issue 4). Plain program:
+// Free-stack cache benchmark. Plain program:
 //   stack_cache [--quick]
 // 1. Spawn/exit churn through tendril::run: N fibers through W concurrently
 //    live (default 1M through 1k), with the cache (default budget) and without

@@ -1,4 +1,4 @@
-// Stack growth benchmark for runtime/stack (tendril issue 3). Plain program.
+// Stack growth benchmark for runtime/stack. Plain program.
 //
 //   g++ -std=c++20 -O2 bench/stack_growth.cpp runtime/stack/*.cpp
 //       -lboost_context -lpthread -o /tmp/stack_growth && /tmp/stack_growth [iterations] [growth|memory]
@@ -141,11 +141,11 @@ double time_fresh_pthreads(std::size_t depth, int iters, int reps) {
 }
 
 void init_mode(const char* mode, const char* fill, const char* grow) {
-  setenv("TENDRIL_STACK_FILL", fill, 1);
-  setenv("TENDRIL_STACK_GROW", grow, 1);
   StackConfig c;
   c.workers = 2;
   c.mode = mode;
+  c.fill_move = std::strcmp(fill, "move") == 0;
+  c.max_grow_pages = unsigned(std::stoul(grow));
   stack_init(c);
 }
 

@@ -1,5 +1,5 @@
-// Memory and time of growable fiber stacks, through the public API (tendril
-// issue 3's benchmark). Plain program; every measurement runs in a child
+// Memory and time of growable fiber stacks, through the public API. Plain
+// program; every measurement runs in a child
 // process of its own (this binary re-executed with --child ...), so that
 // runs do not see each other's pages, and the stack mode is chosen with
 // TENDRIL_STACK_MODE in the child's environment.

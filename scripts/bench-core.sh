@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds tendril in Release (build-release/, Ninja) and runs the issue-2
+# Builds tendril in Release (build/, Ninja) and runs the core
 # comparison, tendril vs pthreads, writing into bench/results/:
 #   core_compare-<stamp>.txt   the printed tables
 #   core_compare-<stamp>.md    the same as Markdown
@@ -7,12 +7,10 @@
 #   core_micro-<stamp>.json    Google Benchmark micro-benchmarks (--micro only)
 #
 #   scripts/bench-core.sh [--quick] [--micro] [-- extra cmake args]
-# Example with the dev stack provider:
-#   scripts/bench-core.sh --quick -- -DTENDRIL_DEV_STACK_SOURCE=/tmp/dev/simple_stack.cpp
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build-release"
+build="$root/build"
 out="$root/bench/results"
 quick=()
 micro=0

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6: tendril next to its peers, Go goroutines and Boost.Fiber, on the
+# tendril next to its peers, Go goroutines and Boost.Fiber, on the
 # same micro-benchmarks and the skynet spawn tree, measured one runtime after
 # the other on this machine (see bench/peers/README.md for what each case does).
 #
@@ -7,7 +7,7 @@
 #
 #   --quick          5x fewer iterations, 3 repetitions per case (~40 s once built)
 #   --markdown FILE  append the table (Markdown) to FILE
-#   BUILD_DIR=dir    build directory (default build-release; relative to the repo)
+#   BUILD_DIR=dir    build directory (default build; relative to the repo)
 #
 # Builds what is missing: bench/skynet (tendril) and peers/peers_boost_fiber
 # with CMake/Ninja in BUILD_DIR (configured like scripts/main-job.sh if it has
@@ -31,7 +31,7 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 
-build="${BUILD_DIR:-build-release}"
+build="${BUILD_DIR:-build}"
 [[ "$build" == /* ]] || build="$root/$build"
 peers="$build/peers"
 mkdir -p "$peers"
@@ -41,7 +41,7 @@ say() { printf '== %s\n' "$*" >&2; }
 # ---- build -------------------------------------------------------------------------
 say "building in $build"
 if [[ ! -f "$build/build.ninja" ]]; then
-  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF >/dev/null
+  cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 fi
 ninja -C "$build" skynet >/dev/null
 
@@ -175,7 +175,7 @@ make_table() {  # $1 = text | md
 }
 
 echo
-echo "tendril vs Go vs Boost.Fiber (issue 6) -- $env_line"
+echo "tendril vs Go vs Boost.Fiber -- $env_line"
 echo "$versions"
 echo "Units: ns per switch / round trip / task, ms per skynet tree. peer/tendril > 1: tendril is faster (leaner)."
 echo
@@ -186,7 +186,7 @@ if [[ -n "$markdown" ]]; then
   mkdir -p "$(dirname "$markdown")"
   {
     echo
-    echo "## tendril vs Go vs Boost.Fiber (issue 6), $(date '+%Y-%m-%d %H:%M')"
+    echo "## tendril vs Go vs Boost.Fiber, $(date '+%Y-%m-%d %H:%M')"
     echo
     echo "$env_line."
     echo "$versions."

@@ -10,12 +10,12 @@
 #
 # LIST: comma-separated parts (default all): core,memory,cache,echo,http,
 # fanout,idle,peers. --quick shortens every part; the full run took 8-10
-# minutes on the project's 2-vCPU machine (2026-12-01). Dependencies: bash scripts/install-deps.sh;
+# minutes on the project's 2-vCPU machine. Dependencies: bash scripts/install-deps.sh;
 # peers: apt-get install golang-go libboost-fiber-dev (skipped if missing).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-build="$root/build-release"
+build="$root/build"
 quick=0
 only="core,memory,cache,echo,http,fanout,idle,peers"
 while [[ $# -gt 0 ]]; do
@@ -31,7 +31,7 @@ want() { [[ ",$only," == *",$1,"* ]]; }
 q=(); [[ $quick = 1 ]] && q=(--quick)
 
 echo "== building tendril (Release) in $build"
-cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF \
+cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DTENDRIL_BUILD_BENCH=ON -DTENDRIL_BUILD_SAMPLES=ON >/dev/null
 cmake --build "$build" >/dev/null
 

@@ -19,10 +19,10 @@ cd "$root"
 seconds="${TENDRIL_MAIN_SECONDS:-5}"
 
 bash scripts/install-deps.sh
-echo "== building tendril (Release) in build-release/"
-cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=OFF \
+echo "== building tendril (Release) in build/"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DTENDRIL_BUILD_BENCH=ON -DTENDRIL_BUILD_SAMPLES=ON >/dev/null
-cmake --build build-release >/dev/null
+cmake --build build >/dev/null
 
 out="bench/results/main-$(hostname -s)-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
@@ -30,11 +30,11 @@ echo "== $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg) (other loa
 
 echo
 echo "== 1. http under wrk: tendril vs a thread per connection (${seconds}s per run)"
-bash bench/scripts/http-wrk.sh --build build-release --conns 100,1000,10000 --seconds "$seconds" --split --out "$out"
+bash bench/scripts/http-wrk.sh --build build --conns 100,1000,10000 --seconds "$seconds" --split --out "$out"
 
 echo
 echo "== 2. idle keep-alive connections per GiB of server memory"
-build-release/bench/idle_conns --conns 10000 --markdown "$out/idle.md"
+build/bench/idle_conns --conns 10000 --markdown "$out/idle.md"
 
 echo
 echo "== results: $out/ (http.md, idle.md, wrk outputs)"

@@ -81,8 +81,10 @@ probe_tsan() {
   rm -rf "$tmp"
 }
 
+# Warnings are errors here (CI runs this script); a plain build only warns.
 run_pass release build "" \
-  -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_BENCH=ON
+  -DCMAKE_BUILD_TYPE=Release -DTENDRIL_BUILD_TESTS=ON -DTENDRIL_BUILD_BENCH=ON -DTENDRIL_BUILD_SAMPLES=ON \
+  -DTENDRIL_WERROR=ON
 
 if [[ "$fast" = 1 ]]; then
   summary+=("$(printf '%-8s %-16s %5s   %s' asan build-asan/ - "skipped (TENDRIL_TEST_FAST=1)")")
@@ -90,11 +92,11 @@ if [[ "$fast" = 1 ]]; then
 else
   run_pass asan build-asan "-LE no-asan" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_SANITIZE=address \
-    -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=ON
+    -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=ON -DTENDRIL_WERROR=ON
   probe_tsan
   run_pass tsan build-tsan "-LE no-tsan" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_SANITIZE=thread \
-    -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=OFF
+    -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=OFF -DTENDRIL_WERROR=ON
 fi
 
 echo

@@ -127,7 +127,7 @@ constexpr std::size_t kCacheKeep = 16 * 1024;  // what the stack cache keeps of 
 class StackArena : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
-    StackConfig c;
+    StackConfig c = stack_config(tendril::Options{}.with_environment(), 1);  // TENDRIL_STACK_FILL etc.
     c.default_limit = kLimit;
     c.workers = 2;
     c.mode = GetParam();
@@ -415,7 +415,7 @@ TEST_P(StackArena, GrowAndReleaseLeaksNoPages) {
     for (auto& s : slots) recurse_near_limit(s, 16 * kPageSize);
     EXPECT_GE(stack_counters().stack_pages_mapped, std::uint64_t(kSlots) * 8);
     for (std::size_t i = 0; i < slots.size(); ++i) stack_release(i % 2, slots[i]);  // some cross-worker
-    // Issue 4: released stacks now go to the free-stack cache, which keeps up
+    // Released stacks now go to the free-stack cache, which keeps up
     // to 16 KiB of each (no learned depth here) and trims the rest in batches;
     // stack_maintain issues the pending trims.
     stack_maintain(0);
@@ -428,11 +428,11 @@ TEST_P(StackArena, GrowAndReleaseLeaksNoPages) {
 }
 
 TEST_P(StackArena, CrossWorkerReleaseReturnsSlotToOwner) {
-  // Issue 4: with the free-stack cache on, the slot would stay cached on
+  // With the free-stack cache on, the slot would stay cached on
   // worker 1; this test is about the arena's own free lists, so it runs with
   // the cache off (tests/stack_cache_test.cpp covers cached cross-worker reuse).
   stack_shutdown();
-  StackConfig c;
+  StackConfig c = stack_config(tendril::Options{}.with_environment(), 1);  // TENDRIL_STACK_FILL etc.
   c.default_limit = kLimit;
   c.workers = 2;
   c.mode = GetParam();
@@ -532,7 +532,7 @@ TEST_P(StackArena, ReinitAfterShutdown) {
   recurse_near_limit(s, 3 * kPageSize);
   stack_release(0, s);
   stack_shutdown();
-  StackConfig c;
+  StackConfig c = stack_config(tendril::Options{}.with_environment(), 1);  // TENDRIL_STACK_FILL etc.
   c.workers = 1;
   c.mode = GetParam();
   stack_init(c);
@@ -545,20 +545,19 @@ INSTANTIATE_TEST_SUITE_P(Modes, StackArena, ::testing::Values("uffd", "kernel"),
                          [](const auto& info) { return std::string(info.param); });
 
 // --- uffd growth policy (pages_for_fault in fault_handler.cpp) -------------------
-// The burst window is set through TENDRIL_STACK_BURST_US before init: a huge
+// The burst window is set in StackConfig (TENDRIL_STACK_BURST_US): a huge
 // window makes every run of faults a burst, 0 makes none, so the expected fault
 // counts do not depend on how fast this machine is.
 
 class StackGrowthPolicy : public ::testing::Test {
  protected:
   void init_with_burst_window(const char* us) {
-    setenv("TENDRIL_STACK_BURST_US", us, 1);
-    StackConfig c;
+    StackConfig c = stack_config(tendril::Options{}.with_environment(), 1);  // TENDRIL_STACK_FILL etc.
     c.workers = 1;
     c.mode = "uffd";
     c.cache_bytes = 0;
+    c.burst_ns = std::uint64_t(std::stoull(us)) * 1000;
     stack_init(c);
-    unsetenv("TENDRIL_STACK_BURST_US");
     stack_thread_init(0);
   }
   void TearDown() override { stack_shutdown(); }

@@ -1,4 +1,4 @@
-// Tests of the NUMA-aware free-stack cache (issue 4), through the seam in
+// Tests of the NUMA-aware free-stack cache, through the seam in
 // runtime/stack/stack.hpp with plain threads standing in for workers and
 // Boost.Context running code on the slots, and through tendril::run.
 // Locality rules run on a simulated two-node topology (a fake move_pages);
@@ -146,7 +146,7 @@ class StackCache : public ::testing::TestWithParam<const char*> {
       stack_set_topology_for_testing(nullptr);
     }
     stack_set_clock_for_testing(fake_clock);
-    StackConfig c;
+    StackConfig c = stack_config(tendril::Options{}.with_environment(), 1);  // TENDRIL_STACK_FILL etc.
     c.default_limit = kLimit;
     c.workers = cfg.workers;
     c.mode = GetParam();
@@ -189,8 +189,8 @@ TEST_P(StackCache, SteadyStateHitsWithoutFaults) {
   EXPECT_EQ(c.stacks_dropped, 0u);
   EXPECT_EQ(c.cache_stacks, 1u);
   EXPECT_EQ(c.stack_pages_mapped, 0u);  // nothing live
-  EXPECT_GE(c.cache_pages, 3u);         // pages stay mapped while cached
-  EXPECT_LE(c.cache_pages, kKeep / kPage);
+  EXPECT_GE(c.stack_cache_pages, 3u);         // pages stay mapped while cached
+  EXPECT_LE(c.stack_cache_pages, kKeep / kPage);
   // No locality checks on a single node unless asked for.
   EXPECT_EQ(c.node_match + c.node_mismatch, 0u);
 }
@@ -207,7 +207,7 @@ TEST_P(StackCache, DisabledCacheBehavesLikeTheArena) {
   EXPECT_EQ(c.cache_hits, 0u);
   EXPECT_EQ(c.cache_misses, 10u);
   EXPECT_EQ(c.stacks_dropped, 10u);
-  EXPECT_EQ(c.cache_pages, 0u);
+  EXPECT_EQ(c.stack_cache_pages, 0u);
   EXPECT_EQ(c.cached_pages, 1u);  // the slot's top page, as before the cache
 }
 
@@ -269,7 +269,7 @@ TEST_P(StackCache, ForeignPagesAreTrimmedAndTheStackKept) {
   EXPECT_EQ(c.stacks_dropped, 0u);
   EXPECT_EQ(c.pages_trimmed, before - local_kept);
   EXPECT_EQ(resident_in(s.lo, s.hi), local_kept);  // only the node-0 pages are left
-  EXPECT_EQ(c.cache_pages, local_kept);
+  EXPECT_EQ(c.stack_cache_pages, local_kept);
   // It is reused on node 0.
   StackSlot again = stack_allocate(0, kLimit);
   EXPECT_EQ(again.index, s.index);
@@ -290,7 +290,7 @@ TEST_P(StackCache, StackStolenByAnotherNodeIsMismatchedAndRelocated) {
   EXPECT_EQ(c.node_mismatch, 1u);
   EXPECT_EQ(c.pages_trimmed, before);       // every old page was foreign...
   EXPECT_EQ(resident_in(s.lo, s.hi), 1u);   // ...and the top page was mapped again locally
-  EXPECT_EQ(c.cache_pages, 1u);
+  EXPECT_EQ(c.stack_cache_pages, 1u);
   EXPECT_EQ(c.stacks_cached, 1u);
   // Node 0 never sees it again; node 1 does.
   StackSlot on0 = stack_allocate(0, kLimit);
@@ -347,7 +347,7 @@ TEST_P(StackCache, GrowsUnderChurnAndShrinksWhenIdle) {
   stack_maintain(0);
   StackCounters c = stack_counters();
   EXPECT_EQ(c.cache_stacks, std::uint64_t(kBurst));  // grew far beyond one magazine
-  EXPECT_GE(c.cache_pages, 2u * kBurst);
+  EXPECT_GE(c.stack_cache_pages, 2u * kBurst);
 
   // Churn of 100 at a time, one round per epoch: the cache settles at what
   // the churn needs, and every spawn hits.
@@ -374,10 +374,10 @@ TEST_P(StackCache, GrowsUnderChurnAndShrinksWhenIdle) {
   }
   c = stack_counters();
   EXPECT_EQ(c.cache_stacks, 0u);
-  EXPECT_EQ(c.cache_pages, 0u);
+  EXPECT_EQ(c.stack_cache_pages, 0u);
   EXPECT_EQ(c.stacks_evicted, c.stacks_cached - c.cache_hits);
   for (int i = 0; i < kBurst; i += 50) EXPECT_LE(resident_in(slots[i % 100].lo, slots[i % 100].hi), 1u);
-  EXPECT_EQ(c.cached_pages, c.cache_pages + std::uint64_t(kBurst));  // free slots keep their top page only
+  EXPECT_EQ(c.cached_pages, c.stack_cache_pages + std::uint64_t(kBurst));  // free slots keep their top page only
 }
 
 TEST_P(StackCache, MemoryBudgetIsRespected) {
@@ -389,7 +389,7 @@ TEST_P(StackCache, MemoryBudgetIsRespected) {
   for (auto& s : slots) use_stack(s, 12 * 1024);
   for (auto& s : slots) {
     stack_release(0, s);
-    EXPECT_LE(stack_counters().cache_pages * kPage, kBudget);
+    EXPECT_LE(stack_counters().stack_cache_pages * kPage, kBudget);
   }
   StackCounters c = stack_counters();
   EXPECT_EQ(c.stacks_cached + c.stacks_dropped, std::uint64_t(kStacks));
@@ -501,7 +501,7 @@ TEST_P(StackCache, CountersMatchMincoreThroughReusePremapAndGrowth) {
       for (const auto& [index, hi] : hi_of) in_all += resident_bulk(hi - kLimit, hi);
       ASSERT_EQ(c.stack_pages_mapped, in_live) << what;
       ASSERT_EQ(c.stack_pages_mapped + c.cached_pages, in_all) << what;
-      ASSERT_LE(c.cache_pages, c.cached_pages) << what;
+      ASSERT_LE(c.stack_cache_pages, c.cached_pages) << what;
     };
     auto allocate = [&](unsigned worker, std::size_t limit, const void* site) {
       live.push_back(stack_allocate(worker, limit, site));
@@ -572,7 +572,7 @@ TEST_P(StackCache, IdleWorkerPreparesStacksForAWorkerWhoseSpawnsMissTheCache) {
   EXPECT_GT(c.stacks_prepared, 0u);
   EXPECT_LE(c.stacks_prepared, 64u);  // never more than was asked for
   EXPECT_EQ(c.cache_stacks, c.stacks_prepared);
-  EXPECT_EQ(c.cache_pages, c.stacks_prepared);  // one page each: the top page
+  EXPECT_EQ(c.stack_cache_pages, c.stacks_prepared);  // one page each: the top page
   EXPECT_EQ(prepare_until_done(1), 0u);          // demand answered
   EXPECT_EQ(prepare_until_done(0), 0u);          // worker 1 asked for nothing
 
@@ -599,7 +599,7 @@ TEST_P(StackCache, PreparedStacksRespectTheBudgetAndTheNode) {
   std::vector<StackSlot> live;
   for (int i = 0; i < 64; ++i) live.push_back(stack_allocate(0, kLimit));
   prepare_until_done(1);
-  EXPECT_LE(stack_counters().cache_pages, 8u);
+  EXPECT_LE(stack_counters().stack_cache_pages, 8u);
   EXPECT_GT(stack_counters().stacks_prepared, 0u);
   for (const StackSlot& s : live) stack_release(0, s);
   live.clear();

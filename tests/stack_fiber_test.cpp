@@ -134,7 +134,7 @@ struct ScopedEnv {
 
 // Options for the "pre-cache" variant of a test: no free-stack cache, and no
 // learned depth either (TENDRIL_STACK_LEARN=0), so every stack comes from its
-// arena with its top page only and grows by faults, as before issue 4.
+// arena with its top page only and grows by faults, as without the cache.
 // (Premapping to the learned depth would otherwise make kernel mode's high
 // water, the lowest resident page, start out deep.)
 tendril::Options two_workers_cache(bool cache_on) {

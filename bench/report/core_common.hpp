@@ -1,5 +1,5 @@
 // Shared by bench/core_micro.cpp and bench/core_compare.cpp: pinning helpers,
-// the issue-2 targets, the peer figures measured earlier on this machine
+// the core targets, the peer figures measured earlier on this machine
 // (docs: /work/shared/notes/measured-facts.md), and small table helpers.
 #pragma once
 
@@ -15,6 +15,8 @@
 #include <vector>
 
 #include "tendril/stats.hpp"
+
+#include "bench/report/table.hpp"
 
 namespace bench {
 
@@ -119,7 +121,7 @@ inline StatsDelta stats_delta(const tendril::Stats& a, const tendril::Stats& b, 
 
 // ---- targets and peers -----------------------------------------------------
 
-// Issue 2 targets (ns per unit).
+// Targets of the core comparison (ns per unit).
 constexpr double kTargetSpawnJoinNs = 100.0;     // spawn+join, per fiber
 constexpr double kTargetPingPongNs = 150.0;      // channel ping-pong, per round trip
 
@@ -172,46 +174,6 @@ inline std::string fmt_ratio(double r) {
   else std::snprintf(buf, sizeof buf, "%.2fx", r);
   return buf;
 }
-
-// A plain text table with left-aligned columns.
-struct Table {
-  std::vector<std::string> header;
-  std::vector<std::vector<std::string>> rows;
-
-  void print(std::FILE* out) const {
-    std::vector<std::size_t> w(header.size(), 0);
-    auto widen = [&](const std::vector<std::string>& r) {
-      for (std::size_t i = 0; i < r.size() && i < w.size(); ++i) w[i] = std::max(w[i], r[i].size());
-    };
-    widen(header);
-    for (const auto& r : rows) widen(r);
-    auto line = [&](const std::vector<std::string>& r) {
-      for (std::size_t i = 0; i < w.size(); ++i) {
-        const std::string& c = i < r.size() ? r[i] : std::string();
-        std::fprintf(out, "%s%-*s", i ? "  " : "", int(w[i]), c.c_str());
-      }
-      std::fputc('\n', out);
-    };
-    line(header);
-    std::vector<std::string> rule;
-    for (std::size_t x : w) rule.push_back(std::string(x, '-'));
-    line(rule);
-    for (const auto& r : rows) line(r);
-  }
-  void markdown(std::FILE* out) const {
-    auto line = [&](const std::vector<std::string>& r) {
-      std::fputc('|', out);
-      for (std::size_t i = 0; i < header.size(); ++i)
-        std::fprintf(out, " %s |", i < r.size() ? r[i].c_str() : "");
-      std::fputc('\n', out);
-    };
-    line(header);
-    std::fputc('|', out);
-    for (std::size_t i = 0; i < header.size(); ++i) std::fputs("---|", out);
-    std::fputc('\n', out);
-    for (const auto& r : rows) line(r);
-  }
-};
 
 inline double median(std::vector<double> v) {
   if (v.empty()) return 0;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -22,13 +23,13 @@ inline std::string render(const Table& t, bool markdown) {
   std::vector<std::size_t> w(t.header.size());
   for (std::size_t c = 0; c < t.header.size(); ++c) {
     w[c] = t.header[c].size();
-    for (const auto& r : t.rows) w[c] = std::max(w[c], r[c].size());
+    for (const auto& r : t.rows) w[c] = std::max(w[c], c < r.size() ? r[c].size() : 0);
   }
   auto left_aligned = [&](std::size_t c) { return c < t.left || (t.last_left && c + 1 == w.size()); };
   auto line = [&](const std::vector<std::string>& cells) {
     std::string s = markdown ? "| " : "";
-    for (std::size_t c = 0; c < cells.size(); ++c) {
-      std::string cell = cells[c];
+    for (std::size_t c = 0; c < w.size(); ++c) {
+      std::string cell = c < cells.size() ? cells[c] : std::string();
       if (left_aligned(c)) cell.resize(w[c], ' ');
       else cell.insert(0, w[c] - cell.size(), ' ');
       s += cell + (markdown ? " | " : "  ");
@@ -53,5 +54,8 @@ inline std::string render(const Table& t, bool markdown) {
   for (const auto& r : t.rows) out += line(r);
   return out;
 }
+
+inline void print_text(const Table& t, std::FILE* out) { std::fputs(render(t, false).c_str(), out); }
+inline void print_markdown(const Table& t, std::FILE* out) { std::fputs(render(t, true).c_str(), out); }
 
 }  // namespace bench

@@ -18,7 +18,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-build="$root/build-release"
+build="$root/build"
 conns_list="100,1000,10000,50000"
 seconds=10
 path="/"

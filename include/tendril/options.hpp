@@ -19,8 +19,18 @@
 // | stack_mode       | TENDRIL_STACK_MODE       | "" (automatic): "uffd" or "kernel" |
 // | io_backend       | TENDRIL_IO               | "" (automatic): "uring" or "epoll" |
 // | stack_cache_bytes| TENDRIL_STACK_CACHE_BYTES| 64 MiB (suffixes K, M, G); 0: no cache |
+// | stack_fill       | TENDRIL_STACK_FILL       | "" (copy): "copy" or "move"      |
+// | stack_grow_pages | TENDRIL_STACK_GROW       | 16 (1..16)                       |
+// | stack_burst      | TENDRIL_STACK_BURST_US   | 1000 microseconds; 0: no bursts  |
+// | stack_learn_depth| TENDRIL_STACK_LEARN      | true (1/0, true/false)           |
+// | stack_numa_check | TENDRIL_STACK_NUMA_CHECK | false (1/0, true/false)          |
+// | blocking_threads | TENDRIL_BLOCKING_THREADS | 64 (1..4096)                     |
 // | stall_threshold  | TENDRIL_STALL_MS         | 100 ms; 0: no stall watchdog     |
 // | dump_signal      | TENDRIL_DUMP_SIGNAL      | 0: none (USR1, SIGUSR1 or a number) |
+//
+// The stack_* tuning fields after stack_cache_bytes apply to the userfaultfd
+// stack mode; they exist to measure alternatives, the defaults are the
+// measured best.
 #pragma once
 
 #include <chrono>
@@ -51,6 +61,22 @@ struct Options {
   // The cache grows under spawn/exit churn up to this and gives the pages back
   // when churn stops. 0 disables it (every exit returns its stack's pages).
   std::size_t stack_cache_bytes = std::size_t(64) << 20;
+  // How a stack fault is filled: "" or "copy" copies zero pages in
+  // (UFFDIO_COPY); "move" moves them from per-worker page pools (UFFDIO_MOVE).
+  std::string stack_fill;
+  // Most pages one stack fault maps (1 to 16; 16 pages is the zero source).
+  unsigned stack_grow_pages = 16;
+  // Faults of one stack this close together are a burst: the next fault maps
+  // stack_grow_pages at once. 0: no bursts.
+  std::chrono::microseconds stack_burst{1000};
+  // Remember per spawn site how deep its stacks grew and hand out stacks
+  // already mapped that deep.
+  bool stack_learn_depth = true;
+  // Check which NUMA node a released stack's pages are on even on a machine
+  // with one node (the check always runs with several nodes).
+  bool stack_numa_check = false;
+  // Most threads that run blocking calls (tendril/blocking.hpp) at once.
+  unsigned blocking_threads = 64;
   // Stall watchdog: a fiber that holds a worker this long without switching
   // (running, or blocked in a system call; not counting time the kernel kept
   // the thread off the CPU) is reported once on stderr, with its backtrace,

@@ -14,17 +14,18 @@
 #include <cstdint>
 #include <string>
 
+#include "tendril/detail/counters.hpp"
+
 namespace tendril {
 
 struct Stats {
   unsigned workers = 0;
-  std::uint64_t fibers_spawned = 0;    // fibers started, main included
+  // fibers_spawned, context_switches, steals, worker_parks, worker_wakeups:
+  // see TENDRIL_SCHEDULER_COUNTERS in <tendril/detail/counters.hpp>.
+#define TENDRIL_STATS_FIELD(storage, field, doc) std::uint64_t field = 0;
+  TENDRIL_SCHEDULER_COUNTERS(TENDRIL_STATS_FIELD)
   std::uint64_t fibers_live = 0;       // spawned and not yet finished
-  std::uint64_t context_switches = 0;  // switches into a fiber
-  std::uint64_t steals = 0;            // fibers taken from another worker's queue
-  std::uint64_t worker_parks = 0;      // times an idle worker put its thread to sleep
-  std::uint64_t worker_wakeups = 0;    // times a parked worker was woken to take work
-  std::uint64_t stalls = 0;            // fibers the stall watchdog caught running too long without yielding
+  std::uint64_t stalls = 0;            // fibers the stall watchdog caught holding a worker too long (not per worker)
 
   // Stacks (see <tendril/fiber.hpp> for the stack model).
   std::string stack_mode;                // "uffd" or "kernel"
@@ -37,17 +38,11 @@ struct Stats {
   // cache (a freed stack with its pages still mapped, checked to be on the
   // spawning worker's NUMA node: no page fault, no system call) or misses
   // (a slot from the arena, top page only).
-  std::uint64_t cache_hits = 0;          // spawns served by the cache
-  std::uint64_t cache_misses = 0;        // spawns that took a slot from the arena
-  std::uint64_t stacks_cached = 0;       // fiber exits whose stack the cache took
-  std::uint64_t stacks_dropped = 0;      // exits the cache refused (full, over budget, disabled)
-  std::uint64_t stacks_evicted = 0;      // cached stacks given back after churn stopped
-  std::uint64_t node_match = 0;          // cached stacks whose checked pages were all on the exiting worker's node
-  std::uint64_t node_mismatch = 0;       // ... that had pages on another node (those pages were released, the stack kept)
-  std::uint64_t pages_trimmed = 0;       // pages given back: cached stacks deeper than kept, foreign, evicted; and
-                                         // pages mapped ahead of a fiber that it had not written when it parked
-  std::uint64_t stack_cache_pages = 0;   // gauge: resident pages held by the cache now
-  std::uint64_t stacks_prepared = 0;     // fresh stacks idle workers mapped ahead for a busy spawner
+  // cache_hits, cache_misses, stacks_cached, stacks_dropped, stacks_evicted,
+  // node_match, node_mismatch, pages_trimmed, stack_cache_pages (a gauge),
+  // stacks_prepared: see TENDRIL_STACK_CACHE_COUNTERS.
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STATS_FIELD)
+#undef TENDRIL_STATS_FIELD
 
   // I/O (see <tendril/net.hpp>).
   std::string io_backend;                // "uring" or "epoll"

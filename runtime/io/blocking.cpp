@@ -14,13 +14,12 @@
 #include "runtime/io/io_internal.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "tendril/blocking.hpp"
+#include "tendril/options.hpp"
 
 namespace tendril::detail {
 
 namespace {
 
-constexpr unsigned kDefaultThreads = 64;
-constexpr unsigned kMaxThreads = 4096;
 constexpr auto kIdleExit = std::chrono::seconds(10);
 
 struct Call {
@@ -32,15 +31,6 @@ struct Call {
   SpinLock lock;
   Call* next = nullptr;
 };
-
-unsigned thread_limit() noexcept {
-  const char* v = std::getenv("TENDRIL_BLOCKING_THREADS");
-  if (v == nullptr || *v == '\0') return kDefaultThreads;
-  char* end = nullptr;
-  const unsigned long n = std::strtoul(v, &end, 10);
-  if (*end != '\0' || n == 0 || n > kMaxThreads) return kDefaultThreads;
-  return static_cast<unsigned>(n);
-}
 
 class Pool {
  public:
@@ -64,6 +54,12 @@ class Pool {
     std::unique_lock<std::mutex> lk(mu_);
     head_ = tail_ = nullptr;  // their fibers were abandoned with the run
     done_cv_.wait(lk, [this] { return running_ == 0; });
+  }
+
+  // Takes effect for threads started from now on (Options::blocking_threads).
+  void set_limit(unsigned limit) {
+    std::lock_guard<std::mutex> g(mu_);
+    limit_ = limit;
   }
 
  private:
@@ -125,7 +121,7 @@ class Pool {
   unsigned threads_ = 0;
   unsigned idle_ = 0;
   unsigned running_ = 0;
-  const unsigned limit_ = thread_limit();
+  unsigned limit_ = Options{}.blocking_threads;
 };
 
 // Never destroyed: detached pool threads may outlive static destruction.
@@ -150,5 +146,7 @@ void blocking_run(void (*fn)(void*) noexcept, void* arg) {
 }
 
 void blocking_pool_quiesce() noexcept { pool().quiesce(); }
+
+void blocking_set_thread_limit(unsigned limit) { pool().set_limit(limit); }
 
 }  // namespace tendril::detail

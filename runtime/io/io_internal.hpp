@@ -124,5 +124,7 @@ EpollWorker* worker_epoll(unsigned index) noexcept;
 // Waits for offloaded calls that are running (fibers of an ended run may be
 // waiting for them) and drops queued ones.
 void blocking_pool_quiesce() noexcept;
+// Most pool threads from now on (Options::blocking_threads, validated).
+void blocking_set_thread_limit(unsigned limit);
 
 }  // namespace tendril::detail

@@ -70,6 +70,7 @@ void io_init(const IoConfig& config) {
   g_workers = config.workers;
   g_io = std::make_unique<WorkerIo[]>(config.workers);
   g_kind = choose_backend(config.backend);
+  blocking_set_thread_limit(config.blocking_threads);
 }
 
 void io_shutdown() noexcept {

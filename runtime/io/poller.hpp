@@ -15,6 +15,7 @@ namespace tendril::detail {
 struct IoConfig {
   unsigned workers = 1;
   std::string backend;  // "", "uring" or "epoll" (TENDRIL_IO)
+  unsigned blocking_threads = 64;  // Options::blocking_threads
 };
 
 // Lifetime: io_init() before any worker starts, io_shutdown() after all stopped.

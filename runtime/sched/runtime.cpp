@@ -61,11 +61,35 @@ std::size_t parse_size(const char* var, const char* value) {
   return static_cast<std::size_t>(v << shift);
 }
 
+unsigned parse_in_range(const char* var, const char* value, unsigned long long lo, unsigned long long hi) {
+  const unsigned long long n = parse_unsigned(var, value);
+  if (n < lo || n > hi)
+    bad_env(var, value, ("expected " + std::to_string(lo) + " to " + std::to_string(hi)).c_str());
+  return static_cast<unsigned>(n);
+}
+
+unsigned long long parse_at_most(const char* var, const char* value, unsigned long long hi) {
+  const unsigned long long n = parse_unsigned(var, value);
+  if (n > hi) bad_env(var, value, ("at most " + std::to_string(hi)).c_str());
+  return n;
+}
+
+// "" (the automatic choice), `a` or `b`.
+std::string parse_choice(const char* var, const char* value, const char* a, const char* b) {
+  if (*value != '\0' && std::strcmp(value, a) != 0 && std::strcmp(value, b) != 0)
+    bad_env(var, value, (std::string("expected ") + a + " or " + b).c_str());
+  return value;
+}
+
 bool parse_bool(const char* var, const char* value) {
   if (!std::strcmp(value, "1") || !strcasecmp(value, "true") || !strcasecmp(value, "yes") || !strcasecmp(value, "on")) return true;
   if (!std::strcmp(value, "0") || !strcasecmp(value, "false") || !strcasecmp(value, "no") || !strcasecmp(value, "off")) return false;
   bad_env(var, value, "expected 1/0, true/false, yes/no or on/off");
 }
+
+constexpr unsigned kMaxStackGrowPages = 16;  // the stack code's zero source is 16 pages
+constexpr unsigned kMaxBlockingThreads = 4096;
+constexpr unsigned long long kMaxBurstUs = 3600ull * 1000 * 1000;
 
 void validate(const Options& o) {
   if (o.workers > 256) throw std::invalid_argument("tendril: Options::workers must be at most 256");
@@ -83,6 +107,14 @@ void validate(const Options& o) {
   }
   if (!o.stack_mode.empty() && o.stack_mode != "uffd" && o.stack_mode != "kernel")
     throw std::invalid_argument("tendril: stack mode must be \"uffd\" or \"kernel\", not \"" + o.stack_mode + "\"");
+  if (!o.stack_fill.empty() && o.stack_fill != "copy" && o.stack_fill != "move")
+    throw std::invalid_argument("tendril: stack fill must be \"copy\" or \"move\", not \"" + o.stack_fill + "\"");
+  if (o.stack_grow_pages < 1 || o.stack_grow_pages > kMaxStackGrowPages)
+    throw std::invalid_argument("tendril: Options::stack_grow_pages must be within [1, 16]");
+  if (o.stack_burst.count() < 0 || o.stack_burst.count() > static_cast<long long>(kMaxBurstUs))
+    throw std::invalid_argument("tendril: Options::stack_burst must be within [0, 1 h]");
+  if (o.blocking_threads < 1 || o.blocking_threads > kMaxBlockingThreads)
+    throw std::invalid_argument("tendril: Options::blocking_threads must be within [1, 4096]");
 }
 
 // Servers hold a descriptor per connection: raise the soft limit to the hard
@@ -108,36 +140,30 @@ struct RunGuard {
 
 }  // namespace
 
+// Every TENDRIL_* variable is read here and nowhere else.
 Options Options::with_environment() const {
   Options o = *this;
-  if (const char* v = std::getenv("TENDRIL_WORKERS")) {
-    const unsigned long long n = parse_unsigned("TENDRIL_WORKERS", v);
-    if (n > 256) bad_env("TENDRIL_WORKERS", v, "at most 256");
-    o.workers = static_cast<unsigned>(n);
-  }
+  if (const char* v = std::getenv("TENDRIL_WORKERS")) o.workers = parse_at_most("TENDRIL_WORKERS", v, 256);
   if (const char* v = std::getenv("TENDRIL_STACK_LIMIT")) o.stack_limit = parse_size("TENDRIL_STACK_LIMIT", v);
-  if (const char* v = std::getenv("TENDRIL_SPIN_US")) {
-    const unsigned long long n = parse_unsigned("TENDRIL_SPIN_US", v);
-    if (n > 1000000) bad_env("TENDRIL_SPIN_US", v, "at most 1000000");
-    o.spin_before_park = std::chrono::microseconds(n);
-  }
+  if (const char* v = std::getenv("TENDRIL_SPIN_US"))
+    o.spin_before_park = std::chrono::microseconds(parse_at_most("TENDRIL_SPIN_US", v, 1000000));
   if (const char* v = std::getenv("TENDRIL_PIN")) o.pin_workers = parse_bool("TENDRIL_PIN", v);
-  if (const char* v = std::getenv("TENDRIL_STACK_MODE")) {
-    if (std::strcmp(v, "uffd") != 0 && std::strcmp(v, "kernel") != 0 && *v != '\0')
-      bad_env("TENDRIL_STACK_MODE", v, "expected uffd or kernel");
-    o.stack_mode = v;
-  }
+  if (const char* v = std::getenv("TENDRIL_STACK_MODE")) o.stack_mode = parse_choice("TENDRIL_STACK_MODE", v, "uffd", "kernel");
   if (const char* v = std::getenv("TENDRIL_STACK_CACHE_BYTES"))
     o.stack_cache_bytes = parse_size("TENDRIL_STACK_CACHE_BYTES", v);
-  if (const char* v = std::getenv("TENDRIL_IO")) {
-    if (std::strcmp(v, "uring") != 0 && std::strcmp(v, "epoll") != 0 && *v != '\0')
-      bad_env("TENDRIL_IO", v, "expected uring or epoll");
-    o.io_backend = v;
-  }
+  if (const char* v = std::getenv("TENDRIL_IO")) o.io_backend = parse_choice("TENDRIL_IO", v, "uring", "epoll");
+  if (const char* v = std::getenv("TENDRIL_STACK_FILL")) o.stack_fill = parse_choice("TENDRIL_STACK_FILL", v, "copy", "move");
+  if (const char* v = std::getenv("TENDRIL_STACK_GROW"))
+    o.stack_grow_pages = parse_in_range("TENDRIL_STACK_GROW", v, 1, kMaxStackGrowPages);
+  if (const char* v = std::getenv("TENDRIL_STACK_BURST_US"))
+    o.stack_burst = std::chrono::microseconds(parse_at_most("TENDRIL_STACK_BURST_US", v, kMaxBurstUs));
+  if (const char* v = std::getenv("TENDRIL_STACK_LEARN")) o.stack_learn_depth = parse_bool("TENDRIL_STACK_LEARN", v);
+  if (const char* v = std::getenv("TENDRIL_STACK_NUMA_CHECK"))
+    o.stack_numa_check = parse_bool("TENDRIL_STACK_NUMA_CHECK", v);
+  if (const char* v = std::getenv("TENDRIL_BLOCKING_THREADS"))
+    o.blocking_threads = parse_in_range("TENDRIL_BLOCKING_THREADS", v, 1, kMaxBlockingThreads);
   if (const char* v = std::getenv("TENDRIL_STALL_MS")) {
-    const unsigned long long n = parse_unsigned("TENDRIL_STALL_MS", v);
-    if (n > 3600000) bad_env("TENDRIL_STALL_MS", v, "at most 3600000 (1 h)");
-    o.stall_threshold = std::chrono::milliseconds(n);
+    o.stall_threshold = std::chrono::milliseconds(parse_at_most("TENDRIL_STALL_MS", v, 3600000));
   }
   if (const char* v = std::getenv("TENDRIL_DUMP_SIGNAL")) {
     if (*v == '\0') {
@@ -162,15 +188,12 @@ void run(const Options& options, std::function<void()> main) {
   raise_nofile_limit();
 
   detail::Scheduler sched(opts);
-  detail::StackConfig sc;
-  sc.default_limit = opts.stack_limit;
-  sc.workers = sched.worker_count() + 1;  // + one index shared by plain threads
-  sc.mode = opts.stack_mode;
-  sc.cache_bytes = opts.stack_cache_bytes;
-  detail::stack_init(sc);
+  // + one stack index shared by plain threads
+  detail::stack_init(detail::stack_config(opts, sched.worker_count() + 1));
   detail::IoConfig ioc;
   ioc.workers = sched.worker_count();
   ioc.backend = opts.io_backend;
+  ioc.blocking_threads = opts.blocking_threads;
   try {
     detail::io_init(ioc);
   } catch (...) {

@@ -1,4 +1,5 @@
 #include "runtime/sched/scheduler.hpp"
+#include "tendril/detail/assert.hpp"
 
 #include <sched.h>
 
@@ -56,6 +57,8 @@ void Scheduler::stop() noexcept {
 }
 
 void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
+  TENDRIL_ASSERT(f->join_state.load(std::memory_order_relaxed) != FiberCtl::kDone,
+                 "a fiber that finished is never made runnable again");
   Worker* w = current_worker();
   if (w != nullptr && &w->sched_ == this) {
     if (w->io_to_global_) {
@@ -129,12 +132,10 @@ Stats Scheduler::snapshot() const {
   s.fibers_spawned = external_spawned.load(std::memory_order_relaxed);
   for (const auto& w : workers_) {
     const WorkerCounters& c = w->counters_;
-    s.fibers_spawned += c.spawned.load(std::memory_order_relaxed);
+#define TENDRIL_SUM_COUNTER(storage, field, doc) s.field += c.storage.load(std::memory_order_relaxed);
+    TENDRIL_SCHEDULER_COUNTERS(TENDRIL_SUM_COUNTER)
+#undef TENDRIL_SUM_COUNTER
     finished += c.finished.load(std::memory_order_relaxed);
-    s.context_switches += c.switches.load(std::memory_order_relaxed);
-    s.steals += c.steals.load(std::memory_order_relaxed);
-    s.worker_parks += c.parks.load(std::memory_order_relaxed);
-    s.worker_wakeups += c.wakeups.load(std::memory_order_relaxed);
   }
   s.fibers_live = s.fibers_spawned > finished ? s.fibers_spawned - finished : 0;
   s.stalls = stalls.load(std::memory_order_relaxed);
@@ -144,16 +145,9 @@ Stats Scheduler::snapshot() const {
   s.stack_pages_mapped = st.stack_pages_mapped;
   s.pool_refills = st.pool_refills;
   s.pool_pages = st.pool_pages;
-  s.cache_hits = st.cache_hits;
-  s.cache_misses = st.cache_misses;
-  s.stacks_cached = st.stacks_cached;
-  s.stacks_dropped = st.stacks_dropped;
-  s.stacks_evicted = st.stacks_evicted;
-  s.node_match = st.node_match;
-  s.node_mismatch = st.node_mismatch;
-  s.pages_trimmed = st.pages_trimmed;
-  s.stack_cache_pages = st.cache_pages;
-  s.stacks_prepared = st.stacks_prepared;
+#define TENDRIL_COPY_COUNTER(storage, field, doc) s.field = st.field;
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_COPY_COUNTER)
+#undef TENDRIL_COPY_COUNTER
   s.io_backend = io_backend_name();
   return s;
 }

@@ -40,10 +40,12 @@
 #include <vector>
 
 #include "runtime/context/switch.hpp"
+#include "tendril/detail/counters.hpp"
 #include "runtime/sched/fiber_ctl.hpp"
 #include "runtime/sched/run_queue.hpp"
 #include "runtime/sched/timer_heap.hpp"
 #include "tendril/options.hpp"
+#include "tendril/detail/counters.hpp"
 #include "tendril/stats.hpp"
 
 namespace tendril::detail {
@@ -61,13 +63,13 @@ struct SwitchRecord {
   void* arg = nullptr;
 };
 
+// One worker's counters: those of TENDRIL_SCHEDULER_COUNTERS, plus `finished`
+// (fibers_live = spawned - finished).
 struct alignas(64) WorkerCounters {
-  std::atomic<std::uint64_t> switches{0};
-  std::atomic<std::uint64_t> spawned{0};
+#define TENDRIL_WORKER_COUNTER(storage, field, doc) std::atomic<std::uint64_t> storage{0};
+  TENDRIL_SCHEDULER_COUNTERS(TENDRIL_WORKER_COUNTER)
+#undef TENDRIL_WORKER_COUNTER
   std::atomic<std::uint64_t> finished{0};
-  std::atomic<std::uint64_t> steals{0};
-  std::atomic<std::uint64_t> parks{0};
-  std::atomic<std::uint64_t> wakeups{0};
 
   // Only the owner writes; relaxed increments keep the snapshot race-free.
   static void bump(std::atomic<std::uint64_t>& c, std::uint64_t n = 1) noexcept {

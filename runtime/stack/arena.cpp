@@ -1,8 +1,10 @@
-// Growable fiber stacks (tendril issue 3).
+// Growable fiber stacks: the layout of stack memory and the seam in stack.hpp.
 //
-// This file owns the layout of stack memory and the seam in stack.hpp;
-// fault_handler.cpp owns userfaultfd and the page pool; guard.cpp owns guard
-// zones, the SIGSEGV handler of kernel mode and the overflow diagnostic.
+// fault_handler.cpp owns userfaultfd and the page pools; guard.cpp owns guard
+// zones, the SIGSEGV handler of kernel mode and the overflow diagnostic;
+// cache.cpp owns the free-stack cache (its design is at the top of that file).
+// Measurements behind the constants below, with the commands that produce
+// them: bench/results/stack-design.md.
 //
 // # Layout
 //
@@ -22,16 +24,14 @@
 // below lo is guard (so a 140 KiB stack in the 256 KiB class has 116+16 KiB of
 // guard). Only hi - kPage is mapped when stack_allocate returns.
 //
-// Why this shape:
 //  - VMAs do not grow with the number of stacks: one reservation per (worker,
 //    class) used, and uffd copies, MADV_DONTNEED and MADV_GUARD_INSTALL never
-//    split it. 1M live 256 KiB stacks add 0 VMAs (vm.max_map_count = 65530).
+//    split it, so 1M live stacks add 0 VMAs (vm.max_map_count = 65530).
 //  - Size classes live in separate reservations so small stacks are packed
 //    densely: a page-table page (4 KiB, covers 2 MiB) is shared by
-//    2 MiB / stride slots. Measured VmPTE per idle slot: 160 B for 64 KiB
-//    stacks, 545 B for 256 KiB stacks; a 2 MiB class would cost a whole 4 KiB
-//    page-table page per slot, and mixing it into the small classes' range
-//    would make them pay that too.
+//    2 MiB / stride slots, about 160 B of page table per idle 64 KiB slot and
+//    545 B per 256 KiB slot; a 2 MiB class costs a whole page-table page per
+//    slot, and mixing it into the small classes' range would make them pay it.
 //  - Per-worker reservations route a slot's faults to its owner's uffd, whose
 //    handler thread sits on the owner's CPU (see below).
 //  - The reservation size is min(1 TiB, 16 TiB / workers) per (worker, class),
@@ -44,7 +44,8 @@
 // handler and the SIGSEGV handler can read it without faulting into the
 // arena. Fiber names sit in a third table (SlotName, 32 B) written only for
 // named fibers: every byte of per-slot metadata a fiber touches is a byte of
-// each idle fiber's footprint.
+// each idle fiber's footprint (a parked fiber is about one page of RSS plus
+// its share of a page-table page).
 //
 // # Growth in uffd mode (default)
 //
@@ -59,35 +60,34 @@
 // One handler thread per worker polls that worker's uffd. stack_thread_init()
 // copies the worker thread's CPU affinity to it: the faulting thread wakes the
 // handler and sleeps, and a same-CPU hand-off is a local wake-up, while a
-// cross-CPU one is an IPI to a (often halted) vCPU. A fiber that migrated to
-// another worker still faults to its slot's owner handler (cross-CPU, slower,
-// correct).
+// cross-CPU one is an IPI to a (often halted) vCPU, 2-13x slower. A fiber that
+// migrated to another worker still faults to its slot's owner handler
+// (cross-CPU, slower, correct).
 //
-// A fault at page P of a slot whose resident size is M pages maps
-//  - one page while M < 4 (kSingleFaultPages): the first 16 KiB go page by
-//    page because that is where most server fibers stay (the http sample's
-//    connection fibers touched 3 pages before its parser moved to the worker
-//    stack, 1 since; doubling from one page had left them at 4, +33% memory
-//    per idle connection);
+// Policy. A uffd fault costs about five kernel-paged pages (two context
+// switches and an ioctl against one page-fault entry), so growth must take few
+// faults. A fault at page P of a slot whose resident size is M pages maps
+//  - one page while M < 4 (kSingleFaultPages): most server fibers stay within
+//    16 KiB, and doubling from one page had left the http sample's
+//    connection fibers at 4 pages instead of 3 (+33% memory per idle
+//    connection);
 //  - 16 pages (64 KiB, max_grow_pages) when M >= 2 and the same slot faulted
 //    less than 1 ms ago (a "burst": the fiber is going deep right now; the
-//    handler remembers its last 4 faulting slots, privately);
+//    handler remembers its last 4 faulting slots, privately). 1 ms is about
+//    90 faults' worth, far more than one recursion needs between two faults;
 //  - otherwise n = min(M, 16) pages: past 16 KiB the stack doubles on each
 //    fault, as Go doubles by copying;
-// always ending at P and never below lo. Why bursts: a fault costs ~11 us
-// here against ~2 us per kernel-paged page (re-measured 2026-12-01), so a
-// recursion to 64 KiB must take at most 2-3 faults to stay within 1.5x of
-// kernel paging. Doubling alone took 5-6 (2.9x), bursts from the third
-// page 3 (1.37-1.55x), bursts from the second page 2 (1.21-1.34x); 240 KiB
-// takes 5 instead of 8. What a burst maps ahead and the fiber does not use
-// does not stay: the handler notes it on the faulting worker (it knows the
+// always ending at P and never below lo. With these a recursion to 64 KiB
+// takes 2 faults (1.2-1.3x kernel paging) and one to 240 KiB 5 (1.1-1.2x);
+// doubling alone took 5-6 to 64 KiB (2.9x). 16 pages is the size of the zero
+// source, and the most a fiber that only touched a few pages of a burst
+// holds until it parks: what a burst maps ahead and the fiber does not use
+// does not stay. The handler notes it on the faulting worker (it knows the
 // thread from UFFD_FEATURE_THREAD_ID), and when that fiber next parks, its
 // worker gives back the all-zero pages below its stack pointer
 // (trim_unwritten_below_sp: one mincore, a zero scan and one MADV_DONTNEED,
-// once per burst). A fiber that went 12 KiB deep in a burst and parked holds
-// 3-4 pages, not 18 (stack_fiber_test: ParkedFibersDoNotKeepPages...).
-// Pages are installed with UFFDIO_COPY
-// from a static 64 KiB zero buffer (the kernel allocates).
+// once per burst). Pages are installed with UFFDIO_COPY from a static 64 KiB
+// zero buffer (the kernel allocates).
 //
 // The handler takes no locks, calls no malloc and never touches registered
 // memory: it reads the side table, issues ioctls, and updates atomics. A fault
@@ -96,19 +96,6 @@
 //   of <limit> bytes: fault at 0x..., N bytes below ... (stack lo-hi)
 // to stderr with write(2) and abort()s. The side table is updated before the
 // ioctl that wakes the faulting thread (see account_fault_ahead).
-//
-// ## Per-worker page pools (TENDRIL_STACK_FILL=move) — measured and NOT default
-//
-// The kernel's dynamic-stack RFC serves faults from per-CPU page arrays
-// refilled in schedule(). The user-space analogue is implemented: each worker
-// has a 2 MiB ring of pages outside the registered range, populated with
-// MADV_POPULATE_WRITE in stack_on_switch() when below 1/4 full, and the
-// handler UFFDIO_MOVEs pages from it (falling back to UFFDIO_COPY from the
-// zero buffer when it is empty). Measured here it loses to plain UFFDIO_COPY:
-// UFFDIO_MOVE flushes the source TLB range on every CPU running the process
-// (IPIs), and the refill is paid on the switch path anyway. So the default is
-// UFFDIO_COPY + doubling, and StackCounters::pool_* stay 0 in that mode.
-// TENDRIL_STACK_GROW=1..16 caps the pages per fault (default 16).
 //
 // # Kernel mode (no userfaultfd, or TENDRIL_STACK_MODE=kernel)
 //
@@ -124,115 +111,23 @@
 //
 // # Allocation, release, reuse
 //
-// Free slots are kept per (worker, class). A released slot that the stack
-// cache (below) does not take goes back to the free list of the worker that
-// OWNS its sub-arena (to keep its faults on that worker's handler): a plain
-// push on the owner, a push-only Treiber stack from other workers, adopted
-// whole by the owner with one exchange (ABA-free). No locks on
-// allocate/release/switch. That path = drop_released_slot (everything below
-// the top page goes with one MADV_DONTNEED) + push; the top page stays so
-// reuse costs no fault.
-//
-// # The free-stack cache (issue 4; cache.cpp)
-//
-// Freed stacks are cached WITH THEIR PAGES MAPPED, so a spawn that hits the
-// cache takes no page fault and no system call. Shape: sheaves and barns
-// (SLUB) / magazines and depots (Bonwick):
-//  - Each worker has one magazine (32 stacks) per size class. Exit pushes,
-//    spawn pops (LIFO: the warmest stack), no locks, no atomics RMW.
-//  - A full magazine moves to the depot of the worker's NUMA node (per node
-//    and class), an empty one refills from it. Depots are taken with a
-//    TRY-lock only: a busy depot counts as empty on spawn (-> arena) and as
-//    full on exit (-> drop); nothing spins.
-//  - Spawn order: local magazine, node depot, arena free list, fresh slot.
-//    A slot cached on another worker than its owner still faults to its
-//    owner's uffd handler (correct, slower).
-// Locality. A stack enters node N's cache only if its resident pages are on
-// N: at release the pages it will KEEP are queried with move_pages(2) in
-// query mode (nodes = NULL: faults nothing in; never get_mempolicy, which
-// would), in batches of 64. Foreign pages are MADV_DONTNEED'd and the slot is
-// kept; if its top page was foreign it is mapped again from the releasing
-// thread (UFFDIO_COPY / first touch: the new page is local). Each slot
-// remembers (node, depth verified), so a stack that did not grow beyond what
-// was checked is not queried again; the checks are skipped entirely on a
-// single-node machine unless the topology is simulated or
-// TENDRIL_STACK_NUMA_CHECK=1. node_match / node_mismatch count released
-// stacks (a stack finished by a worker on another node than its pages is a
-// mismatch); pages_trimmed counts the pages given back.
-// Trimming. A cached stack keeps at most max(16 KiB, learned depth of its
-// spawn site) (<= 1 MiB, <= its limit); deeper pages are queued in a
-// per-worker batch of 16 ranges and given back with ONE process_madvise(2)
-// (MADV_DONTNEED on our own pidfd, Linux 6.13+, one TLB flush on 6.16+;
-// per-range madvise before that).
-// Budget and adaptive size. Options::stack_cache_bytes (64 MiB,
-// TENDRIL_STACK_CACHE_BYTES; 0 = off) bounds the resident pages of cached
-// stacks: half split evenly over the workers' magazines, half shared by the
-// depots (checked when a magazine moves). The cache grows on demand: exits
-// that overflow a magazine fill depots until the budget. It shrinks by epochs
-// (0.5 s of CLOCK_MONOTONIC_COARSE): each depot gives back half of the
-// magazines that stayed unused for a whole epoch (its low watermark), and a
-// worker's magazine with no traffic for an epoch gives back half its stacks;
-// evicted stacks keep only their top page (stacks_evicted). The epoch clock is
-// read by stack_maintain() (worker idle path) and every 1024 switches in
-// stack_on_switch.
-// Learned depth. A table of 1024 spawn sites (key = SpawnOptions::site, else
-// &closure_ops<C>; open addressing, lock-free, no malloc) keeps the deepest
-// page stacks from that site touched (recorded at release when the stack
-// grew; in uffd mode pages mapped ahead by doubling are inspected for data),
-// fading by 1/8 per epoch. Spawn prefers a cached stack at least that deep
-// (looks at 8 magazine entries) and otherwise maps the missing depth up front
-// from the spawning thread (UFFDIO_COPY, or MADV_POPULATE_WRITE in kernel
-// mode): one call instead of several growth faults. Only depths beyond 16 KiB
-// (kPremapMinPages) are premapped: the http sample's connection fibers stay in
-// one page, and one of them that went 2-3 pages deep on an error path made
-// every later connection of the run premap its depth (+45% stack pages at
-// 10k connections in one run of two). TENDRIL_STACK_LEARN=0 turns it off.
-// Prepared ahead (cache.cpp, stack_prepare_ahead). A spawn that misses the
-// cache pays a first-touched page for the fresh slot's top page (~2 us here),
-// on the spawning worker, while another worker may sit idle. An idle worker
-// (spinning before it parks) prepares fresh stacks for a worker of its node
-// whose spawns keep carving: slots of THAT worker's arena (growth faults stay
-// on its handler), top pages mapped from the idle worker's thread (same
-// node), 8 per call, deposited as a magazine in the node's depot where the
-// spawner's next refill finds it. Demand = fresh carves + the size of each
-// prepared magazine taken; at most 4 full magazines wait in a depot; pages
-// count against the budget from the moment they are mapped; unused ones decay
-// like any depot magazine. 1M fibers spawned by one fiber and parked, 2
-// workers: 2.4-2.8 s before, 1.48-1.69 s with it, half of the top pages mapped
-// by the idle worker (bench/stack_memory, 2026-12-01).
-// Cache invariants:
-//  - A cached stack's entry records its resident pages exactly; pages below
-//    hi - extent are never resident; its top page is always resident.
-//  - A stack in node N's depot or in the magazine of a worker on node N had
-//    every resident page verified on N (when checks run); a spawn on node N
-//    only ever takes from its own magazine and node N's depot.
-//  - A stack whose trim is still queued stays in the magazine of the worker
-//    whose batch holds the trim; the batch is flushed before any such stack
-//    leaves (spawn of it, deposit, eviction), so no queued MADV_DONTNEED can
-//    ever hit a live stack.
-//  - Resident pages held by the cache <= stack_cache_bytes at all times
-//    (a magazine being prepared ahead counts in depot_pages already).
-//  - StackCounters::cached_pages = every resident page of free slots (cache
-//    stacks plus the top pages of arena-free slots); cache_pages the cache's.
-// Cache numbers (same VM, 2 vCPUs, uffd mode, loaded by concurrent builds:
-// compare ratios). Command (Release build):
-//   cmake -S . -B /tmp/rel -DCMAKE_BUILD_TYPE=Release && cmake --build /tmp/rel
-//     --target stack_cache core_micro && /tmp/rel/bench/stack_cache
-//   1M fibers through 1k live, 2 workers: hit rate 99.9% (998,967 hits,
-//   1,034 misses = the first 1k stacks), 0.0000 stack faults per fiber,
-//   863 ns/fiber with the cache vs 990 ns without (0.87), pthread
-//   create+join 60,093 ns (70x). Site recursing 64 KiB (4 live): 3.0 growth
-//   faults per fiber and 562 us/fiber without learning (kept 16 KiB, regrows
-//   by uffd faults) vs 0.000 faults and 694 ns/fiber learned.
-//   core_micro --benchmark_filter=SpawnJoin (median of 3, real time), with
-//   TENDRIL_STACK_CACHE_BYTES=64M vs 0: 1 worker 375 vs 402 ns, 2 workers
-//   524 vs 1,670 ns; SpawnJoinBatch 2 workers 8.3 vs 15.8 us per 1000.
+// Spawn order: the worker's cache magazine, its node's depot (cache.cpp), the
+// arena free list, a fresh slot. A released slot that the cache does not take
+// goes back to the free list of the worker that OWNS its sub-arena (to keep
+// its faults on that worker's handler): a plain push on the owner, a
+// push-only Treiber stack from other workers, adopted whole by the owner with
+// one exchange (ABA-free). No locks on allocate/release/switch. That path is
+// drop_released_slot (everything below the top page goes with one
+// MADV_DONTNEED) and a push; the top page stays so reuse costs no fault.
 //
 // # Invariants
 //  - A slot from the arena has only its top page resident when handed out
 //    (plus its site's learned depth, mapped up front); a cached one has what
 //    it was cached with.
 //  - No page below lo is ever mapped; a fault below lo aborts the process.
+//  - A slot's state goes kNever or kFree -> kLive when it is handed out and
+//    kLive -> kFree when it is released: a live slot is never handed out and
+//    a free one never released.
 //  - SlotMeta::mapped_pages counts the resident pages of a slot in uffd mode;
 //    StackCounters::stack_pages_mapped is the sum over live slots (kernel
 //    mode: mincore over live slots) and StackCounters::cached_pages every
@@ -241,50 +136,28 @@
 //    stack_maintain) stack_pages_mapped == mincore over the live slots and
 //    stack_pages_mapped + cached_pages == mincore over every slot, whatever
 //    mix of cache hits, premapped learned depth and growth after reuse led
-//    there (stack_cache_test: CountersMatchMincore...). After any
-//    grow/release sequence stack_pages_mapped returns to its baseline.
+//    there (stack_cache_test: CountersMatchMincore...).
 //  - The fault handler and the SIGSEGV handler read only the side tables and
 //    the sub-arena descriptors (published with a release store of base).
 //
-// # Numbers (this VM: Firecracker, 2 vCPUs, Linux 6.18; free-page reporting
-// makes every freshly allocated page expensive, and other builds were running,
-// so absolute times are ~10x the quiet numbers in measured-facts.md; compare
-// ratios). Command:
-//   g++ -std=c++20 -O2 bench/stack_growth.cpp runtime/stack/*.cpp
-//       -lboost_context -lpthread -o /tmp/stack_growth && /tmp/stack_growth 100
-// Fresh stack (allocate + recurse + release), median of 5x100, ns per stack:
-//                                          64 KiB    240 KiB   faults@240K
-//   uffd copy, 1 page/fault, same CPU      332,000  1,065,000   60
-//   uffd copy, 1 page/fault, other CPU     599,000 13,462,000   60
-//   uffd copy, doubling <= 4 pages         196,000    416,000   17
-//   uffd copy, doubling <= 16              216,000    234,000    7
-//   uffd move from pool, 1 page/fault    1,292,000  1,405,000   60
-//   uffd move from pool, doubling <= 16    844,000    422,000    7
-//   kernel demand paging                   584,000    841,000   (60 pages)
-//   fresh pthread (own mmap'd stack)       275,000  1,036,000
-// (The default now maps single pages up to 16 KiB, then doubles up to 16:
-// one fault more than the "doubling <= 16" row at 64 and at 240 KiB.)
-// i.e. doubling uffd / kernel = 0.37 (64K), 0.28 (240K); uffd / pthread =
-// 0.79, 0.23. Per uffd fault (same CPU, 1 page) ~18-21 us here vs ~14-36 us
-// per kernel-paged page under the same load; the cross-CPU handler was 2-13x
-// slower than the same-CPU one. An earlier run with the system less loaded
-// gave 47 us/fault same CPU vs 359 us cross CPU at 64 KiB.
-// Idle slots (stack_growth ... memory), one resident page each, 256 KiB limit:
-//   RSS 4,192 B/slot (page + 64 B side table) + VmPTE 545 B/slot = 4,737 B,
-//   100k and 1M slots alike, +0 VMAs in both modes; 64 KiB limit: PTE 160 B.
-//   Since then SlotMeta shrank to 32 B (names moved to a table only named
-//   fibers touch): a parked fiber is 4,152 B RSS + 545 B VmPTE = 4,697 B
-//   all-in (bench/stack_memory, 2026-12-01).
-// Fresh-stack growth as the default policy does it, whole spawn..join per
-// fiber, cache and learned depth off so every fiber grows from one page
-// (build-release/bench/stack_memory, "Stack growth" table; 2026-12-01):
-//   64 KiB: uffd 39.3-47.0 us (2 faults) vs kernel 29.3-35.2 us: 1.21-1.34x
-//   240 KiB: uffd 109-138 us (5 faults) vs kernel 93-122 us: 1.13-1.17x
-//   (same day: bursts from the third page 1.37-1.55x at 64 KiB with 3
-//   faults; doubling without bursts 101 us vs 35 us, 2.9x).
-//   allocate (fresh slot) 5-13 us in uffd mode, ~37 us in kernel mode
-//   (MADV_GUARD_INSTALL per fresh slot); release of an idle slot 30-40 ns
-//   (uffd) vs ~3 us (kernel: mincore to learn the slot's size).
+// # Alternatives rejected
+//  - One mmap per stack (what pthreads do): a VMA per stack, and
+//    vm.max_map_count (65530) caps live fibers near 32k with guard pages.
+//  - One page per fault: 60 faults to 240 KiB, 4.5x slower than doubling.
+//  - Doubling without bursts: 2.9x kernel paging for a 64 KiB recursion.
+//  - Per-worker page pools (TENDRIL_STACK_FILL=move): the kernel's
+//    dynamic-stack RFC serves faults from per-CPU page arrays refilled in
+//    schedule(). The user-space analogue is implemented: each worker has a
+//    2 MiB ring of pages outside the registered range, populated with
+//    MADV_POPULATE_WRITE in stack_on_switch() when below 1/4 full, and the
+//    handler UFFDIO_MOVEs pages from it (UFFDIO_COPY when it is empty). It
+//    loses to UFFDIO_COPY (1.8x slower at 240 KiB): UFFDIO_MOVE flushes the
+//    source TLB range on every CPU running the process (IPIs), and the refill
+//    is paid on the switch path anyway. It stays, off by default, until it can
+//    be measured on a machine with two NUMA nodes; StackCounters::pool_* stay
+//    0 without it.
+//  - Copying stacks to grow them (Go): needs precise pointer maps that C++
+//    frames do not have.
 //
 // # Known limits
 //  - A frame larger than the guard zone (16 KiB, or C/16) can jump over it into
@@ -311,7 +184,7 @@
 
 namespace tendril::detail::stack_impl {
 
-Runtime g_rt;
+StackRuntime g_stacks;
 
 namespace {
 
@@ -324,8 +197,6 @@ constexpr std::size_t kMaxArenaBytes = std::size_t(8) << 30;  // 8 GiB per (work
 #else
 constexpr std::size_t kMaxArenaBytes = std::size_t(1) << 40; // 1 TiB per (worker, class)
 #endif
-constexpr unsigned kDefaultGrowPages = 16;
-constexpr long kDefaultBurstUs = 1000;  // see pages_for_fault: ~90 faults' worth here
 constexpr std::uint32_t kSwitchesPerTick = 1024;  // stack_on_switch runs cache_tick this often
 
 bool g_initialized = false;
@@ -364,10 +235,10 @@ void unmap_side_tables(SubArena& a) {
   a.names = nullptr;
 }
 
-void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
+void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   a.class_bytes = class_bytes(cls);
   a.stride = a.class_bytes + class_guard(cls);
-  a.capacity = std::uint32_t(std::min<std::size_t>(g_rt.arena_bytes / a.stride, kMaxSlotsPerArena));
+  a.capacity = std::uint32_t(std::min<std::size_t>(g_stacks.arena_bytes / a.stride, kMaxSlotsPerArena));
   a.bytes = std::size_t(a.capacity) * a.stride;
   char* base = static_cast<char*>(map_noreserve(a.bytes));
   if (!base) throw std::system_error(errno, std::generic_category(), "tendril: reserving stack arena");
@@ -375,7 +246,7 @@ void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
   a.names = static_cast<SlotName*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotName)));
-  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_rt.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
   if (!ok) {
     int err = errno;
     munmap(base, a.bytes);
@@ -385,7 +256,7 @@ void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   a.base.store(base, std::memory_order_release);  // now visible to the fault handlers
 }
 
-SubArena& arena_for(Worker& w, unsigned cls) {
+SubArena& arena_for(WorkerStacks& w, unsigned cls) {
   SubArena& a = w.arenas[cls];
   if (!a.base.load(std::memory_order_relaxed)) reserve_arena(w, a, cls);
   return a;
@@ -466,13 +337,13 @@ void move_guard(SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   std::size_t guard = a.stride - std::size_t(limit_pages) * kPage;
   if (!guard_set(a.slot_base(slot), std::size_t(m.guard_pages) * kPage, guard))
     throw std::system_error(errno, std::generic_category(),
-                            g_rt.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
+                            g_stacks.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
   m.guard_pages = std::uint32_t(guard / kPage);
 }
 
-void map_top_page(Worker& owner, char* hi) {
+void map_top_page(WorkerStacks& owner, char* hi) {
   char* top = hi - kPage;
-  if (g_rt.mode == Mode::uffd) {
+  if (g_stacks.mode == Mode::uffd) {
     if (!uffd_map_top_page(owner, top)) throw std::system_error(errno, std::generic_category(), "tendril: UFFDIO_COPY");
   } else {
     *reinterpret_cast<volatile char*>(top) = 0;  // ordinary demand paging
@@ -481,11 +352,11 @@ void map_top_page(Worker& owner, char* hi) {
 
 // Limit, guard and top page of a slot never used before; `owner` owns its
 // arena (its uffd maps the page), the calling thread's node gets the page.
-void init_fresh_slot(Worker& owner, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+void init_fresh_slot(WorkerStacks& owner, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   SlotMeta& m = a.meta[slot];
   reset_owner(m);
   m.limit_pages.store(limit_pages, std::memory_order_relaxed);
-  if (g_rt.mode == Mode::kernel) {
+  if (g_stacks.mode == Mode::kernel) {
     m.guard_pages = 0;
     move_guard(a, slot, limit_pages);
   }
@@ -497,17 +368,17 @@ void init_fresh_slot(Worker& owner, SubArena& a, std::uint32_t slot, std::uint32
   cm.node = -1;
 }
 
-void prepare_fresh_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+void prepare_fresh_slot(WorkerStacks& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   init_fresh_slot(w, a, slot, limit_pages);
   add_single_writer(w.counters.live_pages, 1);
 }
 
 // A reused slot still has its top page: no fault, no syscall unless the limit changed.
-void prepare_reused_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
+void prepare_reused_slot(WorkerStacks& w, SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   SlotMeta& m = a.meta[slot];
   reset_owner(m);
   if (m.limit_pages.load(std::memory_order_relaxed) != limit_pages) {
-    if (g_rt.mode == Mode::kernel) move_guard(a, slot, limit_pages);
+    if (g_stacks.mode == Mode::kernel) move_guard(a, slot, limit_pages);
     m.limit_pages.store(limit_pages, std::memory_order_relaxed);
   }
   add_single_writer(w.counters.cached_pages, -std::int64_t(1));
@@ -517,7 +388,7 @@ void prepare_reused_slot(Worker& w, SubArena& a, std::uint32_t slot, std::uint32
 // A slot from the stack cache keeps the pages it was cached with (no fault,
 // no syscall). Only if a smaller limit now puts some of them below lo (rare)
 // is it first shrunk to its top page.
-std::uint32_t prepare_cached_slot(Worker& w, const SlotRef& r, std::uint32_t limit_pages, const CacheEntry& e) {
+std::uint32_t prepare_cached_slot(WorkerStacks& w, const SlotRef& r, std::uint32_t limit_pages, const CacheEntry& e) {
   SubArena& a = *r.arena;
   SlotMeta& m = a.meta[r.slot];
   SlotCacheMeta& cm = a.cmeta[r.slot];
@@ -530,10 +401,10 @@ std::uint32_t prepare_cached_slot(Worker& w, const SlotRef& r, std::uint32_t lim
     resident = 1;
     cm.extent_pages = 1;
     cm.checked_pages = std::min<std::uint32_t>(cm.checked_pages, 1);
-    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(1, std::memory_order_relaxed);
+    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(1, std::memory_order_relaxed);
   }
   if (m.limit_pages.load(std::memory_order_relaxed) != limit_pages) {
-    if (g_rt.mode == Mode::kernel) move_guard(a, r.slot, limit_pages);
+    if (g_stacks.mode == Mode::kernel) move_guard(a, r.slot, limit_pages);
     m.limit_pages.store(limit_pages, std::memory_order_relaxed);
   }
   add_single_writer(w.counters.live_pages, resident);
@@ -542,11 +413,11 @@ std::uint32_t prepare_cached_slot(Worker& w, const SlotRef& r, std::uint32_t lim
 
 // Learned depth: map [hi - want, hi - have) ahead of use, from this thread
 // (so on this node), with one ioctl / madvise instead of growth faults.
-std::uint32_t premap(Worker& w, const SlotRef& r, std::uint32_t have, std::uint32_t want) {
+std::uint32_t premap(WorkerStacks& w, const SlotRef& r, std::uint32_t have, std::uint32_t want) {
   char* hi = r.arena->slot_hi(r.slot);
   char* lo = hi - std::size_t(want) * kPage;
   std::uint32_t n = want - have;
-  if (g_rt.mode == Mode::uffd) {
+  if (g_stacks.mode == Mode::uffd) {
     n = uffd_populate(*r.owner, lo, n);
     r.arena->meta[r.slot].mapped_pages.fetch_add(n, std::memory_order_relaxed);
   } else if (madvise(lo, std::size_t(n) * kPage, MADV_POPULATE_WRITE) != 0) {
@@ -578,7 +449,7 @@ void drop_pages_below_top(char* lo, char* hi) { madvise(lo, std::size_t(hi - kPa
 
 // Returns a released slot (live pages already debited) to one page and its
 // arena's free list: the path when the cache is off or refuses the stack.
-void drop_released_slot(Worker& releaser, const SlotRef& r, std::uint32_t resident, std::uint32_t extent) {
+void drop_released_slot(WorkerStacks& releaser, const SlotRef& r, std::uint32_t resident, std::uint32_t extent) {
   SubArena& a = *r.arena;
   SlotMeta& m = a.meta[r.slot];
   SlotCacheMeta& cm = a.cmeta[r.slot];
@@ -636,7 +507,7 @@ std::uint32_t deepest_written_page(char* hi, std::uint32_t deepest, std::uint32_
 // up to max_grow_pages below its deepest fault, never below its limit.
 std::uint32_t deepest_mapped_ahead(const SlotMeta& m) {
   return std::min(m.limit_pages.load(std::memory_order_relaxed),
-                  m.deepest_fault.load(std::memory_order_relaxed) + g_rt.max_grow_pages - 1);
+                  m.deepest_fault.load(std::memory_order_relaxed) + g_stacks.max_grow_pages - 1);
 }
 
 // A fault handler mapped pages ahead of the fiber now parking (a burst, or
@@ -647,8 +518,8 @@ std::uint32_t deepest_mapped_ahead(const SlotMeta& m) {
 // only pages a safe margin below this frame are touched; the deepest fault
 // (and so stack_high_water) is unchanged. uffd mode only: kernel mode never
 // maps ahead.
-void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
-  if (g_rt.mode != Mode::uffd) return;
+void trim_unwritten_below_sp(WorkerStacks& w, const StackSlot& s) noexcept {
+  if (g_stacks.mode != Mode::uffd) return;
   char here;
   asm volatile("" : : "r"(&here) : "memory");
   char* sp = &here;
@@ -682,47 +553,35 @@ void trim_unwritten_below_sp(Worker& w, const StackSlot& s) noexcept {
 
 // ---- init helpers ------------------------------------------------------------
 
-std::string chosen_mode_name(const StackConfig& config) {
-  if (!config.mode.empty()) return config.mode;
-  const char* env = std::getenv("TENDRIL_STACK_MODE");
-  return env && *env ? env : "uffd";
-}
-
-void read_tuning_from_env() {
-  const char* fill = std::getenv("TENDRIL_STACK_FILL");
-  g_rt.fill = fill && std::strcmp(fill, "move") == 0 ? Fill::move : Fill::copy;
-  const char* grow = std::getenv("TENDRIL_STACK_GROW");
-  long pages = grow ? std::strtol(grow, nullptr, 10) : kDefaultGrowPages;
-  g_rt.max_grow_pages = unsigned(std::clamp(pages, 1L, 16L));  // 16 = the 64 KiB zero source
-  const char* burst = std::getenv("TENDRIL_STACK_BURST_US");
-  const long burst_us = burst && *burst ? std::strtol(burst, nullptr, 10) : kDefaultBurstUs;
-  g_rt.burst_ns = std::uint64_t(std::max(0L, burst_us)) * 1000;
-  const char* learn = std::getenv("TENDRIL_STACK_LEARN");
-  g_rt.learn_depth = !(learn && std::strcmp(learn, "0") == 0);
+void apply_tuning(const StackConfig& config) {
+  g_stacks.fill = config.fill_move ? Fill::move : Fill::copy;
+  g_stacks.max_grow_pages = std::clamp(config.max_grow_pages, 1u, 16u);  // 16 = the 64 KiB zero source
+  g_stacks.burst_ns = config.burst_ns;
+  g_stacks.learn_depth = config.learn_depth;
 }
 
 bool start_uffd_workers() {
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    Worker& w = g_rt.w[i];
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    WorkerStacks& w = g_stacks.w[i];
     if (!uffd_open_and_register_api(w)) return false;
-    if (g_rt.fill == Fill::move && !pool_create(w.pool)) return false;
-    if (g_rt.fill == Fill::move) pool_refill(w);
+    if (g_stacks.fill == Fill::move && !pool_create(w.pool)) return false;
+    if (g_stacks.fill == Fill::move) pool_refill(w);
     if (!handler_start(w, i)) return false;
   }
   return true;
 }
 
 void stop_uffd_workers() {
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    handler_stop(g_rt.w[i]);
-    pool_destroy(g_rt.w[i].pool);
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    handler_stop(g_stacks.w[i]);
+    pool_destroy(g_stacks.w[i].pool);
   }
 }
 
 void start_kernel_mode() {
-  g_rt.mode = Mode::kernel;
-  g_rt.guard_madvise = guard_probe_madvise();
-  if (!g_rt.guard_madvise)
+  g_stacks.mode = Mode::kernel;
+  g_stacks.guard_madvise = guard_probe_madvise();
+  if (!g_stacks.guard_madvise)
     log_line("warning: MADV_GUARD_INSTALL unavailable (Linux < 6.13); stack guards use mprotect, "
              "which costs 2 VMAs per stack: vm.max_map_count limits live stacks");
   guard_install_signal_handler();
@@ -734,22 +593,22 @@ void start_kernel_mode() {
 void log_mode() {
   char line[240];
   char workers[64];
-  std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_rt.workers - 1);
-  if (g_rt.mode == Mode::uffd)
+  std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_stacks.workers - 1);
+  if (g_stacks.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
                   "pages, %u pages per fault in bursts), %s",
-                  g_rt.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
-                  g_rt.max_grow_pages, g_rt.burst_ns ? g_rt.max_grow_pages : 0u, workers);
+                  g_stacks.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
+                  g_stacks.max_grow_pages, g_stacks.burst_ns ? g_stacks.max_grow_pages : 0u, workers);
   else
     std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
-                  g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
+                  g_stacks.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
   log_line(line);
 }
 
 void kernel_mode_scan(std::int64_t* pages, std::int64_t* growth) {
-  for (unsigned i = 0; i < g_rt.workers; ++i)
-    for (SubArena& a : g_rt.w[i].arenas) {
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) {
       if (!a.base.load(std::memory_order_acquire)) continue;
       std::uint32_t carved = a.carved.load(std::memory_order_acquire);
       for (std::uint32_t s = 0; s < carved; ++s) {
@@ -767,11 +626,11 @@ void kernel_mode_scan(std::int64_t* pages, std::int64_t* growth) {
 }  // namespace
 
 SlotRef decode_ref(std::uint32_t ref, unsigned cls) noexcept {
-  Worker& owner = g_rt.w[ref >> kSlotBits];
+  WorkerStacks& owner = g_stacks.w[ref >> kSlotBits];
   return {&owner, &owner.arenas[cls], ref & (kMaxSlotsPerArena - 1)};
 }
 
-bool arena_prepare_fresh_slot(Worker& preparer, Worker& owner, unsigned cls, std::uint32_t limit_pages,
+bool arena_prepare_fresh_slot(WorkerStacks& preparer, WorkerStacks& owner, unsigned cls, std::uint32_t limit_pages,
                               CacheEntry* entry) noexcept {
   SubArena& a = owner.arenas[cls];
   std::uint32_t slot;
@@ -786,20 +645,20 @@ bool arena_prepare_fresh_slot(Worker& preparer, Worker& owner, unsigned cls, std
   }
   a.meta[slot].state.store(kFree, std::memory_order_relaxed);
   add_single_writer(preparer.counters.cached_pages, 1);
-  *entry = CacheEntry{std::uint32_t(&owner - g_rt.w) << kSlotBits | slot, 1, 1, 0};
+  *entry = CacheEntry{std::uint32_t(&owner - g_stacks.w) << kSlotBits | slot, 1, 1, 0};
   return true;
 }
 
 // A slot goes back to the free list of the worker that owns its sub-arena
 // (a plain push on the owner, the Treiber stack from anyone else).
-void arena_free_slot(Worker& releaser, const SlotRef& r) noexcept {
+void arena_free_slot(WorkerStacks& releaser, const SlotRef& r) noexcept {
   if (r.owner == &releaser) push_local(*r.arena, r.slot);
   else push_remote(*r.arena, r.slot);
 }
 
 std::uint32_t resident_pages_in(char* lo, char* hi) noexcept { return resident_pages(lo, hi); }
 
-Located locate_in_worker(Worker& w, std::uintptr_t addr) noexcept {
+Located locate_in_worker(WorkerStacks& w, std::uintptr_t addr) noexcept {
   Located loc;
   for (SubArena& a : w.arenas) {
     auto base = reinterpret_cast<std::uintptr_t>(a.base.load(std::memory_order_acquire));
@@ -815,8 +674,8 @@ Located locate_in_worker(Worker& w, std::uintptr_t addr) noexcept {
 }
 
 Located locate_any(std::uintptr_t addr) noexcept {
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    Located loc = locate_in_worker(g_rt.w[i], addr);
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    Located loc = locate_in_worker(g_stacks.w[i], addr);
     if (loc.found()) return loc;
   }
   return {};
@@ -830,45 +689,45 @@ using namespace stack_impl;
 
 void stack_init(const StackConfig& config) {
   if (g_initialized) stack_shutdown();
-  std::string mode = chosen_mode_name(config);
+  const std::string mode = config.mode.empty() ? "uffd" : config.mode;
   if (mode != "uffd" && mode != "kernel") throw std::invalid_argument("tendril: stack mode must be uffd or kernel: " + mode);
-  g_rt = Runtime{};
-  g_rt.workers = std::clamp(config.workers, 1u, kMaxWorkers);
-  g_rt.arena_bytes = std::min(kMaxArenaBytes, kArenaBudget / g_rt.workers);
-  read_tuning_from_env();
-  g_rt.w = new Worker[g_rt.workers];
-  g_rt.mode = Mode::uffd;
+  g_stacks = StackRuntime{};
+  g_stacks.workers = std::clamp(config.workers, 1u, kMaxWorkers);
+  g_stacks.arena_bytes = std::min(kMaxArenaBytes, kArenaBudget / g_stacks.workers);
+  apply_tuning(config);
+  g_stacks.w = new WorkerStacks[g_stacks.workers];
+  g_stacks.mode = Mode::uffd;
   if (mode == "kernel" || !start_uffd_workers()) {
     if (mode == "uffd") log_line("userfaultfd unavailable (no /dev/userfaultfd access or seccomp); falling back to kernel mode");
     stop_uffd_workers();
     start_kernel_mode();
   }
-  cache_init(config.cache_bytes);
+  cache_init(config.cache_bytes, config.numa_check);
   g_initialized = true;
   log_mode();
 }
 
 void stack_shutdown() noexcept {
   if (!g_initialized) return;
-  if (g_rt.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
+  if (g_stacks.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
   else guard_remove_signal_handler();
   cache_shutdown();
-  for (unsigned i = 0; i < g_rt.workers; ++i)
-    for (SubArena& a : g_rt.w[i].arenas) release_arena(a);
-  delete[] g_rt.w;
-  g_rt = Runtime{};
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) release_arena(a);
+  delete[] g_stacks.w;
+  g_stacks = StackRuntime{};
   g_initialized = false;
 }
 
 StackSlot stack_allocate(unsigned worker, std::size_t limit) { return stack_allocate(worker, limit, nullptr); }
 
 StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
-  if (!g_initialized || worker >= g_rt.workers) throw std::system_error(EINVAL, std::generic_category(), "tendril: stack_allocate");
+  if (!g_initialized || worker >= g_stacks.workers) throw std::system_error(EINVAL, std::generic_category(), "tendril: stack_allocate");
   std::size_t bytes = round_up_pages(std::max<std::size_t>(limit, kPage));
   unsigned cls = class_for(bytes);
-  Worker& w = g_rt.w[worker];
+  WorkerStacks& w = g_stacks.w[worker];
   std::uint32_t limit_pages = std::uint32_t(bytes / kPage);
-  std::uint32_t want = site && g_rt.learn_depth ? std::min(site_depth_pages(site), limit_pages) : 0;
+  std::uint32_t want = site && g_stacks.learn_depth ? std::min(site_depth_pages(site), limit_pages) : 0;
   // Only deep sites are premapped. Within 16 KiB, growth costs a few faults
   // at most, while a premapped page is memory that every fiber of the site
   // keeps, whatever it needs: one connection fiber that went deep on an error
@@ -902,26 +761,31 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
     cm.extent_pages = want;
   }
   cm.base_pages.store(resident, std::memory_order_relaxed);
+  TENDRIL_ASSERT(r.arena->meta[r.slot].state.load(std::memory_order_relaxed) != kLive,
+                 "a live stack slot is never handed out again");
+  TENDRIL_ASSERT(resident >= 1, "a slot handed out has its top page resident");
   r.arena->meta[r.slot].state.store(kLive, std::memory_order_release);
   char* hi = r.arena->slot_hi(r.slot);
-  return StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_rt.w) << kSlotBits | r.slot};
+  return StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot};
 }
 
 void stack_release(unsigned worker, const StackSlot& slot) noexcept {
   const unsigned cls = class_for(slot.limit);
   SlotRef r = decode_ref(slot.index, cls);
-  Worker& releaser = g_rt.w[worker];
+  WorkerStacks& releaser = g_stacks.w[worker];
   SlotMeta& m = r.arena->meta[r.slot];
+  TENDRIL_ASSERT(m.state.load(std::memory_order_relaxed) == kLive,
+                 "only a live stack slot is released (released twice, or never handed out)");
   SlotCacheMeta& cm = r.arena->cmeta[r.slot];
   const std::uint32_t base = cm.base_pages.load(std::memory_order_relaxed);
   std::uint32_t resident, extent = cm.extent_pages, depth = 0;
-  if (g_rt.mode == Mode::uffd) {
+  if (g_stacks.mode == Mode::uffd) {
     resident = m.mapped_pages.load(std::memory_order_acquire);
     if (resident > base) {  // it grew: the handler mapped up to max_grow_pages below the deepest fault
       std::uint32_t deepest = m.deepest_fault.load(std::memory_order_relaxed);
       std::uint32_t ahead = deepest_mapped_ahead(m);
       extent = std::max(extent, ahead);
-      if (cm.site && g_rt.learn_depth) depth = deepest_written_page(slot.hi, deepest, ahead);
+      if (cm.site && g_stacks.learn_depth) depth = deepest_written_page(slot.hi, deepest, ahead);
     }
     add_single_writer(releaser.counters.live_pages, -std::int64_t(resident));
   } else {
@@ -934,9 +798,9 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept {
     }
     add_single_writer(releaser.counters.live_pages, -std::int64_t(base));
   }
-  if (depth && cm.site && g_rt.learn_depth) site_record(cm.site, depth);
+  if (depth && cm.site && g_stacks.learn_depth) site_record(cm.site, depth);
   m.state.store(kFree, std::memory_order_release);
-  if (cache_enabled() && cache_put(releaser, worker, r, cls, resident, extent)) return;
+  if (cache_enabled() && cache_put(releaser, r, cls, resident, extent)) return;
   drop_released_slot(releaser, r, resident, extent);
 }
 
@@ -955,13 +819,13 @@ void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* 
 }
 
 void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot* /*next*/) noexcept {
-  Worker& w = g_rt.w[worker];
+  WorkerStacks& w = g_stacks.w[worker];
   if (parking != nullptr && w.trim_on_park.load(std::memory_order_relaxed)) {
     w.trim_on_park.store(false, std::memory_order_relaxed);
     trim_unwritten_below_sp(w, *parking);
   }
   if ((++w.cache.switches & (kSwitchesPerTick - 1)) == 0) cache_tick(worker, false);
-  if (g_rt.fill != Fill::move || g_rt.mode != Mode::uffd) return;
+  if (g_stacks.fill != Fill::move || g_stacks.mode != Mode::uffd) return;
   PagePool& p = w.pool;
   std::uint64_t avail = p.produced.load(std::memory_order_relaxed) - p.consumed.load(std::memory_order_relaxed);
   if (avail < p.low_water) pool_refill(w);
@@ -971,7 +835,7 @@ std::size_t stack_high_water(const StackSlot& slot) noexcept {
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
   char* lowest = lowest_resident_page(slot.lo, slot.hi);
-  if (g_rt.mode == Mode::kernel) return std::size_t(slot.hi - lowest);
+  if (g_stacks.mode == Mode::kernel) return std::size_t(slot.hi - lowest);
   // uffd mode: pages below the deepest fault may have been mapped ahead of use;
   // count them only if something was written there.
   char* deepest = slot.hi - std::size_t(m.deepest_fault.load(std::memory_order_relaxed)) * kPage;
@@ -980,27 +844,45 @@ std::size_t stack_high_water(const StackSlot& slot) noexcept {
   return std::size_t(slot.hi - deepest);
 }
 
+// The cache counters of all workers, summed (gauges are deltas: a worker's
+// part may be negative, the sum is not).
+struct CacheSums {
+#define TENDRIL_CACHE_SUM(storage, field, doc) std::int64_t storage = 0;
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_SUM)
+#undef TENDRIL_CACHE_SUM
+  std::int64_t stacks = 0;
+
+  void add(const CacheCounters& q) noexcept {
+#define TENDRIL_CACHE_ADD(storage, field, doc) storage += q.storage.load(std::memory_order_relaxed);
+    TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_ADD)
+#undef TENDRIL_CACHE_ADD
+    stacks += q.stacks.load(std::memory_order_relaxed);
+  }
+  void store(StackCounters& c) const noexcept {
+#define TENDRIL_CACHE_STORE(storage, field, doc) c.field = std::uint64_t(std::max<std::int64_t>(storage, 0));
+    TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_STORE)
+#undef TENDRIL_CACHE_STORE
+    c.cache_stacks = std::uint64_t(std::max<std::int64_t>(stacks, 0));
+  }
+};
+
 StackCounters stack_counters() {
   StackCounters c;
-  c.mode = g_rt.mode == Mode::uffd ? "uffd" : "kernel";
+  c.mode = g_stacks.mode == Mode::uffd ? "uffd" : "kernel";
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
-  std::int64_t cc[11] = {};
-  for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i) {
-    WorkerCounters& k = g_rt.w[i].counters;
-    const HandlerCounters& h = g_rt.w[i].handler_counters;
+  CacheSums sums;
+  for (unsigned i = 0; g_initialized && i < g_stacks.workers; ++i) {
+    WorkerStackCounters& k = g_stacks.w[i].counters;
+    const HandlerStackCounters& h = g_stacks.w[i].handler_counters;
     faults += k.faults.load(std::memory_order_relaxed) + h.faults.load(std::memory_order_relaxed);
     live += k.live_pages.load(std::memory_order_relaxed) + h.live_pages.load(std::memory_order_relaxed);
     cached += k.cached_pages.load(std::memory_order_relaxed);
     refills += k.pool_refills.load(std::memory_order_relaxed);
-    const CacheCounters& q = g_rt.w[i].cache.counters;
-    const std::atomic<std::int64_t>* qs[11] = {&q.hits,       &q.misses,        &q.cached,        &q.dropped,
-                                               &q.evicted,    &q.node_match,    &q.node_mismatch, &q.pages_trimmed,
-                                               &q.stacks,     &q.pages,         &q.prepared};
-    for (int j = 0; j < 11; ++j) cc[j] += qs[j]->load(std::memory_order_relaxed);
-    PagePool& p = g_rt.w[i].pool;
+    sums.add(g_stacks.w[i].cache.counters);
+    PagePool& p = g_stacks.w[i].pool;
     pool += std::int64_t(p.produced.load() - p.consumed.load());
   }
-  if (g_initialized && g_rt.mode == Mode::kernel) {
+  if (g_initialized && g_stacks.mode == Mode::kernel) {
     live = 0;  // the kernel does not tell us about faults: look at the page tables
     kernel_mode_scan(&live, &faults);
   }
@@ -1009,18 +891,15 @@ StackCounters stack_counters() {
   c.cached_pages = std::uint64_t(std::max<std::int64_t>(cached, 0));
   c.pool_refills = std::uint64_t(refills);
   c.pool_pages = std::uint64_t(pool);
-  std::uint64_t* out[11] = {&c.cache_hits,  &c.cache_misses, &c.stacks_cached, &c.stacks_dropped,
-                            &c.stacks_evicted, &c.node_match, &c.node_mismatch, &c.pages_trimmed,
-                            &c.cache_stacks, &c.cache_pages, &c.stacks_prepared};
-  for (int j = 0; j < 11; ++j) *out[j] = std::uint64_t(std::max<std::int64_t>(cc[j], 0));
+  sums.store(c);
   return c;
 }
 
 void stack_thread_init(unsigned worker) noexcept {
   guard_thread_altstack();
-  if (g_initialized && worker < g_rt.workers) g_rt.w[worker].tid.store(int(gettid()), std::memory_order_relaxed);
+  if (g_initialized && worker < g_stacks.workers) g_stacks.w[worker].tid.store(int(gettid()), std::memory_order_relaxed);
   if (g_initialized) cache_thread_init(worker);
-  if (g_initialized && g_rt.mode == Mode::uffd && worker < g_rt.workers) handler_place_like_current_thread(g_rt.w[worker]);
+  if (g_initialized && g_stacks.mode == Mode::uffd && worker < g_stacks.workers) handler_place_like_current_thread(g_stacks.w[worker]);
 }
 
 void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) noexcept {

@@ -1,8 +1,114 @@
-// The NUMA-aware free-stack cache (tendril issue 4). The design, its
-// invariants and measured numbers are in the comment at the top of arena.cpp
-// ("# The free-stack cache"); this file holds the magazines and depots, the
-// locality checks, batched trimming, the adaptive decay and the table of
-// learned stack depths per spawn site.
+// The NUMA-aware free-stack cache: magazines and depots, the locality checks,
+// batched trimming, the adaptive decay and the table of learned stack depths
+// per spawn site. The stack layout it caches is described at the top of
+// arena.cpp; measurements: bench/results/stack-design.md.
+//
+// # Shape
+//
+// Freed stacks are cached WITH THEIR PAGES MAPPED, so a spawn that hits the
+// cache takes no page fault and no system call. Shape: sheaves and barns
+// (SLUB) / magazines and depots (Bonwick):
+//  - Each worker has one magazine (32 stacks) per size class. Exit pushes,
+//    spawn pops (LIFO: the warmest stack), no locks, no atomic RMW.
+//  - A full magazine moves to the depot of the worker's NUMA node (per node
+//    and class), an empty one refills from it. Depots are taken with a
+//    TRY-lock only: a busy depot counts as empty on spawn (-> arena) and as
+//    full on exit (-> drop); nothing spins.
+//  - A slot cached on another worker than its owner still faults to its
+//    owner's uffd handler (correct, slower).
+//
+// # Locality
+//
+// A stack enters node N's cache only if its resident pages are on N: at
+// release the pages it will KEEP are queried with move_pages(2) in query mode
+// (nodes = NULL: faults nothing in; never get_mempolicy, which would), in
+// batches of 64. Foreign pages are MADV_DONTNEED'd and the slot is kept; if
+// its top page was foreign it is mapped again from the releasing thread
+// (UFFDIO_COPY / first touch: the new page is local). Each slot remembers
+// (node, depth verified), so a stack that did not grow beyond what was checked
+// is not queried again; the checks are skipped entirely on a single-node
+// machine unless the topology is simulated or Options::stack_numa_check is
+// set. node_match / node_mismatch count released stacks (a stack finished by a
+// worker on another node than its pages is a mismatch); pages_trimmed counts
+// the pages given back.
+//
+// # Trimming
+//
+// A cached stack keeps at most max(16 KiB, learned depth of its spawn site)
+// (<= 1 MiB, <= its limit): 16 KiB is where most server fibers stay, 1 MiB
+// bounds what one deep site can pin. Deeper pages are queued in a per-worker
+// batch of 16 ranges and given back with ONE process_madvise(2) (MADV_DONTNEED
+// on our own pidfd, Linux 6.13+, one TLB flush on 6.16+; per-range madvise
+// before that).
+//
+// # Budget and adaptive size
+//
+// Options::stack_cache_bytes (64 MiB; 0 = off) bounds the resident pages of
+// cached stacks: half split evenly over the workers' magazines, half shared by
+// the depots (checked when a magazine moves). The cache grows on demand: exits
+// that overflow a magazine fill depots until the budget. It shrinks by epochs
+// (0.5 s of CLOCK_MONOTONIC_COARSE): each depot gives back half of the
+// magazines that stayed unused for a whole epoch (its low watermark), and a
+// worker's magazine with no traffic for an epoch gives back half its stacks;
+// evicted stacks keep only their top page (stacks_evicted). Halving per epoch
+// empties an idle cache within a few seconds while a burst that returns
+// within half a second finds it warm. The epoch clock is read by
+// stack_maintain() (worker idle path) and every 1024 switches in
+// stack_on_switch.
+//
+// # Learned depth
+//
+// A table of 1024 spawn sites (key = SpawnOptions::site, else
+// &closure_ops<C>; open addressing, lock-free, no malloc) keeps the deepest
+// page stacks from that site touched (recorded at release when the stack
+// grew; in uffd mode pages mapped ahead by doubling are inspected for data),
+// fading by 1/8 per epoch. Spawn prefers a cached stack at least that deep
+// (looks at 8 magazine entries) and otherwise maps the missing depth up front
+// from the spawning thread (UFFDIO_COPY, or MADV_POPULATE_WRITE in kernel
+// mode): one call instead of several growth faults. Only depths beyond 16 KiB
+// (kPremapMinPages) are premapped: one connection fiber of the http sample
+// that went 2-3 pages deep on an error path otherwise made every later
+// connection premap that depth (+45% stack pages at 10k connections).
+// Options::stack_learn_depth = false turns it off.
+//
+// # Prepared ahead (stack_prepare_ahead)
+//
+// A spawn that misses the cache pays a first-touched page for the fresh
+// slot's top page, on the spawning worker, while another worker may sit idle.
+// An idle worker (spinning before it parks) prepares fresh stacks for a worker
+// of its node whose spawns keep carving: slots of THAT worker's arena (growth
+// faults stay on its handler), top pages mapped from the idle worker's thread
+// (same node), 8 per call, deposited as a magazine in the node's depot where
+// the spawner's next refill finds it. Demand = fresh carves + the size of each
+// prepared magazine taken; at most 4 full magazines wait in a depot; pages
+// count against the budget from the moment they are mapped; unused ones decay
+// like any depot magazine. Spawning 1M parked fibers from one fiber on 2
+// workers takes about 0.6x the time it takes without.
+//
+// # Invariants
+//  - A cached stack's entry records its resident pages exactly; pages below
+//    hi - extent are never resident; its top page is always resident.
+//  - A stack in node N's depot or in the magazine of a worker on node N had
+//    every resident page verified on N (when checks run); a spawn on node N
+//    only ever takes from its own magazine and node N's depot.
+//  - A stack whose trim is still queued stays in the magazine of the worker
+//    whose batch holds the trim; the batch is flushed before any such stack
+//    leaves (spawn of it, deposit, eviction), so no queued MADV_DONTNEED can
+//    ever hit a live stack.
+//  - Resident pages held by the cache <= stack_cache_bytes at all times
+//    (a magazine being prepared ahead counts in depot_pages already).
+//  - StackCounters::cached_pages = every resident page of free slots (cache
+//    stacks plus the top pages of arena-free slots); stack_cache_pages the
+//    cache's.
+//
+// # Alternatives rejected
+//  - Giving every freed stack's pages back at exit (the arena alone): each
+//    spawn then pays a fault or a system call; with the cache spawn+join on
+//    two workers costs a third of that.
+//  - A global lock-protected free list: cross-CPU cache-line traffic on every
+//    spawn and exit; magazines make the common case worker-local.
+//  - get_mempolicy(MPOL_F_NODE | MPOL_F_ADDR) for the locality check: it
+//    faults the page in; move_pages in query mode does not.
 #include "stack_internal.hpp"
 
 #include <algorithm>
@@ -143,10 +249,10 @@ SlotView view(std::uint32_t ref, unsigned cls) {
 
 // Gives a cached stack back to its arena with only its top page (eviction).
 void evict(unsigned worker, const CacheEntry& e, unsigned cls) {
-  Worker& w = g_rt.w[worker];
+  WorkerStacks& w = g_stacks.w[worker];
   SlotView v = view(e.ref, cls);
   if (e.pages > 1 || e.extent > 1) madvise(v.lo, std::size_t(v.hi - kPage - v.lo), MADV_DONTNEED);
-  if (g_rt.mode == Mode::uffd) v.m->mapped_pages.store(1, std::memory_order_relaxed);
+  if (g_stacks.mode == Mode::uffd) v.m->mapped_pages.store(1, std::memory_order_relaxed);
   v.cm->extent_pages = 1;
   v.cm->checked_pages = std::min<std::uint32_t>(v.cm->checked_pages, 1);
   CacheCounters& k = w.cache.counters;
@@ -164,10 +270,12 @@ Magazine* new_magazine() { return new (std::nothrow) Magazine(); }
 
 // Moves worker w's full magazine of class cls to its node's depot and gives it
 // an empty one. Never waits: a busy or over-budget depot refuses.
-bool deposit(Worker& w, unsigned cls) {
+bool deposit(WorkerStacks& w, unsigned cls) {
   WorkerCache& c = w.cache;
   Magazine* full = c.mag[cls];
   flush_batch(c);  // pending trims must be done before a stack leaves this worker
+  for (std::uint32_t i = 0; kChecks && i < full->count; ++i)
+    TENDRIL_ASSERT(!full->e[i].pending, "a cached stack whose trim is queued never leaves before the batch is flushed");
   Depot& d = depot(c.node(), cls);
   if (!d.try_lock()) return false;
   std::int64_t now = g_cache.depot_pages.load(std::memory_order_relaxed);
@@ -200,7 +308,7 @@ bool deposit(Worker& w, unsigned cls) {
 }
 
 // Swaps worker w's empty magazine of class cls for a full one from its node's depot.
-bool refill(Worker& w, unsigned cls) {
+bool refill(WorkerStacks& w, unsigned cls) {
   WorkerCache& c = w.cache;
   Depot& d = depot(c.node(), cls);
   if (d.nfull_hint.load(std::memory_order_relaxed) == 0 || !d.try_lock()) return false;
@@ -284,7 +392,7 @@ void decay_depots(unsigned worker) {
 // A worker's own magazine of a class that saw no cache traffic for an epoch
 // gives back half its stacks.
 void decay_local(unsigned worker) {
-  WorkerCache& c = g_rt.w[worker].cache;
+  WorkerCache& c = g_stacks.w[worker].cache;
   for (unsigned cls = 0; cls < kNumClasses; ++cls) {
     Magazine* m = c.mag[cls];
     bool idle = c.activity[cls] == c.activity_seen[cls];
@@ -335,7 +443,7 @@ bool publish_ahead(WorkerCache& c) {
 }
 
 // Prepares up to kAheadBatch fresh stacks of `owner`'s class cls. Returns how many.
-std::uint32_t prepare_batch(Worker& me, Worker& owner, unsigned cls, std::uint32_t limit_pages) {
+std::uint32_t prepare_batch(WorkerStacks& me, WorkerStacks& owner, unsigned cls, std::uint32_t limit_pages) {
   WorkerCache& c = me.cache;
   if (c.ahead && c.ahead_cls != cls) {
     if (!publish_ahead(c)) return 0;
@@ -423,22 +531,22 @@ std::uint64_t cache_now_ns() noexcept {
   return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
 }
 
-void cache_init(std::size_t budget_bytes) noexcept {
-  g_cache.enabled = budget_bytes >= kPage && g_rt.workers > 0;
+void cache_init(std::size_t budget_bytes, bool numa_check) noexcept {
+  g_cache.enabled = budget_bytes >= kPage && g_stacks.workers > 0;
   g_cache.nodes = g_topo.nodes ? std::min<unsigned>(g_topo.nodes, kMaxNodes) : real_nodes();
   g_cache.check = g_cache.nodes > 1 || g_topo.check_single_node;
-  if (const char* env = std::getenv("TENDRIL_STACK_NUMA_CHECK"); env && *env == '1') g_cache.check = true;
+  if (numa_check) g_cache.check = true;
   std::uint64_t pages = budget_bytes / kPage;
-  g_cache.local_cap = pages / (2 * std::uint64_t(g_rt.workers));
-  g_cache.depot_cap = pages - g_cache.local_cap * g_rt.workers;
+  g_cache.local_cap = pages / (2 * std::uint64_t(g_stacks.workers));
+  g_cache.depot_cap = pages - g_cache.local_cap * g_stacks.workers;
   g_cache.depot_pages.store(0);
   g_cache.decayed_epoch.store(cache_now_ns() / kStackCacheEpochNs);
   g_cache.depots = g_cache.enabled ? new (std::nothrow) Depot[g_cache.nodes * kNumClasses] : nullptr;
   if (!g_cache.depots) g_cache.enabled = false;
   g_cache.pidfd = g_cache.enabled ? int(syscall(SYS_pidfd_open, getpid(), 0u)) : -1;
   g_cache.pmadv_ok.store(g_cache.pidfd >= 0);
-  for (unsigned i = 0; i < g_rt.workers; ++i) {
-    WorkerCache& c = g_rt.w[i].cache;
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    WorkerCache& c = g_stacks.w[i].cache;
     c.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
     c.epoch = cache_now_ns() / kStackCacheEpochNs;
   }
@@ -449,13 +557,13 @@ void cache_init(std::size_t budget_bytes) noexcept {
 }
 
 void cache_shutdown() noexcept {
-  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i) {
-    for (Magazine*& m : g_rt.w[i].cache.mag) {
+  for (unsigned i = 0; g_stacks.w && i < g_stacks.workers; ++i) {
+    for (Magazine*& m : g_stacks.w[i].cache.mag) {
       delete m;
       m = nullptr;
     }
-    delete g_rt.w[i].cache.ahead;
-    g_rt.w[i].cache.ahead = nullptr;
+    delete g_stacks.w[i].cache.ahead;
+    g_stacks.w[i].cache.ahead = nullptr;
   }
   if (g_cache.depots) {
     for (unsigned i = 0; i < g_cache.nodes * kNumClasses; ++i)
@@ -474,8 +582,8 @@ void cache_shutdown() noexcept {
 }
 
 void cache_thread_init(unsigned worker) noexcept {
-  if (worker >= g_rt.workers) return;
-  g_rt.w[worker].cache.set_node(clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu()));
+  if (worker >= g_stacks.workers) return;
+  g_stacks.w[worker].cache.set_node(clamp_node(g_topo.worker_node ? g_topo.worker_node(worker) : node_of_current_cpu()));
 }
 
 std::uint32_t site_depth_pages(const void* site) noexcept {
@@ -520,7 +628,7 @@ void site_record(const void* site, std::uint32_t pages) noexcept {
   // Table region full: this site is not learned (a fixed-size table, no malloc).
 }
 
-void cache_note_fresh_carve(Worker& w, unsigned cls, std::uint32_t limit_pages) noexcept {
+void cache_note_fresh_carve(WorkerStacks& w, unsigned cls, std::uint32_t limit_pages) noexcept {
   WorkerCache& c = w.cache;
   c.demand_cls.store(cls, std::memory_order_relaxed);
   c.demand_limit.store(limit_pages, std::memory_order_relaxed);
@@ -531,9 +639,11 @@ namespace {
 
 // Takes entry `pick` out of magazine m (the top one moves into its place)
 // and settles the gauges.
-void take_entry(Worker& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noexcept {
+void take_entry(WorkerStacks& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noexcept {
   WorkerCache& c = w.cache;
   const std::uint32_t top = m->count - 1;
+  TENDRIL_ASSERT(!m->e[pick].pending, "a cached stack whose trim is queued never leaves before the batch is flushed");
+  TENDRIL_ASSERT(m->e[pick].pages >= 1, "a cached stack's top page is always resident");
   *out = m->e[pick];
   m->e[pick] = m->e[top];
   --m->count;
@@ -549,7 +659,7 @@ void take_entry(Worker& w, Magazine* m, std::uint32_t pick, CacheEntry* out) noe
 
 // Everything but the common case: refill from the depot, skip stacks whose
 // trim is still queued, look for one mapped as deep as the site needs.
-__attribute__((noinline)) bool cache_take_searching(Worker& w, unsigned cls, std::uint32_t want_pages,
+__attribute__((noinline)) bool cache_take_searching(WorkerStacks& w, unsigned cls, std::uint32_t want_pages,
                                                     CacheEntry* out) noexcept {
   WorkerCache& c = w.cache;
   Magazine* m = c.mag[cls];
@@ -580,7 +690,7 @@ __attribute__((noinline)) bool cache_take_searching(Worker& w, unsigned cls, std
 
 }  // namespace
 
-bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
+bool cache_take(WorkerStacks& w, unsigned cls, std::uint32_t want_pages, CacheEntry* out) noexcept {
   // The spawn path's common case, kept small enough to inline there: the
   // stack released last (LIFO: still warm) is mapped deep enough and has no
   // trim queued.
@@ -596,8 +706,7 @@ bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* o
   return cache_take_searching(w, cls, want_pages, out);
 }
 
-bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::uint32_t resident,
-               std::uint32_t extent) noexcept {
+bool cache_put(WorkerStacks& w, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept {
   WorkerCache& c = w.cache;
   SlotMeta& m = r.arena->meta[r.slot];
   SlotCacheMeta& cm = r.arena->cmeta[r.slot];
@@ -640,11 +749,11 @@ bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::
         // The slot is kept: map its top page again, from this thread, so the
         // new page comes from this node.
         char* top = hi - kPage;
-        bool ok = g_rt.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
+        bool ok = g_stacks.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
                                           : (__atomic_fetch_add(reinterpret_cast<char*>(top), 0, __ATOMIC_RELAXED), true);
         if (ok) ++resident;
       }
-      if (g_rt.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
+      if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
     }
   }
 
@@ -659,16 +768,16 @@ bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::
     extent = keep;
     queue_trim(c, lo, cut);
     pending = true;
-    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
+    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
     cm.checked_pages = std::min(cm.checked_pages, keep);
   }
   if (resident == 0) {  // top page could not be mapped again: hand the slot back
-    if (g_rt.mode == Mode::uffd) m.mapped_pages.store(0, std::memory_order_relaxed);
+    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(0, std::memory_order_relaxed);
     add_single_writer(k.pages_trimmed, trimmed);
     return false;
   }
   cm.extent_pages = extent;
-  mag->e[mag->count++] = CacheEntry{std::uint32_t(r.owner - g_rt.w) << kSlotBits | r.slot, std::uint16_t(resident),
+  mag->e[mag->count++] = CacheEntry{std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot, std::uint16_t(resident),
                                      std::uint16_t(extent), std::uint16_t(pending)};
   mag->pages += resident;
   c.local_pages += resident;
@@ -677,13 +786,12 @@ bool cache_put(Worker& w, unsigned worker, const SlotRef& r, unsigned cls, std::
   add_single_writer(k.stacks, 1);
   add_single_writer(k.pages, resident);
   add_single_writer(w.counters.cached_pages, resident);
-  (void)worker;
   return true;
 }
 
 void cache_tick(unsigned worker, bool flush) noexcept {
-  if (!g_cache.enabled || worker >= g_rt.workers) return;
-  WorkerCache& c = g_rt.w[worker].cache;
+  if (!g_cache.enabled || worker >= g_stacks.workers) return;
+  WorkerCache& c = g_stacks.w[worker].cache;
   if (flush) flush_batch(c);
   std::uint64_t epoch = cache_now_ns() / kStackCacheEpochNs;
   if (epoch == c.epoch) return;
@@ -702,27 +810,27 @@ using namespace stack_impl;
 
 std::uint64_t stack_maintain(unsigned worker) noexcept {
   cache_tick(worker, true);
-  if (!g_cache.enabled || worker >= g_rt.workers) return 0;
+  if (!g_cache.enabled || worker >= g_stacks.workers) return 0;
   // Stacks still cached here or in a depot shrink only over later epochs:
   // ask to be called again then, so an idle server gives them back.
-  const bool holds = g_rt.w[worker].cache.local_pages != 0 ||
+  const bool holds = g_stacks.w[worker].cache.local_pages != 0 ||
                      g_cache.depot_pages.load(std::memory_order_relaxed) > 0;
   if (!holds) return 0;
   return kStackCacheEpochNs - cache_now_ns() % kStackCacheEpochNs + 1;
 }
 
 bool stack_prepare_ahead(unsigned worker) noexcept {
-  if (!g_cache.enabled || worker >= g_rt.workers) return false;
-  Worker& me = g_rt.w[worker];
+  if (!g_cache.enabled || worker >= g_stacks.workers) return false;
+  WorkerStacks& me = g_stacks.w[worker];
   WorkerCache& c = me.cache;
-  for (unsigned v = 0; v < g_rt.workers; ++v) {
-    WorkerCache& vc = g_rt.w[v].cache;
+  for (unsigned v = 0; v < g_stacks.workers; ++v) {
+    WorkerCache& vc = g_stacks.w[v].cache;
     if (v == worker || vc.node() != c.node()) continue;
     const std::uint32_t demand = vc.demand.load(std::memory_order_acquire);
     std::uint32_t& seen = c.demand_seen[v];
     if (demand - seen > kAheadBacklog) seen = demand - kAheadBacklog;
     if (demand - seen < kAheadTrigger) continue;
-    const std::uint32_t made = prepare_batch(me, g_rt.w[v], vc.demand_cls.load(std::memory_order_relaxed),
+    const std::uint32_t made = prepare_batch(me, g_stacks.w[v], vc.demand_cls.load(std::memory_order_relaxed),
                                              vc.demand_limit.load(std::memory_order_relaxed));
     if (made == 0) continue;
     seen += made;
@@ -738,8 +846,8 @@ std::size_t stack_learned_depth(const void* site) noexcept {
 
 void stack_set_topology_for_testing(const StackTopology* topology) noexcept {
   g_topo = topology ? *topology : StackTopology{};
-  for (unsigned i = 0; g_rt.w && i < g_rt.workers; ++i)
-    g_rt.w[i].cache.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
+  for (unsigned i = 0; g_stacks.w && i < g_stacks.workers; ++i)
+    g_stacks.w[i].cache.set_node(g_topo.worker_node ? clamp_node(g_topo.worker_node(i)) : 0);
 }
 
 void stack_set_clock_for_testing(std::uint64_t (*now_ns)()) noexcept { g_clock = now_ns; }

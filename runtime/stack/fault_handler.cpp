@@ -80,7 +80,7 @@ unsigned copy_zero_pages(int uffd, char* dst, unsigned pages) noexcept {
 }
 
 // UFFDIO_MOVE of up to `pages` pool pages to dst (one contiguous ring run).
-unsigned move_pool_pages(Worker& w, char* dst, unsigned pages) noexcept {
+unsigned move_pool_pages(WorkerStacks& w, char* dst, unsigned pages) noexcept {
   PagePool& p = w.pool;
   std::uint64_t consumed = p.consumed.load(std::memory_order_relaxed);
   std::uint64_t avail = p.produced.load(std::memory_order_acquire) - consumed;
@@ -101,9 +101,9 @@ unsigned move_pool_pages(Worker& w, char* dst, unsigned pages) noexcept {
 
 // Maps [dst, dst + pages*kPage); the last page is the faulting one and must
 // end up mapped (by us or by a racing resolver). Returns pages we mapped.
-unsigned map_pages(Worker& w, char* dst, unsigned pages) noexcept {
+unsigned map_pages(WorkerStacks& w, char* dst, unsigned pages) noexcept {
   unsigned done = 0;
-  if (g_rt.fill == Fill::move) done = move_pool_pages(w, dst, pages);
+  if (g_stacks.fill == Fill::move) done = move_pool_pages(w, dst, pages);
   if (done < pages) done += copy_zero_pages(w.uffd, dst + done * kPage, pages - done);
   if (done < pages) {
     // Something in the run already exists: make sure at least the faulting page does.
@@ -118,7 +118,7 @@ unsigned map_pages(Worker& w, char* dst, unsigned pages) noexcept {
   return done;
 }
 
-// Faults of one slot that follow each other within g_rt.burst_ns (1 ms by
+// Faults of one slot that follow each other within g_stacks.burst_ns (1 ms by
 // default, TENDRIL_STACK_BURST_US; 0 turns bursts off) come from a fiber
 // that is recursing right now (a fault costs ~11 us here, kernel paging
 // ~2.3 us per page, so a recursion to 64 KiB must take at most ~3 faults to
@@ -131,12 +131,12 @@ struct RecentFaults {
   std::uint64_t ns[kRecentFaults] = {};
   unsigned next = 0;
 
-  // True if `m` faulted less than g_rt.burst_ns before `now`; records this fault.
+  // True if `m` faulted less than g_stacks.burst_ns before `now`; records this fault.
   bool note_and_check_burst(const SlotMeta* m, std::uint64_t now) noexcept {
     bool burst = false;
     for (unsigned i = 0; i < kRecentFaults; ++i)
       if (slot[i] == m) {
-        burst = now - ns[i] < g_rt.burst_ns;
+        burst = now - ns[i] < g_stacks.burst_ns;
         ns[i] = now;
         return burst;
       }
@@ -169,10 +169,10 @@ std::uint64_t monotonic_ns() noexcept {
 unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo, bool burst) noexcept {
   const unsigned mapped = m.mapped_pages.load(std::memory_order_relaxed);
   unsigned want;
-  if (burst && mapped >= kBurstFaultPages) want = g_rt.max_grow_pages;
+  if (burst && mapped >= kBurstFaultPages) want = g_stacks.max_grow_pages;
   else if (mapped < kSingleFaultPages) want = 1;
   else want = mapped;
-  want = std::min(want, g_rt.max_grow_pages);
+  want = std::min(want, g_stacks.max_grow_pages);
   unsigned room = unsigned((page - lo) / kPage) + 1;
   return std::min(want, room);
 }
@@ -180,7 +180,7 @@ unsigned pages_for_fault(const SlotMeta& m, char* page, char* lo, bool burst) no
 // The slot's side table is updated BEFORE the ioctl that wakes the faulting
 // thread: once woken, the fiber may finish and be released (reading
 // mapped_pages) on another worker before this handler runs again.
-void account_fault_ahead(Worker& w, SlotMeta& m, char* hi, char* page, unsigned pages) noexcept {
+void account_fault_ahead(WorkerStacks& w, SlotMeta& m, char* hi, char* page, unsigned pages) noexcept {
   std::uint32_t depth = std::uint32_t((hi - page) / kPage);
   if (depth > m.deepest_fault.load(std::memory_order_relaxed)) m.deepest_fault.store(depth, std::memory_order_relaxed);
   m.mapped_pages.fetch_add(pages, std::memory_order_release);
@@ -190,7 +190,7 @@ void account_fault_ahead(Worker& w, SlotMeta& m, char* hi, char* page, unsigned 
 
 // Rare: part of the run already existed. Racy against a release of the slot,
 // but only when the fault hit an already-present page run.
-void account_shortfall(Worker& w, SlotMeta& m, unsigned missing) noexcept {
+void account_shortfall(WorkerStacks& w, SlotMeta& m, unsigned missing) noexcept {
   if (!missing) return;
   m.mapped_pages.fetch_sub(missing, std::memory_order_relaxed);
   add_single_writer(w.handler_counters.live_pages, -std::int64_t(missing));
@@ -200,14 +200,14 @@ void account_shortfall(Worker& w, SlotMeta& m, unsigned missing) noexcept {
 // faulting thread) checks when the fiber next parks. Bounded by the number of
 // workers; a thread that is not a worker (tests) is simply not found.
 void note_mapped_ahead(std::uint32_t ptid) noexcept {
-  for (unsigned i = 0; i < g_rt.workers; ++i)
-    if (std::uint32_t(g_rt.w[i].tid.load(std::memory_order_relaxed)) == ptid) {
-      g_rt.w[i].trim_on_park.store(true, std::memory_order_relaxed);
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    if (std::uint32_t(g_stacks.w[i].tid.load(std::memory_order_relaxed)) == ptid) {
+      g_stacks.w[i].trim_on_park.store(true, std::memory_order_relaxed);
       return;
     }
 }
 
-void resolve_fault(Worker& w, RecentFaults& recent, std::uintptr_t addr, std::uint32_t ptid) noexcept {
+void resolve_fault(WorkerStacks& w, RecentFaults& recent, std::uintptr_t addr, std::uint32_t ptid) noexcept {
   Located loc = locate_in_worker(w, addr);
   char* page = reinterpret_cast<char*>(addr & ~(kPage - 1));
   if (!loc.found()) {
@@ -226,7 +226,7 @@ void resolve_fault(Worker& w, RecentFaults& recent, std::uintptr_t addr, std::ui
 }
 
 void* handler_main(void* arg) noexcept {
-  Worker& w = *static_cast<Worker*>(arg);
+  WorkerStacks& w = *static_cast<WorkerStacks*>(arg);
   sigset_t all;
   sigfillset(&all);
   pthread_sigmask(SIG_BLOCK, &all, nullptr);  // signals belong to the workers
@@ -246,14 +246,14 @@ void* handler_main(void* arg) noexcept {
 
 }  // namespace
 
-bool uffd_open_and_register_api(Worker& w) noexcept {
+bool uffd_open_and_register_api(WorkerStacks& w) noexcept {
   int fd = open_uffd();
   if (fd < 0) return false;
   struct uffdio_api api {};
   api.api = UFFD_API;
   // THREAD_ID: the handler tells the faulting worker to trim what it mapped
   // ahead (see note_mapped_ahead).
-  api.features = UFFD_FEATURE_THREAD_ID | (g_rt.fill == Fill::move ? UFFD_FEATURE_MOVE : 0);
+  api.features = UFFD_FEATURE_THREAD_ID | (g_stacks.fill == Fill::move ? UFFD_FEATURE_MOVE : 0);
   if (ioctl(fd, UFFDIO_API, &api) != 0) {
     close(fd);
     return false;
@@ -262,7 +262,7 @@ bool uffd_open_and_register_api(Worker& w) noexcept {
   return true;
 }
 
-bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept {
+bool uffd_register_range(WorkerStacks& w, char* base, std::size_t bytes) noexcept {
   struct uffdio_register reg {};
   reg.range.start = reinterpret_cast<std::uintptr_t>(base);
   reg.range.len = bytes;
@@ -271,11 +271,11 @@ bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept {
   return (reg.ioctls & (1ull << _UFFDIO_COPY)) != 0;
 }
 
-bool uffd_map_top_page(Worker& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }
+bool uffd_map_top_page(WorkerStacks& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }
 
-// Issue 4 (learned depth): UFFDIO_COPY from the calling thread, so the pages
+// Learned depth: UFFDIO_COPY from the calling thread, so the pages
 // come from its node; pages that already exist are stepped over.
-unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept {
+unsigned uffd_populate(WorkerStacks& w, char* lo, unsigned pages) noexcept {
   unsigned mapped = 0;
   for (unsigned at = 0; at < pages;) {
     unsigned n = copy_zero_pages(w.uffd, lo + std::size_t(at) * kPage, pages - at);
@@ -286,7 +286,7 @@ unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept {
   return mapped;
 }
 
-bool handler_start(Worker& w, unsigned index) noexcept {
+bool handler_start(WorkerStacks& w, unsigned index) noexcept {
   w.stop_fd = eventfd(0, EFD_CLOEXEC);
   if (w.stop_fd < 0) return false;
   pthread_attr_t attr;
@@ -302,7 +302,7 @@ bool handler_start(Worker& w, unsigned index) noexcept {
   return true;
 }
 
-void handler_stop(Worker& w) noexcept {
+void handler_stop(WorkerStacks& w) noexcept {
   if (w.handler_running) {
     std::uint64_t one = 1;
     (void)!write(w.stop_fd, &one, sizeof one);
@@ -316,7 +316,7 @@ void handler_stop(Worker& w) noexcept {
 
 // The faulting thread wakes the handler and then sleeps; if the handler is
 // allowed on the same CPU the hand-off costs a local wake-up instead of an IPI.
-void handler_place_like_current_thread(Worker& w) noexcept {
+void handler_place_like_current_thread(WorkerStacks& w) noexcept {
   if (!w.handler_running) return;
   cpu_set_t set;
   if (pthread_getaffinity_np(pthread_self(), sizeof set, &set) != 0) return;
@@ -340,10 +340,10 @@ void pool_destroy(PagePool& p) noexcept {
   p.base = nullptr;
 }
 
-// Worker side: populate every empty ring page in at most two madvise calls.
+// WorkerStacks side: populate every empty ring page in at most two madvise calls.
 // The pool is outside the registered arena, so MADV_POPULATE_WRITE is an
 // ordinary kernel fill and never goes through the uffd.
-void pool_refill(Worker& w) noexcept {
+void pool_refill(WorkerStacks& w) noexcept {
   PagePool& p = w.pool;
   std::uint64_t produced = p.produced.load(std::memory_order_relaxed);
   std::uint64_t target = p.consumed.load(std::memory_order_acquire) + p.pages;

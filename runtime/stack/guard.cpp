@@ -148,7 +148,7 @@ bool guard_set(char* base, std::size_t old_guard, std::size_t new_guard) noexcep
   char* from = base + (old_guard < new_guard ? old_guard : new_guard);
   std::size_t len = old_guard < new_guard ? new_guard - old_guard : old_guard - new_guard;
   bool grow_guard = new_guard > old_guard;
-  if (g_rt.guard_madvise) return madvise(from, len, grow_guard ? kMadvGuardInstall : kMadvGuardRemove) == 0;
+  if (g_stacks.guard_madvise) return madvise(from, len, grow_guard ? kMadvGuardInstall : kMadvGuardRemove) == 0;
   return mprotect(from, len, grow_guard ? PROT_NONE : PROT_READ | PROT_WRITE) == 0;
 }
 

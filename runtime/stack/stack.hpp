@@ -10,6 +10,9 @@
 #include <cstdint>
 #include <string>
 
+#include "tendril/detail/counters.hpp"
+#include "tendril/options.hpp"
+
 namespace tendril::detail {
 
 // One fiber stack. The usable range is [lo, hi); stacks grow down from hi. At
@@ -22,44 +25,58 @@ struct StackSlot {
   std::uint32_t index = 0;   // provider-private identity (slot number)
 };
 
-// Added by issue 4: default memory budget of the free-stack cache (bytes of
-// resident pages held by cached stacks); Options::stack_cache_bytes.
+// Default memory budget of the free-stack cache (bytes of resident pages held
+// by cached stacks); Options::stack_cache_bytes.
 constexpr std::size_t kDefaultStackCacheBytes = std::size_t(64) << 20;
 
+// The defaults are Options' defaults; the fields mirror Options (see
+// options.hpp for what each means), which validates them.
 struct StackConfig {
   std::size_t default_limit = 256 * 1024;
   unsigned workers = 1;
-  std::string mode;  // "", "uffd" or "kernel" (TENDRIL_STACK_MODE)
-  // Added by issue 4: budget of the NUMA-aware free-stack cache; 0 disables it
-  // (a released slot then goes straight back to its arena with its top page).
+  std::string mode;  // "" (uffd where allowed), "uffd" or "kernel"
+  // Budget of the NUMA-aware free-stack cache; 0 disables it (a released slot
+  // then goes straight back to its arena with its top page).
   std::size_t cache_bytes = kDefaultStackCacheBytes;
+  bool fill_move = false;                  // Options::stack_fill == "move"
+  unsigned max_grow_pages = 16;            // Options::stack_grow_pages
+  std::uint64_t burst_ns = 1000 * 1000;    // Options::stack_burst
+  bool learn_depth = true;                 // Options::stack_learn_depth
+  bool numa_check = false;                 // Options::stack_numa_check
 };
 
+// The stack subsystem's part of `options` (already validated, environment
+// applied), for `workers` worker indexes.
+inline StackConfig stack_config(const Options& options, unsigned workers) {
+  StackConfig c;
+  c.default_limit = options.stack_limit;
+  c.workers = workers;
+  c.mode = options.stack_mode;
+  c.cache_bytes = options.stack_cache_bytes;
+  c.fill_move = options.stack_fill == "move";
+  c.max_grow_pages = options.stack_grow_pages;
+  c.burst_ns = std::uint64_t(options.stack_burst.count()) * 1000;
+  c.learn_depth = options.stack_learn_depth;
+  c.numa_check = options.stack_numa_check;
+  return c;
+}
+
 struct StackCounters {
-  std::string mode;                  // "uffd" or "kernel" ("simple" for the issue-2 provider)
+  std::string mode;                  // "uffd" or "kernel"
   std::uint64_t stack_faults = 0;    // faults that grew a stack
   std::uint64_t stack_pages_mapped = 0;
   std::uint64_t pool_refills = 0;
   std::uint64_t pool_pages = 0;
-  // Added by issue 3: pages still resident in released slots kept for reuse
-  // (each free slot keeps its top page so the next allocate costs no fault).
+  // Pages still resident in free slots (each keeps at least its top page so
+  // the next allocate costs no fault).
   std::uint64_t cached_pages = 0;
-  // Added by issue 4 (the free-stack cache; see arena.cpp). cached_pages above
-  // now counts every resident page of a free slot, cache_pages the part of it
-  // held by the stack cache.
-  std::uint64_t cache_hits = 0;      // allocations served by the cache (no fault, no syscall)
-  std::uint64_t cache_misses = 0;    // allocations that took a slot from the arena
-  std::uint64_t stacks_cached = 0;   // releases the cache took
-  std::uint64_t stacks_dropped = 0;  // releases the cache could not take (full, over budget, off)
-  std::uint64_t stacks_evicted = 0;  // cached stacks given back to the arena when churn stopped
-  std::uint64_t node_match = 0;      // released stacks whose checked pages were all on the releaser's node
-  std::uint64_t node_mismatch = 0;   // ... that had pages on another node (those pages were released)
-  std::uint64_t pages_trimmed = 0;   // pages of cached stacks given back (depth trim, foreign, eviction)
+  // The cache's counters, named as in Stats (TENDRIL_STACK_CACHE_COUNTERS).
+  // cached_pages above counts every resident page of a free slot,
+  // stack_cache_pages the part of it held by the stack cache.
+#define TENDRIL_STACK_COUNTER(storage, field, doc) std::uint64_t field = 0;
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STACK_COUNTER)
+#undef TENDRIL_STACK_COUNTER
   std::uint64_t cache_stacks = 0;    // gauge: stacks in the cache now
-  std::uint64_t cache_pages = 0;     // gauge: resident pages of the stacks in the cache now
-  // Added for issue 3 (1M spawns): fresh stacks idle workers prepared for a
-  // worker whose spawns kept missing the cache (see stack_prepare_ahead).
-  std::uint64_t stacks_prepared = 0;
 };
 
 // Lifetime: init() before any worker starts, shutdown() after all have stopped.
@@ -69,7 +86,7 @@ void stack_shutdown() noexcept;
 // Called on worker `worker` (0-based). Throws std::system_error / std::bad_alloc
 // when no stack can be had; never returns a half-usable slot.
 StackSlot stack_allocate(unsigned worker, std::size_t limit);
-// Added by issue 4: the same, for a fiber spawned at `site` (any stable
+// The same, for a fiber spawned at `site` (any stable
 // address naming the spawn site: SpawnOptions::site, else the closure's
 // ClosureOps). The subsystem remembers how deep stacks from each site grew and
 // hands out a stack already mapped that deep. site == nullptr: no learning.
@@ -109,7 +126,7 @@ struct LiveStack {
 // released meanwhile may or may not be reported.
 void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) noexcept;
 
-// Added by issue 3. Called once on each worker thread before it runs any fiber
+// Called once on each worker thread before it runs any fiber
 // (after stack_init). Gives the thread an alternate signal stack so a stack
 // overflow in "kernel" mode can still be reported, and places worker `worker`'s
 // userfaultfd handler thread on the same CPU(s) as the calling thread (a
@@ -118,7 +135,7 @@ void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) n
 // plain SIGSEGV instead of the diagnostic.
 void stack_thread_init(unsigned worker) noexcept;
 
-// Added by issue 4. Housekeeping of the free-stack cache for worker `worker`:
+// Housekeeping of the free-stack cache for worker `worker`:
 // issues the worker's pending batched page trims and, once per epoch (about
 // 0.5 s of the monotonic coarse clock), gives back cached stacks that went
 // unused during the last epoch. Cheap when there is nothing to do. The
@@ -129,7 +146,7 @@ void stack_thread_init(unsigned worker) noexcept;
 // while stacks remain cached, or 0 when there is nothing left to give back.
 std::uint64_t stack_maintain(unsigned worker) noexcept;
 
-// Added for issue 3. Called by an idle worker (while it spins for work, before
+// Called by an idle worker (while it spins for work, before
 // it parks): if a worker of its NUMA node keeps carving fresh slots on its
 // spawn path, prepares a few fresh stacks for it (slots of that worker's
 // arena, top pages mapped from this thread) and hands them over through the
@@ -137,10 +154,10 @@ std::uint64_t stack_maintain(unsigned worker) noexcept;
 // false if there is nothing to do. Never blocks; takes only try-locks.
 bool stack_prepare_ahead(unsigned worker) noexcept;
 
-// Added by issue 4: the learned depth (bytes from hi) for `site`, 0 if none.
+// The learned depth (bytes from hi) for `site`, 0 if none.
 std::size_t stack_learned_depth(const void* site) noexcept;
 
-// ---- test seams (issue 4) ----------------------------------------------------
+// ---- test seams --------------------------------------------------------------
 // The NUMA topology as the stack cache sees it. Tests replace it to simulate a
 // machine with several nodes; nullptr members fall back to the real ones.
 struct StackTopology {

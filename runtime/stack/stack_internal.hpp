@@ -4,6 +4,7 @@
 #pragma once
 
 #include "stack.hpp"
+#include "tendril/detail/assert.hpp"
 
 #include <atomic>
 #include <cstddef>
@@ -54,7 +55,7 @@ struct SlotName {
   char text[kSlotNameBytes];
 };
 
-// Per-slot state of the free-stack cache (issue 4), a second side table next
+// Per-slot state of the free-stack cache, a second side table next
 // to SlotMeta (so SlotMeta keeps its 32 bytes). Touched only by the thread that
 // holds the slot (allocating / releasing worker); hand-offs go through the
 // depot lock, the arena free lists or the scheduler. base_pages is also read by
@@ -78,7 +79,7 @@ struct SubArena {
   std::size_t stride = 0;            // class_bytes + minimum guard
   std::uint32_t capacity = 0;        // slots that fit
   SlotMeta* meta = nullptr;          // capacity entries, MAP_NORESERVE
-  SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE (issue 4)
+  SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE
   SlotName* names = nullptr;         // capacity entries, MAP_NORESERVE; touched by named fibers only
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
@@ -106,14 +107,14 @@ struct PagePool {
 // Each counter has exactly one writer, so it is bumped with a relaxed load and
 // store instead of a locked read-modify-write (allocate and release are on the
 // spawn path). stack_counters() sums the two sides.
-struct alignas(64) WorkerCounters {  // written by the worker (or, for the
+struct alignas(64) WorkerStackCounters {  // written by the worker (or, for the
                                      // plain-thread index, under its mutex)
   std::atomic<std::int64_t> faults{0};        // kernel mode: growth seen at release
   std::atomic<std::int64_t> live_pages{0};
   std::atomic<std::int64_t> cached_pages{0};
   std::atomic<std::int64_t> pool_refills{0};
 };
-struct alignas(64) HandlerCounters {  // written by the worker's fault handler thread
+struct alignas(64) HandlerStackCounters {  // written by the worker's fault handler thread
   std::atomic<std::int64_t> faults{0};
   std::atomic<std::int64_t> live_pages{0};
 };
@@ -122,7 +123,7 @@ inline void add_single_writer(std::atomic<std::int64_t>& c, std::int64_t delta) 
   c.store(c.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
 }
 
-// ---- the free-stack cache (issue 4; cache.cpp) --------------------------------
+// ---- the free-stack cache (cache.cpp) ----------------------------------------
 constexpr unsigned kMagSlots = 32;      // stacks per magazine
 constexpr unsigned kTrimBatch = 16;     // ranges per batched MADV_DONTNEED
 constexpr unsigned kMaxNodes = 64;
@@ -139,7 +140,7 @@ struct Magazine {
   Magazine* next = nullptr;
   std::uint32_t count = 0;
   std::uint32_t pages = 0;  // sum of e[i].pages
-  bool prepared = false;    // filled ahead by an idle worker (see cache_prepare_ahead)
+  bool prepared = false;    // filled ahead by an idle worker (see stack_prepare_ahead)
   CacheEntry e[kMagSlots];
 };
 
@@ -167,10 +168,10 @@ struct alignas(64) Depot {
 };
 
 struct alignas(64) CacheCounters {  // single writer: the worker index that owns it
-  std::atomic<std::int64_t> hits{0}, misses{0}, cached{0}, dropped{0}, evicted{0};
-  std::atomic<std::int64_t> node_match{0}, node_mismatch{0}, pages_trimmed{0};
-  std::atomic<std::int64_t> stacks{0}, pages{0};  // gauges (deltas; summed over workers)
-  std::atomic<std::int64_t> prepared{0};          // fresh stacks prepared ahead for other workers
+#define TENDRIL_CACHE_COUNTER(storage, field, doc) std::atomic<std::int64_t> storage{0};
+  TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_CACHE_COUNTER)
+#undef TENDRIL_CACHE_COUNTER
+  std::atomic<std::int64_t> stacks{0};  // gauge (deltas; summed over workers): stacks in the cache
 };
 
 struct TrimBatch {
@@ -203,15 +204,15 @@ struct WorkerCache {
   unsigned ahead_cls = 0;
 };
 
-struct alignas(64) Worker {
+struct alignas(64) WorkerStacks {
   SubArena arenas[kNumClasses];
   int uffd = -1;
   int stop_fd = -1;  // eventfd that tells the handler thread to exit
   pthread_t handler{};
   bool handler_running = false;
   PagePool pool;
-  WorkerCounters counters;
-  HandlerCounters handler_counters;
+  WorkerStackCounters counters;
+  HandlerStackCounters handler_counters;
   WorkerCache cache;
   // The worker thread (set by stack_thread_init), so that a fault handler can
   // tell which worker a faulting thread is; and that worker's note, set by a
@@ -221,23 +222,23 @@ struct alignas(64) Worker {
   std::atomic<bool> trim_on_park{false};
 };
 
-struct Runtime {
+struct StackRuntime {
   Mode mode = Mode::kernel;
   Fill fill = Fill::copy;
   unsigned workers = 0;
   unsigned max_grow_pages = 1;  // pages mapped per fault at most (doubling up to this)
-  std::uint64_t burst_ns = 0;   // faults of one slot this close together are a burst (TENDRIL_STACK_BURST_US)
+  std::uint64_t burst_ns = 0;   // faults of one slot this close together are a burst (Options::stack_burst)
   std::size_t arena_bytes = 0;  // reservation size per (worker, class)
   bool guard_madvise = false;   // kernel mode: MADV_GUARD_INSTALL works
-  bool learn_depth = true;      // issue 4: learned depth per spawn site (TENDRIL_STACK_LEARN=0 disables)
-  Worker* w = nullptr;
+  bool learn_depth = true;      // learned depth per spawn site (Options::stack_learn_depth)
+  WorkerStacks* w = nullptr;
 };
 
-extern Runtime g_rt;
+extern StackRuntime g_stacks;
 
 // Where an address falls in the arenas.
 struct Located {
-  Worker* worker = nullptr;
+  WorkerStacks* worker = nullptr;
   SubArena* arena = nullptr;
   std::uint32_t slot = 0;
   char* hi = nullptr;
@@ -245,57 +246,58 @@ struct Located {
   bool found() const { return arena != nullptr; }
 };
 
-Located locate_in_worker(Worker& w, std::uintptr_t addr) noexcept;
+Located locate_in_worker(WorkerStacks& w, std::uintptr_t addr) noexcept;
 Located locate_any(std::uintptr_t addr) noexcept;
 
 // fault_handler.cpp
-bool uffd_open_and_register_api(Worker& w) noexcept;
-bool uffd_register_range(Worker& w, char* base, std::size_t bytes) noexcept;
-bool uffd_map_top_page(Worker& w, char* page) noexcept;
-// Issue 4: maps zero pages into [lo, lo + pages*kPage) ahead of use (pages that
+bool uffd_open_and_register_api(WorkerStacks& w) noexcept;
+bool uffd_register_range(WorkerStacks& w, char* base, std::size_t bytes) noexcept;
+bool uffd_map_top_page(WorkerStacks& w, char* page) noexcept;
+// Maps zero pages into [lo, lo + pages*kPage) ahead of use (pages that
 // already exist are skipped). Returns the pages it mapped.
-unsigned uffd_populate(Worker& w, char* lo, unsigned pages) noexcept;
-bool handler_start(Worker& w, unsigned index) noexcept;
-void handler_stop(Worker& w) noexcept;
-void handler_place_like_current_thread(Worker& w) noexcept;
+unsigned uffd_populate(WorkerStacks& w, char* lo, unsigned pages) noexcept;
+bool handler_start(WorkerStacks& w, unsigned index) noexcept;
+void handler_stop(WorkerStacks& w) noexcept;
+void handler_place_like_current_thread(WorkerStacks& w) noexcept;
 bool pool_create(PagePool& p) noexcept;
 void pool_destroy(PagePool& p) noexcept;
-void pool_refill(Worker& w) noexcept;
+void pool_refill(WorkerStacks& w) noexcept;
 
-// cache.cpp (issue 4). The arena side (arena.cpp) calls these.
+// cache.cpp. The arena side (arena.cpp) calls these.
 struct SlotRef {
-  Worker* owner;
+  WorkerStacks* owner;
   SubArena* arena;
   std::uint32_t slot;
 };
-void cache_init(std::size_t budget_bytes) noexcept;
+// `numa_check`: check page locality even on a one-node machine.
+void cache_init(std::size_t budget_bytes, bool numa_check) noexcept;
 void cache_shutdown() noexcept;
 void cache_thread_init(unsigned worker) noexcept;
 bool cache_enabled() noexcept;
 // Takes a cached slot of class `cls` for worker w, preferring one mapped at
-// least `want_pages` deep. On success *ref and *entry describe it; the slot
-// is out of the cache (gauges settled) but not yet prepared.
-bool cache_take(Worker& w, unsigned cls, std::uint32_t want_pages, CacheEntry* entry) noexcept;
-// Offers a released slot (state already kFree, live pages already debited:
-// `resident` pages are resident in it). Returns false if the cache refused it:
-// the caller then shrinks it and frees it to its arena.
-bool cache_put(Worker& releaser, unsigned releaser_index, const SlotRef& r, unsigned cls, std::uint32_t resident,
-               std::uint32_t extent) noexcept;
+// least `want_pages` deep. On success *entry describes it; the slot is out
+// of the cache (gauges settled) but not yet prepared.
+bool cache_take(WorkerStacks& w, unsigned cls, std::uint32_t want_pages, CacheEntry* entry) noexcept;
+// Offers slot `r`, released on worker `releaser` (state already kFree, live
+// pages already debited; `resident` pages are resident in it, none deeper
+// than `extent` pages below hi) to the releaser's cache. Returns false if the
+// cache refused it: the caller then shrinks it and frees it to its arena.
+bool cache_put(WorkerStacks& releaser, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept;
 std::uint32_t site_depth_pages(const void* site) noexcept;
 // Records that worker w had to carve a fresh slot of class cls (a page
 // fault's worth of work on its spawn path): idle workers prepare ahead.
-void cache_note_fresh_carve(Worker& w, unsigned cls, std::uint32_t limit_pages) noexcept;
+void cache_note_fresh_carve(WorkerStacks& w, unsigned cls, std::uint32_t limit_pages) noexcept;
 void site_record(const void* site, std::uint32_t pages) noexcept;
 void cache_tick(unsigned worker, bool flush) noexcept;
 std::uint64_t cache_now_ns() noexcept;
 // arena.cpp services the cache uses.
-void arena_free_slot(Worker& releaser, const SlotRef& r) noexcept;  // push a free slot (top page only) to its arena
+void arena_free_slot(WorkerStacks& releaser, const SlotRef& r) noexcept;  // push a free slot (top page only) to its arena
 SlotRef decode_ref(std::uint32_t ref, unsigned cls) noexcept;
 // Carves a fresh slot of class cls from owner's arena and maps its top page,
 // from the calling (preparing) worker; the slot is left free, for the cache.
 // False if the arena is not reserved yet or is full, or the page could not be
 // mapped. Counts the page as cached on `preparer`.
-bool arena_prepare_fresh_slot(Worker& preparer, Worker& owner, unsigned cls, std::uint32_t limit_pages,
+bool arena_prepare_fresh_slot(WorkerStacks& preparer, WorkerStacks& owner, unsigned cls, std::uint32_t limit_pages,
                               CacheEntry* entry) noexcept;
 std::uint32_t resident_pages_in(char* lo, char* hi) noexcept;
 

@@ -1,4 +1,4 @@
-// Issue 6 peer: the tendril peer micro-benchmarks and skynet on Boost.Fiber
+// Peer: the tendril peer micro-benchmarks and skynet on Boost.Fiber
 // (Boost 1.74). Same cases, names, units and output as bench/skynet.cpp (see
 // bench/peers/README.md):
 //

@@ -1,4 +1,4 @@
-// Issue 6 peer: the tendril peer micro-benchmarks and skynet on Go goroutines.
+// Peer: the tendril peer micro-benchmarks and skynet on Go goroutines.
 // Same cases, names, units and output as bench/skynet.cpp (see
 // bench/peers/README.md):
 //
