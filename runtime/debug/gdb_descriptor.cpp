@@ -104,8 +104,9 @@ struct tendril_debug_descriptor {
 
 #define TENDRIL_OFF(type, field) std::uint64_t(offsetof(type, field))
 
-__attribute__((visibility("default"), used)) extern const tendril_debug_descriptor tendril_debug;
-const tendril_debug_descriptor tendril_debug = {
+// Exported and kept: nothing in the library refers to it.
+__attribute__((visibility("default"))) extern const tendril_debug_descriptor tendril_debug;
+__attribute__((used)) const tendril_debug_descriptor tendril_debug = {
     0x4742444c52444e54ull,  // "TNDRLDBG"
     1,
     sizeof(tendril_debug_descriptor),
