@@ -86,3 +86,36 @@ install(CODE "
 ")
 install(FILES "${PROJECT_BINARY_DIR}/pkgconfig/tendril.pc"
   DESTINATION "${CMAKE_INSTALL_LIBDIR}/pkgconfig")
+
+# gdb extension: <datadir>/tendril/tendril-gdb.py (`info tendril-fibers`,
+# `tendril-fiber-bt`), and the file gdb's auto-load looks for when it loads
+# libtendril.so.<version>:
+#   <datadir>/gdb/auto-load/<absolute libdir>/libtendril.so.<version>-gdb.py
+# which sources the script. The auto-load file lives under share/gdb/auto-load
+# rather than beside the library (gdb would look there too) because ldconfig
+# takes every lib*.so* in a library directory for a library and warns about it;
+# this is where libstdc++ and GLib put theirs. gdb searches
+# <gdb's datadir>/auto-load by default, so an install to gdb's prefix (/usr)
+# auto-loads with no setup; elsewhere see README ("Debugging with gdb").
+# The absolute paths depend on the prefix being installed to, so the file is
+# written at install time (as tendril.pc is).
+install(FILES "${PROJECT_SOURCE_DIR}/share/tendril/tendril-gdb.py"
+  DESTINATION "${CMAKE_INSTALL_DATADIR}/tendril")
+set(_tendril_gdb_lib "libtendril.so.${PROJECT_VERSION}")
+install(CODE "
+  foreach(_d LIBDIR DATADIR)
+    if(_d STREQUAL LIBDIR)
+      set(_rel \"${CMAKE_INSTALL_LIBDIR}\")
+    else()
+      set(_rel \"${CMAKE_INSTALL_DATADIR}\")
+    endif()
+    if(IS_ABSOLUTE \"\${_rel}\")
+      set(_\${_d} \"\${_rel}\")
+    else()
+      set(_\${_d} \"\${CMAKE_INSTALL_PREFIX}/\${_rel}\")
+    endif()
+  endforeach()
+  set(_autoload \"\$ENV{DESTDIR}\${_DATADIR}/gdb/auto-load\${_LIBDIR}/${_tendril_gdb_lib}-gdb.py\")
+  message(STATUS \"Installing: \${_autoload}\")
+  configure_file(\"${PROJECT_SOURCE_DIR}/cmake/tendril-autoload-gdb.py.in\" \"\${_autoload}\" @ONLY)
+")

@@ -39,6 +39,7 @@ struct WorkerStackJob {
   fcontext_t back = nullptr;
 };
 
+#if !(TENDRIL_ASAN || TENDRIL_TSAN)  // sanitizer builds run the function in place
 void worker_stack_entry(transfer_t t) noexcept {
   auto* job = static_cast<WorkerStackJob*>(t.data);
   job->back = t.fctx;
@@ -59,6 +60,7 @@ char* map_worker_stack() {
   mprotect(p, kGuardBytes, PROT_NONE);  // best effort: overflow faults instead of corrupting
   return static_cast<char*>(p);
 }
+#endif
 
 }  // namespace
 

@@ -903,8 +903,8 @@ void stack_thread_init(unsigned worker) noexcept {
 }
 
 void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) noexcept {
-  for (unsigned i = 0; g_initialized && i < g_rt.workers; ++i)
-    for (SubArena& a : g_rt.w[i].arenas) {
+  for (unsigned i = 0; g_initialized && i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) {
       if (!a.base.load(std::memory_order_acquire)) continue;
       const std::uint32_t carved = a.carved.load(std::memory_order_acquire);
       for (std::uint32_t s = 0; s < carved; ++s) {
@@ -915,7 +915,7 @@ void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) n
         const std::size_t bytes = std::size_t(m.limit_pages.load(std::memory_order_relaxed)) * kPage;
         ls.slot = StackSlot{hi - bytes, hi, bytes, std::uint32_t(i) << kSlotBits | s};
         ls.fiber_id = m.fiber_id.load(std::memory_order_relaxed);
-        if (g_rt.mode == Mode::uffd) {
+        if (g_stacks.mode == Mode::uffd) {
           ls.mapped_pages = m.mapped_pages.load(std::memory_order_relaxed);
           ls.high_water = std::size_t(std::max(1u, m.deepest_fault.load(std::memory_order_relaxed))) * kPage;
         } else {

@@ -83,6 +83,14 @@ expect_file "$libdir_abs/cmake/tendril/tendril-config.cmake"
 expect_file "$libdir_abs/cmake/tendril/tendril-config-version.cmake"
 expect_file "$libdir_abs/cmake/tendril/tendril-targets.cmake"
 expect_file "$libdir_abs/pkgconfig/tendril.pc"
+# The gdb extension and the file gdb auto-loads with the library (named after
+# the library's real path), which must source the installed script.
+expect_file "$prefix/share/tendril/tendril-gdb.py"
+if [[ -n "$version" ]]; then
+  autoload="$prefix/share/gdb/auto-load$(realpath "$libdir_abs")/libtendril.so.$version-gdb.py"
+  expect_file "$autoload"
+  grep -qF "\"$prefix/share/tendril/tendril-gdb.py\"" "$autoload" || fail "$autoload does not source the installed script"
+fi
 # The exported link interface must not name build-tree-only targets
 # (tendril_numa, PkgConfig::*, Boost::*) that a consumer cannot resolve, nor
 # paths into the source/build tree. (IMPORTED_LINK_DEPENDENT_LIBRARIES may name
