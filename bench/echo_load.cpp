@@ -30,6 +30,8 @@
 #include <string>
 #include <vector>
 
+#include "samples/common/fd_limit.hpp"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -239,11 +241,7 @@ Result bench_pthread(const Config& cfg, int conns) {
 }
 
 int fitting_connections(int wanted) {
-  rlimit rl{};
-  getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  setrlimit(RLIMIT_NOFILE, &rl);
-  const long fit = (static_cast<long>(rl.rlim_cur) - 300) / 2;
+  const long fit = (static_cast<long>(sample::raise_fd_limit()) - 300) / 2;
   return static_cast<int>(std::min<long>(wanted, fit));
 }
 

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include <tendril/tendril.hpp>
+#include "samples/common/fd_limit.hpp"
 
 namespace {
 
@@ -204,15 +205,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "idle_conns: --conns must be at least 1\n");
     return 2;
   }
-  rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  ::setrlimit(RLIMIT_NOFILE, &rl);  // the servers inherit it too
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  const int fit = static_cast<int>(std::min<rlim_t>(rl.rlim_cur, 1u << 30)) - 200;
+  const std::uint64_t nofile = sample::raise_fd_limit();  // the servers inherit it too
+  const int fit = static_cast<int>(std::min<std::uint64_t>(nofile, 1u << 30)) - 200;
   std::string capped;
   if (conns > fit) {
-    capped = " (capped from " + std::to_string(conns) + " by RLIMIT_NOFILE " + std::to_string(rl.rlim_cur) + ")";
+    capped = " (capped from " + std::to_string(conns) + " by RLIMIT_NOFILE " + std::to_string(nofile) + ")";
     conns = fit;
   }
   const std::string dir = exe_dir() + "/../samples/";

@@ -706,11 +706,59 @@ bool cache_take(WorkerStacks& w, unsigned cls, std::uint32_t want_pages, CacheEn
   return cache_take_searching(w, cls, want_pages, out);
 }
 
-bool cache_put(WorkerStacks& w, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept {
+namespace {
+
+// Locality, for a stack entering worker w's cache: checks the pages in
+// [hi - to pages, hi) not verified yet on w's node (deeper ones are trimmed
+// anyway) and gives back the foreign ones; a foreign top page is mapped again
+// from this thread, so the new page comes from this node. Updates *resident;
+// returns the pages given back.
+std::int64_t keep_local_pages(WorkerStacks& w, const SlotRef& r, std::uint32_t to, std::uint32_t* resident) noexcept {
   WorkerCache& c = w.cache;
   SlotMeta& m = r.arena->meta[r.slot];
   SlotCacheMeta& cm = r.arena->cmeta[r.slot];
   char* hi = r.arena->slot_hi(r.slot);
+  std::uint32_t from = cm.node == c.node() ? std::min(cm.checked_pages, to) : 0;
+  bool top_foreign = false;
+  long foreign = from < to ? release_foreign_pages(hi, from, to, c.node(), &top_foreign) : 0;
+  if (foreign < 0) return 0;
+  add_single_writer(foreign > 0 ? c.counters.node_mismatch : c.counters.node_match, 1);
+  cm.node = std::int16_t(c.node());
+  cm.checked_pages = to;
+  *resident -= std::uint32_t(std::min<long>(foreign, *resident));
+  if (top_foreign) {
+    char* top = hi - kPage;
+    bool ok = g_stacks.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
+                                          : (__atomic_fetch_add(reinterpret_cast<char*>(top), 0, __ATOMIC_RELAXED), true);
+    if (ok) ++*resident;
+  }
+  if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(*resident, std::memory_order_relaxed);
+  return foreign;
+}
+
+// Depth: a cached stack keeps at most `keep` pages; the deeper ones are queued
+// in c's trim batch. Updates *resident; returns the pages that will go.
+std::int64_t trim_below_keep(WorkerCache& c, const SlotRef& r, std::uint32_t keep, std::uint32_t* resident) noexcept {
+  SlotMeta& m = r.arena->meta[r.slot];
+  SlotCacheMeta& cm = r.arena->cmeta[r.slot];
+  char* hi = r.arena->slot_hi(r.slot);
+  char* lo = hi - std::size_t(m.limit_pages.load(std::memory_order_relaxed)) * kPage;
+  char* cut = hi - std::size_t(keep) * kPage;
+  const std::uint32_t kept = resident_pages_in(cut, hi);
+  const std::int64_t trimmed = std::int64_t(*resident) - kept;
+  *resident = kept;
+  queue_trim(c, lo, cut);
+  if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(kept, std::memory_order_relaxed);
+  cm.checked_pages = std::min(cm.checked_pages, keep);
+  return trimmed;
+}
+
+}  // namespace
+
+bool cache_put(WorkerStacks& w, const SlotRef& r, unsigned cls, std::uint32_t resident, std::uint32_t extent) noexcept {
+  WorkerCache& c = w.cache;
+  SlotMeta& m = r.arena->meta[r.slot];
+  SlotCacheMeta& cm = r.arena->cmeta[r.slot];
   std::uint32_t limit_pages = m.limit_pages.load(std::memory_order_relaxed);
   std::uint32_t keep = kKeepPages;
   // The site's depth matters only to a stack mapped deeper than the minimum
@@ -731,45 +779,13 @@ bool cache_put(WorkerStacks& w, const SlotRef& r, unsigned cls, std::uint32_t re
   ++c.activity[cls];
   CacheCounters& k = c.counters;
 
-  // Locality: only pages not verified yet on this node, and only the ones the
-  // stack will keep (deeper pages are trimmed anyway).
   std::int64_t trimmed = 0;
-  if (g_cache.check) {
-    std::uint32_t to = std::min(extent, keep);
-    std::uint32_t from = cm.node == c.node() ? std::min(cm.checked_pages, to) : 0;
-    bool top_foreign = false;
-    long foreign = from < to ? release_foreign_pages(hi, from, to, c.node(), &top_foreign) : 0;
-    if (foreign >= 0) {
-      add_single_writer(foreign > 0 ? k.node_mismatch : k.node_match, 1);
-      cm.node = std::int16_t(c.node());
-      cm.checked_pages = to;
-      trimmed += foreign;
-      resident -= std::uint32_t(std::min<long>(foreign, resident));
-      if (top_foreign) {
-        // The slot is kept: map its top page again, from this thread, so the
-        // new page comes from this node.
-        char* top = hi - kPage;
-        bool ok = g_stacks.mode == Mode::uffd ? uffd_map_top_page(*r.owner, top)
-                                          : (__atomic_fetch_add(reinterpret_cast<char*>(top), 0, __ATOMIC_RELAXED), true);
-        if (ok) ++resident;
-      }
-      if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
-    }
-  }
-
-  // Depth: a cached stack keeps at most `keep` pages; deeper ones go back in a batch.
+  if (g_cache.check) trimmed += keep_local_pages(w, r, std::min(extent, keep), &resident);
   bool pending = false;
   if (extent > keep) {
-    char* lo = hi - std::size_t(limit_pages) * kPage;
-    char* cut = hi - std::size_t(keep) * kPage;
-    std::uint32_t kept = resident_pages_in(cut, hi);
-    trimmed += std::int64_t(resident) - kept;
-    resident = kept;
+    trimmed += trim_below_keep(c, r, keep, &resident);
     extent = keep;
-    queue_trim(c, lo, cut);
     pending = true;
-    if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(resident, std::memory_order_relaxed);
-    cm.checked_pages = std::min(cm.checked_pages, keep);
   }
   if (resident == 0) {  // top page could not be mapped again: hand the slot back
     if (g_stacks.mode == Mode::uffd) m.mapped_pages.store(0, std::memory_order_relaxed);

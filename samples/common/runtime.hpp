@@ -27,6 +27,8 @@
 #include <string>
 #include <system_error>
 #include <type_traits>
+
+#include "samples/common/fd_limit.hpp"
 #include <vector>
 
 #if SAMPLE_PTHREAD
@@ -191,8 +193,5 @@ class ThrottledReport {
  private:
   std::atomic<std::int64_t> last_second_{-1};
 };
-
-// Raises RLIMIT_NOFILE's soft limit to the hard limit; returns the new limit.
-std::uint64_t raise_fd_limit();
 
 }  // namespace sample

@@ -101,15 +101,4 @@ void ThrottledReport::operator()(const std::string& line) {
   if (last_second_.exchange(now) != now) std::fprintf(stderr, "%s\n", line.c_str());
 }
 
-std::uint64_t raise_fd_limit() {
-  rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  if (rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-    ::getrlimit(RLIMIT_NOFILE, &rl);
-  }
-  return rl.rlim_cur;
-}
-
 }  // namespace sample
