@@ -5,7 +5,7 @@
 # if any test fails (or the guest does not come back with results).
 #
 #   bash scripts/test-kernels.sh              # build if needed, boot, test
-#   TENDRIL_KERNELS_FILTER='stack_*' bash scripts/test-kernels.sh   # only these suites
+#   TENDRIL_KERNELS_FILTER='stack_* numa' bash scripts/test-kernels.sh   # only these suites
 #
 # No /dev/kvm is needed: the guest runs under TCG (10-20x slower than the
 # host), which is why only a subset runs and no timing is trusted. Placement
@@ -26,7 +26,7 @@
 #   TENDRIL_KERNELS_CACHE    cache directory (kernel + initramfs)
 #   TENDRIL_KERNELS_BUILD    build directory (default build-kernels)
 #   TENDRIL_KERNELS_PACKAGE  kernel package (default: what linux-image-amd64 depends on)
-#   TENDRIL_KERNELS_FILTER   shell glob over suite names (default: all suites below)
+#   TENDRIL_KERNELS_FILTER   shell globs over suite names, space-separated (default: all)
 #   TENDRIL_KERNELS_TIMEOUT  seconds the whole guest run may take (default 1800)
 #   TENDRIL_KERNELS_KEEP=1   keep the results directory (printed at the end)
 # Needs: qemu-system-x86 and busybox-static (installed here when missing and
@@ -46,24 +46,26 @@ die() { echo "test-kernels: $*" >&2; exit 1; }
 say() { echo "== test-kernels: $*"; }
 
 # ---- the suites run in the guest -------------------------------------------
-# name|binary (relative to the build dir)|gtest filter
+# name|binary (relative to the build dir)|gtest filter|axes
+# axes: "mode" runs the suite once per stack mode (TENDRIL_STACK_MODE), "io"
+# once per I/O backend (TENDRIL_IO); a suite that covers an axis itself
+# (stack_arena: both stack modes; net_tcp: both backends) is not run per value.
 # Sized for TCG: the whole of every stack suite (the code that depends most on
 # the kernel), the scheduler, sync and I/O semantics, without the stress tests
-# that scale with the machine. The NUMA tests that need two real nodes skip
-# themselves on the host and run here.
+# that scale with the machine. numa_test needs two real nodes: it skips itself
+# on one node and runs here.
 suites=(
-  "stack_arena|tests/stack_arena_test|*"
-  "stack_fiber|tests/stack_fiber_test|*"
-  "stack_cache|tests/stack_cache_test|*"
-  "fiber|tests/fiber_test|*"
-  "sync|tests/sync_test|*:-*Stress*:*stress*"
-  "channel|tests/channel_test|*:-*Stress*:*stress*"
-  "io_fd|tests/io_fd_test|*"
-  "net_tcp|tests/net_tcp_test|*"
-  "misuse|tests/misuse_test|*"
+  "stack_arena|tests/stack_arena_test|*|io"
+  "stack_fiber|tests/stack_fiber_test|*|mode io"
+  "stack_cache|tests/stack_cache_test|*|mode io"
+  "numa|tests/numa_test|*|mode io"
+  "fiber|tests/fiber_test|*|mode io"
+  "sync|tests/sync_test|*:-*Stress*:*stress*|mode io"
+  "channel|tests/channel_test|*:-*Stress*:*stress*|mode io"
+  "io_fd|tests/io_fd_test|*|mode io"
+  "net_tcp|tests/net_tcp_test|*|mode"
+  "misuse|tests/misuse_test|*|mode io"
 )
-# stack_arena_test covers both stack modes itself; every other suite runs in
-# both modes here, each on both I/O backends.
 modes=(uffd kernel)
 ios=(uring epoll)
 
@@ -91,7 +93,7 @@ if [[ ! -f "$build/build.ninja" ]]; then
 fi
 targets=()
 for s in "${suites[@]}"; do
-  IFS='|' read -r name bin _ <<<"$s"
+  IFS='|' read -r name bin _ _ <<<"$s"
   targets+=("$(basename "$bin")")
 done
 cmake --build "$build" --target "${targets[@]}" stack_cache -- -j"${TENDRIL_KERNELS_JOBS:-2}" \
@@ -153,6 +155,17 @@ if [[ ! -f "$initrd" || "$init_src" -nt "$initrd" ]]; then
   rm -rf "$ird"
 fi
 
+# selected NAME: NAME matches one of the globs in TENDRIL_KERNELS_FILTER.
+selected() {
+  local g globs
+  read -r -a globs <<<"$filter"  # no pathname expansion, unlike an unquoted $filter
+  for g in "${globs[@]}"; do
+    # shellcheck disable=SC2053
+    [[ "$1" == $g ]] && return 0
+  done
+  return 1
+}
+
 # ---- the guest's command script ------------------------------------------------------
 out="$(mktemp -d "${TMPDIR:-/tmp}/tendril-kernels.XXXXXX")"
 chmod 777 "$out"
@@ -162,27 +175,31 @@ chmod 777 "$out"
   echo "out=/tmp/out"
   echo "cd '$build' || exit 1"
   echo "{ echo \"kernel \$(uname -r), \$(nproc) CPUs\"; for n in /sys/devices/system/node/node[0-9]*; do echo \"\${n##*/}: cpus \$(cat \$n/cpulist), \$(grep MemTotal \$n/meminfo | awk '{print \$4, \$5}')\"; done; } >\$out/guest-info.txt 2>&1"
-  echo "export TENDRIL_PIN=1 GTEST_COLOR=no"
+  # 100k parked fibers instead of a million: a million top pages are 4 GiB,
+  # the guest's whole memory.
+  echo "export TENDRIL_PIN=1 GTEST_COLOR=no STACK_FIBER_PARKED=100000"
+  echo "ulimit -n 65536"
   for s in "${suites[@]}"; do
-    IFS='|' read -r name bin gfilter <<<"$s"
-    # shellcheck disable=SC2053
-    [[ "$name" == $filter ]] || continue
-    smodes=("${modes[@]}")
-    [[ "$name" = stack_arena ]] && smodes=(both)
+    IFS='|' read -r name bin gfilter axes <<<"$s"
+    selected "$name" || continue
+    smodes=(-) sios=(-)
+    [[ "$axes" == *mode* ]] && smodes=("${modes[@]}")
+    [[ "$axes" == *io* ]] && sios=("${ios[@]}")
     for mode in "${smodes[@]}"; do
-      for io in "${ios[@]}"; do
-        tag="$name.$mode.$io"
+      for io in "${sios[@]}"; do
+        tag="$name.${mode/-/both}.${io/-/both}"
         menv=""
-        [[ "$mode" != both ]] && menv="TENDRIL_STACK_MODE=$mode"
+        [[ "$mode" != - ]] && menv+=" TENDRIL_STACK_MODE=$mode"
+        [[ "$io" != - ]] && menv+=" TENDRIL_IO=$io"
         echo "t0=\$(date +%s)"
-        echo "env $menv TENDRIL_IO=$io ./$bin --gtest_filter='$gfilter' >\$out/$tag.log 2>&1"
+        echo "env$menv ./$bin --gtest_filter='$gfilter' >\$out/$tag.log 2>&1"
         echo "rc=\$?; echo \"$tag \$rc \$((\$(date +%s) - t0))\" >>\$out/results.txt"
       done
     done
   done
   # Placement and cache counters of the NUMA cache benchmark, on the real
   # topology (its timings mean nothing under TCG).
-  if [[ "stack_cache_bench" == $filter || "$filter" = "*" ]]; then
+  if selected stack_cache_bench; then
     echo "TENDRIL_IO=epoll ./bench/stack_cache --quick >\$out/stack_cache_bench.log 2>&1"
     echo "echo \"stack_cache_bench \$? 0\" >>\$out/bench.txt"
   fi

@@ -22,6 +22,7 @@ struct Stats {
   std::uint64_t fibers_live = 0;       // spawned and not yet finished
   std::uint64_t context_switches = 0;  // switches into a fiber
   std::uint64_t steals = 0;            // fibers taken from another worker's queue
+  std::uint64_t steals_remote = 0;     // ... of a worker on another NUMA node (only when none of the thief's node had any)
   std::uint64_t worker_parks = 0;      // times an idle worker put its thread to sleep
   std::uint64_t worker_wakeups = 0;    // times a parked worker was woken to take work
 

@@ -133,6 +133,7 @@ Stats Scheduler::snapshot() const {
     finished += c.finished.load(std::memory_order_relaxed);
     s.context_switches += c.switches.load(std::memory_order_relaxed);
     s.steals += c.steals.load(std::memory_order_relaxed);
+    s.steals_remote += c.steals_remote.load(std::memory_order_relaxed);
     s.worker_parks += c.parks.load(std::memory_order_relaxed);
     s.worker_wakeups += c.wakeups.load(std::memory_order_relaxed);
   }

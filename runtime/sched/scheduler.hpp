@@ -66,6 +66,7 @@ struct alignas(64) WorkerCounters {
   std::atomic<std::uint64_t> spawned{0};
   std::atomic<std::uint64_t> finished{0};
   std::atomic<std::uint64_t> steals{0};
+  std::atomic<std::uint64_t> steals_remote{0};
   std::atomic<std::uint64_t> parks{0};
   std::atomic<std::uint64_t> wakeups{0};
 
@@ -126,6 +127,7 @@ class Worker {
   FiberCtl* pick_next() noexcept;
   FiberCtl* pick_local() noexcept;
   FiberCtl* steal() noexcept;
+  FiberCtl* steal_from(Worker& victim, std::int64_t now, bool remote) noexcept;
   // Takes a batch from the global queue: returns the first, queues the rest
   // locally. Only when the local queue is (nearly) empty.
   FiberCtl* global_take_batch() noexcept;
@@ -150,6 +152,9 @@ class Worker {
   std::uint32_t runnext_streak_ = 0;
   std::uint32_t tick_ = 0;
   std::uint32_t steal_seed_ = 0;
+  // NUMA node of the CPU this worker's thread runs on (set once it is
+  // pinned): thieves look at victims of their own node first.
+  std::atomic<int> node_{0};
   std::vector<std::uint64_t> seen_switches_;  // per victim, for stealing runnext
   RunQueue runq_;
   TimerHeap timers_;

@@ -64,6 +64,8 @@ void Worker::start(int cpu) {
     // Timers promise sub-millisecond precision; the default 50 us slack of
     // futex timeouts would eat most of it.
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    unsigned my_cpu = 0, my_node = 0;
+    if (getcpu(&my_cpu, &my_node) == 0) node_.store(int(my_node), std::memory_order_relaxed);
     char name[16];
     std::snprintf(name, sizeof(name), "tendril-w%u", index_);
     pthread_setname_np(pthread_self(), name);
@@ -222,36 +224,55 @@ FiberCtl* Worker::global_take_batch() noexcept {
   return batch[0];
 }
 
+// Victims of the thief's own NUMA node first (their fibers' stacks and data
+// are local); another node's only when none of its own node had anything.
 FiberCtl* Worker::steal() noexcept {
   const unsigned n = sched_.worker_count();
   if (n < 2) return nullptr;
   steal_seed_ = steal_seed_ * 1103515245u + 12345u;
   const unsigned start = (steal_seed_ >> 16) % n;
   const std::int64_t now = steady_ticks();
-  for (unsigned k = 0; k < n; ++k) {
-    Worker& victim = sched_.worker((start + k) % n);
-    if (&victim == this) continue;
-    FiberCtl* batch[RunQueue::kCapacity / 2];
-    if (const std::uint32_t got = victim.runq_.steal_half(batch)) {
-      for (std::uint32_t i = 1; i < got; ++i) push_local(batch[i]);
-      WorkerCounters::bump(counters_.steals, got);
-      return batch[0];
-    }
-    // A victim that has not switched since our last look is stuck in one
-    // fiber; its runnext would wait for it, so take it.
-    const std::uint64_t sw = victim.counters_.switches.load(std::memory_order_relaxed);
-    if (FiberCtl* f = victim.runnext_.load(std::memory_order_acquire)) {
-      if (seen_switches_[victim.index_] == sw &&
-          victim.runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
-        WorkerCounters::bump(counters_.steals);
-        return f;
+  const int my_node = node_.load(std::memory_order_relaxed);
+  bool other_nodes = false;
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool remote = pass == 1;
+    if (remote && !other_nodes) break;
+    for (unsigned k = 0; k < n; ++k) {
+      Worker& victim = sched_.worker((start + k) % n);
+      if (&victim == this) continue;
+      if ((victim.node_.load(std::memory_order_relaxed) != my_node) != remote) {
+        other_nodes = true;
+        continue;
       }
+      if (FiberCtl* f = steal_from(victim, now, remote)) return f;
     }
-    seen_switches_[victim.index_] = sw;
-    if (victim.timers_.earliest.load(std::memory_order_relaxed) <= now) {
-      victim.fire_timers(*this, now, false);
-      if (FiberCtl* f = runq_.pop()) return f;
+  }
+  return nullptr;
+}
+
+FiberCtl* Worker::steal_from(Worker& victim, std::int64_t now, bool remote) noexcept {
+  FiberCtl* batch[RunQueue::kCapacity / 2];
+  if (const std::uint32_t got = victim.runq_.steal_half(batch)) {
+    for (std::uint32_t i = 1; i < got; ++i) push_local(batch[i]);
+    WorkerCounters::bump(counters_.steals, got);
+    if (remote) WorkerCounters::bump(counters_.steals_remote, got);
+    return batch[0];
+  }
+  // A victim that has not switched since our last look is stuck in one
+  // fiber; its runnext would wait for it, so take it.
+  const std::uint64_t sw = victim.counters_.switches.load(std::memory_order_relaxed);
+  if (FiberCtl* f = victim.runnext_.load(std::memory_order_acquire)) {
+    if (seen_switches_[victim.index_] == sw &&
+        victim.runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
+      WorkerCounters::bump(counters_.steals);
+      if (remote) WorkerCounters::bump(counters_.steals_remote);
+      return f;
     }
+  }
+  seen_switches_[victim.index_] = sw;
+  if (victim.timers_.earliest.load(std::memory_order_relaxed) <= now) {
+    victim.fire_timers(*this, now, false);
+    if (FiberCtl* f = runq_.pop()) return f;
   }
   return nullptr;
 }

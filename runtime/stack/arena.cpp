@@ -701,6 +701,14 @@ void read_tuning_from_env() {
   g_rt.learn_depth = !(learn && std::strcmp(learn, "0") == 0);
 }
 
+// After cache_init (which knows the nodes): where the handler allocates.
+void choose_fault_placement() {
+  const char* place = std::getenv("TENDRIL_STACK_PLACE");
+  if (place && std::strcmp(place, "owner") == 0) g_rt.place_for_faulter = false;
+  else if (place && std::strcmp(place, "faulter") == 0) g_rt.place_for_faulter = true;
+  else g_rt.place_for_faulter = cache_nodes() > 1;
+}
+
 bool start_uffd_workers() {
   for (unsigned i = 0; i < g_rt.workers; ++i) {
     Worker& w = g_rt.w[i];
@@ -738,9 +746,10 @@ void log_mode() {
   if (g_rt.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
-                  "pages, %u pages per fault in bursts), %s",
+                  "pages, %u pages per fault in bursts%s), %s",
                   g_rt.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
-                  g_rt.max_grow_pages, g_rt.burst_ns ? g_rt.max_grow_pages : 0u, workers);
+                  g_rt.max_grow_pages, g_rt.burst_ns ? g_rt.max_grow_pages : 0u,
+                  g_rt.place_for_faulter ? ", pages on the faulting worker's node" : "", workers);
   else
     std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
                   g_rt.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
@@ -844,6 +853,7 @@ void stack_init(const StackConfig& config) {
     start_kernel_mode();
   }
   cache_init(config.cache_bytes);
+  choose_fault_placement();
   g_initialized = true;
   log_mode();
 }

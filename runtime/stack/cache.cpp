@@ -416,6 +416,8 @@ long release_foreign_pages(char* hi, std::uint32_t from, std::uint32_t to, int n
 
 bool cache_enabled() noexcept { return g_cache.enabled; }
 
+unsigned cache_nodes() noexcept { return g_cache.nodes; }
+
 std::uint64_t cache_now_ns() noexcept {
   if (g_clock) return g_clock();
   timespec ts;
