@@ -11,6 +11,7 @@
 // stack_cache_test.cpp. No timing assertions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
@@ -22,6 +23,7 @@
 #include <numa.h>
 #include <numaif.h>
 #include <sched.h>
+#include <sys/mman.h>
 
 #include <boost/context/detail/fcontext.hpp>
 
@@ -247,6 +249,96 @@ TEST_P(RealNuma, IdleWorkersPrepareStacksOnlyForWorkersOfTheirNode) {
     EXPECT_EQ(stack_counters().cache_hits, prepared);
     for (auto& s : live) stack_release(0, s);
   });
+}
+
+// ---- placement through tendril::run -------------------------------------------------
+// 4 workers on 2 nodes; rounds of 400 fibers spawned from one fiber, each
+// growing its stack to 64 KiB and yielding. Every page a fiber's stack grows
+// by must be on the node of the worker it runs on while it grows (a stolen
+// fiber's growth faults go to its slot owner's handler, on the owner's node),
+// and most releases must find their stacks local.
+
+int current_node() {
+  unsigned cpu = 0, node = 0;
+  return getcpu(&cpu, &node) == 0 ? int(node) : -1;
+}
+
+std::atomic<std::uint64_t> g_growth_pages{0}, g_growth_foreign{0};
+
+// At the deepest frame: the pages of [deep, top) that were not resident
+// before (`before`, one entry per page from top down) and are now, against
+// the node of the CPU this runs on (no yield in between: the same worker).
+__attribute__((noinline)) void check_growth(const char* top, const std::vector<unsigned char>& before) {
+  const int node = current_node();
+  std::vector<void*> pages;
+  for (std::size_t i = 0; i < before.size(); ++i)
+    if (!(before[i] & 1)) pages.push_back(const_cast<char*>(top - (i + 1) * kPage));
+  std::vector<int> status(pages.size(), -1);
+  if (pages.empty() || move_pages(0, pages.size(), pages.data(), nullptr, status.data(), 0) != 0) return;
+  std::uint64_t grown = 0, foreign = 0;
+  for (int st : status) {
+    if (st < 0) continue;  // below the recursion: not grown
+    ++grown;
+    if (st != node) ++foreign;
+  }
+  g_growth_pages += grown;
+  g_growth_foreign += foreign;
+}
+
+__attribute__((noinline)) long grow_to(const char* stop, const char* top, const std::vector<unsigned char>& before) {
+  volatile char frame[1000];
+  frame[0] = 1;
+  if (const_cast<const char*>(&frame[0]) <= stop) {
+    check_growth(top, before);
+    return frame[0];
+  }
+  return grow_to(stop, top, before) + frame[sizeof frame - 1];
+}
+
+void grow_64k_and_check() {
+  constexpr std::size_t kGrow = 64 * 1024;
+  char here = 0;
+  const char* top = reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(&here) & ~(kPage - 1));
+  std::vector<unsigned char> before(kGrow / kPage + 2);
+  if (mincore(const_cast<char*>(top - before.size() * kPage), before.size() * kPage, before.data()) != 0) return;
+  std::reverse(before.begin(), before.end());  // index i: the page i+1 below top
+  grow_to(top - kGrow, top, before);
+}
+
+TEST(RealNumaRun, StacksGrowOnTheNodeOfTheWorkerTheFiberRunsOn) {
+  if (tendril_test::numa_nodes() < 2 || first_cpu_of_node(0) < 0 || first_cpu_of_node(1) < 0)
+    GTEST_SKIP() << "needs 2 NUMA nodes with CPUs (run by scripts/test-kernels.sh in a two-node guest)";
+  tendril::Options o;
+  o.workers = 4;  // pinned to CPUs 0-3: two per node in the guest
+  constexpr int kRounds = 20, kFibers = 400;
+  g_growth_pages = 0;
+  g_growth_foreign = 0;
+  tendril::Stats s;
+  tendril::run(o, [&] {
+    for (int r = 0; r < kRounds; ++r) {
+      std::vector<tendril::Fiber> fibers;
+      fibers.reserve(kFibers);
+      for (int i = 0; i < kFibers; ++i)
+        fibers.push_back(tendril::spawn([] {
+          grow_64k_and_check();
+          tendril::this_fiber::yield();
+          tendril::this_fiber::yield();
+        }));
+      for (auto& f : fibers) f.join();
+    }
+    s = tendril::stats();
+  });
+  const std::uint64_t releases = s.node_match + s.node_mismatch;
+  std::printf("placement: mode %s, %llu fibers, growth pages %llu (foreign %llu); node_match %llu node_mismatch %llu "
+              "(%.0f%% of checked releases) pages_trimmed %llu; steals %llu (remote %llu); cache hits %llu misses %llu\n",
+              s.stack_mode.c_str(), (unsigned long long)s.fibers_spawned, (unsigned long long)g_growth_pages.load(),
+              (unsigned long long)g_growth_foreign.load(), (unsigned long long)s.node_match,
+              (unsigned long long)s.node_mismatch, releases ? 100.0 * double(s.node_mismatch) / double(releases) : 0.0,
+              (unsigned long long)s.pages_trimmed, (unsigned long long)s.steals, (unsigned long long)s.steals_remote,
+              (unsigned long long)s.cache_hits, (unsigned long long)s.cache_misses);
+  EXPECT_EQ(g_growth_foreign.load(), 0u) << "stack pages grown on another node than the fiber's worker";
+  EXPECT_GT(releases, 0u);
+  EXPECT_LE(s.steals_remote, s.steals);
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, RealNuma, ::testing::Values("uffd", "kernel"),
