@@ -29,6 +29,9 @@
 #   TENDRIL_KERNELS_FILTER   shell globs over suite names, space-separated (default: all)
 #   TENDRIL_KERNELS_TIMEOUT  seconds the whole guest run may take (default 1800)
 #   TENDRIL_KERNELS_KEEP=1   keep the results directory (printed at the end)
+#   TENDRIL_KERNELS_EXTRA    shell commands to run in the guest after the suites
+#                            (from the build directory; output in extra.log,
+#                            printed at the end), for measurements
 # Needs: qemu-system-x86 and busybox-static (installed here when missing and
 # running as root), apt-get (for the kernel package), cmake, ninja.
 set -uo pipefail
@@ -212,6 +215,9 @@ chmod 777 "$out"
     echo "TENDRIL_IO=epoll ./bench/stack_cache --quick >\$out/stack_cache_bench.log 2>&1"
     echo "echo \"stack_cache_bench \$? 0\" >>\$out/bench.txt"
   fi
+  if [[ -n "${TENDRIL_KERNELS_EXTRA:-}" ]]; then
+    echo "( $TENDRIL_KERNELS_EXTRA ) >\$out/extra.log 2>&1"
+  fi
   echo "echo done >\$out/done"
 } >"$out/run.sh"
 chmod +x "$out/run.sh"
@@ -272,6 +278,10 @@ fi
 if [[ -f "$out/stack_cache_bench.log" ]]; then
   echo "  stack_cache benchmark (counters only; TCG timings mean nothing):"
   grep -iE 'node|hit|mismatch|trim|steal' "$out/stack_cache_bench.log" | head -n 20 | sed 's/^/    /'
+fi
+if [[ -f "$out/extra.log" ]]; then
+  echo "  TENDRIL_KERNELS_EXTRA output:"
+  sed 's/^/    /' "$out/extra.log"
 fi
 # Lines the runtime printed once per run (fallbacks it chose), deduplicated.
 if compgen -G "$out/*.log" >/dev/null; then
