@@ -198,12 +198,19 @@ class Scheduler {
   // (runnext if `handoff`). From a plain thread: the global queue.
   void ready(FiberCtl* f, bool handoff) noexcept;
 
+  // The global queue is one list per NUMA node (a worker's overflow and its
+  // I/O completions stay with the workers of its node; from a plain thread:
+  // worker 0's node). A worker takes from its own node's list; another
+  // node's only when its node has nothing to run (see Worker::steal).
+  static constexpr unsigned kGlobalLists = 8;  // nodes share lists modulo this
   void global_push(FiberCtl* f) noexcept;
   void global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept;
-  FiberCtl* global_pop() noexcept;
-  // Up to `max` fibers from the head of the global queue, oldest first.
-  std::uint32_t global_pop_batch(FiberCtl** out, std::uint32_t max) noexcept;
-  std::uint64_t global_size() const noexcept { return global_size_.load(std::memory_order_acquire); }
+  // Up to `max` fibers from the head of node `node`'s list, oldest first.
+  std::uint32_t global_pop_batch(FiberCtl** out, std::uint32_t max, int node) noexcept;
+  std::uint64_t global_size(int node) const noexcept {
+    return global_list_size_[unsigned(node) % kGlobalLists].load(std::memory_order_acquire);
+  }
+  // All nodes' lists.
   bool global_empty() const noexcept { return global_size_.load(std::memory_order_acquire) == 0; }
 
   // Wakes one parked worker if work was queued where no running worker will
@@ -231,9 +238,10 @@ class Scheduler {
   std::atomic<FiberId> next_id_{1};
 
   std::mutex global_mu_;
-  FiberCtl* global_head_ = nullptr;
-  FiberCtl* global_tail_ = nullptr;
-  std::atomic<std::uint64_t> global_size_{0};
+  FiberCtl* global_head_[kGlobalLists] = {};
+  FiberCtl* global_tail_[kGlobalLists] = {};
+  std::atomic<std::uint64_t> global_list_size_[kGlobalLists] = {};
+  std::atomic<std::uint64_t> global_size_{0};  // all lists
 
   std::mutex idle_mu_;
   std::vector<Worker*> idle_;

@@ -165,9 +165,9 @@ FiberCtl* Worker::pick_next() noexcept {
     // kernel; I/O completions go to the global tail (poll_io_busy), then the
     // global head gets its turn.
     poll_io_busy();
-    if (!sched_.global_empty()) {
-      if (FiberCtl* f = sched_.global_pop()) return f;
-    }
+    FiberCtl* f = nullptr;
+    if (!sched_.global_empty() && sched_.global_pop_batch(&f, 1, node_.load(std::memory_order_relaxed)) != 0)
+      return f;
   }
   if (FiberCtl* f = pick_local()) return f;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX) {
@@ -214,10 +214,11 @@ FiberCtl* Worker::global_take_batch() noexcept {
   // queue rather than one fiber per pick, and the lock is taken once per batch.
   FiberCtl* batch[RunQueue::kCapacity / 2];
   const std::uint32_t room = RunQueue::kCapacity - runq_.size();
+  const int node = node_.load(std::memory_order_relaxed);
   std::uint32_t max = static_cast<std::uint32_t>(
-      sched_.global_size() / sched_.worker_count() + 1);
+      sched_.global_size(node) / sched_.worker_count() + 1);
   max = std::min({max, room, RunQueue::kCapacity / 2});
-  const std::uint32_t n = sched_.global_pop_batch(batch, max == 0 ? 1 : max);
+  const std::uint32_t n = sched_.global_pop_batch(batch, max == 0 ? 1 : max, node);
   if (n == 0) return nullptr;
   for (std::uint32_t i = 1; i < n; ++i) runq_.push(batch[i]);
   if (n > 1) sched_.wake_idle_worker_if_needed();
@@ -225,7 +226,8 @@ FiberCtl* Worker::global_take_batch() noexcept {
 }
 
 // Victims of the thief's own NUMA node first (their fibers' stacks and data
-// are local); another node's only when none of its own node had anything.
+// are local); another node's (its workers' queues, then its global list) only
+// when none of its own node had anything, and then one fiber at a time.
 FiberCtl* Worker::steal() noexcept {
   const unsigned n = sched_.worker_count();
   if (n < 2) return nullptr;
@@ -233,7 +235,9 @@ FiberCtl* Worker::steal() noexcept {
   const unsigned start = (steal_seed_ >> 16) % n;
   const std::int64_t now = steady_ticks();
   const int my_node = node_.load(std::memory_order_relaxed);
-  bool other_nodes = false;
+  // Fibers queued on another node's global list (overflow or I/O there, or
+  // from plain threads) count as another node's work too.
+  bool other_nodes = sched_.global_size(my_node) != sched_.global_size_.load(std::memory_order_acquire);
   for (int pass = 0; pass < 2; ++pass) {
     const bool remote = pass == 1;
     if (remote && !other_nodes) break;
@@ -246,11 +250,24 @@ FiberCtl* Worker::steal() noexcept {
       }
       if (FiberCtl* f = steal_from(victim, now, remote)) return f;
     }
+    if (remote) {
+      for (unsigned l = 0; l < Scheduler::kGlobalLists; ++l) {
+        FiberCtl* f = nullptr;
+        if (int(l) != my_node % int(Scheduler::kGlobalLists) && sched_.global_pop_batch(&f, 1, int(l)) != 0) return f;
+      }
+    }
   }
   return nullptr;
 }
 
 FiberCtl* Worker::steal_from(Worker& victim, std::int64_t now, bool remote) noexcept {
+  if (remote) {  // one fiber: the rest stay on the node of their stacks
+    if (FiberCtl* f = victim.runq_.steal_one()) {
+      WorkerCounters::bump(counters_.steals);
+      WorkerCounters::bump(counters_.steals_remote);
+      return f;
+    }
+  }
   FiberCtl* batch[RunQueue::kCapacity / 2];
   if (const std::uint32_t got = victim.runq_.steal_half(batch)) {
     for (std::uint32_t i = 1; i < got; ++i) push_local(batch[i]);
