@@ -15,10 +15,14 @@
 //      to the global queue);
 //   4. the global queue (fibers readied by plain threads, overflow, and I/O
 //      completions reaped while busy), taken in batches of a fair share (at
-//      most 128) into the local queue, as Go's globrunqget;
+//      most 128) into the local queue, as Go's globrunqget; one list per NUMA
+//      node, and a worker takes from its own node's;
 //   5. stealing: half of another worker's queue; another worker's runnext only
 //      if that worker has not switched since the previous look (it is stuck in
 //      a long-running fiber), and expired timers of other workers (try_lock).
+//      Workers of the thief's NUMA node first; another node's queues and
+//      global list only when its own node has nothing, one fiber at a time
+//      (stats().steals_remote).
 //
 // Waking a parked worker costs tens of microseconds on this machine, so a
 // worker is woken only when work lands where the waker itself will not run it
