@@ -277,7 +277,7 @@ if compgen -G "$out/numa.*.log" >/dev/null; then
 fi
 if [[ -f "$out/stack_cache_bench.log" ]]; then
   echo "  stack_cache benchmark (counters only; TCG timings mean nothing):"
-  grep -iE 'node|hit|mismatch|trim|steal' "$out/stack_cache_bench.log" | head -n 20 | sed 's/^/    /'
+  grep -v '^tendril:' "$out/stack_cache_bench.log" | grep -iE 'node|hit|mismatch|trim|steal' | head -n 20 | sed 's/^/    /'
 fi
 if [[ -f "$out/extra.log" ]]; then
   echo "  TENDRIL_KERNELS_EXTRA output:"
@@ -286,7 +286,7 @@ fi
 # Lines the runtime printed once per run (fallbacks it chose), deduplicated.
 if compgen -G "$out/*.log" >/dev/null; then
   echo "  runtime notices in the guest (fallbacks):"
-  cat "$out"/*.log | grep -E '^tendril:' | sed -E 's/[0-9]+ (fibers|slots)/N \1/' | sort | uniq -c | sort -rn | head -n 12 \
+  cat "$out"/*.log | grep -E '^tendril:' | grep -v 'stacks: mode=' | sed -E 's/[0-9]+ (fibers|slots)/N \1/' | sort | uniq -c | sort -rn | head -n 12 \
     | sed 's/^/    /'
 fi
 if [[ $failed -ne 0 ]]; then
