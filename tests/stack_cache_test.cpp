@@ -715,9 +715,10 @@ TEST(StackCacheRuntime, SpawnSiteLearnsDepth) {
   std::size_t learned = 0;
   tendril::run(o, [&] {
     // stack_faults counts this (main) fiber's faults too: grow its stack
-    // first, so that a first call through a lazily bound symbol (the dynamic
-    // linker saves the whole XSAVE state on the stack: kilobytes on a CPU with
-    // AVX-512) cannot fault in the middle of the measurement.
+    // first, so that a first deep excursion of it (a lazily bound symbol's
+    // first call, say: the dynamic linker saves the XSAVE state on the stack,
+    // kilobytes on the guest's AVX-512 CPU) cannot fault in the middle of the
+    // measurement. In the qemu guest it did, once in 50 spawns.
     recurse_bytes(32 * 1024);
     tendril::SpawnOptions so;
     so.site = &site;
