@@ -21,6 +21,12 @@ packages=(
   wrk                                 # HTTP load for the main job and the suite
 )
 
+# scripts/test-kernels.sh (run by CI through scripts/test.sh) boots a qemu
+# guest; run by hand, it installs these itself.
+if [[ "${TENDRIL_TEST_KERNELS:-0}" = 1 ]]; then
+  packages+=(qemu-system-x86 busybox-static)
+fi
+
 installed() {
   [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]]
 }

@@ -3,12 +3,16 @@
 #   1. release  build/       Release, benchmarks and samples built, full ctest
 #   2. asan     build-asan/  ASan+UBSan, samples built, ctest -LE no-asan
 #   3. tsan     build-tsan/  TSan,       ctest -LE no-tsan
+#   4. kernels  build-kernels/  scripts/test-kernels.sh: a TCG-sized subset on
+#                Debian 12's 6.1 kernel in a two-node qemu guest (about 6 min);
+#                only when TENDRIL_TEST_KERNELS=1, which .ci/run sets
 # Every pass runs even if an earlier one failed; a summary comes at the end and
 # the exit status is non-zero if any step failed.
 #
 # Environment:
 #   TENDRIL_TEST_FAST=1   only the release pass (skip the sanitizer passes)
 #   TENDRIL_TEST_JOBS=N   ctest parallelism (default 2)
+#   TENDRIL_TEST_KERNELS=1  also run scripts/test-kernels.sh (CI does)
 # Dependencies: bash scripts/install-deps.sh
 set -uo pipefail
 
@@ -97,6 +101,20 @@ else
   run_pass tsan build-tsan "-LE no-tsan" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_SANITIZE=thread \
     -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=OFF -DTENDRIL_WERROR=ON
+fi
+
+if [[ "${TENDRIL_TEST_KERNELS:-0}" = 1 ]]; then
+  t0=$SECONDS
+  echo
+  echo "################################################################"
+  echo "## kernels: scripts/test-kernels.sh (Linux 6.1, two NUMA nodes, qemu)"
+  echo "################################################################"
+  status="ok"
+  if ! bash "$root/scripts/test-kernels.sh"; then
+    status="FAILED"
+    failed=1
+  fi
+  summary+=("$(printf '%-8s %-16s %5ds  %s' kernels build-kernels/ "$((SECONDS - t0))" "$status")")
 fi
 
 echo

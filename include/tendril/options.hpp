@@ -24,6 +24,7 @@
 // | stack_burst      | TENDRIL_STACK_BURST_US   | 1000 microseconds; 0: no bursts  |
 // | stack_learn_depth| TENDRIL_STACK_LEARN      | true (1/0, true/false)           |
 // | stack_numa_check | TENDRIL_STACK_NUMA_CHECK | false (1/0, true/false)          |
+// | stack_place      | TENDRIL_STACK_PLACE      | "" (faulter with several nodes, else owner) |
 // | blocking_threads | TENDRIL_BLOCKING_THREADS | 64 (1..4096)                     |
 // | stall_threshold  | TENDRIL_STALL_MS         | 100 ms; 0: no stall watchdog     |
 // | dump_signal      | TENDRIL_DUMP_SIGNAL      | 0: none (USR1, SIGUSR1 or a number) |
@@ -75,6 +76,11 @@ struct Options {
   // Check which NUMA node a released stack's pages are on even on a machine
   // with one node (the check always runs with several nodes).
   bool stack_numa_check = false;
+  // On which node a stack fault's pages are allocated: "faulter" (the node of
+  // the worker whose fiber faulted: a stolen fiber grows on the node it runs
+  // on), "owner" (the slot owner's handler's node), "" (faulter where there
+  // is more than one node, else owner).
+  std::string stack_place;
   // Most threads that run blocking calls (tendril/blocking.hpp) at once.
   unsigned blocking_threads = 64;
   // Stall watchdog: a fiber that holds a worker this long without switching

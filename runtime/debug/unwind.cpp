@@ -92,8 +92,16 @@ thread_local Unwinder* UnwinderAccess::g_current = nullptr;
 
 namespace {
 
-const Dwfl_Callbacks kProcCallbacks = {
-    dwfl_linux_proc_find_elf, dwfl_standard_find_debuginfo, nullptr, nullptr};
+// Debug info is taken from the files themselves (a program built with -g
+// carries it). No separate debuginfo search: libdw's standard one loads
+// libdebuginfod (and curl with it) into the process, may reach for the
+// network, and maps dozens of libraries in the middle of a dump.
+int no_separate_debuginfo(Dwfl_Module*, void**, const char*, Dwarf_Addr, const char*, const char*, GElf_Word,
+                          char**) {
+  return -1;
+}
+
+const Dwfl_Callbacks kProcCallbacks = {dwfl_linux_proc_find_elf, no_separate_debuginfo, nullptr, nullptr};
 
 const Dwfl_Thread_Callbacks kThreadCallbacks = {
     UnwinderAccess::next_thread, UnwinderAccess::get_thread, UnwinderAccess::memory_read,

@@ -69,6 +69,23 @@ class RunQueue {
     }
   }
 
+  // Any thread: takes the oldest fiber (a thief from another NUMA node takes
+  // one at a time: the rest stay near their stacks).
+  FiberCtl* steal_one() noexcept {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    for (;;) {
+      const std::uint32_t t = tail_.load(std::memory_order_acquire);
+      const std::uint32_t n = t - h;
+      if (n == 0) return nullptr;
+      if (n > kCapacity) {  // torn read of a moving queue
+        h = head_.load(std::memory_order_acquire);
+        continue;
+      }
+      FiberCtl* f = slots_[h % kCapacity].load(std::memory_order_relaxed);
+      if (head_.compare_exchange_weak(h, h + 1, std::memory_order_acq_rel)) return f;
+    }
+  }
+
   std::uint32_t size() const noexcept {
     return tail_.load(std::memory_order_acquire) - head_.load(std::memory_order_acquire);
   }

@@ -107,6 +107,8 @@ void validate(const Options& o) {
   }
   if (!o.stack_mode.empty() && o.stack_mode != "uffd" && o.stack_mode != "kernel")
     throw std::invalid_argument("tendril: stack mode must be \"uffd\" or \"kernel\", not \"" + o.stack_mode + "\"");
+  if (!o.stack_place.empty() && o.stack_place != "owner" && o.stack_place != "faulter")
+    throw std::invalid_argument("tendril: stack placement must be \"owner\" or \"faulter\", not \"" + o.stack_place + "\"");
   if (!o.stack_fill.empty() && o.stack_fill != "copy" && o.stack_fill != "move")
     throw std::invalid_argument("tendril: stack fill must be \"copy\" or \"move\", not \"" + o.stack_fill + "\"");
   if (o.stack_grow_pages < 1 || o.stack_grow_pages > kMaxStackGrowPages)
@@ -160,6 +162,7 @@ Options Options::with_environment() const {
   if (const char* v = std::getenv("TENDRIL_STACK_LEARN")) o.stack_learn_depth = parse_bool("TENDRIL_STACK_LEARN", v);
   if (const char* v = std::getenv("TENDRIL_STACK_NUMA_CHECK"))
     o.stack_numa_check = parse_bool("TENDRIL_STACK_NUMA_CHECK", v);
+  if (const char* v = std::getenv("TENDRIL_STACK_PLACE")) o.stack_place = parse_choice("TENDRIL_STACK_PLACE", v, "owner", "faulter");
   if (const char* v = std::getenv("TENDRIL_BLOCKING_THREADS"))
     o.blocking_threads = parse_in_range("TENDRIL_BLOCKING_THREADS", v, 1, kMaxBlockingThreads);
   if (const char* v = std::getenv("TENDRIL_STALL_MS")) {

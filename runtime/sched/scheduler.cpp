@@ -77,31 +77,35 @@ void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
 void Scheduler::global_push(FiberCtl* f) noexcept { global_push_batch(&f, 1); }
 
 void Scheduler::global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept {
+  Worker* w = current_worker();
+  if (w == nullptr || &w->sched_ != this) w = workers_[0].get();
+  const unsigned list = unsigned(w->node_.load(std::memory_order_relaxed)) % kGlobalLists;
   std::lock_guard<std::mutex> g(global_mu_);
   for (std::uint32_t i = 0; i < n; ++i) {
     fs[i]->next = nullptr;
-    if (global_tail_ != nullptr) global_tail_->next = fs[i]; else global_head_ = fs[i];
-    global_tail_ = fs[i];
+    if (global_tail_[list] != nullptr) global_tail_[list]->next = fs[i]; else global_head_[list] = fs[i];
+    global_tail_[list] = fs[i];
   }
+  global_list_size_[list].fetch_add(n, std::memory_order_release);
   global_size_.fetch_add(n, std::memory_order_release);
 }
 
-FiberCtl* Scheduler::global_pop() noexcept {
-  FiberCtl* f = nullptr;
-  return global_pop_batch(&f, 1) != 0 ? f : nullptr;
-}
-
-std::uint32_t Scheduler::global_pop_batch(FiberCtl** out, std::uint32_t max) noexcept {
+std::uint32_t Scheduler::global_pop_batch(FiberCtl** out, std::uint32_t max, int node) noexcept {
+  const unsigned list = unsigned(node) % kGlobalLists;
+  if (global_list_size_[list].load(std::memory_order_acquire) == 0) return 0;
   std::lock_guard<std::mutex> g(global_mu_);
   std::uint32_t n = 0;
-  while (n < max && global_head_ != nullptr) {
-    FiberCtl* f = global_head_;
-    global_head_ = f->next;
+  while (n < max && global_head_[list] != nullptr) {
+    FiberCtl* f = global_head_[list];
+    global_head_[list] = f->next;
     f->next = nullptr;
     out[n++] = f;
   }
-  if (global_head_ == nullptr) global_tail_ = nullptr;
-  if (n != 0) global_size_.fetch_sub(n, std::memory_order_release);
+  if (global_head_[list] == nullptr) global_tail_[list] = nullptr;
+  if (n != 0) {
+    global_list_size_[list].fetch_sub(n, std::memory_order_release);
+    global_size_.fetch_sub(n, std::memory_order_release);
+  }
   return n;
 }
 

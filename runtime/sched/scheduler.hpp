@@ -15,10 +15,14 @@
 //      to the global queue);
 //   4. the global queue (fibers readied by plain threads, overflow, and I/O
 //      completions reaped while busy), taken in batches of a fair share (at
-//      most 128) into the local queue, as Go's globrunqget;
+//      most 128) into the local queue, as Go's globrunqget; one list per NUMA
+//      node, and a worker takes from its own node's;
 //   5. stealing: half of another worker's queue; another worker's runnext only
 //      if that worker has not switched since the previous look (it is stuck in
 //      a long-running fiber), and expired timers of other workers (try_lock).
+//      Workers of the thief's NUMA node first; another node's queues and
+//      global list only when its own node has nothing, one fiber at a time
+//      (stats().steals_remote).
 //
 // Waking a parked worker costs tens of microseconds on this machine, so a
 // worker is woken only when work lands where the waker itself will not run it
@@ -132,6 +136,7 @@ class Worker {
   FiberCtl* pick_next() noexcept;
   FiberCtl* pick_local() noexcept;
   FiberCtl* steal() noexcept;
+  FiberCtl* steal_from(Worker& victim, std::int64_t now, bool remote) noexcept;
   // Takes a batch from the global queue: returns the first, queues the rest
   // locally. Only when the local queue is (nearly) empty.
   FiberCtl* global_take_batch() noexcept;
@@ -158,6 +163,9 @@ class Worker {
   std::uint32_t runnext_streak_ = 0;
   std::uint32_t tick_ = 0;
   std::uint32_t steal_seed_ = 0;
+  // NUMA node of the CPU this worker's thread runs on (set once it is
+  // pinned): thieves look at victims of their own node first.
+  std::atomic<int> node_{0};
   std::vector<std::uint64_t> seen_switches_;  // per victim, for stealing runnext
   RunQueue runq_;
   TimerHeap timers_;
@@ -202,12 +210,19 @@ class Scheduler {
   // (runnext if `handoff`). From a plain thread: the global queue.
   void ready(FiberCtl* f, bool handoff) noexcept;
 
+  // The global queue is one list per NUMA node (a worker's overflow and its
+  // I/O completions stay with the workers of its node; from a plain thread:
+  // worker 0's node). A worker takes from its own node's list; another
+  // node's only when its node has nothing to run (see Worker::steal).
+  static constexpr unsigned kGlobalLists = 8;  // nodes share lists modulo this
   void global_push(FiberCtl* f) noexcept;
   void global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept;
-  FiberCtl* global_pop() noexcept;
-  // Up to `max` fibers from the head of the global queue, oldest first.
-  std::uint32_t global_pop_batch(FiberCtl** out, std::uint32_t max) noexcept;
-  std::uint64_t global_size() const noexcept { return global_size_.load(std::memory_order_acquire); }
+  // Up to `max` fibers from the head of node `node`'s list, oldest first.
+  std::uint32_t global_pop_batch(FiberCtl** out, std::uint32_t max, int node) noexcept;
+  std::uint64_t global_size(int node) const noexcept {
+    return global_list_size_[unsigned(node) % kGlobalLists].load(std::memory_order_acquire);
+  }
+  // All nodes' lists.
   bool global_empty() const noexcept { return global_size_.load(std::memory_order_acquire) == 0; }
 
   // Wakes one parked worker if work was queued where no running worker will
@@ -236,9 +251,10 @@ class Scheduler {
   std::atomic<FiberId> next_id_{1};
 
   std::mutex global_mu_;
-  FiberCtl* global_head_ = nullptr;
-  FiberCtl* global_tail_ = nullptr;
-  std::atomic<std::uint64_t> global_size_{0};
+  FiberCtl* global_head_[kGlobalLists] = {};
+  FiberCtl* global_tail_[kGlobalLists] = {};
+  std::atomic<std::uint64_t> global_list_size_[kGlobalLists] = {};
+  std::atomic<std::uint64_t> global_size_{0};  // all lists
 
   std::mutex idle_mu_;
   std::vector<Worker*> idle_;

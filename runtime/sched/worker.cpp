@@ -70,6 +70,8 @@ void Worker::start(int cpu) {
     // Timers promise sub-millisecond precision; the default 50 us slack of
     // futex timeouts would eat most of it.
     prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+    unsigned my_cpu = 0, my_node = 0;
+    if (getcpu(&my_cpu, &my_node) == 0) node_.store(int(my_node), std::memory_order_relaxed);
     char name[16];
     std::snprintf(name, sizeof(name), "tendril-w%u", index_);
     pthread_setname_np(pthread_self(), name);
@@ -173,9 +175,9 @@ FiberCtl* Worker::pick_next() noexcept {
     // kernel; I/O completions go to the global tail (poll_io_busy), then the
     // global head gets its turn.
     poll_io_busy();
-    if (!sched_.global_empty()) {
-      if (FiberCtl* f = sched_.global_pop()) return f;
-    }
+    FiberCtl* f = nullptr;
+    if (!sched_.global_empty() && sched_.global_pop_batch(&f, 1, node_.load(std::memory_order_relaxed)) != 0)
+      return f;
   }
   if (FiberCtl* f = pick_local()) return f;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX) {
@@ -222,46 +224,82 @@ FiberCtl* Worker::global_take_batch() noexcept {
   // queue rather than one fiber per pick, and the lock is taken once per batch.
   FiberCtl* batch[RunQueue::kCapacity / 2];
   const std::uint32_t room = RunQueue::kCapacity - runq_.size();
+  const int node = node_.load(std::memory_order_relaxed);
   std::uint32_t max = static_cast<std::uint32_t>(
-      sched_.global_size() / sched_.worker_count() + 1);
+      sched_.global_size(node) / sched_.worker_count() + 1);
   max = std::min({max, room, RunQueue::kCapacity / 2});
-  const std::uint32_t n = sched_.global_pop_batch(batch, max == 0 ? 1 : max);
+  const std::uint32_t n = sched_.global_pop_batch(batch, max == 0 ? 1 : max, node);
   if (n == 0) return nullptr;
   for (std::uint32_t i = 1; i < n; ++i) runq_.push(batch[i]);
   if (n > 1) sched_.wake_idle_worker_if_needed();
   return batch[0];
 }
 
+// Victims of the thief's own NUMA node first (their fibers' stacks and data
+// are local); another node's (its workers' queues, then its global list) only
+// when none of its own node had anything, and then one fiber at a time.
 FiberCtl* Worker::steal() noexcept {
   const unsigned n = sched_.worker_count();
   if (n < 2) return nullptr;
   steal_seed_ = steal_seed_ * 1103515245u + 12345u;
   const unsigned start = (steal_seed_ >> 16) % n;
   const std::int64_t now = steady_ticks();
-  for (unsigned k = 0; k < n; ++k) {
-    Worker& victim = sched_.worker((start + k) % n);
-    if (&victim == this) continue;
-    FiberCtl* batch[RunQueue::kCapacity / 2];
-    if (const std::uint32_t got = victim.runq_.steal_half(batch)) {
-      for (std::uint32_t i = 1; i < got; ++i) push_local(batch[i]);
-      WorkerCounters::bump(counters_.steals, got);
-      return batch[0];
+  const int my_node = node_.load(std::memory_order_relaxed);
+  // Fibers queued on another node's global list (overflow or I/O there, or
+  // from plain threads) count as another node's work too.
+  bool other_nodes = sched_.global_size(my_node) != sched_.global_size_.load(std::memory_order_acquire);
+  for (int pass = 0; pass < 2; ++pass) {
+    const bool remote = pass == 1;
+    if (remote && !other_nodes) break;
+    for (unsigned k = 0; k < n; ++k) {
+      Worker& victim = sched_.worker((start + k) % n);
+      if (&victim == this) continue;
+      if ((victim.node_.load(std::memory_order_relaxed) != my_node) != remote) {
+        other_nodes = true;
+        continue;
+      }
+      if (FiberCtl* f = steal_from(victim, now, remote)) return f;
     }
-    // A victim that has not switched since our last look is stuck in one
-    // fiber; its runnext would wait for it, so take it.
-    const std::uint64_t sw = victim.counters_.switches.load(std::memory_order_relaxed);
-    if (FiberCtl* f = victim.runnext_.load(std::memory_order_acquire)) {
-      if (seen_switches_[victim.index_] == sw &&
-          victim.runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
-        WorkerCounters::bump(counters_.steals);
-        return f;
+    if (remote) {
+      for (unsigned l = 0; l < Scheduler::kGlobalLists; ++l) {
+        FiberCtl* f = nullptr;
+        if (int(l) != my_node % int(Scheduler::kGlobalLists) && sched_.global_pop_batch(&f, 1, int(l)) != 0) return f;
       }
     }
-    seen_switches_[victim.index_] = sw;
-    if (victim.timers_.earliest.load(std::memory_order_relaxed) <= now) {
-      victim.fire_timers(*this, now, false);
-      if (FiberCtl* f = runq_.pop()) return f;
+  }
+  return nullptr;
+}
+
+FiberCtl* Worker::steal_from(Worker& victim, std::int64_t now, bool remote) noexcept {
+  if (remote) {  // one fiber: the rest stay on the node of their stacks
+    if (FiberCtl* f = victim.runq_.steal_one()) {
+      WorkerCounters::bump(counters_.steals);
+      WorkerCounters::bump(counters_.steals_remote);
+      return f;
     }
+  }
+  FiberCtl* batch[RunQueue::kCapacity / 2];
+  if (const std::uint32_t got = victim.runq_.steal_half(batch)) {
+    for (std::uint32_t i = 1; i < got; ++i) push_local(batch[i]);
+    WorkerCounters::bump(counters_.steals, got);
+    if (remote) WorkerCounters::bump(counters_.steals_remote, got);
+    return batch[0];
+  }
+  // A victim that has not switched since our last look is stuck in one
+  // fiber; its runnext would wait for it, so take it.
+  const std::uint64_t sw = victim.counters_.switches.load(std::memory_order_relaxed);
+  if (FiberCtl* f = victim.runnext_.load(std::memory_order_acquire)) {
+    if (seen_switches_[victim.index_] == sw &&
+        victim.runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
+      WorkerCounters::bump(counters_.steals);
+      if (remote) WorkerCounters::bump(counters_.steals_remote);
+      return f;
+    }
+  }
+  seen_switches_[victim.index_] = sw;
+  if (victim.timers_.earliest.load(std::memory_order_relaxed) <= now) {
+    victim.fire_timers(*this, now, false);
+    if (FiberCtl* f = runq_.pop()) return f;
   }
   return nullptr;
 }

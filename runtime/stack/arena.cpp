@@ -560,6 +560,11 @@ void apply_tuning(const StackConfig& config) {
   g_stacks.learn_depth = config.learn_depth;
 }
 
+// After cache_init (which knows the nodes): where the handler allocates.
+void choose_fault_placement(const std::string& place) {
+  g_stacks.place_for_faulter = place.empty() ? cache_nodes() > 1 : place == "faulter";
+}
+
 bool start_uffd_workers() {
   for (unsigned i = 0; i < g_stacks.workers; ++i) {
     WorkerStacks& w = g_stacks.w[i];
@@ -597,9 +602,10 @@ void log_mode() {
   if (g_stacks.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
-                  "pages, %u pages per fault in bursts), %s",
+                  "pages, %u pages per fault in bursts%s), %s",
                   g_stacks.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
-                  g_stacks.max_grow_pages, g_stacks.burst_ns ? g_stacks.max_grow_pages : 0u, workers);
+                  g_stacks.max_grow_pages, g_stacks.burst_ns ? g_stacks.max_grow_pages : 0u,
+                  g_stacks.place_for_faulter ? ", pages on the faulting worker's node" : "", workers);
   else
     std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
                   g_stacks.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
@@ -703,6 +709,7 @@ void stack_init(const StackConfig& config) {
     start_kernel_mode();
   }
   cache_init(config.cache_bytes, config.numa_check);
+  choose_fault_placement(config.place);
   g_initialized = true;
   log_mode();
 }

@@ -213,8 +213,10 @@ void flush_batch(WorkerCache& c) {
     for (unsigned i = 0; i < b.n; ++i) total += b.v[i].iov_len;
     long r = syscall(SYS_process_madvise, g_cache.pidfd, b.v, b.n, MADV_DONTNEED, 0u);
     if (r == long(total)) done = true;
-    else if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM || errno == EBADF))
-      g_cache.pmadv_ok.store(false, std::memory_order_relaxed);  // Linux < 6.13: per-range madvise
+    else if (r < 0 && (errno == EINVAL || errno == ENOSYS || errno == EPERM || errno == EBADF) &&
+             g_cache.pmadv_ok.exchange(false, std::memory_order_relaxed))  // Linux < 6.13: per-range madvise
+      log_line("process_madvise(MADV_DONTNEED) unavailable (Linux < 6.13); cached stacks are trimmed with one "
+               "madvise per range");
   }
   if (!done)
     for (unsigned i = 0; i < b.n; ++i) madvise(b.v[i].iov_base, b.v[i].iov_len, MADV_DONTNEED);
@@ -523,6 +525,8 @@ long release_foreign_pages(char* hi, std::uint32_t from, std::uint32_t to, int n
 // ---- entry points used by arena.cpp ------------------------------------------
 
 bool cache_enabled() noexcept { return g_cache.enabled; }
+
+unsigned cache_nodes() noexcept { return g_cache.nodes; }
 
 std::uint64_t cache_now_ns() noexcept {
   if (g_clock) return g_clock();

@@ -17,6 +17,7 @@
 #include <ctime>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <numaif.h>
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
@@ -199,15 +200,39 @@ void account_shortfall(WorkerStacks& w, SlotMeta& m, unsigned missing) noexcept 
 // Pages mapped ahead of a fiber may go unused: the worker running it (the
 // faulting thread) checks when the fiber next parks. Bounded by the number of
 // workers; a thread that is not a worker (tests) is simply not found.
-void note_mapped_ahead(std::uint32_t ptid) noexcept {
+WorkerStacks* worker_of_thread(std::uint32_t ptid) noexcept {
   for (unsigned i = 0; i < g_stacks.workers; ++i)
-    if (std::uint32_t(g_stacks.w[i].tid.load(std::memory_order_relaxed)) == ptid) {
-      g_stacks.w[i].trim_on_park.store(true, std::memory_order_relaxed);
-      return;
-    }
+    if (std::uint32_t(g_stacks.w[i].tid.load(std::memory_order_relaxed)) == ptid) return &g_stacks.w[i];
+  return nullptr;
 }
 
-void resolve_fault(WorkerStacks& w, RecentFaults& recent, std::uintptr_t addr, std::uint32_t ptid) noexcept {
+// UFFDIO_COPY allocates on the node the issuing thread's memory policy says,
+// by default the node of the CPU it runs on: this handler's, which sits with
+// the slot's owner. A fiber stolen by a worker of another node would grow its
+// stack with foreign pages (then released when it exits, as mismatched). So
+// the handler points its own policy at the faulting worker's node first; a
+// system call only when that node changes. Not a worker (a plain thread):
+// the handler's own node.
+struct HandlerPolicy {
+  int node = -1;  // node the policy prefers now; -1: the default (local)
+
+  void follow(const WorkerStacks* faulter) noexcept {
+    const int want = faulter ? faulter->cache.node() : -1;
+    if (want == node) return;
+    unsigned long mask[kMaxNodes / (8 * sizeof(unsigned long))] = {};
+    long r;
+    if (want < 0) {
+      r = syscall(SYS_set_mempolicy, MPOL_DEFAULT, nullptr, 0ul);
+    } else {
+      mask[unsigned(want) / (8 * sizeof(unsigned long))] |= 1ul << (unsigned(want) % (8 * sizeof(unsigned long)));
+      r = syscall(SYS_set_mempolicy, MPOL_PREFERRED, mask, (unsigned long)(kMaxNodes + 1));
+    }
+    if (r == 0) node = want;
+  }
+};
+
+void resolve_fault(WorkerStacks& w, RecentFaults& recent, HandlerPolicy& policy, std::uintptr_t addr,
+                   std::uint32_t ptid) noexcept {
   Located loc = locate_in_worker(w, addr);
   char* page = reinterpret_cast<char*>(addr & ~(kPage - 1));
   if (!loc.found()) {
@@ -220,7 +245,11 @@ void resolve_fault(WorkerStacks& w, RecentFaults& recent, std::uintptr_t addr, s
   const bool burst = recent.note_and_check_burst(&m, monotonic_ns());
   unsigned n = pages_for_fault(m, page, loc.lo, burst);
   account_fault_ahead(w, m, loc.hi, page, n);
-  if (n > 1) note_mapped_ahead(ptid);  // before the wake-up: the fiber may park right after
+  WorkerStacks* faulter = (n > 1 || g_stacks.place_for_faulter) ? worker_of_thread(ptid) : nullptr;
+  // Before the wake-up: the fiber may park right after. The faulting worker
+  // checks, when the fiber next parks, what it did not use.
+  if (n > 1 && faulter) faulter->trim_on_park.store(true, std::memory_order_relaxed);
+  if (g_stacks.place_for_faulter) policy.follow(faulter);
   unsigned mapped = map_pages(w, page - (n - 1) * kPage, n);
   account_shortfall(w, m, n - std::min(n, mapped));
 }
@@ -233,13 +262,14 @@ void* handler_main(void* arg) noexcept {
   struct pollfd fds[2] = {{w.uffd, POLLIN, 0}, {w.stop_fd, POLLIN, 0}};
   struct uffd_msg msgs[16];
   RecentFaults recent;
+  HandlerPolicy policy;
   for (;;) {
     if (poll(fds, 2, -1) < 0) continue;  // EINTR
     if (fds[1].revents) break;
     ssize_t n = read(w.uffd, msgs, sizeof msgs);
     if (n <= 0) continue;  // EAGAIN: another reader or a spurious wake-up
     for (ssize_t i = 0; i < n / ssize_t(sizeof msgs[0]); ++i)
-      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, recent, msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.feat.ptid);
+      if (msgs[i].event == UFFD_EVENT_PAGEFAULT) resolve_fault(w, recent, policy, msgs[i].arg.pagefault.address, msgs[i].arg.pagefault.feat.ptid);
   }
   return nullptr;
 }
@@ -252,11 +282,17 @@ bool uffd_open_and_register_api(WorkerStacks& w) noexcept {
   struct uffdio_api api {};
   api.api = UFFD_API;
   // THREAD_ID: the handler tells the faulting worker to trim what it mapped
-  // ahead (see note_mapped_ahead).
+  // ahead (see resolve_fault), and allocates on the faulting worker's node
+  // (HandlerPolicy).
   api.features = UFFD_FEATURE_THREAD_ID | (g_stacks.fill == Fill::move ? UFFD_FEATURE_MOVE : 0);
   if (ioctl(fd, UFFDIO_API, &api) != 0) {
     close(fd);
-    return false;
+    if (g_stacks.fill != Fill::move) return false;
+    // UFFDIO_MOVE is Linux 6.8+. A failed UFFDIO_API leaves the descriptor
+    // unusable: open another, for UFFDIO_COPY.
+    g_stacks.fill = Fill::copy;
+    log_line("TENDRIL_STACK_FILL=move needs UFFDIO_MOVE (Linux 6.8+); stack faults use UFFDIO_COPY");
+    return uffd_open_and_register_api(w);
   }
   w.uffd = fd;
   return true;

@@ -43,6 +43,7 @@ struct StackConfig {
   std::uint64_t burst_ns = 1000 * 1000;    // Options::stack_burst
   bool learn_depth = true;                 // Options::stack_learn_depth
   bool numa_check = false;                 // Options::stack_numa_check
+  std::string place;                       // Options::stack_place: "", "owner" or "faulter"
 };
 
 // The stack subsystem's part of `options` (already validated, environment
@@ -58,6 +59,7 @@ inline StackConfig stack_config(const Options& options, unsigned workers) {
   c.burst_ns = std::uint64_t(options.stack_burst.count()) * 1000;
   c.learn_depth = options.stack_learn_depth;
   c.numa_check = options.stack_numa_check;
+  c.place = options.stack_place;
   return c;
 }
 

@@ -231,6 +231,11 @@ struct StackRuntime {
   std::size_t arena_bytes = 0;  // reservation size per (worker, class)
   bool guard_madvise = false;   // kernel mode: MADV_GUARD_INSTALL works
   bool learn_depth = true;      // learned depth per spawn site (Options::stack_learn_depth)
+  // uffd mode: the handler allocates the pages of a fault on the faulting
+  // worker's NUMA node, not its own (the slot owner's): a stolen fiber's stack
+  // grows on the node it runs on. Where there is more than one node, unless
+  // Options::stack_place says otherwise.
+  bool place_for_faulter = false;
   WorkerStacks* w = nullptr;
 };
 
@@ -289,6 +294,7 @@ std::uint32_t site_depth_pages(const void* site) noexcept;
 void cache_note_fresh_carve(WorkerStacks& w, unsigned cls, std::uint32_t limit_pages) noexcept;
 void site_record(const void* site, std::uint32_t pages) noexcept;
 void cache_tick(unsigned worker, bool flush) noexcept;
+unsigned cache_nodes() noexcept;  // NUMA nodes the cache tells apart
 std::uint64_t cache_now_ns() noexcept;
 // arena.cpp services the cache uses.
 void arena_free_slot(WorkerStacks& releaser, const SlotRef& r) noexcept;  // push a free slot (top page only) to its arena

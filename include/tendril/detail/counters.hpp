@@ -9,6 +9,8 @@
   X(spawned, fibers_spawned, "fibers started, main included")                              \
   X(switches, context_switches, "switches into a fiber")                                   \
   X(steals, steals, "fibers taken from another worker's queue")                            \
+  X(steals_remote, steals_remote,                                                          \
+    "... of a worker on another NUMA node (only when none of the thief's node had any)")  \
   X(parks, worker_parks, "times an idle worker put its thread to sleep")                   \
   X(wakeups, worker_wakeups, "times a parked worker was woken to take work")
 
