@@ -17,6 +17,7 @@ packages=(
   libbenchmark-dev                    # benchmarks
   gnuplot-nox                         # benchmark plots
   wrk                                 # HTTP load for the main job and the suite
+  clang libclang-rt-14-dev            # libFuzzer targets (scripts/fuzz.sh)
 )
 
 installed() {

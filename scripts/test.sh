@@ -3,12 +3,15 @@
 #   1. release  build/       Release, benchmarks and samples built, full ctest
 #   2. asan     build-asan/  ASan+UBSan, samples built, ctest -LE no-asan
 #   3. tsan     build-tsan/  TSan,       ctest -LE no-tsan
+#   4. fuzz     build-fuzz/  libFuzzer (clang) + ASan+UBSan, every fuzz/ target
+#                            for TENDRIL_FUZZ_SECONDS (default 15) each
 # Every pass runs even if an earlier one failed; a summary comes at the end and
 # the exit status is non-zero if any step failed.
 #
 # Environment:
 #   TENDRIL_TEST_FAST=1   only the release pass (skip the sanitizer passes)
 #   TENDRIL_TEST_JOBS=N   ctest parallelism (default 2)
+#   TENDRIL_TEST_FUZZ=0   skip the fuzz pass
 # Dependencies: bash scripts/install-deps.sh
 set -uo pipefail
 
@@ -95,6 +98,18 @@ else
   run_pass tsan build-tsan "-LE no-tsan" \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENDRIL_SANITIZE=thread \
     -DTENDRIL_BUILD_BENCH=OFF -DTENDRIL_BUILD_SAMPLES=OFF
+fi
+
+if [[ "$fast" = 1 || "${TENDRIL_TEST_FUZZ:-1}" = 0 ]]; then
+  summary+=("$(printf '%-8s %-16s %5s   %s' fuzz build-fuzz/ - "skipped")")
+else
+  echo
+  echo "################################################################"
+  echo "## fuzz: build-fuzz"
+  echo "################################################################"
+  t0=$SECONDS
+  if bash scripts/fuzz.sh "${TENDRIL_FUZZ_SECONDS:-15}"; then fstatus=ok; else fstatus=FAILED; failed=1; fi
+  summary+=("$(printf '%-8s %-16s %5ds  %s' fuzz build-fuzz/ "$((SECONDS - t0))" "$fstatus")")
 fi
 
 echo
