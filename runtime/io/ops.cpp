@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "runtime/io/io_internal.hpp"
+#include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -96,6 +97,8 @@ long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
     Worker* w = current_worker();
     FiberCtl* self = w != nullptr ? w->current() : nullptr;
     const IoKind kind = self != nullptr ? worker_io_kind(w->index()) : IoKind::none;
+    // The parent's ring and epoll instance are shared with a fork() child.
+    if (__builtin_expect(self != nullptr && w->forked(), false)) die_used_after_fork("I/O on a fiber");
     long res;
     if (kind == IoKind::uring) {
       // Try the nonblocking call first where it usually succeeds:

@@ -251,6 +251,10 @@ UringWorker* uring_worker_create(unsigned setup_flags, int* error) noexcept {
   }
   int err = setup_ring(&u->ring, setup_flags);
   if (err == 0) {
+    // A fork() child gets no mapping of the rings (MADV_DONTFORK): they are
+    // shared memory with the kernel and the parent, which a child must never
+    // write. Advisory: without it the child still must not use them.
+    (void)io_uring_ring_dontfork(&u->ring);
     u->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (u->wake_fd >= 0) {
       u->ring_live = true;

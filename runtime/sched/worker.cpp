@@ -116,7 +116,7 @@ void Worker::push_runnext(FiberCtl* f) noexcept {
 // the stack and one more frame per switch), which made a yield 14 ns slower.
 __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                        void* arg, bool finished) noexcept {
-  if (__builtin_expect(on_worker_stack_, false)) die_blocked_on_worker_stack(from);
+  if (__builtin_expect(on_worker_stack_ | forked_, false)) die_blocked_on_worker_stack(from);
   record_ = SwitchRecord{from, &from_ctx, action, arg};
   current_ = next;
   Context& to = next != nullptr ? next->ctx : sched_ctx_;
@@ -129,11 +129,14 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
 }
 
 void Worker::switch_out(FiberCtl* self, SwitchAction action, void* arg, bool finished) noexcept {
+  // Before pick_next: in a fork() child it would reap the parent's rings.
+  if (__builtin_expect(forked_, false)) die_blocked_on_worker_stack(self);
   FiberCtl* next = pick_next();
   switch_to(self, self->ctx, next, action, arg, finished);
 }
 
 bool Worker::switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) noexcept {
+  if (__builtin_expect(forked_, false)) die_blocked_on_worker_stack(self);
   FiberCtl* next = pick_next();
   if (next == nullptr) return false;
   switch_to(self, self->ctx, next, action, arg, false);
