@@ -5,6 +5,7 @@
 #include <cerrno>
 
 #include "runtime/io/io_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
 #include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 
@@ -91,7 +92,16 @@ long finish_connect(int fd) noexcept {
   return -err;
 }
 
+// accept4 and connect fail as the hook says (fault_inject.hpp).
+long injected_io_fault(const IoRequest& r) noexcept {
+  if (__builtin_expect(g_fault_hook.load(std::memory_order_relaxed) == nullptr, true)) return 0;
+  if (r.kind == OpKind::accept) return -injected_fault(FaultPoint::accept);
+  if (r.kind == OpKind::connect) return -injected_fault(FaultPoint::connect);
+  return 0;
+}
+
 long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
+  if (const long e = injected_io_fault(r)) return e;
   enum class After { retry, finish_connect, plain_syscall } after = After::retry;
   for (;;) {
     Worker* w = current_worker();

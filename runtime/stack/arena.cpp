@@ -295,6 +295,7 @@
 //  - stack_high_water in uffd mode = deepest fault, or deeper if a page mapped
 //    ahead by doubling holds non-zero data (zero-only writes are not seen).
 #include "stack_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -369,7 +370,9 @@ void reserve_arena(Worker& w, SubArena& a, unsigned cls) {
   a.stride = a.class_bytes + class_guard(cls);
   a.capacity = std::uint32_t(std::min<std::size_t>(g_rt.arena_bytes / a.stride, kMaxSlotsPerArena));
   a.bytes = std::size_t(a.capacity) * a.stride;
-  char* base = static_cast<char*>(map_noreserve(a.bytes));
+  char* base = nullptr;
+  if (const int e = injected_fault(FaultPoint::arena_reserve)) errno = e;
+  else base = static_cast<char*>(map_noreserve(a.bytes));
   if (!base) throw std::system_error(errno, std::generic_category(), "tendril: reserving stack arena");
   madvise(base, a.bytes, MADV_NOHUGEPAGE);  // one touch must not commit 2 MiB
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
