@@ -277,6 +277,25 @@ TEST(Signals, HandlerFrameGrowsTheFibersStack) {
   EXPECT_EQ(g_handled.load(), sent);
 }
 
+// A handler whose frame goes past the fiber's stack limit gets the overflow
+// report naming the fiber, like any other overflow.
+void huge_frame_handler(int) { g_handler_sum.fetch_add(touch_stack(192 * 1024)); }
+
+TEST(SignalsDeathTest, HandlerPastTheStackLimitReportsOverflow) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        ScopedHandler h(SIGUSR1, huge_frame_handler, 0);
+        tendril::run(small_options(), [] {
+          tendril::SpawnOptions so;
+          so.name = "small-stack";
+          so.stack_limit = 64 * 1024;
+          tendril::spawn(so, [] { ::pthread_kill(::pthread_self(), SIGUSR1); }).join();
+        });
+      },
+      "small-stack");
+}
+
 // Rule: an SA_ONSTACK handler runs on the worker thread's alternate stack
 // (tendril installs one per worker for its overflow report; 64 KiB), not on
 // the fiber's. Replace it with sigaltstack() only with one at least as large.
