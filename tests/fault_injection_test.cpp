@@ -238,8 +238,9 @@ TEST(FaultInjection, ArenaFullSpawnThrowsAndExistingFibersRunOn) {
           go.acquire();
           ran.fetch_add(1);
         }));
-      } catch (const std::bad_alloc&) {
+      } catch (const std::bad_alloc& e) {
         threw = true;
+        EXPECT_NE(std::string(e.what()).find("stack arena"), std::string::npos) << e.what();
       } catch (const std::system_error& e) {
         threw = true;
         EXPECT_NE(std::string(e.what()).find("stack"), std::string::npos) << e.what();

@@ -449,9 +449,23 @@ bool try_carve_slot(SubArena& a, std::uint32_t* slot) noexcept {
   return true;
 }
 
+// Every slot of a sub-arena holds a live fiber's stack: a std::bad_alloc that
+// says which arena ran out.
+class StackArenaFull : public std::bad_alloc {
+ public:
+  StackArenaFull(std::size_t class_bytes, std::uint32_t slots) noexcept {
+    std::snprintf(msg_, sizeof msg_, "tendril::spawn: the worker's stack arena for stacks up to %zu KiB is full (%u "
+                  "live fibers hold all its slots)", class_bytes >> 10, slots);
+  }
+  const char* what() const noexcept override { return msg_; }
+
+ private:
+  char msg_[160];
+};
+
 std::uint32_t carve_slot(SubArena& a) {
   std::uint32_t n;
-  if (!try_carve_slot(a, &n)) throw std::bad_alloc();
+  if (!try_carve_slot(a, &n)) throw StackArenaFull(a.class_bytes, a.capacity);
   return n;
 }
 
