@@ -116,7 +116,7 @@ void Worker::push_runnext(FiberCtl* f) noexcept {
 // the stack and one more frame per switch), which made a yield 14 ns slower.
 __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                        void* arg, bool finished) noexcept {
-  if (__builtin_expect(on_worker_stack_ | forked_, false)) die_blocked_on_worker_stack(from);
+  if (__builtin_expect(on_worker_stack_, false)) die_blocked_on_worker_stack(from);
   record_ = SwitchRecord{from, &from_ctx, action, arg};
   current_ = next;
   Context& to = next != nullptr ? next->ctx : sched_ctx_;
