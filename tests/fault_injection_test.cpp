@@ -320,6 +320,8 @@ TEST(FaultInjection, UringSqFullWithEnterEbusyAndEagain) {
 
 // A worker whose io_uring cannot be created uses epoll; I/O works everywhere.
 TEST(FaultInjection, UringCreateFailsWorkerFallsBackToEpoll) {
+  const char* io = std::getenv("TENDRIL_IO");
+  if (io != nullptr && std::string(io) == "epoll") GTEST_SKIP() << "TENDRIL_IO=epoll";
   Inject inj(FaultPoint::uring_create, ENOMEM, 1);
   tendril::Options o = small_options();
   tendril::run(o, [] {
@@ -327,7 +329,7 @@ TEST(FaultInjection, UringCreateFailsWorkerFallsBackToEpoll) {
     for (int i = 0; i < 8; ++i) fs.push_back(tendril::spawn([] { pipe_round_trips(); }));
     for (auto& f : fs) f.join();
   });
-  EXPECT_LE(Inject::hits(), 1);
+  EXPECT_EQ(Inject::hits(), 1);  // one worker on epoll, the other on io_uring (if the kernel allows it)
 }
 
 // ---- descriptors ---------------------------------------------------------
