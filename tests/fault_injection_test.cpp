@@ -223,6 +223,9 @@ TEST(FaultInjection, UffdCopyEnomemAtSpawnThrows) {
 // The arena of a size class full (every slot held by a live fiber): spawn
 // throws, the fibers that exist run on, and once they end spawn works again.
 TEST(FaultInjection, ArenaFullSpawnThrowsAndExistingFibersRunOn) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan poisons and unpoisons the whole of every 1 GiB stack: filling the arena takes minutes";
+#endif
   tendril::Options o = small_options();
   o.stack_cache_bytes = 0;
   tendril::run(o, [] {
