@@ -19,6 +19,7 @@ packages=(
   libbenchmark-dev                    # benchmarks
   gnuplot-nox                         # benchmark plots
   wrk                                 # HTTP load for the main job and the suite
+  clang libclang-rt-14-dev            # libFuzzer targets (scripts/fuzz.sh)
 )
 
 # scripts/test-kernels.sh (run by CI through scripts/test.sh) boots a qemu

@@ -6,6 +6,8 @@
 #   4. kernels  build-kernels/  scripts/test-kernels.sh: a TCG-sized subset on
 #                Debian 12's 6.1 kernel in a two-node qemu guest (about 6 min);
 #                only when TENDRIL_TEST_KERNELS=1, which .ci/run sets
+#   5. fuzz     build-fuzz/  libFuzzer (clang) + ASan+UBSan, every fuzz/ target
+#                            for TENDRIL_FUZZ_SECONDS (default 15) each
 # Every pass runs even if an earlier one failed; a summary comes at the end and
 # the exit status is non-zero if any step failed.
 #
@@ -13,6 +15,7 @@
 #   TENDRIL_TEST_FAST=1   only the release pass (skip the sanitizer passes)
 #   TENDRIL_TEST_JOBS=N   ctest parallelism (default 2)
 #   TENDRIL_TEST_KERNELS=1  also run scripts/test-kernels.sh (CI does)
+#   TENDRIL_TEST_FUZZ=0   skip the fuzz pass
 # Dependencies: bash scripts/install-deps.sh
 set -uo pipefail
 
@@ -115,6 +118,18 @@ if [[ "${TENDRIL_TEST_KERNELS:-0}" = 1 ]]; then
     failed=1
   fi
   summary+=("$(printf '%-8s %-16s %5ds  %s' kernels build-kernels/ "$((SECONDS - t0))" "$status")")
+fi
+
+if [[ "$fast" = 1 || "${TENDRIL_TEST_FUZZ:-1}" = 0 ]]; then
+  summary+=("$(printf '%-8s %-16s %5s   %s' fuzz build-fuzz/ - "skipped")")
+else
+  echo
+  echo "################################################################"
+  echo "## fuzz: build-fuzz"
+  echo "################################################################"
+  t0=$SECONDS
+  if bash scripts/fuzz.sh "${TENDRIL_FUZZ_SECONDS:-15}"; then fstatus=ok; else fstatus=FAILED; failed=1; fi
+  summary+=("$(printf '%-8s %-16s %5ds  %s' fuzz build-fuzz/ "$((SECONDS - t0))" "$fstatus")")
 fi
 
 echo

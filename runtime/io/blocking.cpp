@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "runtime/io/io_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "tendril/blocking.hpp"
 #include "tendril/options.hpp"
@@ -64,6 +65,7 @@ class Pool {
 
  private:
   bool start_thread() {
+    if (injected_fault(FaultPoint::blocking_thread) != 0) return false;
     try {
       std::thread([this] { thread_main(); }).detach();
     } catch (const std::system_error&) {

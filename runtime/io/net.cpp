@@ -1,5 +1,6 @@
 // tendril::net: sockets on top of io_perform() (see include/tendril/net.hpp).
 #include "tendril/net.hpp"
+#include "runtime/inject/fault_inject.hpp"
 
 #include <arpa/inet.h>
 #include <netdb.h>
@@ -130,7 +131,13 @@ std::vector<SockAddr> resolve(const std::string& host, std::uint16_t port, int s
 }
 
 int new_socket(int family, int type, const std::string& what) {
-  const int fd = ::socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int fd;
+  if (const int e = ::tendril::detail::injected_fault(::tendril::detail::FaultPoint::socket)) {
+    errno = e;
+    fd = -1;
+  } else {
+    fd = ::socket(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  }
   if (fd < 0) throw_errno(errno, what);
   return fd;
 }

@@ -5,6 +5,8 @@
 #include <cerrno>
 
 #include "runtime/io/io_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
+#include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -91,12 +93,23 @@ long finish_connect(int fd) noexcept {
   return -err;
 }
 
+// accept4 and connect fail as the hook says (fault_inject.hpp).
+long injected_io_fault(const IoRequest& r) noexcept {
+  if (__builtin_expect(g_fault_hook.load(std::memory_order_relaxed) == nullptr, true)) return 0;
+  if (r.kind == OpKind::accept) return -injected_fault(FaultPoint::accept);
+  if (r.kind == OpKind::connect) return -injected_fault(FaultPoint::connect);
+  return 0;
+}
+
 long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
+  if (const long e = injected_io_fault(r)) return e;
   enum class After { retry, finish_connect, plain_syscall } after = After::retry;
   for (;;) {
     Worker* w = current_worker();
     FiberCtl* self = w != nullptr ? w->current() : nullptr;
     const IoKind kind = self != nullptr ? worker_io_kind(w->index()) : IoKind::none;
+    // The parent's ring and epoll instance are shared with a fork() child.
+    if (__builtin_expect(self != nullptr && w->forked(), false)) die_used_after_fork("I/O on a fiber");
     long res;
     if (kind == IoKind::uring) {
       // Try the nonblocking call first where it usually succeeds:

@@ -28,11 +28,14 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <sched.h>
+
 #include <cerrno>
 #include <chrono>
 #include <new>
 
 #include "runtime/io/io_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -95,11 +98,30 @@ constexpr unsigned kFlagSets[] = {
     0,
 };
 
+io_uring_sqe* next_sqe(UringWorker* u) noexcept {
+  if (injected_fault(FaultPoint::uring_sq_full) != 0) return nullptr;
+  return io_uring_get_sqe(&u->ring);
+}
+
+int submit_ring(UringWorker* u) noexcept {
+  if (const int e = injected_fault(FaultPoint::uring_submit)) return -e;
+  return io_uring_submit(&u->ring);
+}
+
+std::uint32_t reap_cqes(UringWorker* u) noexcept;
+
 io_uring_sqe* get_sqe(UringWorker* u) noexcept {
-  io_uring_sqe* sqe = io_uring_get_sqe(&u->ring);
+  io_uring_sqe* sqe = next_sqe(u);
   while (sqe == nullptr) {  // SQ full: hand the queued entries to the kernel
-    io_uring_submit(&u->ring);
-    sqe = io_uring_get_sqe(&u->ring);
+    const int r = submit_ring(u);
+    if (r == -EBUSY || r == -EAGAIN) {
+      // EBUSY: completions the kernel could not post (CQ overflow) wait for
+      // us to reap; EAGAIN: the kernel is short of memory for requests.
+      // Reap (it frees room and readies their fibers) and let the kernel
+      // catch up before trying again: retrying alone would spin forever.
+      if (reap_cqes(u) == 0) sched_yield();
+    }
+    sqe = next_sqe(u);
   }
   return sqe;
 }
@@ -138,6 +160,24 @@ std::uint32_t handle_cqe(UringWorker* u, const io_uring_cqe* cqe) noexcept {
     default:
       return 0;
   }
+}
+
+// Every CQE posted; returns how many. Does not re-arm the wake read (so
+// get_sqe may call it).
+std::uint32_t reap_cqes(UringWorker* u) noexcept {
+  std::uint32_t total = 0;
+  for (;;) {
+    unsigned head, seen = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&u->ring, head, cqe) {
+      handle_cqe(u, cqe);
+      ++seen;
+    }
+    if (seen == 0) break;
+    io_uring_cq_advance(&u->ring, seen);
+    total += seen;
+  }
+  return total;
 }
 
 std::uint32_t reap(UringWorker* u) noexcept {
@@ -250,8 +290,13 @@ UringWorker* uring_worker_create(unsigned setup_flags, int* error) noexcept {
     *error = ENOMEM;
     return nullptr;
   }
-  int err = setup_ring(&u->ring, setup_flags);
+  int err = -injected_fault(FaultPoint::uring_create);
+  if (err == 0) err = setup_ring(&u->ring, setup_flags);
   if (err == 0) {
+    // A fork() child gets no mapping of the rings (MADV_DONTFORK): they are
+    // shared memory with the kernel and the parent, which a child must never
+    // write. Advisory: without it the child still must not use them.
+    (void)io_uring_ring_dontfork(&u->ring);
     u->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (u->wake_fd >= 0) {
       u->ring_live = true;

@@ -9,6 +9,7 @@
 #include <thread>
 #include <typeinfo>
 
+#include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
 
@@ -133,6 +134,7 @@ FiberCtl* place_fiber(const StackSlot& slot, FiberId id, const SpawnOptions& opt
 FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* closure) {
   Scheduler* s = current_scheduler();
   if (s == nullptr) throw std::logic_error("tendril::spawn called outside tendril::run");
+  if (__builtin_expect(forked_from_running_runtime(), false)) throw std::logic_error(used_after_fork_message());
   const std::size_t limit =
       validate_stack_limit(options.stack_limit != 0 ? options.stack_limit : s->options().stack_limit, ops);
   const void* site = options.site != nullptr ? options.site : &ops;

@@ -1,5 +1,7 @@
 #include "runtime/sched/futex.hpp"
 
+#include "runtime/sched/fork.hpp"
+
 #include <cerrno>
 #include <climits>
 #include <ctime>
@@ -11,6 +13,9 @@ namespace tendril::detail {
 
 bool futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected,
                 const std::chrono::steady_clock::time_point* deadline) noexcept {
+  // A plain thread of a fork() child waiting for the parent's runtime would
+  // wait forever.
+  if (forked_from_running_runtime()) die_used_after_fork("a thread waited on a tendril primitive");
   timespec ts{};
   timespec* tsp = nullptr;
   if (deadline != nullptr) {

@@ -14,12 +14,17 @@
 
 #include "runtime/debug/service.hpp"
 #include "runtime/io/poller.hpp"
+#include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
 #include "tendril/fiber.hpp"
 #include "tendril/stats.hpp"
 
 namespace tendril {
+
+namespace detail {
+bool run_in_progress() noexcept;
+}
 
 namespace {
 
@@ -131,6 +136,8 @@ void raise_nofile_limit() noexcept {
 
 struct RunGuard {
   RunGuard() {
+    if (detail::forked_from_running_runtime()) throw std::logic_error(detail::used_after_fork_message());
+    detail::watch_fork();
     bool expected = false;
     if (!g_running.compare_exchange_strong(expected, true))
       throw std::logic_error(detail::current_worker() != nullptr
@@ -229,6 +236,8 @@ void run(const Options& options, std::function<void()> main) {
 }
 
 bool in_runtime() noexcept { return detail::current_worker() != nullptr; }
+
+bool detail::run_in_progress() noexcept { return g_running.load(std::memory_order_relaxed); }
 
 Stats stats() {
   std::lock_guard<std::mutex> g(g_last_stats_mu);

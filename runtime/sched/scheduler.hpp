@@ -128,6 +128,10 @@ class Worker {
   // this_fiber::on_worker_stack for the running fiber (worker_stack.cpp).
   void run_on_worker_stack(void (*fn)(void*), void* arg);
   bool on_worker_stack() const noexcept { return on_worker_stack_; }
+  // This worker's thread is the one thread of a child of fork() (fork.hpp):
+  // its next switch stops the child instead of running the parent's fibers.
+  void mark_forked() noexcept { forked_ = true; }
+  bool forked() const noexcept { return forked_; }
 
  private:
   friend class Scheduler;
@@ -175,6 +179,7 @@ class Worker {
   // whether the running fiber is on it now: a switch then is a fatal error.
   char* worker_stack_ = nullptr;
   bool on_worker_stack_ = false;
+  bool forked_ = false;
   [[noreturn]] void die_blocked_on_worker_stack(const FiberCtl* f) noexcept;
   // Fibers made runnable by a busy-time io_poll, on their way to the global
   // queue (poll_io_busy). Owner thread only.

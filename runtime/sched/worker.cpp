@@ -141,11 +141,14 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
 }
 
 void Worker::switch_out(FiberCtl* self, SwitchAction action, void* arg, bool finished) noexcept {
+  // Before pick_next: in a fork() child it would reap the parent's rings.
+  if (__builtin_expect(forked_, false)) die_blocked_on_worker_stack(self);
   FiberCtl* next = pick_next();
   switch_to(self, self->ctx, next, action, arg, finished);
 }
 
 bool Worker::switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) noexcept {
+  if (__builtin_expect(forked_, false)) die_blocked_on_worker_stack(self);
   FiberCtl* next = pick_next();
   if (next == nullptr) return false;
   switch_to(self, self->ctx, next, action, arg, false);

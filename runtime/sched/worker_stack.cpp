@@ -23,6 +23,7 @@
 #include <exception>
 #include <system_error>
 
+#include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -69,6 +70,7 @@ Worker::~Worker() {
 }
 
 void Worker::die_blocked_on_worker_stack(const FiberCtl* f) noexcept {
+  if (forked_) die_used_after_fork("a fiber parked, yielded or ended in the child");
   std::fprintf(stderr,
                "tendril: fiber %llu '%s' tried to park inside this_fiber::on_worker_stack; code run "
                "there must not block, yield or sleep\n",

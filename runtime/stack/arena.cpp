@@ -168,6 +168,7 @@
 //  - stack_high_water in uffd mode = deepest fault, or deeper if a page mapped
 //    ahead by doubling holds non-zero data (zero-only writes are not seen).
 #include "stack_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
 
 #include <algorithm>
 #include <bit>
@@ -240,7 +241,9 @@ void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   a.stride = a.class_bytes + class_guard(cls);
   a.capacity = std::uint32_t(std::min<std::size_t>(g_stacks.arena_bytes / a.stride, kMaxSlotsPerArena));
   a.bytes = std::size_t(a.capacity) * a.stride;
-  char* base = static_cast<char*>(map_noreserve(a.bytes));
+  char* base = nullptr;
+  if (const int e = injected_fault(FaultPoint::arena_reserve)) errno = e;
+  else base = static_cast<char*>(map_noreserve(a.bytes));
   if (!base) throw std::system_error(errno, std::generic_category(), "tendril: reserving stack arena");
   madvise(base, a.bytes, MADV_NOHUGEPAGE);  // one touch must not commit 2 MiB
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
@@ -317,9 +320,23 @@ bool try_carve_slot(SubArena& a, std::uint32_t* slot) noexcept {
   return true;
 }
 
+// Every slot of a sub-arena holds a live fiber's stack: a std::bad_alloc that
+// says which arena ran out.
+class StackArenaFull : public std::bad_alloc {
+ public:
+  StackArenaFull(std::size_t class_bytes, std::uint32_t slots) noexcept {
+    std::snprintf(msg_, sizeof msg_, "tendril::spawn: the worker's stack arena for stacks up to %zu KiB is full (%u "
+                  "live fibers hold all its slots)", class_bytes >> 10, slots);
+  }
+  const char* what() const noexcept override { return msg_; }
+
+ private:
+  char msg_[160];
+};
+
 std::uint32_t carve_slot(SubArena& a) {
   std::uint32_t n;
-  if (!try_carve_slot(a, &n)) throw std::bad_alloc();
+  if (!try_carve_slot(a, &n)) throw StackArenaFull(a.class_bytes, a.capacity);
   return n;
 }
 

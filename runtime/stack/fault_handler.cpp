@@ -8,6 +8,7 @@
 // and its own pthread stack). Every fault it reads is either resolved or, if it
 // is in a guard zone, reported and the process aborted: nothing ever hangs.
 #include "stack_internal.hpp"
+#include "runtime/inject/fault_inject.hpp"
 
 #include <algorithm>
 #include <cerrno>
@@ -71,7 +72,13 @@ unsigned copy_zero_pages(int uffd, char* dst, unsigned pages) noexcept {
     c.dst = reinterpret_cast<std::uintptr_t>(dst + done * kPage);
     c.src = reinterpret_cast<std::uintptr_t>(g_zero);
     c.len = std::min<unsigned>(pages - done, kMaxCopyPages) * kPage;
-    int r = ioctl(uffd, UFFDIO_COPY, &c);
+    int r;
+    if (const int e = injected_fault(FaultPoint::uffd_copy)) {
+      errno = e;
+      r = -1;
+    } else {
+      r = ioctl(uffd, UFFDIO_COPY, &c);
+    }
     if (c.copy > 0) done += unsigned(c.copy / kPage);
     if (r == 0) continue;
     if (errno == EAGAIN) continue;
@@ -100,6 +107,19 @@ unsigned move_pool_pages(WorkerStacks& w, char* dst, unsigned pages) noexcept {
   return moved;
 }
 
+// How long a fault waits for the kernel to find a page (UFFDIO_COPY failing
+// with ENOMEM) before the process stops.
+constexpr unsigned kOutOfMemoryWaitMs = 10000;
+
+[[noreturn]] void die_out_of_memory(const char* page) noexcept {
+  char msg[160];
+  const int n = std::snprintf(msg, sizeof msg,
+                              "tendril: out of memory: no page for a fiber's stack at %p (UFFDIO_COPY: ENOMEM for "
+                              "%u ms)\n", static_cast<const void*>(page), kOutOfMemoryWaitMs);
+  (void)!::write(STDERR_FILENO, msg, n > 0 ? std::size_t(n) : 0);
+  std::abort();
+}
+
 // Maps [dst, dst + pages*kPage); the last page is the faulting one and must
 // end up mapped (by us or by a racing resolver). Returns pages we mapped.
 unsigned map_pages(WorkerStacks& w, char* dst, unsigned pages) noexcept {
@@ -110,6 +130,15 @@ unsigned map_pages(WorkerStacks& w, char* dst, unsigned pages) noexcept {
     // Something in the run already exists: make sure at least the faulting page does.
     char* fault_page = dst + (pages - 1) * kPage;
     unsigned one = copy_zero_pages(w.uffd, fault_page, 1);
+    // Out of memory: waking the thread unmapped would only bring the same
+    // fault straight back (a spin). Wait for memory as the kernel's own page
+    // fault path would, and stop with a message if none comes.
+    for (unsigned waited_ms = 0; one == 0 && errno == ENOMEM; ++waited_ms) {
+      if (waited_ms == kOutOfMemoryWaitMs) die_out_of_memory(fault_page);
+      const timespec ms{0, 1000000};
+      nanosleep(&ms, nullptr);
+      one = copy_zero_pages(w.uffd, fault_page, 1);
+    }
     if (one == 0) {
       struct uffdio_range r {reinterpret_cast<std::uintptr_t>(fault_page), kPage};
       ioctl(w.uffd, UFFDIO_WAKE, &r);

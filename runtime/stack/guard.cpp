@@ -9,6 +9,7 @@
 //
 // Everything here is async-signal-safe: no malloc, no stdio, no locks.
 #include "stack_internal.hpp"
+#include "runtime/sched/fork.hpp"
 
 #include <cerrno>
 #include <csignal>
@@ -89,6 +90,8 @@ void on_segv(int sig, siginfo_t* info, void* uctx) {
   auto addr = reinterpret_cast<std::uintptr_t>(info->si_addr);
   Located loc = locate_any(addr);
   if (loc.found() && addr < reinterpret_cast<std::uintptr_t>(loc.lo)) report_overflow_and_abort(loc, addr);
+  // A fork() child has no mapping of the parent's rings (MADV_DONTFORK).
+  if (forked_from_running_runtime()) die_used_after_fork("a memory access faulted (the parent's I/O rings?)");
   chain_to_previous(sig, info, uctx);
 }
 
