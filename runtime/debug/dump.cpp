@@ -52,12 +52,6 @@ namespace tendril::detail {
 
 namespace {
 
-#if defined(__clang__)
-#define TENDRIL_RACY_READER __attribute__((no_sanitize("address", "thread")))
-#else
-#define TENDRIL_RACY_READER __attribute__((no_sanitize_address, no_sanitize_thread))
-#endif
-
 std::mutex g_dump_mu;
 
 // Deepest part of a parked stack worth copying: frames beyond it are cut.
@@ -84,8 +78,9 @@ TENDRIL_RACY_READER Snapshot read_ctl(const FiberCtl* f) noexcept {
   return s;
 }
 
-TENDRIL_RACY_READER bool unchanged(const FiberCtl* f, const Snapshot& before) noexcept;
-
+// The reader side of the park record's seqlock (see ParkRecord): after the
+// copy, the same parked `wait` word and the same saved context mean the fiber
+// did not run while it was copied.
 TENDRIL_RACY_READER bool unchanged(const FiberCtl* f, const Snapshot& before) noexcept {
   std::atomic_thread_fence(std::memory_order_acquire);
   const std::uint64_t w = f->park.wait.load(std::memory_order_relaxed);

@@ -10,13 +10,7 @@
 
 namespace tendril::detail {
 
-#if defined(__clang__)
-#define TENDRIL_NO_SANITIZE __attribute__((no_sanitize("address", "thread", "memory")))
-#else
-#define TENDRIL_NO_SANITIZE __attribute__((no_sanitize_address, no_sanitize_thread))
-#endif
-
-TENDRIL_NO_SANITIZE void copy_stack_words(std::uint64_t* dst, const void* src, std::size_t n) noexcept {
+TENDRIL_RACY_READER void copy_stack_words(std::uint64_t* dst, const void* src, std::size_t n) noexcept {
   const volatile std::uint64_t* s = static_cast<const volatile std::uint64_t*>(src);
   for (std::size_t i = 0; i < n / 8; ++i) dst[i] = s[i];
 }

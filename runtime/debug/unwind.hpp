@@ -17,6 +17,16 @@
 
 #include "tendril/debug.hpp"
 
+// For functions that read another fiber's stack or control block on purpose,
+// without synchronisation, and validate what they read afterwards: no
+// sanitizer checks (the stack may be partly poisoned by ASan, and the reads
+// race with the fiber by design).
+#if defined(__clang__)
+#define TENDRIL_RACY_READER __attribute__((no_sanitize("address", "thread")))
+#else
+#define TENDRIL_RACY_READER __attribute__((no_sanitize_address, no_sanitize_thread))
+#endif
+
 namespace tendril::detail {
 
 // The callee-saved registers a switch preserves, plus pc and sp: what
