@@ -183,7 +183,13 @@ std::int64_t now_ns() {
 DebugService::DebugService(Scheduler& sched, const Options& options)
     : sched_(sched), threshold_(options.stall_threshold), dump_signal_(options.dump_signal) {
   if (threshold_.count() > 0) {
+#if !TENDRIL_TSAN
+    // Not under ThreadSanitizer: it defers a signal to its next interceptor,
+    // where the handler would run on whatever the worker switched to since,
+    // and its shadow state of the fiber stacks does not survive that. Stalls
+    // are still reported there, without a backtrace.
     sample_installed_ = install(kStallSampleSignal, on_sample_signal, &old_sample_action_);
+#endif
     watchdog_ = std::thread([this] { watch_for_stalls(); });
   }
   if (dump_signal_ != 0 && pipe2(dump_pipe_, O_CLOEXEC | O_NONBLOCK) == 0) {
@@ -283,7 +289,7 @@ void DebugService::watch_for_stalls() {
       sample.fiber = f;
       sample.state.store(kRequested, std::memory_order_release);
       g_sample.store(&sample, std::memory_order_release);
-      if (pthread_kill(w.native_handle(), kStallSampleSignal) == 0) {
+      if (sample_installed_ && pthread_kill(w.native_handle(), kStallSampleSignal) == 0) {
         for (int waited = 0; waited < 100 && sample.state.load(std::memory_order_acquire) == kRequested; ++waited)
           std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
