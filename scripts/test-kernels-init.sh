@@ -22,6 +22,13 @@ mount -t tmpfs shm $r/dev/shm
 mount -t tmpfs tmp $r/tmp
 mkdir -p $r/tmp/out
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out $r/tmp/out || echo "init: mounting out failed"
+# The build directory comes as a share of its own, mounted at its host path:
+# it may be under /tmp (a CI checkout), which the tmpfs above covers.
+if [ -f $r/tmp/out/build_path ]; then
+  b=$(cat $r/tmp/out/build_path)
+  mkdir -p $r$b
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 build $r$b || echo "init: mounting $b failed"
+fi
 ip link set lo up
 echo "init: running /tmp/out/run.sh"
 chroot $r /bin/sh /tmp/out/run.sh

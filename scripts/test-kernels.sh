@@ -221,6 +221,7 @@ chmod 777 "$out"
   echo "echo done >\$out/done"
 } >"$out/run.sh"
 chmod +x "$out/run.sh"
+echo "$build" >"$out/build_path"  # mounted there by the guest's init (test-kernels-init.sh)
 
 # ---- boot ---------------------------------------------------------------------------
 say "booting $kver (2 NUMA nodes, 4 CPUs, TCG), results in $out"
@@ -233,6 +234,7 @@ timeout --foreground "$timeout_s" qemu-system-x86_64 \
   -append "console=ttyS0 quiet panic=-1 rdinit=/init" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
   -virtfs local,path="$out",mount_tag=out,security_model=none,multidevs=remap \
+  -virtfs local,path="$build",mount_tag=build,security_model=none,readonly=on,multidevs=remap \
   -nographic -no-reboot -serial mon:stdio -monitor none -display none -net none \
   </dev/null >"$out/console.log" 2>&1
 qemu_rc=$?
