@@ -88,7 +88,7 @@ struct StallSample {
 
 std::atomic<StallSample*> g_sample{nullptr};
 
-void on_sample_signal(int, siginfo_t*, void* ucv) {
+[[maybe_unused]] void on_sample_signal(int, siginfo_t*, void* ucv) {  // unused under TSan
   StallSample* s = g_sample.load(std::memory_order_acquire);
   if (s == nullptr) return;
   Worker* w = current_worker();
