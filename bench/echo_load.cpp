@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/report/table.hpp"
 #include "samples/common/fd_limit.hpp"
 
 namespace {
@@ -245,12 +246,6 @@ int fitting_connections(int wanted) {
   return static_cast<int>(std::min<long>(wanted, fit));
 }
 
-std::string fmt(double v, const char* f) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -288,9 +283,9 @@ int main(int argc, char** argv) {
       if (!r.note.empty()) notes += (notes.empty() ? "" : "; ") + r.note;
       if (r.errors) notes += (notes.empty() ? "" : "; ") + std::to_string(r.errors) + " client errors";
       const bool have_base = !pt.skipped && pt.rps > 0;
-      std::printf("%-8d %-8s %12s %10s %8s  %s\n", conns, name, fmt(r.rps, "%.0f").c_str(),
-                  fmt(r.p99_us, "%.1f").c_str(),
-                  have_base ? fmt(r.rps / pt.rps, "%.2fx").c_str() : "-", notes.c_str());
+      std::printf("%-8d %-8s %12s %10s %8s  %s\n", conns, name, bench::cell(r.rps, "%.0f").c_str(),
+                  bench::cell(r.p99_us, "%.1f").c_str(),
+                  have_base ? bench::cell(r.rps / pt.rps, "%.2fx").c_str() : "-", notes.c_str());
     };
     if (pt.skipped) {
       std::printf("%-8d %-8s %12s %10s %8s  skipped: %s\n", conns, "pthread", "-", "-", "-", pt.note.c_str());

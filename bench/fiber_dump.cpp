@@ -96,12 +96,6 @@ Row measure(long n) {
   return row;
 }
 
-std::string fmt(double v, const char* f) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -121,9 +115,9 @@ int main(int argc, char** argv) {
   for (long n : quick ? std::vector<long>{10000, 100000} : std::vector<long>{100000, 1000000}) {
     std::fprintf(stderr, "fiber_dump: %ld fibers...\n", n);
     const Row r = measure(n);
-    t.rows.push_back({std::to_string(r.fibers), fmt(r.dump_s, "%.2f"), fmt(r.us_per_fiber, "%.1f"),
-                      fmt(r.gap_during_ms, "%.2f"), fmt(r.gap_before_ms, "%.2f"),
-                      fmt(r.gap_before_ms > 0 ? r.gap_during_ms / r.gap_before_ms : 0, "%.2fx")});
+    t.rows.push_back({std::to_string(r.fibers), bench::cell(r.dump_s, "%.2f"), bench::cell(r.us_per_fiber, "%.1f"),
+                      bench::cell(r.gap_during_ms, "%.2f"), bench::cell(r.gap_before_ms, "%.2f"),
+                      bench::cell(r.gap_before_ms > 0 ? r.gap_during_ms / r.gap_before_ms : 0, "%.2fx")});
   }
   std::printf("%s", bench::render(t, false).c_str());
   if (md != nullptr) {

@@ -3,6 +3,7 @@
 // RLIMIT_NOFILE): each must give a clear error, no crash, no hang, and lose
 // nothing (the operation can be retried, the other fibers keep running).
 #include <gtest/gtest.h>
+#include "tests/scale.hpp"
 
 #include <fcntl.h>
 #include <sys/resource.h>
@@ -25,16 +26,7 @@
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__)
-// Under ThreadSanitizer these suites test TSan rather than tendril: it defers
-// signals to its interceptors, and its own allocator and threads meet the
-// injected failures and limits first. Every test is skipped there.
-class SkipUnderTsan : public ::testing::Environment {
- public:
-  void SetUp() override { GTEST_SKIP() << "not meaningful under ThreadSanitizer"; }
-};
-const auto* const g_skip_under_tsan = ::testing::AddGlobalTestEnvironment(new SkipUnderTsan);
-#endif
+TENDRIL_TEST_SKIP_SUITE_UNDER_TSAN("it defers signals to its interceptors, and its own allocator and threads meet the injected failures and limits first");
 
 using namespace std::chrono_literals;
 using tendril::detail::FaultPoint;

@@ -3,6 +3,7 @@
 // stack modes (the .kernel_mode copies), so the userfaultfd cases are covered
 // where uffd is allowed.
 #include <gtest/gtest.h>
+#include "tests/scale.hpp"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -22,16 +23,7 @@
 
 namespace {
 
-#if defined(__SANITIZE_THREAD__)
-// Under ThreadSanitizer these suites test TSan rather than tendril: it defers
-// signals to its interceptors, and its own allocator and threads meet the
-// injected failures and limits first. Every test is skipped there.
-class SkipUnderTsan : public ::testing::Environment {
- public:
-  void SetUp() override { GTEST_SKIP() << "not meaningful under ThreadSanitizer"; }
-};
-const auto* const g_skip_under_tsan = ::testing::AddGlobalTestEnvironment(new SkipUnderTsan);
-#endif
+TENDRIL_TEST_SKIP_SUITE_UNDER_TSAN("it defers signals to its interceptors, and its own allocator and threads meet the injected failures and limits first");
 
 using namespace std::chrono_literals;
 

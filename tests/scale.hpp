@@ -15,3 +15,22 @@ inline constexpr long kStressScale = 1;
 constexpr long stress_count(long n, long floor = 1000) {
   return n / kStressScale > floor ? n / kStressScale : (floor < n ? floor : n);
 }
+
+// Skips every test of the executable under ThreadSanitizer, saying why: for
+// suites that would test TSan rather than tendril there. Use once, at
+// namespace scope in the suite's file.
+#if defined(__SANITIZE_THREAD__)
+#include <gtest/gtest.h>
+class SkipSuiteUnderTsan : public ::testing::Environment {
+ public:
+  explicit SkipSuiteUnderTsan(const char* why) : why_(why) {}
+  void SetUp() override { GTEST_SKIP() << "under ThreadSanitizer: " << why_; }
+
+ private:
+  const char* why_;
+};
+#define TENDRIL_TEST_SKIP_SUITE_UNDER_TSAN(why) \
+  const ::testing::Environment* const tendril_skip_under_tsan = ::testing::AddGlobalTestEnvironment(new SkipSuiteUnderTsan(why))
+#else
+#define TENDRIL_TEST_SKIP_SUITE_UNDER_TSAN(why) static_assert(true, "")
+#endif

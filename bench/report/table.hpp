@@ -5,12 +5,20 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdio>
 #include <cstddef>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 namespace bench {
+
+// One number as a table cell, printf-style: cell(3.14159, "%.2f") is "3.14".
+inline std::string cell(double v, const char* format) {
+  char b[64];
+  std::snprintf(b, sizeof b, format, v);
+  return b;
+}
 
 struct Table {
   std::vector<std::string> header;
