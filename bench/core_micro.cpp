@@ -25,6 +25,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -134,6 +135,29 @@ void BM_TendrilMutexCondVarPingPong(benchmark::State& st) {
     partner.join();
     set_unit_counters(st, 1);
     set_stats_counters(st, a, b, 1);
+  });
+}
+
+// The same ping-pong with both fibers in a tendril::Scope, so every park is
+// interruptible (publishes its Interrupt); with a deadline (arg 1) each park
+// also arms the timer for it. Against BM_TendrilMutexCondVarPingPong: what a
+// cancellable park costs.
+void BM_TendrilMutexCondVarPingPongInScope(benchmark::State& st) {
+  in_tendril(unsigned(st.range(0)), [&] {
+    std::optional<tendril::Scope> scope;
+    if (st.range(1) != 0) scope.emplace(std::chrono::hours(1)); else scope.emplace();
+    scope->spawn([&] {
+      bench::TurnPair<tendril::Mutex, tendril::CondVar> p;
+      scope->spawn([&p] { p.partner_loop(); });
+      for (int i = 0; i < 1000; ++i) p.round_trip();
+      const tendril::Stats a = tendril::stats();
+      for (auto _ : st) p.round_trip();
+      const tendril::Stats b = tendril::stats();
+      p.finish();
+      set_unit_counters(st, 1);
+      set_stats_counters(st, a, b, 1);
+    });
+    scope->join();
   });
 }
 
@@ -254,6 +278,7 @@ TENDRIL_BM(BM_TendrilYield)->ArgName("workers")->Arg(1)->Arg(2);
 BENCHMARK(BM_PthreadSchedYield)->UseRealTime()->Unit(benchmark::kNanosecond);
 TENDRIL_BM(BM_TendrilChannelPingPong)->ArgName("workers")->Arg(1)->Arg(2);
 TENDRIL_BM(BM_TendrilMutexCondVarPingPong)->ArgName("workers")->Arg(1)->Arg(2);
+TENDRIL_BM(BM_TendrilMutexCondVarPingPongInScope)->ArgNames({"workers", "deadline"})->ArgsProduct({{1, 2}, {0, 1}});
 BENCHMARK(BM_PthreadMutexCondVarPingPong)->UseRealTime()->Unit(benchmark::kNanosecond)
     ->ArgName("place")->Arg(int(Placement::kFree))->Arg(int(Placement::kSame))->Arg(int(Placement::kAcross));
 TENDRIL_BM(BM_TendrilSpawnJoin)->ArgName("workers")->Arg(1)->Arg(2);
