@@ -9,6 +9,7 @@
 #include <thread>
 #include <typeinfo>
 
+#include "runtime/sched/fiber_local.hpp"
 #include "runtime/sched/fork.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
@@ -88,6 +89,7 @@ void fiber_entry(transfer_t t) noexcept {
     self->error = std::current_exception();
   }
   self->ops->destroy(self->closure);
+  if (self->locals != nullptr) fiber_locals_destroy(self->locals, self->error);
   finish_fiber(self);
 }
 
