@@ -271,6 +271,90 @@ void BM_StdMutexUncontended(benchmark::State& st) {
   set_unit_counters(st, 1);
 }
 
+// ---- fiber-local storage vs thread_local ------------------------------------
+
+tendril::FiberLocal<long> g_fiber_local;
+thread_local long g_thread_local = 0;
+
+// get() on a value made already, in a fiber (arg 1) or on a plain thread (0).
+void BM_FiberLocalGet(benchmark::State& st) {
+  auto loop = [&] {
+    ++*g_fiber_local;  // made here, untimed
+    for (auto _ : st) {
+      long& v = g_fiber_local.get();
+      benchmark::DoNotOptimize(v);
+      ++v;
+    }
+  };
+  if (st.range(0) != 0) {
+    in_tendril(1, loop);
+  } else {
+    loop();
+  }
+  set_unit_counters(st, 1);
+}
+
+// The same read-and-increment of a thread_local (the compiler may keep its
+// address across iterations: what a fiber must not do across a park).
+void BM_ThreadLocalAccess(benchmark::State& st) {
+  auto loop = [&] {
+    for (auto _ : st) {
+      long& v = g_thread_local;
+      benchmark::DoNotOptimize(v);
+      ++v;
+    }
+  };
+  if (st.range(0) != 0) {
+    in_tendril(1, loop);
+  } else {
+    loop();
+  }
+  set_unit_counters(st, 1);
+}
+
+// ---- NoMigrate: park/wake round trip, pinned and not ------------------------
+
+// Unbuffered channel ping-pong (as BM_TendrilChannelPingPong) with both
+// fibers inside a NoMigrate (pinned:1) or not (pinned:0).
+void BM_NoMigratePingPong(benchmark::State& st) {
+  const bool pinned = st.range(1) != 0;
+  in_tendril(unsigned(st.range(0)), [&] {
+    std::optional<tendril::this_fiber::NoMigrate> stay;
+    if (pinned) stay.emplace();
+    tendril::Channel<int> ping, pong;
+    tendril::Fiber partner = tendril::spawn([ping, pong, pinned]() mutable {
+      std::optional<tendril::this_fiber::NoMigrate> stay;
+      if (pinned) stay.emplace();
+      while (std::optional<int> v = ping.recv()) pong.send(*v);
+    });
+    for (int i = 0; i < 1000; ++i) {
+      ping.send(i);
+      pong.recv();
+    }
+    const tendril::Stats a = tendril::stats();
+    for (auto _ : st) {
+      ping.send(1);
+      benchmark::DoNotOptimize(pong.recv());
+    }
+    const tendril::Stats b = tendril::stats();
+    ping.close();
+    partner.join();
+    set_unit_counters(st, 1);
+    set_stats_counters(st, a, b, 1);
+  });
+}
+
+// Entering and leaving a NoMigrate (the outermost: it counts the pinned fiber).
+void BM_NoMigrateEnterExit(benchmark::State& st) {
+  in_tendril(1, [&] {
+    for (auto _ : st) {
+      tendril::this_fiber::NoMigrate stay;
+      benchmark::ClobberMemory();
+    }
+    set_unit_counters(st, 1);
+  });
+}
+
 // Tendril benchmarks: wall time, whole-process CPU.
 #define TENDRIL_BM(fn) BENCHMARK(fn)->UseRealTime()->MeasureProcessCPUTime()->Unit(benchmark::kNanosecond)
 
@@ -288,6 +372,11 @@ BENCHMARK(BM_PthreadCreateJoinBatch)->UseRealTime()->Unit(benchmark::kMicrosecon
 TENDRIL_BM(BM_TendrilMutexUncontended);
 BENCHMARK(BM_TendrilMutexUncontendedThread)->Unit(benchmark::kNanosecond);
 BENCHMARK(BM_StdMutexUncontended)->Unit(benchmark::kNanosecond);
+TENDRIL_BM(BM_FiberLocalGet)->ArgName("in_fiber")->Arg(1)->Arg(0);
+TENDRIL_BM(BM_ThreadLocalAccess)->ArgName("in_fiber")->Arg(1)->Arg(0);
+TENDRIL_BM(BM_NoMigratePingPong)->ArgNames({"workers", "pinned"})
+    ->Args({1, 0})->Args({1, 1})->Args({2, 0})->Args({2, 1});
+TENDRIL_BM(BM_NoMigrateEnterExit);
 
 // ---- ratio table -----------------------------------------------------------
 

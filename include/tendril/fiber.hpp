@@ -161,6 +161,37 @@ const char* name() noexcept;
 // one page); 0 outside a fiber.
 std::size_t stack_high_water() noexcept;
 
+// Keeps the calling fiber on the worker thread it runs on, from construction
+// until destruction: while a NoMigrate is alive the fiber is never stolen by
+// another worker, and every wake-up (a Channel or Mutex hand-off, a timer, an
+// I/O completion, blocking(), a join) resumes it on that same thread. For code
+// that holds a thread-affine resource across a park: a lock or handle tied to
+// the OS thread, a thread_local it keeps a pointer into, errno-style state.
+//
+//   {
+//     tendril::this_fiber::NoMigrate stay;   // from here on, one OS thread
+//     auto* ctx = thread_affine_context();   // e.g. per-thread library state
+//     reply = ch.recv();                     // parks; resumes on the same thread
+//     ctx->use(*reply);
+//   }                                        // may migrate again
+//
+// Nestable (a depth count; the outermost one decides the thread). Outside a
+// fiber (a plain thread) it does nothing. It costs the fiber its load
+// balancing: while the thread it stays on runs something else, it waits, even
+// if other workers are idle. Fibers it spawns are not pinned. Must be
+// destroyed on the fiber that made it (a stack object does that); otherwise
+// the process stops with a message.
+class NoMigrate {
+ public:
+  NoMigrate() noexcept;
+  ~NoMigrate();
+  NoMigrate(const NoMigrate&) = delete;
+  NoMigrate& operator=(const NoMigrate&) = delete;
+
+ private:
+  detail::FiberCtl* fiber_;  // nullptr outside a fiber
+};
+
 // Runs f() on the worker thread's own stack instead of the calling fiber's, and
 // returns when f does (an exception f throws propagates to the caller). For
 // deep code that does not block (a parser with big frames, say): its frames

@@ -18,6 +18,7 @@
 #include "tendril/condvar.hpp"
 #include "tendril/debug.hpp"
 #include "tendril/fiber.hpp"
+#include "tendril/fiber_local.hpp"
 #include "tendril/io.hpp"
 #include "tendril/mutex.hpp"
 #include "tendril/net.hpp"

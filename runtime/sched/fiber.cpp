@@ -9,6 +9,7 @@
 #include <thread>
 #include <typeinfo>
 
+#include "runtime/sched/fiber_local.hpp"
 #include "runtime/sched/fork.hpp"
 #include "runtime/sched/interrupt.hpp"
 #include "runtime/sched/scheduler.hpp"
@@ -89,6 +90,7 @@ void fiber_entry(transfer_t t) noexcept {
     self->error = std::current_exception();
   }
   self->ops->destroy(self->closure);
+  if (self->locals != nullptr) fiber_locals_destroy(self->locals, self->error);
   finish_fiber(self);
 }
 

@@ -69,6 +69,9 @@ struct ParkRecord {
   }
 };
 
+class Worker;
+struct FiberLocalTable;  // include/tendril/fiber_local.hpp
+
 // The coarse clock the park record uses.
 std::int64_t park_clock_ns() noexcept;
 
@@ -113,6 +116,15 @@ struct alignas(64) FiberCtl {
   std::atomic<std::uintptr_t> interrupt{0};
 
   char name[32] = {};
+
+  // Fiber-local values and NoMigrate (fiber_local.cpp, worker.cpp). Only the
+  // fiber itself writes them while it runs, except `pin_home`, which wakers
+  // and the scheduler read (relaxed: written before the park that publishes
+  // the fiber to them).
+  FiberLocalTable* locals = nullptr;  // made on the first FiberLocal::get()
+  std::uint32_t pin_depth = 0;               // nested NoMigrate guards alive
+  std::atomic<Worker*> pin_home{nullptr};  // the worker it must run on, or nullptr
+  FiberCtl* pin_next = nullptr;              // link in pin_home's pinned inbox
 };
 
 static_assert(alignof(Waiter) >= 8 && alignof(FiberCtl) > FiberCtl::kJoinerIsFiber,

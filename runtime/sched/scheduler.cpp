@@ -60,6 +60,14 @@ void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
   TENDRIL_ASSERT(f->join_state.load(std::memory_order_relaxed) != FiberCtl::kDone,
                  "a fiber that finished is never made runnable again");
   Worker* w = current_worker();
+  if (__builtin_expect(pinned_fibers.load(std::memory_order_relaxed) != 0, false)) {
+    // NoMigrate: straight to its home worker, from any thread.
+    Worker* home = f->pin_home.load(std::memory_order_relaxed);
+    if (home != nullptr && home != w) {
+      home->push_pinned(f);
+      return;
+    }
+  }
   if (w != nullptr && &w->sched_ == this) {
     if (w->io_to_global_) {
       w->push_io_ready(f);

@@ -121,6 +121,12 @@ class Worker {
   // Wakes this worker's thread if it is parked.
   void unpark() noexcept;
 
+  // this_fiber::NoMigrate: makes f, pinned to this worker, runnable here from
+  // any thread (a lock-free inbox the owner empties in pick_next), and wakes
+  // this worker if it is parked.
+  void push_pinned(FiberCtl* f) noexcept;
+  Scheduler& scheduler() noexcept { return sched_; }
+
   // Fires expired timers of this worker (into `into`'s local queue); try-lock
   // only when `into` is another worker.
   void fire_timers(Worker& into, std::int64_t now, bool may_block) noexcept;
@@ -137,7 +143,19 @@ class Worker {
   friend class Scheduler;
 
   void loop();
+  // The next fiber to run here: pick_any's, except that a fiber pinned to
+  // another worker (NoMigrate) is sent home instead. This is the one place
+  // that keeps a pinned fiber from running elsewhere, whichever queue (a
+  // stolen batch, the global queue, another worker's timers, a runnext set
+  // by a finishing child) brought it here.
   FiberCtl* pick_next() noexcept;
+  FiberCtl* pick_any() noexcept;
+  FiberCtl* send_pinned_home(FiberCtl* f) noexcept;
+  FiberCtl* pick_pinned() noexcept;
+  bool has_pinned() const noexcept {
+    return pinned_head_ != nullptr || pinned_inbox_.load(std::memory_order_relaxed) != nullptr;
+  }
+  void unpark_if_idle() noexcept;
   FiberCtl* pick_local() noexcept;
   FiberCtl* steal() noexcept;
   FiberCtl* steal_from(Worker& victim, std::int64_t now, bool remote) noexcept;
@@ -195,6 +213,15 @@ class Worker {
   std::uint64_t maintenance_due_ns_ = 0;  // from stack_maintain: when to wake for it
   std::atomic<int> os_tid_{0};
   std::thread thread_;
+  // Fibers pinned here (NoMigrate) that were readied or found elsewhere:
+  // other threads push onto the inbox (a Treiber stack through
+  // FiberCtl::pin_next; the owner takes it whole, so no ABA), the owner moves
+  // it into the list pinned_head_ (oldest first) once that is empty; no
+  // thief can see that list. It runs ahead of the local queue, with one local
+  // pick after every kRunnextStreak pinned ones while local work waits.
+  alignas(64) std::atomic<FiberCtl*> pinned_inbox_{nullptr};
+  FiberCtl* pinned_head_ = nullptr;
+  std::uint32_t pinned_streak_ = 0;
 };
 
 // The process-wide scheduler of the current run().
@@ -246,6 +273,12 @@ class Scheduler {
   std::atomic<std::uint64_t> external_spawned{0};
   std::atomic<std::uint64_t> external_finished{0};
   std::atomic<std::uint64_t> stalls{0};  // written by the stall watchdog
+
+  // Fibers inside a NoMigrate now. While 0 (the common case) neither ready()
+  // nor pick_next looks at a fiber's pin: one load of a line that is almost
+  // never written. A pinned fiber counts before it can be queued anywhere,
+  // so whoever dequeues it sees a non-zero count.
+  alignas(64) std::atomic<std::uint64_t> pinned_fibers{0};
 
  private:
   friend class Worker;

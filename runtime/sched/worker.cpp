@@ -12,6 +12,7 @@
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/sched/interrupt.hpp"
 #include "runtime/stack/stack.hpp"
+#include "tendril/fiber_local.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -41,6 +42,28 @@ __attribute__((noinline)) Worker* current_worker() noexcept {
   Worker* w = tls_worker;
   asm volatile("" ::: "memory");
   return w;
+}
+
+namespace {
+// The calling plain thread's fiber-local values (fiber_local.cpp).
+__attribute__((tls_model("initial-exec"))) thread_local FiberLocalTable* tls_fiber_locals = nullptr;
+}  // namespace
+
+__attribute__((noinline)) FiberLocalTable** fiber_local_home() noexcept {
+  Worker* w = tls_worker;
+  if (w != nullptr) {
+    if (FiberCtl* f = w->current()) return &f->locals;
+  }
+  return &tls_fiber_locals;
+}
+
+// FiberLocal::get()'s one call: a TLS load, the running fiber, its table.
+__attribute__((noinline)) FiberLocalTable* fiber_local_table() noexcept {
+  Worker* w = tls_worker;
+  if (w != nullptr) {
+    if (FiberCtl* f = w->current()) return f->locals;
+  }
+  return tls_fiber_locals;
 }
 
 FiberCtl* current_fiber() noexcept {
@@ -170,6 +193,76 @@ FiberCtl* Worker::pick_local() noexcept {
 }
 
 FiberCtl* Worker::pick_next() noexcept {
+  FiberCtl* f = pick_any();
+  if (__builtin_expect(sched_.pinned_fibers.load(std::memory_order_relaxed) != 0, false))
+    f = send_pinned_home(f);
+  return f;
+}
+
+FiberCtl* Worker::send_pinned_home(FiberCtl* f) noexcept {
+  // Each round takes one fiber out of this worker's sources, so this ends.
+  while (f != nullptr) {
+    Worker* home = f->pin_home.load(std::memory_order_relaxed);
+    if (home == nullptr || home == this) return f;
+    home->push_pinned(f);
+    f = pick_any();
+  }
+  return nullptr;
+}
+
+void Worker::push_pinned(FiberCtl* f) noexcept {
+  FiberCtl* head = pinned_inbox_.load(std::memory_order_relaxed);
+  do {
+    f->pin_next = head;
+  } while (!pinned_inbox_.compare_exchange_weak(head, f, std::memory_order_release,
+                                                std::memory_order_relaxed));
+  if (current_worker() != this) unpark_if_idle();
+}
+
+void Worker::unpark_if_idle() noexcept {
+  // Pairs with the fence in park_thread: either this worker, parking, sees
+  // the inbox we pushed to, or we see it in the idle list.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sched_.nidle_.load(std::memory_order_seq_cst) == 0) return;
+  {
+    std::lock_guard<std::mutex> g(sched_.idle_mu_);
+    if (!in_idle_list_) return;  // running or spinning: its next pick sees the inbox
+    sched_.idle_.erase(std::find(sched_.idle_.begin(), sched_.idle_.end(), this));
+    in_idle_list_ = false;
+    sched_.nidle_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  unpark();
+}
+
+FiberCtl* Worker::pick_pinned() noexcept {
+  if (pinned_head_ == nullptr) {
+    // The inbox is newest first: reverse it onto the FIFO.
+    FiberCtl* list = pinned_inbox_.exchange(nullptr, std::memory_order_acquire);
+    FiberCtl* fifo = nullptr;
+    while (list != nullptr) {
+      FiberCtl* next = list->pin_next;
+      list->pin_next = fifo;
+      fifo = list;
+      list = next;
+    }
+    pinned_head_ = fifo;
+  }
+  if (pinned_head_ == nullptr) return nullptr;
+  // Fibers readied from elsewhere must not starve the local queue: after
+  // kRunnextStreak of them in a row, one local pick.
+  if (pinned_streak_ >= kRunnextStreak &&
+      (runq_.size() != 0 || runnext_.load(std::memory_order_relaxed) != nullptr)) {
+    pinned_streak_ = 0;
+    return nullptr;
+  }
+  ++pinned_streak_;
+  FiberCtl* f = pinned_head_;
+  pinned_head_ = f->pin_next;
+  f->pin_next = nullptr;
+  return f;
+}
+
+FiberCtl* Worker::pick_any() noexcept {
   ++tick_;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX && (tick_ & 7) == 0)
     fire_timers(*this, steady_ticks(), true);
@@ -182,6 +275,9 @@ FiberCtl* Worker::pick_next() noexcept {
     FiberCtl* f = nullptr;
     if (!sched_.global_empty() && sched_.global_pop_batch(&f, 1, node_.load(std::memory_order_relaxed)) != 0)
       return f;
+  }
+  if (__builtin_expect(has_pinned(), false)) {
+    if (FiberCtl* f = pick_pinned()) return f;
   }
   if (FiberCtl* f = pick_local()) return f;
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX) {
@@ -375,7 +471,8 @@ bool Worker::park_thread() noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   // Look once more now that wakers can see us (see wake_idle_worker_if_needed).
   bool work = !sched_.global_empty() || runq_.size() != 0 ||
-              runnext_.load(std::memory_order_acquire) != nullptr || sched_.stopping();
+              runnext_.load(std::memory_order_acquire) != nullptr || has_pinned() ||
+              sched_.stopping();
   for (unsigned i = 0; !work && i < sched_.worker_count(); ++i)
     work = sched_.worker(i).runq_.size() > 0;
   if (!work) {
