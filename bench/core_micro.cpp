@@ -144,10 +144,10 @@ void BM_TendrilMutexCondVarPingPong(benchmark::State& st) {
 // cancellable park costs.
 void BM_TendrilMutexCondVarPingPongInScope(benchmark::State& st) {
   in_tendril(unsigned(st.range(0)), [&] {
+    bench::TurnPair<tendril::Mutex, tendril::CondVar> p;  // outlives both children
     std::optional<tendril::Scope> scope;
     if (st.range(1) != 0) scope.emplace(std::chrono::hours(1)); else scope.emplace();
     scope->spawn([&] {
-      bench::TurnPair<tendril::Mutex, tendril::CondVar> p;
       scope->spawn([&p] { p.partner_loop(); });
       for (int i = 0; i < 1000; ++i) p.round_trip();
       const tendril::Stats a = tendril::stats();
