@@ -137,6 +137,32 @@ class RealNuma : public ::testing::TestWithParam<const char*> {
   bool started_ = false;
 };
 
+TEST_P(RealNuma, StolenFibersStackFollowsItToTheThiefsNodeAndIsReleasedAsAMatch) {
+  StackSlot s;
+  as_worker_on_node(0, 0, [&] {
+    s = stack_allocate(0, kLimit);
+    use_stack(s, 12 * 1024);
+  });
+  const Placement before = placement(s.lo, s.hi, 0);
+  ASSERT_GE(before.local, 3u);
+  ASSERT_EQ(before.foreign, 0u);
+  StackCounters c0 = stack_counters();
+  as_worker_on_node(1, 1, [&] {
+    // Worker 1 stole the parked fiber: its saved stack pointer is a page
+    // below the top.
+    stack_follow_to_node(1, s, s.hi - 4096 - 64);
+    const Placement moved = placement(s.lo, s.hi, 1);
+    EXPECT_EQ(moved.foreign, 0u) << "pages left on node 0";
+    EXPECT_EQ(moved.local, before.local);
+    stack_release(1, s);
+    stack_maintain(1);
+  });
+  StackCounters c = stack_counters();
+  EXPECT_EQ(c.stack_pages_moved - c0.stack_pages_moved, before.local);
+  EXPECT_EQ(c.node_match - c0.node_match, 1u);
+  EXPECT_EQ(c.node_mismatch - c0.node_mismatch, 0u);
+}
+
 TEST_P(RealNuma, StackFinishedOnTheOtherNodeIsMismatchedTrimmedAndRelocated) {
   StackSlot s;
   as_worker_on_node(0, 0, [&] {
@@ -330,13 +356,16 @@ TEST(RealNumaRun, StacksGrowOnTheNodeOfTheWorkerTheFiberRunsOn) {
   });
   const std::uint64_t releases = s.node_match + s.node_mismatch;
   std::printf("placement: mode %s, %llu fibers, growth pages %llu (foreign %llu); node_match %llu node_mismatch %llu "
-              "(%.0f%% of checked releases) pages_trimmed %llu; steals %llu (remote %llu); cache hits %llu misses %llu\n",
+              "(%.0f%% of checked releases) pages_trimmed %llu pages_moved %llu; steals %llu (remote %llu); cache hits %llu misses %llu\n",
               s.stack_mode.c_str(), (unsigned long long)s.fibers_spawned, (unsigned long long)g_growth_pages.load(),
               (unsigned long long)g_growth_foreign.load(), (unsigned long long)s.node_match,
               (unsigned long long)s.node_mismatch, releases ? 100.0 * double(s.node_mismatch) / double(releases) : 0.0,
-              (unsigned long long)s.pages_trimmed, (unsigned long long)s.steals, (unsigned long long)s.steals_remote,
+              (unsigned long long)s.pages_trimmed, (unsigned long long)s.stack_pages_moved, (unsigned long long)s.steals, (unsigned long long)s.steals_remote,
               (unsigned long long)s.cache_hits, (unsigned long long)s.cache_misses);
   EXPECT_EQ(g_growth_foreign.load(), 0u) << "stack pages grown on another node than the fiber's worker";
+  // Stolen fibers' stacks follow them: at most a quarter of releases find
+  // foreign pages (the ones that do were woken onto the other node mid-run).
+  EXPECT_LE(4 * s.node_mismatch, releases) << "pages moved with stolen fibers: " << s.stack_pages_moved;
   EXPECT_GT(releases, 0u);
   EXPECT_LE(s.steals_remote, s.steals);
 }

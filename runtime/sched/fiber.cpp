@@ -23,11 +23,23 @@ char* align_down(char* p, std::size_t a) noexcept {
   return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{a} - 1));
 }
 
+}  // namespace
+
 void release_fiber(FiberCtl* f) noexcept {
+  Worker* w = current_worker();
+  if (w != nullptr && f->finished_on != w->index()) {
+    // Dropped by a joiner on another NUMA node: the stack's pages are on the
+    // node the fiber ran on, whose worker releases it into its own cache.
+    Worker& ran = current_scheduler()->worker(f->finished_on);
+    if (ran.node() != w->node()) {
+      ran.defer_release(f);
+      return;
+    }
+  }
   const StackSlot slot = f->stack;
   context_destroy(f->ctx);
   f->~FiberCtl();
-  if (Worker* w = current_worker()) {
+  if (w != nullptr) {
     stack_release(w->index(), slot);
     return;
   }
@@ -36,6 +48,8 @@ void release_fiber(FiberCtl* f) noexcept {
   std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
   stack_release(s->external_stack_index(), slot);
 }
+
+namespace {
 
 void drop_ref(FiberCtl* f) noexcept {
   // A count of 1 is ours alone (nobody can take a new reference), so the
@@ -64,8 +78,9 @@ void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
 }
 
 [[noreturn]] void finish_fiber(FiberCtl* self) noexcept {
-  const std::uintptr_t old = self->join_state.exchange(FiberCtl::kDone, std::memory_order_acq_rel);
   Worker* w = current_worker();
+  self->finished_on = std::uint16_t(w->index());
+  const std::uintptr_t old = self->join_state.exchange(FiberCtl::kDone, std::memory_order_acq_rel);
   if (old == FiberCtl::kDetached) {
     if (self->error) die_with_escaped_exception(self);
   } else if (old & FiberCtl::kJoinerIsFiber) {

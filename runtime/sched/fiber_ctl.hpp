@@ -115,6 +115,8 @@ struct alignas(64) FiberCtl {
   // runs it, or 0.
   std::atomic<std::uintptr_t> interrupt{0};
 
+  std::uint16_t finished_on = 0;    // the worker it ended on (whose node holds its pages)
+
   char name[32] = {};
 
   // Fiber-local values and NoMigrate (fiber_local.cpp, worker.cpp). Only the
@@ -126,6 +128,10 @@ struct alignas(64) FiberCtl {
   std::atomic<Worker*> pin_home{nullptr};  // the worker it must run on, or nullptr
   FiberCtl* pin_next = nullptr;              // link in pin_home's pinned inbox
 };
+
+// Gives f's stack back (the last reference is gone): on this worker, or, if
+// f ended on a worker of another NUMA node, through that worker.
+void release_fiber(FiberCtl* f) noexcept;
 
 static_assert(alignof(Waiter) >= 8 && alignof(FiberCtl) > FiberCtl::kJoinerIsFiber,
               "join_state tags a joining fiber's pointer with kJoinerIsFiber");

@@ -120,6 +120,11 @@ class Worker {
 
   // Wakes this worker's thread if it is parked.
   void unpark() noexcept;
+  int node() const noexcept { return node_.load(std::memory_order_relaxed); }
+  // Hands this worker a finished fiber whose last reference was dropped on
+  // another node: it releases the stack when it next looks (release_fiber).
+  // Any thread.
+  void defer_release(FiberCtl* f) noexcept;
 
   // this_fiber::NoMigrate: makes f, pinned to this worker, runnable here from
   // any thread (a lock-free inbox the owner empties in pick_next), and wakes
@@ -182,6 +187,8 @@ class Worker {
   std::atomic<FiberCtl*> current_{nullptr};
   SwitchRecord record_;
   std::atomic<FiberCtl*> runnext_{nullptr};
+  std::atomic<FiberCtl*> releases_{nullptr};  // defer_release's list, linked through FiberCtl::next
+  void release_deferred() noexcept;
   std::uint32_t runnext_streak_ = 0;
   std::uint32_t tick_ = 0;
   std::uint32_t steal_seed_ = 0;

@@ -267,6 +267,7 @@ FiberCtl* Worker::pick_any() noexcept {
   if (timers_.earliest.load(std::memory_order_relaxed) != INT64_MAX && (tick_ & 7) == 0)
     fire_timers(*this, steady_ticks(), true);
   if (tick_ % 61 == 0) {
+    if (releases_.load(std::memory_order_relaxed) != nullptr) release_deferred();
     // Fairness: neither the global queue nor finished I/O waits behind a
     // busy local queue for long. Polling here also hands queued SQEs to the
     // kernel; I/O completions go to the global tail (poll_io_busy), then the
@@ -363,7 +364,10 @@ FiberCtl* Worker::steal() noexcept {
     if (remote) {
       for (unsigned l = 0; l < Scheduler::kGlobalLists; ++l) {
         FiberCtl* f = nullptr;
-        if (int(l) != my_node % int(Scheduler::kGlobalLists) && sched_.global_pop_batch(&f, 1, int(l)) != 0) return f;
+        if (int(l) != my_node % int(Scheduler::kGlobalLists) && sched_.global_pop_batch(&f, 1, int(l)) != 0) {
+          stack_follow_to_node(index_, f->stack, f->ctx.fctx);
+          return f;
+        }
       }
     }
   }
@@ -375,6 +379,9 @@ FiberCtl* Worker::steal_from(Worker& victim, std::int64_t now, bool remote) noex
     if (FiberCtl* f = victim.runq_.steal_one()) {
       WorkerCounters::bump(counters_.steals);
       WorkerCounters::bump(counters_.steals_remote);
+      // Its stack comes along: the pages it will use, and the check when it
+      // ends, are then on this node.
+      stack_follow_to_node(index_, f->stack, f->ctx.fctx);
       return f;
     }
   }
@@ -392,7 +399,10 @@ FiberCtl* Worker::steal_from(Worker& victim, std::int64_t now, bool remote) noex
     if (seen_switches_[victim.index_] == sw &&
         victim.runnext_.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
       WorkerCounters::bump(counters_.steals);
-      if (remote) WorkerCounters::bump(counters_.steals_remote);
+      if (remote) {
+        WorkerCounters::bump(counters_.steals_remote);
+        stack_follow_to_node(index_, f->stack, f->ctx.fctx);
+      }
       return f;
     }
   }
@@ -526,6 +536,22 @@ const Deadline* Worker::wake_deadline(bool watch) noexcept {
 
 void Worker::unpark() noexcept { io_wake(index_); }
 
+void Worker::defer_release(FiberCtl* f) noexcept {
+  FiberCtl* head = releases_.load(std::memory_order_relaxed);
+  do {
+    f->next = head;
+  } while (!releases_.compare_exchange_weak(head, f, std::memory_order_release, std::memory_order_relaxed));
+}
+
+void Worker::release_deferred() noexcept {
+  FiberCtl* f = releases_.exchange(nullptr, std::memory_order_acquire);
+  while (f != nullptr) {
+    FiberCtl* next = f->next;
+    release_fiber(f);  // f->finished_on is this worker: released here
+    f = next;
+  }
+}
+
 void Worker::loop() {
   bool just_parked = false;
   bool woke_unwatched = false;
@@ -538,6 +564,7 @@ void Worker::loop() {
     if (f == nullptr) {
       // Idle: a good moment to give cached stacks back (batched trims, and
       // shrinking the cache when churn has stopped).
+      release_deferred();
       maintenance_due_ns_ = stack_maintain(index_);
       woke_unwatched = park_thread();
       just_parked = true;
@@ -552,6 +579,7 @@ void Worker::loop() {
     park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
   }
+  release_deferred();
 }
 
 }  // namespace tendril::detail

@@ -180,6 +180,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <numaif.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -791,6 +792,38 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
   r.arena->meta[r.slot].state.store(kLive, std::memory_order_release);
   char* hi = r.arena->slot_hi(r.slot);
   return StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot};
+}
+
+void stack_follow_to_node(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
+  if (cache_nodes() < 2) return;
+  WorkerStacks& w = g_stacks.w[worker];
+  const int node = w.cache.node();
+  const SlotRef r = decode_ref(slot.index, class_for(slot.limit));
+  // Resident pages hang from the top: the live frames above sp, what the
+  // fiber was handed (its learned depth), and in uffd mode what it grew.
+  std::uint32_t depth = std::uint32_t((slot.hi - static_cast<const char*>(sp) + kPage - 1) / kPage);
+  depth = std::max(depth, r.arena->cmeta[r.slot].base_pages.load(std::memory_order_relaxed));
+  if (g_stacks.mode == Mode::uffd) {
+    depth = std::max(depth, r.arena->meta[r.slot].mapped_pages.load(std::memory_order_relaxed));
+  } else {  // the kernel keeps no count for us: ask mincore
+    depth = std::max(depth, std::uint32_t((slot.hi - lowest_resident_page(slot.lo, slot.hi)) / kPage));
+  }
+  depth = std::min<std::uint32_t>(depth, std::uint32_t(slot.limit / kPage));
+  constexpr unsigned kBatch = 64;
+  void* pages[kBatch];
+  int nodes[kBatch], status[kBatch];
+  std::int64_t moved = 0;
+  for (std::uint32_t d = 0; d < depth; d += kBatch) {
+    const unsigned n = std::min<std::uint32_t>(kBatch, depth - d);
+    for (unsigned i = 0; i < n; ++i) {
+      pages[i] = slot.hi - std::size_t(d + i + 1) * kPage;
+      nodes[i] = node;
+    }
+    // Pages not resident report -ENOENT and are not faulted in.
+    if (move_pages(0, n, pages, nodes, status, MPOL_MF_MOVE) < 0) break;
+    for (unsigned i = 0; i < n; ++i) moved += status[i] == node;
+  }
+  add_single_writer(w.cache.counters.pages_moved, moved);
 }
 
 void stack_release(unsigned worker, const StackSlot& slot) noexcept {

@@ -31,4 +31,6 @@
     "pages given back: cached stacks deeper than kept, foreign, evicted; and pages mapped ahead of a "  \
     "fiber that it had not written when it parked")                                                     \
   X(pages, stack_cache_pages, "gauge: resident pages held by the cache now")                            \
-  X(prepared, stacks_prepared, "fresh stacks idle workers mapped ahead for a busy spawner")
+  X(prepared, stacks_prepared, "fresh stacks idle workers mapped ahead for a busy spawner")             \
+  X(pages_moved, stack_pages_moved,                                                                     \
+    "pages of stolen fibers' stacks moved to the thief's NUMA node (remote steals only)")
