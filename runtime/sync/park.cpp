@@ -43,10 +43,14 @@ struct ParkArgs {
   Interrupt* interrupt;  // published once the wait is committed; nullptr: none
 };
 
+// Once the lock is released a waker may resume the fiber, on another worker,
+// and its frames (`a` among them) may be gone unless it published an
+// Interrupt (then it waits in unpublish_interrupt for us): read `a` first.
 void release_lock(FiberCtl* from, void* arg) noexcept {
   auto* a = static_cast<ParkArgs*>(arg);
+  Interrupt* const interrupt = a->interrupt;
   a->lock->unlock();
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
@@ -54,8 +58,9 @@ void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
   a->heap->lock.lock();
   a->heap->insert(from);
   a->heap->lock.unlock();
+  Interrupt* const interrupt = a->interrupt;  // see release_lock
   a->lock->unlock();
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
@@ -124,12 +129,13 @@ void commit_or_resume(FiberCtl* from, void* arg) noexcept {
     a->heap->insert(from);
     a->heap->lock.unlock();
   }
+  Interrupt* const interrupt = a->interrupt;  // see release_lock: after the commit `a` may be gone
   if (!a->commit(a->arg)) {
-    if (a->interrupt != nullptr) drop_interrupt(from);
+    if (interrupt != nullptr) drop_interrupt(from);
     current_scheduler()->ready(from, /*handoff=*/true);
     return;
   }
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 }  // namespace
