@@ -5,23 +5,11 @@
 
 #include <algorithm>
 #include <atomic>
-#include <charconv>
 #include <exception>
 
 #include "samples/common/runtime.hpp"
 
 namespace sample_http {
-
-std::optional<Backend> parse_backend(const std::string& s) {
-  const std::size_t colon = s.rfind(':');
-  if (colon == std::string::npos || colon == 0) return std::nullopt;
-  unsigned port = 0;
-  const char* first = s.data() + colon + 1;
-  const char* last = s.data() + s.size();
-  const auto [end, ec] = std::from_chars(first, last, port);
-  if (ec != std::errc() || end != last || first == last || port == 0 || port > 65535) return std::nullopt;
-  return Backend{s.substr(0, colon), static_cast<std::uint16_t>(port)};
-}
 
 struct Fanout::Shared {
   std::optional<Backend> backend;

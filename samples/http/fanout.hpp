@@ -12,18 +12,16 @@
 #include <optional>
 #include <string>
 
+#include "samples/common/host_port.hpp"
 #include "samples/http/interrupt.hpp"
 #include "samples/http/routes.hpp"
 
 namespace sample_http {
 
-struct Backend {
-  std::string host;
-  std::uint16_t port = 0;
-};
+using Backend = sample::HostPort;
 
-// "host:port" (port 1..65535), or nullopt.
-std::optional<Backend> parse_backend(const std::string& s);
+// "host:port" (port 1..65535; an IPv6 host in brackets), or nullopt.
+inline std::optional<Backend> parse_backend(const std::string& s) { return sample::parse_host_port(s); }
 
 class Fanout {
  public:

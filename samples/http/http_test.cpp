@@ -371,7 +371,10 @@ TEST(HttpBackend, ParsesHostAndPort) {
   b = parse_backend("localhost:1");
   ASSERT_TRUE(b);
   EXPECT_EQ(b->host, "localhost");
-  for (const char* bad : {"", "host", ":80", "host:", "host:0", "host:65536", "host:8x", "host:-1"})
+  b = parse_backend("[::1]:7000");  // an IPv6 host without its brackets
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->host, "::1");
+  for (const char* bad : {"", "host", ":80", "host:", "host:0", "host:65536", "host:8x", "host:-1", "[]:80"})
     EXPECT_FALSE(parse_backend(bad)) << bad;
 }
 
