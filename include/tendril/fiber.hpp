@@ -69,7 +69,8 @@ struct ClosureOps {
 };
 // Allocates a stack, moves the closure onto it and makes the fiber runnable.
 FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* closure);
-// Empties `handle` unless it throws before waiting (a fiber joining itself).
+// Empties `handle` unless it throws (a fiber joining itself, or a join its
+// scope interrupted: the fiber is then still joinable).
 void fiber_join(FiberCtl*& handle);
 void fiber_detach(FiberCtl* fiber) noexcept;
 [[noreturn]] void fiber_destroyed_joinable(FiberCtl* fiber) noexcept;

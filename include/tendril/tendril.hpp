@@ -23,6 +23,7 @@
 #include "tendril/net.hpp"
 #include "tendril/options.hpp"
 #include "tendril/runtime.hpp"
+#include "tendril/scope.hpp"
 #include "tendril/semaphore.hpp"
 #include "tendril/stats.hpp"
 #include "tendril/wait_group.hpp"

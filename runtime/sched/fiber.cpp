@@ -10,6 +10,7 @@
 #include <typeinfo>
 
 #include "runtime/sched/fork.hpp"
+#include "runtime/sched/interrupt.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
 
@@ -171,10 +172,36 @@ bool publish_joiner(FiberCtl* target, std::uintptr_t joiner) noexcept {
 // A joining fiber publishes itself once its context is saved (so the
 // finishing fiber, on any worker, may resume it at once); if the fiber
 // finished first there is nothing to wait for and the joiner goes on.
-void publish_joiner_or_resume(FiberCtl* joiner, void* target) noexcept {
-  if (!publish_joiner(static_cast<FiberCtl*>(target),
-                      reinterpret_cast<std::uintptr_t>(joiner) | FiberCtl::kJoinerIsFiber))
-    current_worker()->push_runnext(joiner);
+struct JoinerPublish {
+  FiberCtl* target;
+  FiberCtl* joiner;
+  static bool commit(void* arg) noexcept {
+    auto* p = static_cast<JoinerPublish*>(arg);
+    return publish_joiner(p->target, reinterpret_cast<std::uintptr_t>(p->joiner) | FiberCtl::kJoinerIsFiber);
+  }
+};
+
+// Interrupting a join takes the joiner back out of the target's join_state;
+// if the target finished first, it has already readied the joiner.
+struct JoinInterrupt : Interrupt {
+  FiberCtl* target;
+  explicit JoinInterrupt(FiberCtl* t) noexcept : Interrupt{withdraw}, target(t) {}
+  static void withdraw(Interrupt* self, FiberCtl* joiner) noexcept {
+    std::uintptr_t expected = reinterpret_cast<std::uintptr_t>(joiner) | FiberCtl::kJoinerIsFiber;
+    if (static_cast<JoinInterrupt*>(self)->target->join_state.compare_exchange_strong(
+            expected, FiberCtl::kRunning, std::memory_order_acq_rel))
+      current_scheduler()->ready(joiner, /*handoff=*/false);
+  }
+};
+
+// Parks the calling fiber until f finishes; false if its scope interrupted
+// the wait first.
+bool fiber_wait_until_done(Worker* w, FiberCtl* self, FiberCtl* f) {
+  if (fiber_interruptible(self) && interrupt_error(nullptr) != 0) return false;
+  JoinerPublish publish{f, self};
+  JoinInterrupt interrupt(f);
+  park_fiber_committed(w, self, WaitReason::join, JoinerPublish::commit, &publish, &interrupt);
+  return f->join_state.load(std::memory_order_acquire) == FiberCtl::kDone;
 }
 
 void wait_until_done_from_thread(FiberCtl* f) {
@@ -199,15 +226,16 @@ void fiber_join(FiberCtl*& handle) {
   if (f == self)  // the handle stays: nothing happened
     throw std::system_error(std::make_error_code(std::errc::resource_deadlock_would_occur),
                             "tendril::Fiber::join: a fiber cannot join itself");
-  handle = nullptr;
   if (f->join_state.load(std::memory_order_acquire) != FiberCtl::kDone) {
-    if (self != nullptr) {
-      self->park.begin(WaitReason::join, w->index(), park_clock_ns());
-      w->switch_out(self, publish_joiner_or_resume, f);
-    } else {
+    if (self == nullptr) {
       wait_until_done_from_thread(f);
+    } else if (!fiber_wait_until_done(w, self, f)) {  // the handle stays: join again, or detach
+      throw_if_interrupted(nullptr, "tendril::Fiber::join");
+      fiber_join(handle);  // not ours to report (cannot happen): wait on
+      return;
     }
   }
+  handle = nullptr;
   std::exception_ptr error = std::move(f->error);
   f->error = nullptr;
   drop_ref(f);
@@ -259,6 +287,16 @@ void arm_timer(detail::FiberCtl* from, void*) noexcept {
   h.insert(from);
   h.lock.unlock();
 }
+
+// A sleep that the fiber's scope may cut short: a park on a Waiter nobody
+// else knows, so only the timer and a cancel can claim it.
+void sleep_interruptibly(std::chrono::steady_clock::time_point t) {
+  detail::SpinLock nobody;
+  detail::Waiter waiter;
+  nobody.lock();
+  detail::park(waiter, nobody, WaitReason::sleep, &t);
+  detail::throw_if_interrupted(&t, "tendril::this_fiber::sleep");
+}
 }  // namespace
 
 void yield() {
@@ -276,6 +314,10 @@ void sleep_until_steady(std::chrono::steady_clock::time_point t) {
   detail::FiberCtl* self = w != nullptr ? w->current() : nullptr;
   if (self == nullptr) {
     std::this_thread::sleep_until(t);
+    return;
+  }
+  if (detail::fiber_interruptible(self)) {
+    sleep_interruptibly(t);
     return;
   }
   if (t <= std::chrono::steady_clock::now()) {

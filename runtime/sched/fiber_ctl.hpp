@@ -13,6 +13,9 @@
 
 namespace tendril::detail {
 
+struct ScopeState;
+inline constexpr std::uintptr_t kInterruptBusy = 1;
+
 // How a fiber parks: one record per fiber, written by every park and read by
 // the debug tools (fiber dump, stall watchdog, gdb), and the one place that
 // deadlines and cancellation interrupt a park.
@@ -29,13 +32,15 @@ namespace tendril::detail {
 //   and the resume clears one: nothing else is added to the switch path.
 // - `since` is when it parked, from the coarse monotonic clock (a vDSO read
 //   of a few words; milliseconds are all a dump needs).
-// - Interruption: a park that can end early leaves a claimable Waiter in
-//   FiberCtl::timer_waiter. The timer claims it with kTimedOut and readies the
-//   fiber; a deadline or a cancellation carried by the fiber (a scope) uses the
-//   same claim, so the primitive's own timed-out path (relock, unlink, report)
-//   is the only cleanup there is. I/O waits on io_uring end through their
-//   linked timeout or an async cancel of the op record, never by touching the
-//   fiber's stack from outside.
+// - Interruption: a timed park leaves its Waiter in FiberCtl::timer_waiter,
+//   which the timer claims with kTimedOut before it readies the fiber. A
+//   scope's deadline is one more deadline for that timer (the earlier wins),
+//   and a scope's cancel() claims the park through the Interrupt the park
+//   publishes in FiberCtl::interrupt, with the same kTimedOut, so the
+//   primitive's own timed-out path (relock, unlink, report) is the only
+//   cleanup there is. An io_uring wait ends through its linked timeout or an
+//   async cancel submitted on the op's ring, never by touching the fiber's
+//   stack from outside.
 // - Where it lives: in the FiberCtl, beside the context. Everything a waker,
 //   the scheduler or a joiner touches for a parked fiber is in this block and
 //   none of it in the frames below, so the block can move off the stack page
@@ -94,8 +99,18 @@ struct alignas(64) FiberCtl {
   std::size_t timer_index = 0;
   std::int64_t timer_deadline = 0;  // steady_clock ticks
   Waiter* timer_waiter = nullptr;   // claimed by the timer when it fires
+  bool timer_interrupts = false;    // the timer runs the published Interrupt instead
 
   ParkRecord park;
+
+  // Cancellation (see Interrupt in tendril/detail/park.hpp, runtime/sched/scope.cpp).
+  ScopeState* scope = nullptr;      // the Scope that spawned it; fixed while it runs
+  FiberCtl* scope_next = nullptr;   // that scope's list of running children (its lock)
+  FiberCtl* scope_prev = nullptr;
+  std::uint32_t no_cancel = 0;      // this_fiber::NoCancel depth; owner only
+  // The Interrupt of the park in progress, kInterruptBusy while a canceller
+  // runs it, or 0.
+  std::atomic<std::uintptr_t> interrupt{0};
 
   char name[32] = {};
 };

@@ -10,6 +10,7 @@
 
 #include "runtime/io/poller.hpp"
 #include "runtime/sched/scheduler.hpp"
+#include "runtime/sched/interrupt.hpp"
 #include "runtime/stack/stack.hpp"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -324,7 +325,11 @@ void Worker::fire_timers(Worker& into, std::int64_t now, bool may_block) noexcep
     FiberCtl* f = timers_.pop_expired(now);
     if (f == nullptr) break;
     Waiter* w = f->timer_waiter;
-    if (w == nullptr) {
+    if (f->timer_interrupts) {
+      // Under the heap lock, so the fiber (which erases itself under it
+      // after it resumes) is still there; the Interrupt readies it.
+      interrupt_fiber(f);
+    } else if (w == nullptr) {
       expired[n++] = f;  // a sleep: only the timer wakes it
     } else {
       std::uint32_t expected = Waiter::kWaiting;

@@ -21,6 +21,7 @@ bool CondVar::wait_until_steady(std::unique_lock<Mutex>& lock, const detail::Dea
     queue_lock_.unlock();
   }
   lock.mutex()->lock();
+  if (!woken) detail::throw_if_interrupted(deadline, "tendril::CondVar::wait");
   return woken;
 }
 

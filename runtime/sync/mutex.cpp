@@ -18,7 +18,7 @@ void Mutex::lock_slow() {
   }
   detail::Waiter w;
   waiters_.push_back(w);
-  detail::park(w, queue_lock_, WaitReason::mutex);
+  detail::park(w, queue_lock_, WaitReason::mutex, nullptr, detail::Cancellable::no);
   // unlock_slow handed the lock to us.
 }
 

@@ -4,6 +4,8 @@
 #include <sched.h>
 
 #include "runtime/sched/futex.hpp"
+#include "runtime/sched/interrupt.hpp"
+#include "tendril/scope.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -38,9 +40,14 @@ namespace {
 struct ParkArgs {
   SpinLock* lock;
   TimerHeap* heap;
+  Interrupt* interrupt;  // published once the wait is committed; nullptr: none
 };
 
-void release_lock(FiberCtl*, void* arg) noexcept { static_cast<SpinLock*>(arg)->unlock(); }
+void release_lock(FiberCtl* from, void* arg) noexcept {
+  auto* a = static_cast<ParkArgs*>(arg);
+  a->lock->unlock();
+  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+}
 
 void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
   auto* a = static_cast<ParkArgs*>(arg);
@@ -48,21 +55,40 @@ void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
   a->heap->insert(from);
   a->heap->lock.unlock();
   a->lock->unlock();
+  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
 }
 
 bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
-                const Deadline* deadline) noexcept {
+                const Deadline* deadline, Cancellable cancellable) noexcept {
+  WaiterInterrupt interrupt(waiter);
+  Deadline storage;
+  const bool interruptible = cancellable == Cancellable::yes && fiber_interruptible(self);
+  if (interruptible) {
+    deadline = effective_deadline(self, deadline, storage);
+    if (fiber_cancelled(self) || (deadline != nullptr && *deadline <= std::chrono::steady_clock::now())) {
+      // Not worth a switch: report it as a timeout at once (the waiter is
+      // still linked; the caller's timed-out path unlinks it).
+      waiter.state.store(Waiter::kTimedOut, std::memory_order_relaxed);
+      lock.unlock();
+      return false;
+    }
+  }
   self->park.begin(what, w->index(), park_clock_ns());
+  ParkArgs args{&lock, nullptr, interruptible ? &interrupt : nullptr};
+  if (interruptible) hold_interrupt(self);
   if (deadline == nullptr) {
-    w->switch_out(self, release_lock, &lock);
-    return true;  // only a wake() resumes an untimed waiter
+    w->switch_out(self, release_lock, &args);
+    if (!interruptible) return true;  // only a wake() resumes an untimed waiter
+    unpublish_interrupt(self);
+    return waiter.state.load(std::memory_order_acquire) == Waiter::kClaimed;
   }
   // The timer goes in the heap of the worker we park on; once resumed we may
   // be elsewhere, so remember which heap to clean up.
-  ParkArgs args{&lock, &w->timers()};
+  args.heap = &w->timers();
   self->timer_deadline = to_ticks(*deadline);
   self->timer_waiter = &waiter;
   w->switch_out(self, arm_timer_and_release_lock, &args);
+  if (interruptible) unpublish_interrupt(self);
   TimerHeap* heap = args.heap;
   heap->lock.lock();
   if (self->timer_heap == heap) heap->erase(self);
@@ -87,32 +113,69 @@ bool park_thread(Waiter& waiter, SpinLock& lock, const Deadline* deadline) noexc
 struct CommitArgs {
   bool (*commit)(void*) noexcept;
   void* arg;
+  Interrupt* interrupt;
+  TimerHeap* heap;  // the scope's deadline is armed here; nullptr: none
 };
 
 void commit_or_resume(FiberCtl* from, void* arg) noexcept {
   auto* a = static_cast<CommitArgs*>(arg);
-  if (!a->commit(a->arg)) current_scheduler()->ready(from, /*handoff=*/true);
+  if (a->heap != nullptr) {
+    a->heap->lock.lock();
+    a->heap->insert(from);
+    a->heap->lock.unlock();
+  }
+  if (!a->commit(a->arg)) {
+    if (a->interrupt != nullptr) drop_interrupt(from);
+    current_scheduler()->ready(from, /*handoff=*/true);
+    return;
+  }
+  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
 }
 
 }  // namespace
 
-void park_committed(Waiter& waiter, WaitFor what, bool (*commit)(void*) noexcept, void* arg) {
+void park_fiber_committed(Worker* w, FiberCtl* self, WaitFor what, bool (*commit)(void*) noexcept, void* arg,
+                          Interrupt* interrupt) noexcept {
+  if (!fiber_interruptible(self)) interrupt = nullptr;
+  self->park.begin(what, w->index(), park_clock_ns());
+  CommitArgs a{commit, arg, interrupt, nullptr};
+  if (interrupt != nullptr) {
+    hold_interrupt(self);
+    if (self->scope->deadline != INT64_MAX) {
+      // The timer ends this wait through the Interrupt, as a cancel would.
+      a.heap = &w->timers();
+      self->timer_deadline = self->scope->deadline;
+      self->timer_waiter = nullptr;
+      self->timer_interrupts = true;
+    }
+  }
+  w->switch_out(self, commit_or_resume, &a);
+  if (interrupt == nullptr) return;
+  unpublish_interrupt(self);
+  if (TimerHeap* heap = a.heap) {
+    heap->lock.lock();
+    if (self->timer_heap == heap) heap->erase(self);
+    heap->lock.unlock();
+    self->timer_interrupts = false;
+  }
+}
+
+void park_committed(Waiter& waiter, WaitFor what, bool (*commit)(void*) noexcept, void* arg,
+                    Interrupt* interrupt) {
   Worker* w = current_worker();
   FiberCtl* self = w != nullptr ? w->current() : nullptr;
   if (self != nullptr) {
-    self->park.begin(what, w->index(), park_clock_ns());
-    CommitArgs a{commit, arg};
-    w->switch_out(self, commit_or_resume, &a);
+    park_fiber_committed(w, self, what, commit, arg, interrupt);
     return;
   }
   if (!commit(arg)) return;
   while (waiter.woken.load(std::memory_order_acquire) == 0) futex_wait(waiter.woken, 0, nullptr);
 }
 
-bool park(Waiter& waiter, SpinLock& lock, WaitFor what, const Deadline* deadline) {
+bool park(Waiter& waiter, SpinLock& lock, WaitFor what, const Deadline* deadline, Cancellable cancellable) {
   Worker* w = current_worker();
   FiberCtl* self = w != nullptr ? w->current() : nullptr;
-  if (self != nullptr) return park_fiber(w, self, waiter, lock, what, deadline);
+  if (self != nullptr) return park_fiber(w, self, waiter, lock, what, deadline, cancellable);
   return park_thread(waiter, lock, deadline);
 }
 

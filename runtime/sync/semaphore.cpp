@@ -32,6 +32,7 @@ bool Semaphore::acquire_until(const detail::Deadline* deadline) {
   lock_.lock();
   waiters_.remove(w);
   lock_.unlock();
+  detail::throw_if_interrupted(deadline, "tendril::Semaphore::acquire");
   return false;
 }
 

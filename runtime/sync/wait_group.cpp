@@ -44,7 +44,11 @@ void WaitGroup::wait() const {
   }
   detail::Waiter w;
   s.waiters.push_back(w);
-  detail::park(w, s.lock, WaitReason::wait_group);
+  if (detail::park(w, s.lock, WaitReason::wait_group)) return;
+  s.lock.lock();  // interrupted by the fiber's scope
+  s.waiters.remove(w);
+  s.lock.unlock();
+  detail::throw_if_interrupted(nullptr, "tendril::WaitGroup::wait");
 }
 
 std::int64_t WaitGroup::count() const noexcept {

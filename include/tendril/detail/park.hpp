@@ -97,19 +97,67 @@ class WaitQueue {
 
 using Deadline = std::chrono::steady_clock::time_point;
 
+// ---- Interruption (tendril::Scope: deadlines and cancellation)
+//
+// A fiber spawned by a Scope carries that scope's deadline and cancellation.
+// Its parks are interruptible unless it is inside this_fiber::NoCancel or the
+// primitive is not a cancellation point (Mutex). An interruptible park
+//   - waits at most until the earlier of its own deadline and the scope's
+//     (the timer already ends timed waits: a scope deadline is one more);
+//   - publishes an Interrupt (on its own stack) for as long as it is parked.
+//     Scope::cancel() runs `fn` on the cancelling thread while the parked
+//     fiber cannot get past its unpublish step, so the Interrupt and anything
+//     it points to are alive. `fn` must end the wait the way a timeout does
+//     (claim the waiter with kTimedOut and ready the fiber) or arrange for it
+//     to end (an io_uring op: an async cancel on the op's ring), and must
+//     never block;
+//   - ends, when interrupted, through the primitive's own timed-out path
+//     (relock, unlink), after which the primitive calls
+//     throw_if_interrupted() to turn the early end into an exception.
+// A cancel that lands before the Interrupt is published is not lost: the
+// park reads the scope's flag after publishing (seq_cst on both sides) and
+// interrupts itself.
+struct Interrupt {
+  void (*fn)(Interrupt* self, FiberCtl* fiber) noexcept;
+};
+
+enum class Cancellable : bool { no, yes };
+
+// The calling fiber's scope deadline (steady ticks), INT64_MAX if none or if
+// its parks are not interruptible now (no scope, NoCancel, a plain thread).
+std::int64_t interrupt_deadline() noexcept;
+// What an interruptible park of the caller should report instead of its own
+// outcome: timed_out if the scope's deadline has passed and was no later than
+// `own` (the operation's own deadline, nullptr: none); else
+// operation_canceled if its scope was cancelled; otherwise 0 (an own
+// timeout, or no scope).
+int interrupt_error(const Deadline* own) noexcept;
+// Throws std::system_error(interrupt_error(own), `what`) when it is not 0.
+void throw_if_interrupted(const Deadline* own, const char* what);
+
 // Parks the caller, which has linked `w` into a queue guarded by `lock` and
 // holds `lock`. Returns with `lock` NOT held: true once woken by wake(w), false
-// if `deadline` (when given) passed first, in which case the caller must take
-// the lock again and unlink `w` if it is still linked. `what` is recorded in a
-// parking fiber's park record (the fiber dump reports it).
-bool park(Waiter& w, SpinLock& lock, WaitFor what, const Deadline* deadline = nullptr);
+// if `deadline` (when given) passed first or the fiber's scope interrupted the
+// park (see above; only when `cancellable`), in which case the caller must
+// take the lock again, unlink `w` if it is still linked, and call
+// throw_if_interrupted(deadline, ...). `what` is recorded in a parking
+// fiber's park record (the fiber dump reports it).
+bool park(Waiter& w, SpinLock& lock, WaitFor what, const Deadline* deadline = nullptr,
+          Cancellable cancellable = Cancellable::yes);
 
 // Parks the caller until wake(w), for waits whose registration is a single
 // atomic step rather than a locked queue. `commit(arg)` publishes `w` (so a
 // waker can find it) and runs only once it is safe to be woken: for a fiber,
 // after its context is saved. If commit returns false there is nothing to wait
-// for and the caller continues at once.
-void park_committed(Waiter& w, WaitFor what, bool (*commit)(void* arg) noexcept, void* arg);
+// for and the caller continues at once. With an `interrupt`, an interruptible
+// fiber publishes it after a successful commit (see above); its `fn` must
+// withdraw `w` where commit published it, or leave it to a waker that got
+// there first.
+void park_committed(Waiter& w, WaitFor what, bool (*commit)(void* arg) noexcept, void* arg,
+                    Interrupt* interrupt = nullptr);
+// Whether the caller's parks are interruptible now (a scoped fiber outside
+// NoCancel); park_committed callers use it to skip building an Interrupt.
+bool interruptible() noexcept;
 
 // Claims a waiter; false if it timed out first (then leave it alone).
 inline bool claim(Waiter& w) noexcept {
