@@ -101,12 +101,6 @@ void BackendPool::close_idle() {
   }
 }
 
-sample::Millis left_until(Clock::time_point deadline) {
-  const auto left = deadline - Clock::now();
-  if (left <= Clock::duration::zero()) throw_errc(std::errc::timed_out, "call deadline");
-  return std::chrono::ceil<sample::Millis>(left);
-}
-
 void round_trip(BackendConn& c, const std::string& line, Clock::time_point deadline) {
   sample::Stream& s = c.stream;
   s.set_timeout(left_until(deadline));

@@ -92,9 +92,7 @@ class BackendPool {
   std::atomic<std::uint64_t> connects_{0};
 };
 
-// What is left until deadline, rounded up to whole milliseconds (>= 1), or
-// throws std::system_error timed_out.
-sample::Millis left_until(Clock::time_point deadline);
+using sample::left_until;
 
 // One call on c: writes line, drops what earlier calls left owed, reads the
 // echo and checks it, all by deadline. On a timeout (std::errc::timed_out),

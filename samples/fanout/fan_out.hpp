@@ -11,8 +11,12 @@
 // request's answer was taken; late if it came after that, or not by the
 // deadline, or the call started after the deadline; failed if it ended in an
 // error (connection refused or reset, wrong reply) or could not be started
-// (calls_refused: the twin out of threads). A call may end just after its
-// request was answered: it shares ownership of the request's state.
+// (calls_refused: the twin out of threads). On tendril the calls are the
+// children of a tendril::Scope with the request's deadline: at the deadline
+// the parks of the late ones throw and they end, giving their backend
+// connections back, before the answer goes out. In the twin a call may end
+// just after its request was answered: it shares ownership of the request's
+// state.
 //
 // No parking in catch blocks: nothing that may park a fiber (a sample::Mutex,
 // a Group, I/O) runs inside a handler in this sample. A parked fiber may

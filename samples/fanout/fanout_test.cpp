@@ -280,6 +280,22 @@ TEST_P(FanoutTest, SilentBackendAnswersNoneAtTheDeadlineAndServerKeepsServing) {
   EXPECT_EQ(num(j, "calls_late"), 9);
 }
 
+// On tendril a request's calls run in a tendril::Scope with its deadline: the
+// late ones have ended (their connections back in the pool) when the answer
+// goes out. The twin's late threads may still be ending then.
+TEST_P(FanoutTest, OnTendrilLateCallsHaveEndedWhenTheAnswerGoesOut) {
+  if (std::string(GetParam().name) != "tendril") GTEST_SKIP() << "the twin's late calls end on their own";
+  SilentBackend silent;
+  const int port = start({"--backend", at(silent.port()), "--call-deadline-ms", "200"});
+  Client c(port);
+  EXPECT_EQ(c.ask("q s1 5\n"), "ok s1 0 5");
+  const auto j = stats(c);
+  EXPECT_EQ(num(j, "live_calls"), 0);
+  EXPECT_EQ(num(j, "live_tasks"), 1);
+  EXPECT_EQ(num(j, "calls_late"), 5);
+  EXPECT_LE(num(j, "backend_conns"), 5);  // given back, not leaked
+}
+
 TEST_P(FanoutTest, DeadBackendFailsFastAndIsCounted) {
   // A ten-minute deadline: the answer only arrives within the client's read
   // timeout if the calls fail without waiting for it.

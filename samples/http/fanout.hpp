@@ -2,8 +2,10 @@
 // gathered with a deadline. A call is a line sent to --backend and read back
 // (an echo server), after M ms; with no backend, a simulated call that only
 // waits M ms plus a little deterministic jitter. Calls still running at the
-// deadline are counted late and finish on their own: they own their state
-// (shared_ptr), never the handler's.
+// deadline are counted late. On tendril they end there (their sleeps and
+// waits throw at the deadline of the tendril::Scope they run in, and every
+// I/O step is bounded by it); in the twin they finish on their own, owning
+// their state (shared_ptr), never the handler's.
 #pragma once
 
 #include <chrono>
