@@ -99,6 +99,10 @@ struct Row {
   std::uint64_t requests = 0, client_errors = 0;
   std::uint64_t calls_made = 0, calls_late = 0, calls_failed = 0, calls_refused = 0;
   std::uint64_t peak_tasks = 0, peak_threads = 0, peak_fibers = 0, rss_peak = 0;
+  // Calls still running when the last answer came: each outlived its
+  // request's answer, holding a fiber (thread) and maybe a backend socket.
+  std::uint64_t calls_left = 0;
+  bool calls_left_known = false;
   int exit_status = 0;
 };
 
@@ -267,6 +271,22 @@ void poll_stats(Load& load, Row& row) {
   }
 }
 
+// Right after the last answer (no request is in flight any more): the calls
+// the server still runs, from a `stats` on a connection of its own.
+void probe_calls_left(Load& load, Row& row) {
+  try {
+    tendril::net::TcpStream s = tendril::net::TcpStream::connect(load.host, load.port, 10s);
+    s.set_timeout(60s);
+    std::string buf, line;
+    if (!ask(s, buf, "stats\n", &line)) return;
+    auto stats = parse_stats(line);
+    row.calls_left = stats["live_calls"];
+    row.calls_left_known = stats.count("live_calls") != 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s stats after the load: %s\n", load.label.c_str(), e.what());
+  }
+}
+
 // The measured fields of row, from the clients' counts and the last stats.
 void summarize(Load& load, Clock::time_point stop, Row& row) {
   std::vector<std::uint64_t> all;
@@ -305,6 +325,7 @@ void drive(const Config& cfg, const std::string& host, std::uint16_t port, Row& 
     tendril::spawn([&load, seconds = cfg.seconds, i] { run_client(load, seconds, i); }).detach();
   tendril::Fiber poller = tendril::spawn([&load, &row] { poll_stats(load, row); });
   load.done.wait();
+  probe_calls_left(load, row);
   const auto stop = Clock::now();
   load.finished.store(true);
   poller.join();
@@ -313,13 +334,8 @@ void drive(const Config& cfg, const std::string& host, std::uint16_t port, Row& 
 
 // ---- the report ----
 
-std::string fmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
 std::string count(std::uint64_t v) { return v ? std::to_string(v) : "-"; }
-std::string ratio(double t, double p) { return p > 0 && t > 0 ? fmt("%.2fx", t / p) : "-"; }
+std::string ratio(double t, double p) { return p > 0 && t > 0 ? bench::cell(t / p, "%.2fx") : "-"; }
 
 std::string notes(const Row& r) {
   std::string n;
@@ -340,16 +356,17 @@ Table make_table(const std::vector<Row>& rows) {
   t.left = 2;  // k, server
   t.last_left = true;  // notes
   t.header = {"k", "server", "req/s", "p50 ms", "p99 ms", "answered", "peak tasks", "peak threads", "peak fibers",
-              "RSS peak MiB", "notes"};
-  auto mib = [](std::uint64_t b) { return b ? fmt("%.1f", static_cast<double>(b) / (1 << 20)) : "-"; };
+              "RSS peak MiB", "calls left", "notes"};
+  auto mib = [](std::uint64_t b) { return b ? bench::cell(static_cast<double>(b) / (1 << 20), "%.1f") : "-"; };
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     if (!r.ran) {
-      t.rows.push_back({std::to_string(r.k), r.server, "-", "-", "-", "-", "-", "-", "-", "-", notes(r)});
+      t.rows.push_back({std::to_string(r.k), r.server, "-", "-", "-", "-", "-", "-", "-", "-", "-", notes(r)});
     } else {
-      t.rows.push_back({std::to_string(r.k), r.server, fmt("%.0f", r.rps), fmt("%.2f", r.p50_ms), fmt("%.2f", r.p99_ms),
-                        fmt("%.1f%%", 100 * r.answered), count(r.peak_tasks), count(r.peak_threads),
-                        r.server == "tendril" ? count(r.peak_fibers) : "-", mib(r.rss_peak), notes(r)});
+      t.rows.push_back({std::to_string(r.k), r.server, bench::cell(r.rps, "%.0f"), bench::cell(r.p50_ms, "%.2f"), bench::cell(r.p99_ms, "%.2f"),
+                        bench::cell(100 * r.answered, "%.1f%%"), count(r.peak_tasks), count(r.peak_threads),
+                        r.server == "tendril" ? count(r.peak_fibers) : "-", mib(r.rss_peak),
+                        r.calls_left_known ? std::to_string(r.calls_left) : "-", notes(r)});
     }
     // After the last row of a k: tendril/pthread.
     if (i + 1 == rows.size() || rows[i + 1].k != r.k) {
@@ -362,7 +379,7 @@ Table make_table(const std::vector<Row>& rows) {
                           ratio(t_row->answered, p_row->answered),
                           ratio(static_cast<double>(t_row->peak_tasks), static_cast<double>(p_row->peak_tasks)),
                           "-", "-",
-                          ratio(static_cast<double>(t_row->rss_peak), static_cast<double>(p_row->rss_peak)), ""});
+                          ratio(static_cast<double>(t_row->rss_peak), static_cast<double>(p_row->rss_peak)), "-", ""});
     }
   }
   return t;
@@ -588,7 +605,8 @@ std::vector<Row> run_started_servers(const Config& cfg, const std::string& backe
 void print_table(const Table& t) {
   std::printf("\n%s", render(t, false).c_str());
   std::printf("(answered: calls answered within the deadline / calls asked; peak tasks: live connections + calls,\n"
-              " counted by the server; peak threads/fibers: polled every 200 ms; RSS peak: the server's VmHWM)\n");
+              " counted by the server; peak threads/fibers: polled every 200 ms; RSS peak: the server's VmHWM;\n"
+              " calls left: calls the server still ran right after the last answer, each past its request's answer)\n");
   std::fflush(stdout);
 }
 
