@@ -37,15 +37,13 @@
 //
 // Binaries are found beside this one's build tree (../samples/...) unless
 // given. With --at, nothing is started: the fanout server already running
-// there is driven (one row per k; its peaks are then since it started). Children are stopped with SIGTERM at the end of their row (their exit
-// status is checked), killed if this program exits early, and die with it
-// (PR_SET_PDEATHSIG). Progress goes to stderr, the table to stdout.
-#include <fcntl.h>
-#include <poll.h>
+// there is driven (one row per k; its peaks are then since it started).
+// Children are stopped with SIGTERM at the end of their row (their exit
+// status is checked), killed if this program returns early, and die with it
+// (PR_SET_PDEATHSIG) if it is killed. Progress goes to stderr, the table to
+// stdout. Flags take --name value or --name=value; --help lists them.
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <tendril/tendril.hpp>
@@ -59,6 +57,7 @@
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -66,6 +65,9 @@
 
 #include "bench/report/table.hpp"
 #include "samples/common/child_process.hpp"
+#include "samples/common/fd_limit.hpp"
+#include "samples/common/flags.hpp"
+#include "samples/common/host_port.hpp"
 
 namespace {
 
@@ -86,110 +88,6 @@ struct Config {
   bool quick = false;
 };
 
-// ---- child processes ----
-
-std::mutex g_children_mu;
-std::vector<pid_t> g_children;  // running children, killed if we exit early
-
-void kill_children() {
-  std::lock_guard<std::mutex> g(g_children_mu);
-  for (pid_t p : g_children) {
-    ::kill(p, SIGKILL);
-    ::waitpid(p, nullptr, 0);
-  }
-  g_children.clear();
-}
-
-extern "C" void on_fatal_signal(int sig) {
-  // Async-signal-safe: only kill(); PR_SET_PDEATHSIG reaps the rest.
-  for (pid_t p : g_children) ::kill(p, SIGKILL);
-  ::signal(sig, SIG_DFL);
-  ::raise(sig);
-}
-
-class Child {
- public:
-  Child() = default;
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() { kill(); }
-
-  // Starts argv with stdout on a pipe; stderr is ours. Called from the main
-  // thread (outside tendril::run), which lives as long as the program, so the
-  // child's PR_SET_PDEATHSIG fires only when the program ends.
-  bool start(const std::vector<std::string>& argv) {
-    std::lock_guard<std::mutex> g(g_children_mu);
-    pid_ = sample::spawn_with_stdout_pipe(argv, &out_);
-    if (pid_ < 0) return false;
-    g_children.push_back(pid_);
-    return true;
-  }
-
-  // The next line of its stdout, or nullopt at its end or after timeout.
-  std::optional<std::string> read_line(std::chrono::milliseconds timeout) {
-    const auto until = Clock::now() + timeout;
-    for (;;) {
-      if (auto nl = buf_.find('\n'); nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
-      if (left <= 0) return std::nullopt;
-      pollfd pfd{out_, POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(left)) <= 0) continue;
-      char b[512];
-      const ssize_t n = ::read(out_, b, sizeof b);
-      if (n <= 0) return std::nullopt;
-      buf_.append(b, static_cast<std::size_t>(n));
-    }
-  }
-
-  // SIGTERM, then the wait status; SIGKILL (and -1) if it did not exit in time.
-  int stop(std::chrono::milliseconds timeout) {
-    if (pid_ <= 0) return -1;
-    ::kill(pid_, SIGTERM);
-    const auto until = Clock::now() + timeout;
-    int status = -1;
-    for (;;) {
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) break;
-      if (Clock::now() > until) {
-        kill();
-        return -1;
-      }
-      ::usleep(10000);  // waiting for an exit status: nothing to read meanwhile
-    }
-    forget();
-    return status;
-  }
-
-  void kill() {
-    if (pid_ <= 0) return;
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, nullptr, 0);
-    forget();
-  }
-
- private:
-  void forget() {
-    std::lock_guard<std::mutex> g(g_children_mu);
-    g_children.erase(std::remove(g_children.begin(), g_children.end(), pid_), g_children.end());
-    pid_ = -1;
-    if (out_ >= 0) ::close(std::exchange(out_, -1));
-  }
-
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::string buf_;
-};
-
-// The port in "<name> (<runtime>) listening on <host>:<port>", or 0.
-std::uint16_t port_of(const std::optional<std::string>& line) {
-  if (!line || line->find(" listening on ") == std::string::npos) return 0;
-  return static_cast<std::uint16_t>(std::atoi(line->c_str() + line->rfind(':') + 1));
-}
-
 // ---- the load ----
 
 struct Row {
@@ -201,6 +99,10 @@ struct Row {
   std::uint64_t requests = 0, client_errors = 0;
   std::uint64_t calls_made = 0, calls_late = 0, calls_failed = 0, calls_refused = 0;
   std::uint64_t peak_tasks = 0, peak_threads = 0, peak_fibers = 0, rss_peak = 0;
+  // Calls still running when the last answer came: each outlived its
+  // request's answer, holding a fiber (thread) and maybe a backend socket.
+  std::uint64_t calls_left = 0;
+  bool calls_left_known = false;
   int exit_status = 0;
 };
 
@@ -250,131 +152,156 @@ double percentile(std::vector<std::uint64_t>& v, double p) {
   return static_cast<double>(v[k]);
 }
 
-// Drives the server at port with cfg.clients closed-loop clients for
-// cfg.seconds; fills the measured fields of row.
-void drive(const Config& cfg, const std::string& host, std::uint16_t port, Row& row) {
-  const int n = cfg.clients;
-  const std::string label = "[k=" + std::to_string(row.k) + " " + (row.server.empty() ? std::string("server") : row.server) + "]";
-  std::vector<std::vector<std::uint64_t>> lat(static_cast<std::size_t>(n));  // ns per request
-  std::atomic<std::uint64_t> done_requests{0}, answered_calls{0}, asked_calls{0}, errors{0}, connect_errors{0};
+// What one drive() shares between its client fibers and its stats poller.
+struct Load {
+  std::string host;
+  std::uint16_t port = 0;
+  int k = 0;
+  std::string label;  // "[k=10 tendril]", for progress lines
+  std::vector<std::vector<std::uint64_t>> latencies;  // ns per request, per client
+  std::atomic<std::uint64_t> requests{0}, answered_calls{0}, asked_calls{0}, errors{0}, connect_errors{0};
   std::atomic<bool> finished{false};
   tendril::WaitGroup connected, done;
-  connected.add(n);
-  done.add(n);
-  Clock::time_point start{}, end{};
-  std::atomic<bool> started{false};
   std::mutex start_mu;
+  bool started = false;  // guarded by start_mu; then start and end are set
+  Clock::time_point start{}, end{};
+  std::map<std::string, std::uint64_t> last_stats;  // the poller's latest `stats`
+  std::string runtime;                              // as the server reports it
+};
 
-  for (int i = 0; i < n; ++i) {
-    tendril::spawn([&, i] {
-      auto& mine = lat[static_cast<std::size_t>(i)];
-      mine.reserve(256);
-      tendril::net::TcpStream c;
-      try {
-        c = tendril::net::TcpStream::connect(host, port, 10s);
-        c.set_nodelay(true);
-        c.set_timeout(60s);  // a hung server ends the run as errors, not a hang
-      } catch (const std::exception&) {
-        connect_errors.fetch_add(1);
-      }
-      connected.done();
-      connected.wait();
-      {
-        std::lock_guard<std::mutex> g(start_mu);
-        if (!started.exchange(true)) {
-          start = Clock::now();
-          end = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(cfg.seconds));
-        }
-      }
-      std::string buf, answer;
-      const std::string tail = " " + std::to_string(row.k) + "\n";
-      bool ok = c.is_open();
-      try {
-        for (std::uint64_t seq = 0; ok && Clock::now() < end; ++seq) {
-          const std::string req = "q " + std::to_string(i) + "." + std::to_string(seq) + tail;
-          const auto t0 = Clock::now();
-          if (!ask(c, buf, req, &answer)) {
-            ok = false;
-            break;
-          }
-          mine.push_back(static_cast<std::uint64_t>((Clock::now() - t0).count()));
-          unsigned answered = 0, k = 0;
-          char id[64];
-          if (std::sscanf(answer.c_str(), "ok %63s %u %u", id, &answered, &k) != 3 || k != static_cast<unsigned>(row.k)) {
-            ok = false;
-            break;
-          }
-          answered_calls.fetch_add(answered, std::memory_order_relaxed);
-          asked_calls.fetch_add(k, std::memory_order_relaxed);
-          done_requests.fetch_add(1, std::memory_order_relaxed);
-        }
-      } catch (const std::exception&) {
-        ok = false;
-      }
-      if (!ok && c.is_open()) errors.fetch_add(1);
-      done.done();
-    }).detach();
+// A client connection to the server; closed (with connect_errors counted) if
+// it cannot connect.
+tendril::net::TcpStream connect_client(Load& load) {
+  tendril::net::TcpStream c;
+  try {
+    c = tendril::net::TcpStream::connect(load.host, load.port, 10s);
+    c.set_nodelay(true);
+    c.set_timeout(60s);  // a hung server ends the run as errors, not a hang
+  } catch (const std::exception&) {
+    load.connect_errors.fetch_add(1);
   }
+  return c;
+}
 
-  // The stats poller: its own connection, a line every 200 ms, progress
-  // every second.
-  std::map<std::string, std::uint64_t> last;
-  std::string runtime;
-  tendril::Fiber poller = tendril::spawn([&] {
-    tendril::net::TcpStream s;
+// Every client starts together: the first one through sets the run's window.
+void start_window(Load& load, double seconds) {
+  std::lock_guard<std::mutex> g(load.start_mu);
+  if (load.started) return;
+  load.started = true;
+  load.start = Clock::now();
+  load.end = load.start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+// Closed loop until the window ends: `q <i>.<seq> <k>`, its answer, the next.
+// False if the connection failed or an answer was wrong.
+bool ask_until_end(Load& load, tendril::net::TcpStream& c, int i) {
+  auto& mine = load.latencies[static_cast<std::size_t>(i)];
+  mine.reserve(256);
+  std::string buf, answer;
+  const std::string tail = " " + std::to_string(load.k) + "\n";
+  for (std::uint64_t seq = 0; Clock::now() < load.end; ++seq) {
+    const std::string req = "q " + std::to_string(i) + "." + std::to_string(seq) + tail;
+    const auto t0 = Clock::now();
+    if (!ask(c, buf, req, &answer)) return false;
+    mine.push_back(static_cast<std::uint64_t>((Clock::now() - t0).count()));
+    unsigned answered = 0, k = 0;
+    char id[64];
+    if (std::sscanf(answer.c_str(), "ok %63s %u %u", id, &answered, &k) != 3 || k != static_cast<unsigned>(load.k))
+      return false;
+    load.answered_calls.fetch_add(answered, std::memory_order_relaxed);
+    load.asked_calls.fetch_add(k, std::memory_order_relaxed);
+    load.requests.fetch_add(1, std::memory_order_relaxed);
+  }
+  return true;
+}
+
+void run_client(Load& load, double seconds, int i) {
+  tendril::net::TcpStream c = connect_client(load);
+  load.connected.done();
+  load.connected.wait();
+  start_window(load, seconds);
+  bool ok = c.is_open();
+  try {
+    ok = ok && ask_until_end(load, c, i);
+  } catch (const std::exception&) {
+    ok = false;
+  }
+  if (!ok && c.is_open()) load.errors.fetch_add(1);
+  load.done.done();
+}
+
+// One `stats` line into load.last_stats and the row's polled peaks.
+bool poll_stats_once(Load& load, tendril::net::TcpStream& s, std::string& buf, Row& row) {
+  std::string line;
+  if (!ask(s, buf, "stats\n", &line)) return false;
+  load.last_stats = parse_stats(line);
+  load.runtime = line.find("\"runtime\":\"pthread\"") != std::string::npos ? "pthread" : "tendril";
+  row.peak_threads = std::max(row.peak_threads, load.last_stats["threads"]);
+  row.peak_fibers = std::max(row.peak_fibers, load.last_stats["fibers_live"]);
+  row.rss_peak = std::max(row.rss_peak, load.last_stats["rss_bytes"]);
+  return true;
+}
+
+void print_progress(Load& load, int ticks) {
+  const double asked = static_cast<double>(load.asked_calls.load());
+  std::fprintf(stderr, "%s %4.1f s: %llu requests, %.1f%% of calls answered, %llu live tasks, %llu threads\n",
+               load.label.c_str(), ticks * 0.2, static_cast<unsigned long long>(load.requests.load()),
+               asked > 0 ? 100.0 * static_cast<double>(load.answered_calls.load()) / asked : 0.0,
+               static_cast<unsigned long long>(load.last_stats["live_tasks"]),
+               static_cast<unsigned long long>(load.last_stats["threads"]));
+}
+
+// The stats poller: its own connection, a line every 200 ms, progress every
+// second, and a last line once the clients are done (final counters, peaks
+// and VmHWM).
+void poll_stats(Load& load, Row& row) {
+  tendril::net::TcpStream s;
+  std::string buf;
+  try {
+    s = tendril::net::TcpStream::connect(load.host, load.port, 10s);
+    s.set_timeout(60s);
+    for (int ticks = 1; !load.finished.load(); ++ticks) {
+      if (!poll_stats_once(load, s, buf, row)) return;
+      if (ticks % 5 == 0) print_progress(load, ticks);
+      tendril::this_fiber::sleep_for(200ms);
+    }
+    poll_stats_once(load, s, buf, row);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s stats connection: %s\n", load.label.c_str(), e.what());
+  }
+}
+
+// Right after the last answer (no request is in flight any more): the calls
+// the server still runs, from a `stats` on a connection of its own.
+void probe_calls_left(Load& load, Row& row) {
+  try {
+    tendril::net::TcpStream s = tendril::net::TcpStream::connect(load.host, load.port, 10s);
+    s.set_timeout(60s);
     std::string buf, line;
-    try {
-      s = tendril::net::TcpStream::connect(host, port, 10s);
-      s.set_timeout(60s);
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s stats connection: %s\n", label.c_str(), e.what());
-      return;
-    }
-    auto poll_once = [&] {
-      if (!ask(s, buf, "stats\n", &line)) return false;
-      last = parse_stats(line);
-      runtime = line.find("\"runtime\":\"pthread\"") != std::string::npos ? "pthread" : "tendril";
-      row.peak_threads = std::max(row.peak_threads, last["threads"]);
-      row.peak_fibers = std::max(row.peak_fibers, last["fibers_live"]);
-      row.rss_peak = std::max(row.rss_peak, last["rss_bytes"]);
-      return true;
-    };
-    int ticks = 0;
-    try {
-      while (!finished.load()) {
-        if (!poll_once()) break;
-        if (++ticks % 5 == 0) {
-          const double asked = static_cast<double>(asked_calls.load());
-          std::fprintf(stderr, "%s %4.1f s: %llu requests, %.1f%% of calls answered, %llu live tasks, %llu threads\n",
-                       label.c_str(), ticks * 0.2, static_cast<unsigned long long>(done_requests.load()),
-                       asked > 0 ? 100.0 * static_cast<double>(answered_calls.load()) / asked : 0.0,
-                       static_cast<unsigned long long>(last["live_tasks"]),
-                       static_cast<unsigned long long>(last["threads"]));
-        }
-        tendril::this_fiber::sleep_for(200ms);
-      }
-      poll_once();  // the final counters, peaks and VmHWM
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "%s stats connection: %s\n", label.c_str(), e.what());
-    }
-  });
+    if (!ask(s, buf, "stats\n", &line)) return;
+    auto stats = parse_stats(line);
+    row.calls_left = stats["live_calls"];
+    row.calls_left_known = stats.count("live_calls") != 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s stats after the load: %s\n", load.label.c_str(), e.what());
+  }
+}
 
-  done.wait();
-  const auto stop = Clock::now();
-  finished.store(true);
-  poller.join();
-
+// The measured fields of row, from the clients' counts and the last stats.
+void summarize(Load& load, Clock::time_point stop, Row& row) {
   std::vector<std::uint64_t> all;
-  for (auto& v : lat) all.insert(all.end(), v.begin(), v.end());
+  for (auto& v : load.latencies) all.insert(all.end(), v.begin(), v.end());
+  auto& last = load.last_stats;
   row.ran = true;
-  if (row.server.empty()) row.server = runtime;
-  row.requests = done_requests.load();
-  row.client_errors = errors.load() + connect_errors.load();
-  const double secs = started ? std::chrono::duration<double>(stop - start).count() : 0;
+  if (row.server.empty()) row.server = load.runtime;
+  row.requests = load.requests.load();
+  row.client_errors = load.errors.load() + load.connect_errors.load();
+  const double secs = load.started ? std::chrono::duration<double>(stop - load.start).count() : 0;
   row.rps = secs > 0 ? static_cast<double>(row.requests) / secs : 0;
   row.p50_ms = percentile(all, 0.50) / 1e6;
   row.p99_ms = percentile(all, 0.99) / 1e6;
-  row.answered = asked_calls.load() ? static_cast<double>(answered_calls.load()) / static_cast<double>(asked_calls.load()) : 0;
+  const std::uint64_t asked = load.asked_calls.load();
+  row.answered = asked ? static_cast<double>(load.answered_calls.load()) / static_cast<double>(asked) : 0;
   row.calls_made = last["calls_made"];
   row.calls_late = last["calls_late"];
   row.calls_failed = last["calls_failed"];
@@ -383,15 +310,32 @@ void drive(const Config& cfg, const std::string& host, std::uint16_t port, Row& 
   row.rss_peak = std::max(row.rss_peak, last["rss_peak_bytes"]);
 }
 
+// Drives the server at host:port with cfg.clients closed-loop clients for
+// cfg.seconds; fills the measured fields of row. Runs inside tendril::run.
+void drive(const Config& cfg, const std::string& host, std::uint16_t port, Row& row) {
+  Load load;
+  load.host = host;
+  load.port = port;
+  load.k = row.k;
+  load.label = "[k=" + std::to_string(row.k) + " " + (row.server.empty() ? std::string("server") : row.server) + "]";
+  load.latencies.resize(static_cast<std::size_t>(cfg.clients));
+  load.connected.add(cfg.clients);
+  load.done.add(cfg.clients);
+  for (int i = 0; i < cfg.clients; ++i)
+    tendril::spawn([&load, seconds = cfg.seconds, i] { run_client(load, seconds, i); }).detach();
+  tendril::Fiber poller = tendril::spawn([&load, &row] { poll_stats(load, row); });
+  load.done.wait();
+  probe_calls_left(load, row);
+  const auto stop = Clock::now();
+  load.finished.store(true);
+  poller.join();
+  summarize(load, stop, row);
+}
+
 // ---- the report ----
 
-std::string fmt(const char* f, double v) {
-  char b[64];
-  std::snprintf(b, sizeof b, f, v);
-  return b;
-}
 std::string count(std::uint64_t v) { return v ? std::to_string(v) : "-"; }
-std::string ratio(double t, double p) { return p > 0 && t > 0 ? fmt("%.2fx", t / p) : "-"; }
+std::string ratio(double t, double p) { return p > 0 && t > 0 ? bench::cell(t / p, "%.2fx") : "-"; }
 
 std::string notes(const Row& r) {
   std::string n;
@@ -412,16 +356,17 @@ Table make_table(const std::vector<Row>& rows) {
   t.left = 2;  // k, server
   t.last_left = true;  // notes
   t.header = {"k", "server", "req/s", "p50 ms", "p99 ms", "answered", "peak tasks", "peak threads", "peak fibers",
-              "RSS peak MiB", "notes"};
-  auto mib = [](std::uint64_t b) { return b ? fmt("%.1f", static_cast<double>(b) / (1 << 20)) : "-"; };
+              "RSS peak MiB", "calls left", "notes"};
+  auto mib = [](std::uint64_t b) { return b ? bench::cell(static_cast<double>(b) / (1 << 20), "%.1f") : "-"; };
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const Row& r = rows[i];
     if (!r.ran) {
-      t.rows.push_back({std::to_string(r.k), r.server, "-", "-", "-", "-", "-", "-", "-", "-", notes(r)});
+      t.rows.push_back({std::to_string(r.k), r.server, "-", "-", "-", "-", "-", "-", "-", "-", "-", notes(r)});
     } else {
-      t.rows.push_back({std::to_string(r.k), r.server, fmt("%.0f", r.rps), fmt("%.2f", r.p50_ms), fmt("%.2f", r.p99_ms),
-                        fmt("%.1f%%", 100 * r.answered), count(r.peak_tasks), count(r.peak_threads),
-                        r.server == "tendril" ? count(r.peak_fibers) : "-", mib(r.rss_peak), notes(r)});
+      t.rows.push_back({std::to_string(r.k), r.server, bench::cell(r.rps, "%.0f"), bench::cell(r.p50_ms, "%.2f"), bench::cell(r.p99_ms, "%.2f"),
+                        bench::cell(100 * r.answered, "%.1f%%"), count(r.peak_tasks), count(r.peak_threads),
+                        r.server == "tendril" ? count(r.peak_fibers) : "-", mib(r.rss_peak),
+                        r.calls_left_known ? std::to_string(r.calls_left) : "-", notes(r)});
     }
     // After the last row of a k: tendril/pthread.
     if (i + 1 == rows.size() || rows[i + 1].k != r.k) {
@@ -434,7 +379,7 @@ Table make_table(const std::vector<Row>& rows) {
                           ratio(t_row->answered, p_row->answered),
                           ratio(static_cast<double>(t_row->peak_tasks), static_cast<double>(p_row->peak_tasks)),
                           "-", "-",
-                          ratio(static_cast<double>(t_row->rss_peak), static_cast<double>(p_row->rss_peak)), ""});
+                          ratio(static_cast<double>(t_row->rss_peak), static_cast<double>(p_row->rss_peak)), "-", ""});
     }
   }
   return t;
@@ -485,70 +430,66 @@ std::vector<std::string> parse_words(const std::string& s) {
   return out;
 }
 
-[[noreturn]] void usage(const char* argv0, int code) {
-  std::fprintf(code ? stderr : stdout,
-               "usage: %s [--quick] [--clients N] [--seconds S] [--k-list 10,100] [--deadline-ms 50]\n"
-               "       [--max-calls 1000] [--markdown FILE] [--servers pthread,tendril] [--backend host:port]\n"
-               "       [--echo PATH] [--fanout PATH] [--fanout-pthread PATH] [--at host:port]\n",
-               argv0);
-  std::exit(code);
+void add_flags(sample::Flags& flags, Config& cfg, std::string& k_list, std::string& servers) {
+  flags.add("quick", &cfg.quick, "2 s per run instead of 5 (unless --seconds)");
+  flags.add("clients", &cfg.clients, "closed-loop client connections");
+  flags.add("seconds", &cfg.seconds, "seconds per run");
+  flags.add("k-list", &k_list, "calls per request, one row each: k,k,...");
+  flags.add("deadline-ms", &cfg.deadline_ms, "the servers' --call-deadline-ms");
+  flags.add("max-calls", &cfg.max_calls, "the servers' --max-calls");
+  flags.add("markdown", &cfg.markdown, "append the table to this Markdown file");
+  flags.add("servers", &servers, "which servers to start: pthread,tendril");
+  flags.add("backend", &cfg.backend, "host:port of a running backend (empty: start the echo sample)");
+  flags.add("echo", &cfg.echo_bin, "path of the echo sample (empty: beside this build)");
+  flags.add("fanout", &cfg.fanout_bin, "path of the fanout sample (empty: beside this build)");
+  flags.add("fanout-pthread", &cfg.fanout_pthread_bin, "path of its pthread twin (empty: beside this build)");
+  flags.add("at", &cfg.at, "host:port of a running fanout server to drive (starts nothing)");
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The flags, checked; exits 2 on a bad one.
+Config parse_config(int argc, char** argv) {
   Config cfg;
-  bool seconds_set = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(argv[0], 2);
-      return argv[++i];
-    };
-    if (a == "--help" || a == "-h") usage(argv[0], 0);
-    else if (a == "--quick") cfg.quick = true;
-    else if (a == "--clients") cfg.clients = std::atoi(value().c_str());
-    else if (a == "--seconds") cfg.seconds = std::atof(value().c_str()), seconds_set = true;
-    else if (a == "--k-list") cfg.ks = parse_ints(value());
-    else if (a == "--deadline-ms") cfg.deadline_ms = std::atoi(value().c_str());
-    else if (a == "--max-calls") cfg.max_calls = std::atoi(value().c_str());
-    else if (a == "--markdown") cfg.markdown = value();
-    else if (a == "--servers") cfg.servers = parse_words(value());
-    else if (a == "--backend") cfg.backend = value();
-    else if (a == "--echo") cfg.echo_bin = value();
-    else if (a == "--fanout") cfg.fanout_bin = value();
-    else if (a == "--fanout-pthread") cfg.fanout_pthread_bin = value();
-    else if (a == "--at") cfg.at = value();
-    else usage(argv[0], 2);
-  }
-  if (cfg.quick && !seconds_set) cfg.seconds = 2;
-  if (cfg.clients < 1 || cfg.seconds <= 0 || cfg.ks.empty() || cfg.deadline_ms < 1 || cfg.max_calls < 1) usage(argv[0], 2);
+  std::string k_list = "10,100", servers = "pthread,tendril";
+  sample::Flags flags("fanout_load", "the fanout sample under closed-loop load, on tendril and its pthread twin");
+  add_flags(flags, cfg, k_list, servers);
+  flags.parse(argc, argv);
+  if (cfg.quick && !flags.given("seconds")) cfg.seconds = 2;
+  cfg.ks = parse_ints(k_list);
+  cfg.servers = parse_words(servers);
+  if (cfg.clients < 1 || cfg.seconds <= 0 || cfg.ks.empty() || cfg.deadline_ms < 1 || cfg.max_calls < 1)
+    flags.fail("--clients, --seconds, --k-list, --deadline-ms and --max-calls must be positive");
   for (const auto& s : cfg.servers)
-    if (s != "tendril" && s != "pthread") usage(argv[0], 2);
+    if (s != "tendril" && s != "pthread") flags.fail("--servers takes tendril and pthread, not '" + s + "'");
+  if (!cfg.at.empty() && !sample::parse_host_port(cfg.at)) flags.fail("--at must be host:port");
   if (cfg.echo_bin.empty()) cfg.echo_bin = find_sample("echo");
   if (cfg.fanout_bin.empty()) cfg.fanout_bin = find_sample("fanout");
   if (cfg.fanout_pthread_bin.empty()) cfg.fanout_pthread_bin = find_sample("fanout-pthread");
+  return cfg;
+}
+
+// Whether the binaries this run starts are there (says which is not).
+bool binaries_exist(const Config& cfg) {
+  if (!cfg.at.empty()) return true;
   for (const auto& [name, path] : {std::pair{"tendril", cfg.fanout_bin}, std::pair{"pthread", cfg.fanout_pthread_bin}}) {
-    if (cfg.at.empty() && std::find(cfg.servers.begin(), cfg.servers.end(), name) != cfg.servers.end() && !is_file(path)) {
+    if (std::find(cfg.servers.begin(), cfg.servers.end(), name) != cfg.servers.end() && !is_file(path)) {
       std::fprintf(stderr, "fanout_load: no server binary at %s (build the samples, or pass its path)\n", path.c_str());
-      return 1;
+      return false;
     }
   }
-  if (cfg.at.empty() && cfg.backend.empty() && !is_file(cfg.echo_bin)) {
+  if (cfg.backend.empty() && !is_file(cfg.echo_bin)) {
     std::fprintf(stderr, "fanout_load: no echo backend at %s (build the samples, or pass --echo or --backend)\n",
                  cfg.echo_bin.c_str());
-    return 1;
+    return false;
   }
+  return true;
+}
 
-  // Both ends of every client connection are ours or the server's: we need a
-  // descriptor per client (+ the stats connection), the server one per client
-  // plus its backend pool (at most --max-calls).
-  rlimit rl{};
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  rl.rlim_cur = rl.rlim_max;
-  ::setrlimit(RLIMIT_NOFILE, &rl);
-  ::getrlimit(RLIMIT_NOFILE, &rl);
-  const long fd_room = static_cast<long>(rl.rlim_cur) - 100;
+// Both ends of every client connection are ours or the server's: we need a
+// descriptor per client (+ the stats connection), the server one per client
+// plus its backend pool (at most --max-calls). Caps cfg.clients to fit; what
+// was capped, or "".
+std::string fit_clients_in_fd_limit(Config& cfg) {
+  const long fd_room = static_cast<long>(sample::raise_fd_limit()) - 100;
   std::string capped;
   if (cfg.clients > fd_room) {
     capped = "clients capped from " + std::to_string(cfg.clients) + " by RLIMIT_NOFILE";
@@ -557,128 +498,164 @@ int main(int argc, char** argv) {
   if (cfg.clients + cfg.max_calls > fd_room)
     std::fprintf(stderr, "fanout_load: warning: %d clients + %d pooled backend connections may not fit in the server's %ld descriptors\n",
                  cfg.clients, cfg.max_calls, fd_room);
+  return capped;
+}
 
-  std::atexit(kill_children);
-  ::signal(SIGINT, on_fatal_signal);
-  ::signal(SIGTERM, on_fatal_signal);
-  ::signal(SIGPIPE, SIG_IGN);
+// Starts the echo sample as the backend: its host:port, or "" (said why).
+std::string start_echo(const Config& cfg, std::unique_ptr<sample::ChildProcess>& echo) {
+  std::fprintf(stderr, "starting the echo backend (%s)...\n", cfg.echo_bin.c_str());
+  try {
+    echo = std::make_unique<sample::ChildProcess>(std::vector<std::string>{cfg.echo_bin, "--host", "127.0.0.1", "--port", "0"});
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fanout_load: cannot start %s: %s\n", cfg.echo_bin.c_str(), e.what());
+    return "";
+  }
+  const auto port = sample::listening_port(echo->read_line(10s).value_or(""));
+  if (!port) {
+    std::fprintf(stderr, "fanout_load: the echo backend did not start\n");
+    return "";
+  }
+  return "127.0.0.1:" + std::to_string(*port);
+}
 
+std::string k_list(const Config& cfg) {
   std::string ks;
   for (int k : cfg.ks) ks += (ks.empty() ? "" : ",") + std::to_string(k);
+  return ks;
+}
+
+void print_header(const Config& cfg, const std::string& backend, const std::string& capped) {
+  if (cfg.at.empty()) {
+    std::printf("fanout_load: %d clients, closed loop, %.1f s per run, k in {%s}, call deadline %d ms, max-calls %d,\n"
+                "backend %s (%s), %ld CPUs%s%s\n",
+                cfg.clients, cfg.seconds, k_list(cfg).c_str(), cfg.deadline_ms, cfg.max_calls, backend.c_str(),
+                cfg.backend.empty() ? "the echo sample on tendril" : "given", ::sysconf(_SC_NPROCESSORS_ONLN),
+                capped.empty() ? "" : "; ", capped.c_str());
+  } else {
+    std::printf("fanout_load: %d clients, closed loop, %.1f s per run, k in {%s}, the server running at %s%s%s\n",
+                cfg.clients, cfg.seconds, k_list(cfg).c_str(), cfg.at.c_str(), capped.empty() ? "" : "; ", capped.c_str());
+  }
+  std::fflush(stdout);
+}
+
+// drive() in a tendril::run of its own; a failure is the row's why_not.
+void drive_in_run(const Config& cfg, const std::string& host, std::uint16_t port, Row& row) {
+  try {
+    tendril::run([&] { drive(cfg, host, port, row); });
+  } catch (const std::exception& e) {
+    row.ran = false;
+    row.why_not = e.what();
+  }
+}
+
+// One row per k against the server already running at --at.
+std::vector<Row> drive_running_server(const Config& cfg) {
+  const sample::HostPort at = *sample::parse_host_port(cfg.at);
+  std::vector<Row> rows;
+  for (int k : cfg.ks) {
+    Row row;
+    row.k = k;
+    drive_in_run(cfg, at.host, at.port, row);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+// A fresh server process for one row: started, driven, stopped.
+Row run_server_row(const Config& cfg, const std::string& server, int k, const std::string& backend) {
+  Row row;
+  row.server = server;
+  row.k = k;
+  const std::string label = "[k=" + std::to_string(k) + " " + server + "]";
+  const std::string& bin = server == "tendril" ? cfg.fanout_bin : cfg.fanout_pthread_bin;
+  const int max_k = *std::max_element(cfg.ks.begin(), cfg.ks.end());
+  std::fprintf(stderr, "%s starting %s...\n", label.c_str(), bin.c_str());
+  std::unique_ptr<sample::ChildProcess> srv;
+  try {
+    srv = std::make_unique<sample::ChildProcess>(std::vector<std::string>{
+        bin, "--host", "127.0.0.1", "--port", "0", "--backend", backend, "--k", std::to_string(k),
+        "--call-deadline-ms", std::to_string(cfg.deadline_ms), "--max-calls", std::to_string(cfg.max_calls),
+        "--max-k", std::to_string(max_k)});
+  } catch (const std::exception&) {
+    row.why_not = "cannot start " + bin;
+    return row;
+  }
+  const auto port = sample::listening_port(srv->read_line(10s).value_or(""));
+  if (!port) {
+    row.why_not = "the server did not start";
+    return row;  // killed by ~ChildProcess
+  }
+  drive_in_run(cfg, "127.0.0.1", *port, row);
+  std::fprintf(stderr, "%s stopping the server...\n", label.c_str());
+  row.exit_status = sample::exit_code(srv->stop(30s));
+  std::fprintf(stderr, "%s %.0f req/s, p99 %.2f ms, %.1f%% answered, peak %llu tasks, exit %d\n", label.c_str(),
+               row.rps, row.p99_ms, 100 * row.answered, static_cast<unsigned long long>(row.peak_tasks),
+               row.exit_status);
+  return row;
+}
+
+// For each k, a row per server in --servers, each on a fresh server process.
+std::vector<Row> run_started_servers(const Config& cfg, const std::string& backend) {
+  std::vector<Row> rows;
+  for (int k : cfg.ks)
+    for (const auto& server : cfg.servers) rows.push_back(run_server_row(cfg, server, k, backend));
+  return rows;
+}
+
+void print_table(const Table& t) {
+  std::printf("\n%s", render(t, false).c_str());
+  std::printf("(answered: calls answered within the deadline / calls asked; peak tasks: live connections + calls,\n"
+              " counted by the server; peak threads/fibers: polled every 200 ms; RSS peak: the server's VmHWM;\n"
+              " calls left: calls the server still ran right after the last answer, each past its request's answer)\n");
+  std::fflush(stdout);
+}
+
+bool append_markdown(const Config& cfg, const Table& t, const std::string& capped) {
+  FILE* f = std::fopen(cfg.markdown.c_str(), "a");
+  if (f == nullptr) {
+    std::perror(cfg.markdown.c_str());
+    return false;
+  }
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::localtime(&now));
+  std::fprintf(f,
+               "\n### fanout_load (%s)\n\n%d clients, closed loop, %.1f s per run, call deadline %d ms, "
+               "max-calls %d, backend: %s, %ld CPUs%s%s.\n\n%s",
+               date, cfg.clients, cfg.seconds, cfg.deadline_ms, cfg.max_calls,
+               cfg.backend.empty() ? "the echo sample on tendril" : cfg.backend.c_str(),
+               ::sysconf(_SC_NPROCESSORS_ONLN), capped.empty() ? "" : "; ", capped.c_str(), render(t, true).c_str());
+  std::fclose(f);
+  std::fprintf(stderr, "appended the table to %s\n", cfg.markdown.c_str());
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Config cfg = parse_config(argc, argv);
+  if (!binaries_exist(cfg)) return 1;
+  const std::string capped = fit_clients_in_fd_limit(cfg);
+  ::signal(SIGPIPE, SIG_IGN);
   const int max_k = *std::max_element(cfg.ks.begin(), cfg.ks.end());
   if (max_k > cfg.max_calls) {
     std::fprintf(stderr, "fanout_load: k = %d does not fit in --max-calls %d\n", max_k, cfg.max_calls);
     return 2;
   }
 
-  Child echo;
+  std::unique_ptr<sample::ChildProcess> echo;
   std::string backend = cfg.backend;
   if (backend.empty() && cfg.at.empty()) {
-    std::fprintf(stderr, "starting the echo backend (%s)...\n", cfg.echo_bin.c_str());
-    if (!echo.start({cfg.echo_bin, "--host", "127.0.0.1", "--port", "0"})) {
-      std::fprintf(stderr, "fanout_load: cannot start %s\n", cfg.echo_bin.c_str());
-      return 1;
-    }
-    const std::uint16_t p = port_of(echo.read_line(10s));
-    if (p == 0) {
-      std::fprintf(stderr, "fanout_load: the echo backend did not start\n");
-      return 1;
-    }
-    backend = "127.0.0.1:" + std::to_string(p);
+    backend = start_echo(cfg, echo);
+    if (backend.empty()) return 1;
   }
+  print_header(cfg, backend, capped);
 
-  if (cfg.at.empty()) {
-    std::printf("fanout_load: %d clients, closed loop, %.1f s per run, k in {%s}, call deadline %d ms, max-calls %d,\n"
-                "backend %s (%s), %ld CPUs%s%s\n",
-                cfg.clients, cfg.seconds, ks.c_str(), cfg.deadline_ms, cfg.max_calls, backend.c_str(),
-                cfg.backend.empty() ? "the echo sample on tendril" : "given", ::sysconf(_SC_NPROCESSORS_ONLN),
-                capped.empty() ? "" : "; ", capped.c_str());
-  } else {
-    std::printf("fanout_load: %d clients, closed loop, %.1f s per run, k in {%s}, the server running at %s%s%s\n",
-                cfg.clients, cfg.seconds, ks.c_str(), cfg.at.c_str(), capped.empty() ? "" : "; ", capped.c_str());
-  }
-  std::fflush(stdout);
-
-  std::vector<Row> rows;
-  for (int k : cfg.ks) {
-    if (!cfg.at.empty()) {  // a running server: drive it, nothing to start or stop
-      Row row;
-      row.k = k;
-      const std::size_t colon = cfg.at.rfind(':');
-      const std::string host = colon == std::string::npos ? "127.0.0.1" : cfg.at.substr(0, colon);
-      const auto port = static_cast<std::uint16_t>(std::atoi(cfg.at.c_str() + (colon == std::string::npos ? 0 : colon + 1)));
-      try {
-        tendril::run([&] { drive(cfg, host, port, row); });
-      } catch (const std::exception& e) {
-        row.ran = false;
-        row.why_not = e.what();
-      }
-      rows.push_back(row);
-      continue;
-    }
-    for (const auto& server : cfg.servers) {
-      Row row;
-      row.server = server;
-      row.k = k;
-      const std::string label = "[k=" + std::to_string(k) + " " + server + "]";
-      const std::string& bin = server == "tendril" ? cfg.fanout_bin : cfg.fanout_pthread_bin;
-      Child srv;
-      std::fprintf(stderr, "%s starting %s...\n", label.c_str(), bin.c_str());
-      if (!srv.start({bin, "--host", "127.0.0.1", "--port", "0", "--backend", backend, "--k", std::to_string(k),
-                      "--call-deadline-ms", std::to_string(cfg.deadline_ms), "--max-calls",
-                      std::to_string(cfg.max_calls), "--max-k", std::to_string(max_k)})) {
-        row.why_not = "cannot start " + bin;
-        rows.push_back(row);
-        continue;
-      }
-      const std::uint16_t port = port_of(srv.read_line(10s));
-      if (port == 0) {
-        row.why_not = "the server did not start";
-        srv.kill();
-        rows.push_back(row);
-        continue;
-      }
-      try {
-        tendril::run([&] { drive(cfg, "127.0.0.1", port, row); });
-      } catch (const std::exception& e) {
-        row.ran = false;
-        row.why_not = e.what();
-      }
-      std::fprintf(stderr, "%s stopping the server...\n", label.c_str());
-      const int st = srv.stop(30s);
-      row.exit_status = (st >= 0 && WIFEXITED(st)) ? WEXITSTATUS(st) : (st < 0 ? -1 : 128 + WTERMSIG(st));
-      std::fprintf(stderr, "%s %.0f req/s, p99 %.2f ms, %.1f%% answered, peak %llu tasks, exit %d\n", label.c_str(),
-                   row.rps, row.p99_ms, 100 * row.answered, static_cast<unsigned long long>(row.peak_tasks),
-                   row.exit_status);
-      rows.push_back(row);
-    }
-  }
-  if (cfg.at.empty() && cfg.backend.empty() && echo.stop(10s) != 0) std::fprintf(stderr, "fanout_load: the echo backend did not stop cleanly\n");
+  const std::vector<Row> rows = cfg.at.empty() ? run_started_servers(cfg, backend) : drive_running_server(cfg);
+  if (echo && echo->stop(10s) != 0) std::fprintf(stderr, "fanout_load: the echo backend did not stop cleanly\n");
 
   const Table t = make_table(rows);
-  std::printf("\n%s", render(t, false).c_str());
-  std::printf("(answered: calls answered within the deadline / calls asked; peak tasks: live connections + calls,\n"
-              " counted by the server; peak threads/fibers: polled every 200 ms; RSS peak: the server's VmHWM)\n");
-  std::fflush(stdout);
-
-  if (!cfg.markdown.empty()) {
-    FILE* f = std::fopen(cfg.markdown.c_str(), "a");
-    if (f == nullptr) {
-      std::perror(cfg.markdown.c_str());
-      return 1;
-    }
-    char date[32];
-    const std::time_t now = std::time(nullptr);
-    std::strftime(date, sizeof date, "%Y-%m-%d %H:%M", std::localtime(&now));
-    std::fprintf(f,
-                 "\n### fanout_load (%s)\n\n%d clients, closed loop, %.1f s per run, call deadline %d ms, "
-                 "max-calls %d, backend: %s, %ld CPUs%s%s.\n\n%s",
-                 date, cfg.clients, cfg.seconds, cfg.deadline_ms, cfg.max_calls,
-                 cfg.backend.empty() ? "the echo sample on tendril" : cfg.backend.c_str(),
-                 ::sysconf(_SC_NPROCESSORS_ONLN), capped.empty() ? "" : "; ", capped.c_str(),
-                 render(t, true).c_str());
-    std::fclose(f);
-    std::fprintf(stderr, "appended the table to %s\n", cfg.markdown.c_str());
-  }
+  print_table(t);
+  if (!cfg.markdown.empty() && !append_markdown(cfg, t, capped)) return 1;
   return 0;
 }

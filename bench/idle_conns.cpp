@@ -26,22 +26,21 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <vector>
 
 #include <tendril/tendril.hpp>
+#include "samples/common/child_process.hpp"
 #include "samples/common/fd_limit.hpp"
+#include "samples/common/host_port.hpp"
+#include "samples/common/proc_status.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
-
-struct Server {
-  pid_t pid = -1;
-  std::uint16_t port = 0;
-};
 
 std::string exe_dir() {
   char buf[4096];
@@ -52,61 +51,21 @@ std::string exe_dir() {
   return s.substr(0, s.rfind('/'));
 }
 
-// Starts bin --port 0 and reads "... listening on host:port" from its stdout.
-Server start_server(const std::string& bin) {
-  int out[2];
-  if (::pipe(out) != 0) throw std::system_error(errno, std::generic_category(), "pipe");
-  const pid_t pid = ::fork();
-  if (pid < 0) throw std::system_error(errno, std::generic_category(), "fork");
-  if (pid == 0) {
-    ::dup2(out[1], 1);
-    ::close(out[0]);
-    ::close(out[1]);
-    ::execl(bin.c_str(), bin.c_str(), "--port", "0", "--idle-timeout-ms", "0", static_cast<char*>(nullptr));
-    std::perror(bin.c_str());
-    ::_exit(127);
-  }
-  ::close(out[1]);
-  std::string line;
-  char c;
-  while (::read(out[0], &c, 1) == 1 && c != '\n') line += c;
-  ::close(out[0]);  // the server's later output goes to a closed pipe: it prints nothing more
-  const auto colon = line.rfind(':');
-  if (line.find("listening on") == std::string::npos || colon == std::string::npos) {
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    throw std::runtime_error(bin + " did not start (it printed '" + line + "')");
-  }
-  return {pid, static_cast<std::uint16_t>(std::atoi(line.c_str() + colon + 1))};
+// Starts bin --port 0 and reads its port from "... listening on host:port";
+// its later output is not read (it goes to a closed pipe).
+std::unique_ptr<sample::ChildProcess> start_server(const std::string& bin, std::uint16_t* port) {
+  auto srv = std::make_unique<sample::ChildProcess>(std::vector<std::string>{bin, "--port", "0", "--idle-timeout-ms", "0"});
+  const std::string line = srv->read_line().value_or("");
+  const auto p = sample::listening_port(line);
+  if (!p) throw std::runtime_error(bin + " did not start (it printed '" + line + "')");
+  srv->close_stdout();
+  *port = *p;
+  return srv;
 }
 
-void stop_server(const Server& s) {
-  ::kill(s.pid, SIGTERM);
-  for (int i = 0; i < 200; ++i) {
-    if (::waitpid(s.pid, nullptr, WNOHANG) == s.pid) return;
-    std::this_thread::sleep_for(25ms);
-  }
-  ::kill(s.pid, SIGKILL);
-  ::waitpid(s.pid, nullptr, 0);
-}
-
-// The value of "key:" in a /proc file of "key: value kB" lines, or 0.
-long proc_kib(const std::string& path, const char* key) {
-  std::ifstream f(path);
-  const std::string want = std::string(key) + ":";
-  std::string k;
-  long v = 0;
-  while (f >> k) {
-    if (k == want) {
-      f >> v;
-      return v;
-    }
-    std::getline(f, k);
-  }
-  return 0;
-}
-long status_kib(pid_t pid, const char* key) { return proc_kib("/proc/" + std::to_string(pid) + "/status", key); }
-long meminfo_kib(const char* key) { return proc_kib("/proc/meminfo", key); }
+// A /proc field in KiB (its kB fields), or 0.
+long status_kib(pid_t pid, const char* key) { return static_cast<long>(sample::proc_status_field(key, pid).value_or(0) / 1024); }
+long meminfo_kib(const char* key) { return static_cast<long>(sample::proc_field("/proc/meminfo", key).value_or(0) / 1024); }
 
 struct Result {
   std::string server;
@@ -126,9 +85,10 @@ Result measure(const std::string& name, const std::string& bin, int conns) {
   Result r;
   r.server = name;
   r.conns = conns;
-  Server srv = start_server(bin);
+  std::uint16_t port = 0;
+  const auto srv = start_server(bin, &port);
   std::this_thread::sleep_for(200ms);
-  r.rss0_kib = status_kib(srv.pid, "VmRSS");
+  r.rss0_kib = status_kib(srv->pid(), "VmRSS");
   const long kstack0 = meminfo_kib("KernelStack");
   std::atomic<int> opened{0}, failed{0};
   std::string first_error;
@@ -147,7 +107,7 @@ Result measure(const std::string& name, const std::string& bin, int conns) {
         tendril::net::TcpStream s;
         connecting.acquire();
         try {
-          s = tendril::net::TcpStream::connect("127.0.0.1", srv.port, 30s);
+          s = tendril::net::TcpStream::connect("127.0.0.1", port, 30s);
           s.set_timeout(30s);
           static const char req[] = "GET / HTTP/1.1\r\nHost: idle\r\n\r\n";
           s.write_all(req, sizeof req - 1);
@@ -172,15 +132,15 @@ Result measure(const std::string& name, const std::string& bin, int conns) {
     }
     ready.wait();
     tendril::this_fiber::sleep_for(300ms);  // let the server settle (thread stacks, buffers)
-    r.rss_kib = status_kib(srv.pid, "VmRSS");
-    r.threads = status_kib(srv.pid, "Threads");
+    r.rss_kib = status_kib(srv->pid(), "VmRSS");
+    r.threads = static_cast<long>(sample::proc_status_field("Threads", srv->pid()).value_or(0));
     r.kstack_delta_kib = meminfo_kib("KernelStack") - kstack0;
     release.close();
     for (auto& f : clients) f.join();
   });
   r.opened = opened.load();
   if (failed.load() > 0) r.error = std::to_string(failed.load()) + " connections failed: " + first_error;
-  stop_server(srv);
+  srv->stop(5s);
   return r;
 }
 

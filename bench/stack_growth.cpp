@@ -9,6 +9,7 @@
 // 2. Memory per idle slot (VmRSS + VmPTE deltas) at 100k and 1M slots.
 // Times on a 2-vCPU VM are noisy: read the medians, compare the ratios.
 #include "../runtime/stack/stack.hpp"
+#include "samples/common/proc_status.hpp"
 
 #include <boost/context/detail/fcontext.hpp>
 
@@ -222,12 +223,10 @@ void report_growth(int iters, int reps) {
   }
 }
 
+// A /proc/self/status field in KiB (its kB fields), or -1.
 long status_kib(const char* key) {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind(key, 0) == 0) return std::strtol(line.c_str() + std::strlen(key), nullptr, 10);
-  return -1;
+  const auto v = sample::proc_status_field(key);
+  return v ? static_cast<long>(*v / 1024) : -1;
 }
 
 int vma_count() {
@@ -246,12 +245,12 @@ void report_idle_memory(const char* mode, std::size_t limit, std::size_t count) 
   std::vector<StackSlot> slots;
   slots.reserve(count);
   slots.push_back(stack_allocate(0, limit));
-  long rss0 = status_kib("VmRSS:"), pte0 = status_kib("VmPTE:");
+  long rss0 = status_kib("VmRSS"), pte0 = status_kib("VmPTE");
   int vma0 = vma_count();
   auto t0 = Clock::now();
   for (std::size_t i = 1; i < count; ++i) slots.push_back(stack_allocate(0, limit));
   double alloc_ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / double(count - 1);
-  long rss = status_kib("VmRSS:") - rss0, pte = status_kib("VmPTE:") - pte0;
+  long rss = status_kib("VmRSS") - rss0, pte = status_kib("VmPTE") - pte0;
   int vmas = vma_count() - vma0;
   t0 = Clock::now();
   for (auto& s : slots) stack_release(0, s);

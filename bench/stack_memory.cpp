@@ -56,6 +56,7 @@
 extern char** environ;
 
 #include "bench/report/table.hpp"
+#include "samples/common/proc_status.hpp"
 
 namespace {
 
@@ -77,16 +78,11 @@ void progress(const char* fmt, ...) {
 
 // ---- /proc ---------------------------------------------------------------------
 
-// A "Key:   123 kB" field of /proc/self/status or /proc/meminfo, in bytes.
+// A "Key:   123 kB" field of /proc/self/status or /proc/meminfo, in bytes; -1
+// if missing.
 long long proc_kb_field(const char* file, const char* key) {
-  std::ifstream in(file);
-  std::string line;
-  const std::size_t klen = std::strlen(key);
-  while (std::getline(in, line)) {
-    if (line.compare(0, klen, key) == 0 && line.size() > klen && line[klen] == ':')
-      return std::atoll(line.c_str() + klen + 1) * 1024;
-  }
-  return -1;
+  const auto v = sample::proc_field(file, key);
+  return v ? static_cast<long long>(*v) : -1;
 }
 
 struct MemSnap {

@@ -6,6 +6,7 @@
 #include "tests/scale.hpp"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include <exception>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -68,6 +70,17 @@ struct Inject {
   }
   static int hits() { return g_hits.load(); }
 };
+
+// This process's address space size (VmSize), in bytes.
+std::size_t vm_size_bytes() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  char line[256];
+  unsigned long kb = 0;
+  while (f != nullptr && std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "VmSize: %lu kB", &kb) == 1) break;
+  if (f != nullptr) std::fclose(f);
+  return std::size_t(kb) << 10;
+}
 
 // A fiber that proves the runtime still schedules: spawns, sleeps, joins.
 void runtime_still_works() {
@@ -267,6 +280,74 @@ TEST(FaultInjection, ArenaFullSpawnThrowsAndExistingFibersRunOn) {
   });
 }
 
+// For real, and tighter: no address space left at all, and the heap used up
+// first, so that even the error's message finds no memory. spawn must still
+// throw (std::system_error or std::bad_alloc, saying what ran out) instead of
+// terminating, and the fibers that exist must run on. The debug threads meet
+// the same limit: the stall watchdog may end (saying so), never the program.
+TEST(FaultInjection, SpawnWithNoMemoryLeftThrowsAndExistingFibersRunOn) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator aborts when it runs out instead of returning nullptr, which using up the heap needs";
+#endif
+  const pid_t pid = ::fork();  // the limit stays in the child
+  if (pid == 0) {
+    int code = 0;
+    tendril::run(small_options(), [&] {
+      constexpr int kExisting = 4;
+      tendril::Semaphore go(0);
+      std::atomic<int> ran{0};
+      std::vector<tendril::Fiber> existing;
+      for (int i = 0; i < kExisting; ++i) existing.push_back(tendril::spawn([&] {
+        go.acquire();
+        ran.fetch_add(1);
+      }));
+      std::vector<void*> hoard;
+      hoard.reserve(1 << 20);
+      rlimit rl{};
+      ::getrlimit(RLIMIT_AS, &rl);
+      rlimit none{static_cast<rlim_t>(vm_size_bytes()), rl.rlim_max};  // no new mapping fits
+      ::setrlimit(RLIMIT_AS, &none);
+      while (hoard.size() < hoard.capacity()) {  // what the heap still has
+        void* p = std::malloc(512);
+        if (p == nullptr) break;
+        hoard.push_back(p);
+      }
+      // A size class nothing reserved yet needs a new arena: none fits.
+      int spawned = 0;
+      code = 1;  // every size class spawned: nothing ran out
+      for (std::size_t limit = std::size_t(32) << 10; limit <= (std::size_t(1) << 30); limit *= 2) {
+        tendril::SpawnOptions so;
+        so.stack_limit = limit;
+        try {
+          tendril::spawn(so, [&] {
+            go.acquire();
+            ran.fetch_add(1);
+          }).detach();
+          ++spawned;
+          continue;
+        } catch (const std::system_error& e) {
+          code = std::strstr(e.what(), "stack arena") != nullptr ? 0 : 2;
+        } catch (const std::bad_alloc& e) {
+          code = std::strstr(e.what(), "stack arena") != nullptr ? 0 : 3;
+        }
+        break;
+      }
+      for (void* p : hoard) std::free(p);
+      ::setrlimit(RLIMIT_AS, &rl);
+      go.release(kExisting + spawned);
+      for (auto& f : existing) f.join();
+      while (ran.load() < kExisting + spawned) tendril::this_fiber::sleep_for(1ms);
+      runtime_still_works();
+    });
+    ::_exit(code);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "terminated by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "1: nothing ran out, 2: a system_error not naming the stack arena, 3: a bad_alloc not naming it";
+}
+
 // ---- io_uring ----------------------------------------------------------------
 
 // Pipe I/O between fibers with the submission queue reported full and enter
@@ -464,5 +545,79 @@ TEST(FaultInjection, BlockingPoolThreadStartFailsCallStillRuns) {
     EXPECT_EQ(v, 42);
   });
 }
+
+// ---- run() set-up ----------------------------------------------------------
+
+// The dump signal's pipe cannot be made: run() fails naming the call, with
+// errno kept, leaves no handler behind, and the next run() works.
+void run_fails_at_dump_pipe(int err) {
+  tendril::Options o = small_options();
+  o.dump_signal = SIGUSR2;
+  struct sigaction before {};
+  ::sigaction(SIGUSR2, nullptr, &before);
+  bool ran = false;
+  {
+    Inject inj(FaultPoint::pipe, err, 1);
+    try {
+      tendril::run(o, [&] { ran = true; });
+      ADD_FAILURE() << "run() started without its dump-signal pipe";
+    } catch (const std::system_error& e) {
+      EXPECT_EQ(e.code().value(), err);
+      EXPECT_NE(std::string(e.what()).find("pipe2 for the dump signal"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(Inject::hits(), 1);
+  }
+  EXPECT_FALSE(ran);
+  struct sigaction after {};
+  ::sigaction(SIGUSR2, nullptr, &after);
+  EXPECT_EQ(after.sa_handler, before.sa_handler);
+  tendril::run(o, [&] {
+    ran = true;
+    runtime_still_works();
+  });
+  EXPECT_TRUE(ran);
+}
+
+TEST(FaultInjection, DumpSignalPipeEmfileFailsRunNamingTheCall) { run_fails_at_dump_pipe(EMFILE); }
+TEST(FaultInjection, DumpSignalPipeEnfileFailsRunNamingTheCall) { run_fails_at_dump_pipe(ENFILE); }
+
+// Fails every io_uring and epoll creation (a worker then has no poller).
+std::atomic<int> g_poller_fails{0};
+int fail_pollers(FaultPoint p) noexcept {
+  if (p != FaultPoint::uring_create && p != FaultPoint::epoll_create) return 0;
+  g_poller_fails.fetch_add(1);
+  return g_errno.load();
+}
+
+// A worker that can create no poller at start: run() throws naming it, the
+// workers that started are stopped (no hang), main never runs, and the next
+// run() works. `backend`: "" (io_uring, then epoll) or "epoll".
+void run_fails_at_poller(const char* backend, int err) {
+  tendril::Options o = small_options();
+  o.io_backend = backend;
+  bool ran = false;
+  g_errno = err;
+  g_poller_fails = 0;
+  tendril::detail::set_fault_hook(fail_pollers);
+  try {
+    tendril::run(o, [&] { ran = true; });
+    ADD_FAILURE() << "run() started without I/O pollers";
+  } catch (const std::system_error& e) {
+    EXPECT_EQ(e.code().value(), err);
+    EXPECT_NE(std::string(e.what()).find("I/O poller"), std::string::npos) << e.what();
+  }
+  tendril::detail::set_fault_hook(nullptr);
+  EXPECT_GT(g_poller_fails.load(), 0);
+  EXPECT_FALSE(ran);
+  tendril::run(o, [&] {
+    ran = true;
+    runtime_still_works();
+    pipe_round_trips();
+  });
+  EXPECT_TRUE(ran);
+}
+
+TEST(FaultInjection, NoPollerAtWorkerStartFailsRunEmfile) { run_fails_at_poller("", EMFILE); }
+TEST(FaultInjection, NoEpollAtWorkerStartFailsRunEnfile) { run_fails_at_poller("epoll", ENFILE); }
 
 }  // namespace

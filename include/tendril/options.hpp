@@ -91,7 +91,8 @@ struct Options {
   // A signal on which the runtime writes the fiber dump to stderr and the
   // process goes on (0: none). Not SIGKILL, SIGSTOP, the fault signals
   // (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGABRT) or SIGURG, which the
-  // stall watchdog uses to sample a running fiber.
+  // stall watchdog uses to sample a running fiber. run() throws
+  // std::system_error if the pipe or the thread behind it cannot be made.
   int dump_signal = 0;
 
   // The values in *this with every TENDRIL_* variable that is set applied on

@@ -13,6 +13,9 @@
 // are still running or parked are abandoned (their destructors do not run), so
 // join what must finish. Calling run() while a run() is in progress, from any
 // thread, throws std::logic_error. run() may be called again after it returned.
+// If what it starts cannot be had (a worker thread, a worker's I/O poller, the
+// dump signal's pipe or thread), run() throws std::system_error naming the
+// call, with its errno, before `main` runs; everything it started is stopped.
 #pragma once
 
 #include <functional>

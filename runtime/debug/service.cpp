@@ -11,9 +11,13 @@
 #include <cstdio>
 #include <cstring>
 #include <strings.h>
+#include <new>
 #include <string>
+#include <system_error>
+#include <utility>
 
 #include "runtime/debug/inspect.hpp"
+#include "runtime/inject/fault_inject.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "tendril/debug.hpp"
 
@@ -180,23 +184,72 @@ std::int64_t now_ns() {
 
 }  // namespace
 
+namespace {
+
+// A thread of the debug service, or a std::system_error naming it (the
+// std::thread one says only "Resource temporarily unavailable").
+template <class F>
+std::thread start_thread(const char* what, F&& body) {
+  try {
+    return std::thread(std::forward<F>(body));
+  } catch (const std::system_error& e) {
+    throw std::system_error(e.code(), std::string("tendril::run: starting ") + what);
+  }
+}
+
+// Runs a debug thread's body; if it runs out of memory (a tight RLIMIT_AS),
+// the thread ends with a line on stderr instead of terminating the program:
+// it is a diagnostic, the program runs on without it.
+template <class F>
+void out_of_memory_ends(const char* who, F&& body) noexcept {
+  try {
+    body();
+  } catch (const std::bad_alloc&) {
+    char line[128];
+    const int n = std::snprintf(line, sizeof line, "tendril: %s stopped: out of memory\n", who);
+    if (n > 0) {
+      [[maybe_unused]] const ssize_t w = ::write(STDERR_FILENO, line, static_cast<std::size_t>(n));
+    }
+  }
+}
+
+}  // namespace
+
 DebugService::DebugService(Scheduler& sched, const Options& options)
     : sched_(sched), threshold_(options.stall_threshold), dump_signal_(options.dump_signal) {
-  if (threshold_.count() > 0) {
+  try {
+    if (threshold_.count() > 0) start_watchdog();
+    if (dump_signal_ != 0) start_dump_service();
+  } catch (...) {
+    stop();  // the part that started; the destructor does not run
+    throw;
+  }
+}
+
+void DebugService::start_watchdog() {
 #if !TENDRIL_TSAN
-    // Not under ThreadSanitizer: it defers a signal to its next interceptor,
-    // where the handler would run on whatever the worker switched to since,
-    // and its shadow state of the fiber stacks does not survive that. Stalls
-    // are still reported there, without a backtrace.
-    sample_installed_ = install(kStallSampleSignal, on_sample_signal, &old_sample_action_);
+  // Not under ThreadSanitizer: it defers a signal to its next interceptor,
+  // where the handler would run on whatever the worker switched to since,
+  // and its shadow state of the fiber stacks does not survive that. Stalls
+  // are still reported there, without a backtrace.
+  sample_installed_ = install(kStallSampleSignal, on_sample_signal, &old_sample_action_);
 #endif
-    watchdog_ = std::thread([this] { watch_for_stalls(); });
-  }
-  if (dump_signal_ != 0 && pipe2(dump_pipe_, O_CLOEXEC | O_NONBLOCK) == 0) {
-    g_dump_pipe_write.store(dump_pipe_[1], std::memory_order_release);
-    dump_installed_ = install(dump_signal_, on_dump_signal, &old_dump_action_);
-    dumper_ = std::thread([this] { serve_dump_signal(); });
-  }
+  watchdog_ = start_thread("the stall watchdog thread (Options::stall_threshold)",
+                           [this] { out_of_memory_ends("the stall watchdog", [this] { watch_for_stalls(); }); });
+}
+
+// The dump signal's handler only writes a byte to a pipe; a thread reads it
+// and dumps. Without the pipe or the thread the signal would do nothing, so
+// run() fails instead, naming the call.
+void DebugService::start_dump_service() {
+  int err = injected_fault(FaultPoint::pipe);
+  if (err == 0 && pipe2(dump_pipe_, O_CLOEXEC | O_NONBLOCK) != 0) err = errno;
+  if (err != 0)
+    throw std::system_error(err, std::generic_category(), "tendril::run: pipe2 for the dump signal (Options::dump_signal)");
+  g_dump_pipe_write.store(dump_pipe_[1], std::memory_order_release);
+  dump_installed_ = install(dump_signal_, on_dump_signal, &old_dump_action_);
+  dumper_ = start_thread("the dump-signal thread (Options::dump_signal)",
+                         [this] { out_of_memory_ends("the dump-signal thread", [this] { serve_dump_signal(); }); });
 }
 
 void DebugService::stop() noexcept {

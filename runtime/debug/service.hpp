@@ -30,6 +30,9 @@ constexpr int kStallSampleSignal = SIGURG;
 
 class DebugService {
  public:
+  // Starts what the options ask for. Throws std::system_error naming the
+  // call (errno kept) if its pipe or a thread cannot be made; nothing is
+  // left running then.
   DebugService(Scheduler& sched, const Options& options);
   ~DebugService() { stop(); }
   DebugService(const DebugService&) = delete;
@@ -39,6 +42,8 @@ class DebugService {
   void stop() noexcept;
 
  private:
+  void start_watchdog();
+  void start_dump_service();
   void watch_for_stalls();
   void serve_dump_signal();
 

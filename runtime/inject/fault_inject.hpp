@@ -25,10 +25,12 @@ enum class FaultPoint : unsigned {
   uring_sq_full,    // io_uring_get_sqe finds the submission queue full (any non-zero)
   uring_submit,     // io_uring_enter for a submission fails (EBUSY, EAGAIN)
   uring_create,     // io_uring_setup for a worker's ring (ENOMEM, EMFILE)
+  epoll_create,     // epoll_create1 for a worker's poller (EMFILE, ENFILE, ENOMEM)
   socket,           // socket(2) (EMFILE, ENFILE)
   accept,           // accept4(2) (EMFILE, ENFILE)
   connect,          // connect(2) (EMFILE is not possible here; ENETUNREACH, ...)
   blocking_thread,  // starting a blocking() pool thread (EAGAIN)
+  pipe,             // pipe2(2) for the runtime's own pipes, e.g. the dump signal's (EMFILE, ENFILE)
 };
 
 // 0: let the call run; else the errno it fails with.

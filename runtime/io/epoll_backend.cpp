@@ -33,6 +33,7 @@
 #include <new>
 #include <vector>
 
+#include "runtime/inject/fault_inject.hpp"
 #include "runtime/io/io_internal.hpp"
 #include "runtime/sched/scheduler.hpp"
 
@@ -161,7 +162,18 @@ EpollWorker* epoll_worker_create(int* error) noexcept {
     *error = ENOMEM;
     return nullptr;
   }
-  e->deferred.reserve(kMaxEvents);
+  try {
+    e->deferred.reserve(kMaxEvents);
+  } catch (const std::bad_alloc&) {
+    delete e;
+    *error = ENOMEM;
+    return nullptr;
+  }
+  if (const int injected = injected_fault(FaultPoint::epoll_create)) {
+    *error = injected;
+    epoll_worker_destroy(e);
+    return nullptr;
+  }
   e->epfd = epoll_create1(EPOLL_CLOEXEC);
   e->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   epoll_event ev{};

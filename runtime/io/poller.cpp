@@ -11,7 +11,8 @@
 // Each worker's ring is created on its own thread in io_thread_init (a ring
 // with IORING_SETUP_SINGLE_ISSUER belongs to the thread that made it). If that
 // fails for one worker, that worker alone runs epoll; operations dispatch on
-// the backend of the worker they run on, so mixing is safe.
+// the backend of the worker they run on, so mixing is safe. If epoll fails
+// too, run() throws std::system_error (see Scheduler::start).
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -88,14 +89,14 @@ void io_shutdown() noexcept {
   g_kind = IoKind::none;
 }
 
-void io_thread_init(unsigned worker) noexcept {
+int io_thread_init(unsigned worker) noexcept {
   WorkerIo& w = g_io[worker];
   int err = 0;
   if (g_kind == IoKind::uring) {
     if (UringWorker* u = uring_worker_create(g_uring_flags, &err)) {
       w.kind = IoKind::uring;
       w.uring.store(u, std::memory_order_release);
-      return;
+      return 0;
     }
     std::fprintf(stderr, "tendril: worker %u: io_uring setup failed (%s); using epoll\n", worker,
                  std::strerror(err));
@@ -103,10 +104,9 @@ void io_thread_init(unsigned worker) noexcept {
   if (EpollWorker* e = epoll_worker_create(&err)) {
     w.kind = IoKind::epoll;
     w.epoll.store(e, std::memory_order_release);
-    return;
+    return 0;
   }
-  std::fprintf(stderr, "tendril: worker %u: epoll setup failed (%s)\n", worker, std::strerror(err));
-  std::abort();  // without a poller the worker cannot even sleep
+  return err;  // without a poller the worker cannot even sleep: run() fails
 }
 
 void io_thread_exit(unsigned worker) noexcept {

@@ -22,7 +22,9 @@ struct IoConfig {
 void io_init(const IoConfig& config);
 void io_shutdown() noexcept;
 // On worker `worker`'s thread, before its loop starts / after it ends.
-void io_thread_init(unsigned worker) noexcept;
+// io_thread_init returns 0, or the errno of the last poller it tried (its
+// io_uring, then epoll): the worker then has no poller and must not run.
+int io_thread_init(unsigned worker) noexcept;
 void io_thread_exit(unsigned worker) noexcept;
 
 // Reaps completions that are ready for worker `worker` and makes their fibers

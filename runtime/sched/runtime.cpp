@@ -10,6 +10,7 @@
 #include <cstring>
 #include <strings.h>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 
 #include "runtime/debug/service.hpp"
@@ -134,6 +135,20 @@ void raise_nofile_limit() noexcept {
   }
 }
 
+// After the workers stopped (or never started): the last counters for
+// stats(), then the I/O and stack subsystems go.
+void tear_down(detail::Scheduler& sched) {
+  {
+    // Under the lock that stats() holds while it reads the live scheduler, so
+    // a plain thread calling stats() now never sees it half destroyed.
+    std::lock_guard<std::mutex> g(g_last_stats_mu);
+    g_last_stats = sched.snapshot();
+    detail::set_current_scheduler(nullptr);
+  }
+  detail::io_shutdown();
+  detail::stack_shutdown();
+}
+
 struct RunGuard {
   RunGuard() {
     if (detail::forked_from_running_runtime()) throw std::logic_error(detail::used_after_fork_message());
@@ -211,8 +226,15 @@ void run(const Options& options, std::function<void()> main) {
     throw;
   }
   detail::set_current_scheduler(&sched);
-  sched.start();
-  detail::DebugService debug(sched, opts);
+  std::optional<detail::DebugService> debug;
+  try {
+    sched.start();  // on failure, the workers that started are stopped again
+    debug.emplace(sched, opts);
+  } catch (...) {
+    sched.stop();
+    tear_down(sched);
+    throw;
+  }
 
   std::exception_ptr error;
   try {
@@ -221,17 +243,9 @@ void run(const Options& options, std::function<void()> main) {
   } catch (...) {
     error = std::current_exception();
   }
-  debug.stop();
+  debug->stop();
   sched.stop();
-  {
-    // Under the lock that stats() holds while it reads the live scheduler, so
-    // a plain thread calling stats() now never sees it half destroyed.
-    std::lock_guard<std::mutex> g(g_last_stats_mu);
-    g_last_stats = sched.snapshot();
-    detail::set_current_scheduler(nullptr);
-  }
-  detail::io_shutdown();
-  detail::stack_shutdown();
+  tear_down(sched);
   if (error) std::rethrow_exception(error);
 }
 

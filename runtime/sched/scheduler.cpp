@@ -4,6 +4,8 @@
 #include <sched.h>
 
 #include <stdexcept>
+#include <string>
+#include <system_error>
 
 #include "runtime/io/poller.hpp"
 #include "runtime/stack/stack.hpp"
@@ -45,9 +47,25 @@ void Scheduler::start() {
   started_ = std::make_unique<std::latch>(static_cast<std::ptrdiff_t>(workers_.size()));
   for (unsigned i = 0; i < workers_.size(); ++i) {
     const int cpu = options_.pin_workers && !cpus.empty() ? cpus[i % cpus.size()] : -1;
-    workers_[i]->start(cpu);
+    try {
+      workers_[i]->start(cpu);
+    } catch (const std::system_error& e) {
+      // The workers that did not start never count down.
+      started_->count_down(static_cast<std::ptrdiff_t>(workers_.size() - i));
+      started_->wait();
+      stop();
+      throw std::system_error(e.code(), "tendril::run: starting worker thread " + std::to_string(i));
+    }
   }
   started_->wait();
+  for (unsigned i = 0; i < workers_.size(); ++i) {
+    if (const int err = workers_[i]->poller_error()) {
+      stop();
+      throw std::system_error(err, std::generic_category(),
+                              "tendril::run: worker " + std::to_string(i) +
+                                  ": creating its I/O poller (io_uring, then epoll_create1 and eventfd)");
+    }
+  }
 }
 
 void Scheduler::stop() noexcept {

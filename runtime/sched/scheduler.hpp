@@ -98,6 +98,9 @@ class Worker {
 
   void start(int cpu);
   void join() { if (thread_.joinable()) thread_.join(); }
+  // After the start latch: 0, or the errno of the I/O poller this worker
+  // could not create (its thread then ended without running).
+  int poller_error() const noexcept { return poller_error_; }
   pthread_t native_handle() noexcept { return thread_.native_handle(); }
   // The worker thread's kernel thread id, once it has started (else 0).
   int os_tid() const noexcept { return os_tid_.load(std::memory_order_acquire); }
@@ -219,6 +222,7 @@ class Worker {
   Deadline park_deadline_{};
   std::uint64_t maintenance_due_ns_ = 0;  // from stack_maintain: when to wake for it
   std::atomic<int> os_tid_{0};
+  int poller_error_ = 0;  // written before the start latch's count_down
   std::thread thread_;
   // Fibers pinned here (NoMigrate) that were readied or found elsewhere:
   // other threads push onto the inbox (a Treiber stack through
@@ -242,6 +246,9 @@ class Scheduler {
   Worker& worker(unsigned i) noexcept { return *workers_[i]; }
   bool stopping() const noexcept { return stopping_.load(std::memory_order_acquire); }
 
+  // Starts every worker and waits until each is ready. If a worker thread or
+  // its I/O poller cannot be made, stops the others and throws
+  // std::system_error naming what failed (errno kept).
   void start();
   void stop() noexcept;
 

@@ -102,7 +102,12 @@ void Worker::start(int cpu) {
     stack_thread_init(index_);
     tls_worker = this;
     os_tid_.store(static_cast<int>(gettid()), std::memory_order_release);
-    io_thread_init(index_);
+    if (const int err = io_thread_init(index_)) {
+      poller_error_ = err;  // read by Scheduler::start after the latch
+      tls_worker = nullptr;
+      sched_.started_->count_down();
+      return;
+    }
     context_adopt_thread(sched_ctx_);
     sched_.started_->count_down();  // run() starts main only once every worker is ready
     loop();

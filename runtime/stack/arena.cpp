@@ -205,6 +205,35 @@ bool g_initialized = false;
 
 std::size_t round_up_pages(std::size_t bytes) { return (bytes + kPage - 1) & ~(kPage - 1); }
 
+// ---- errors --------------------------------------------------------------------
+
+// Out of memory while getting a stack, said without allocating: a
+// std::bad_alloc with the operation and the errno text in a fixed buffer.
+class StackOutOfMemory : public std::bad_alloc {
+ public:
+  StackOutOfMemory(const char* what, int err) noexcept {
+    const char* text = strerrordesc_np(err);
+    std::snprintf(msg_, sizeof msg_, "%s: %s (and no memory for a std::system_error)", what,
+                  text != nullptr ? text : "unknown error");
+  }
+  const char* what() const noexcept override { return msg_; }
+
+ private:
+  char msg_[160];
+};
+
+// A std::system_error naming `what`, with errno err. With no address space
+// or heap left (RLIMIT_AS), its message may find no memory: then a
+// StackOutOfMemory that still names `what`.
+[[noreturn]] void throw_stack_error(int err, const char* what) {
+  try {
+    throw std::system_error(err, std::generic_category(), what);
+  } catch (const std::bad_alloc&) {
+    // the message's allocation failed; thrown below, outside the handler
+  }
+  throw StackOutOfMemory(what, err);
+}
+
 // ---- size classes ------------------------------------------------------------
 
 unsigned class_for(std::size_t limit_bytes) {
@@ -245,7 +274,7 @@ void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   char* base = nullptr;
   if (const int e = injected_fault(FaultPoint::arena_reserve)) errno = e;
   else base = static_cast<char*>(map_noreserve(a.bytes));
-  if (!base) throw std::system_error(errno, std::generic_category(), "tendril: reserving stack arena");
+  if (!base) throw_stack_error(errno, "tendril: reserving stack arena");
   madvise(base, a.bytes, MADV_NOHUGEPAGE);  // one touch must not commit 2 MiB
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
@@ -255,7 +284,7 @@ void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
     int err = errno;
     munmap(base, a.bytes);
     unmap_side_tables(a);
-    throw std::system_error(err, std::generic_category(), "tendril: registering stack arena");
+    throw_stack_error(err, "tendril: registering stack arena");
   }
   a.base.store(base, std::memory_order_release);  // now visible to the fault handlers
 }
@@ -354,15 +383,14 @@ void move_guard(SubArena& a, std::uint32_t slot, std::uint32_t limit_pages) {
   SlotMeta& m = a.meta[slot];
   std::size_t guard = a.stride - std::size_t(limit_pages) * kPage;
   if (!guard_set(a.slot_base(slot), std::size_t(m.guard_pages) * kPage, guard))
-    throw std::system_error(errno, std::generic_category(),
-                            g_stacks.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
+    throw_stack_error(errno, g_stacks.guard_madvise ? "tendril: MADV_GUARD_INSTALL" : "tendril: mprotect guard (vm.max_map_count?)");
   m.guard_pages = std::uint32_t(guard / kPage);
 }
 
 void map_top_page(WorkerStacks& owner, char* hi) {
   char* top = hi - kPage;
   if (g_stacks.mode == Mode::uffd) {
-    if (!uffd_map_top_page(owner, top)) throw std::system_error(errno, std::generic_category(), "tendril: UFFDIO_COPY");
+    if (!uffd_map_top_page(owner, top)) throw_stack_error(errno, "tendril: UFFDIO_COPY");
   } else {
     *reinterpret_cast<volatile char*>(top) = 0;  // ordinary demand paging
   }

@@ -41,6 +41,18 @@ class Flags {
                       }});
   }
 
+  void add(const std::string& name, double* target, const std::string& help) {
+    char def[32];
+    std::snprintf(def, sizeof def, "%g", *target);
+    flags_.push_back({name, help, def, [target](const std::string& v) {
+                        double x = 0;
+                        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+                        if (ec != std::errc() || end != v.data() + v.size()) return false;
+                        *target = x;
+                        return true;
+                      }});
+  }
+
   void add(const std::string& name, bool* target, const std::string& help) {
     flags_.push_back({name, help, *target ? "true" : "false", [target](const std::string& v) {
                         if (v == "true" || v == "1" || v.empty()) *target = true;
@@ -73,7 +85,22 @@ class Flags {
         value = argv[++i];
       }
       if (!f->set(value)) fail("bad value '" + value + "' for --" + a);
+      f->given = true;
     }
+  }
+
+  // Whether the command line named the flag (not left at its default).
+  bool given(const std::string& name) {
+    const Flag* f = find(name);
+    return f != nullptr && f->given;
+  }
+
+  // A bad value found after parse(): the message and the usage on stderr,
+  // exit status 2.
+  [[noreturn]] void fail(const std::string& why) const {
+    std::fprintf(stderr, "%s: %s\n\n", program_.c_str(), why.c_str());
+    usage(stderr);
+    std::exit(2);
   }
 
  private:
@@ -81,6 +108,7 @@ class Flags {
     std::string name, help, def;
     std::function<bool(const std::string&)> set;
     bool is_bool = false;
+    bool given = false;
   };
 
   Flag* find(const std::string& n) {
@@ -95,12 +123,6 @@ class Flags {
       std::fprintf(out, "  --%-14s %s (default: %s)\n", f.name.c_str(), f.help.c_str(), f.def.c_str());
     std::fprintf(out, "  --%-14s %s\n", "help", "print this and exit");
   }
-  [[noreturn]] void fail(const std::string& why) const {
-    std::fprintf(stderr, "%s: %s\n\n", program_.c_str(), why.c_str());
-    usage(stderr);
-    std::exit(2);
-  }
-
   std::string program_, summary_;
   std::vector<Flag> flags_;
 };

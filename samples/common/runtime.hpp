@@ -121,6 +121,16 @@ void go(std::function<void()> fn);
 // Parks the fiber (tendril) or sleeps the thread (twin).
 void sleep_for(Millis d);
 
+// What is left until deadline, rounded up to whole milliseconds (>= 1): the
+// timeout of the next step of a call that must end by the deadline. Throws
+// std::system_error timed_out once it has passed.
+inline Millis left_until(std::chrono::steady_clock::time_point deadline) {
+  const auto left = deadline - std::chrono::steady_clock::now();
+  if (left <= std::chrono::steady_clock::duration::zero())
+    throw std::system_error(std::make_error_code(std::errc::timed_out), "call deadline");
+  return std::chrono::ceil<Millis>(left);
+}
+
 // Runs f, which must not block, on the worker's stack (tendril:
 // this_fiber::on_worker_stack, so its frames cost no page of each connection
 // fiber's stack) or in place (twin).
@@ -157,6 +167,39 @@ class Group {
   int count_ = 0;
 };
 
+// One request's calls, which end by the request's deadline. On tendril they
+// are the children of a tendril::Scope with that deadline: at the deadline
+// every park a late call is in (a sleep, a wait, a CondVar) throws
+// std::system_error timed_out, so the call ends at once and gives back what it
+// holds. In the twin they are detached threads that end by their own I/O
+// timeouts, and a late one runs on after wait() returned.
+//
+//   sample::CallScope calls(deadline);
+//   for (...) calls.go([=] { ...; });  // each catches its own exceptions
+//   calls.wait();                      // then count the answers
+class CallScope {
+ public:
+  explicit CallScope(std::chrono::steady_clock::time_point deadline);
+  // tendril: cancels the calls still running and waits for them.
+  ~CallScope();
+  CallScope(const CallScope&) = delete;
+  CallScope& operator=(const CallScope&) = delete;
+
+  // Starts fn as one of the calls; throws like go(). An exception that
+  // escapes fn is dropped.
+  void go(std::function<void()> fn);
+  // Until every call ended (tendril: they all end by the deadline) or, in the
+  // twin, the deadline passed.
+  void wait();
+
+ private:
+#if SAMPLE_PTHREAD
+  std::chrono::steady_clock::time_point deadline_;
+  std::shared_ptr<Group> pending_ = std::make_shared<Group>();  // shared with late threads
+#else
+  tendril::Scope scope_;
+#endif
+};
 
 // Receives the stop request (SIGINT or SIGTERM). Callbacks registered with
 // on_stop run once, on a fiber/thread of the runtime, when it arrives, or at

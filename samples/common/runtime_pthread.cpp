@@ -213,6 +213,28 @@ void go(std::function<void()> fn) {
   }
 }
 
+CallScope::CallScope(std::chrono::steady_clock::time_point deadline) : deadline_(deadline) {}
+CallScope::~CallScope() = default;
+
+void CallScope::go(std::function<void()> fn) {
+  pending_->add(1);
+  try {
+    sample::go([pending = pending_, fn = std::move(fn)] {
+      try {
+        fn();
+      } catch (...) {
+        // Dropped, as on tendril.
+      }
+      pending->done();
+    });
+  } catch (...) {
+    pending_->done();
+    throw;
+  }
+}
+
+void CallScope::wait() { pending_->wait_until(deadline_); }
+
 void sleep_for(Millis d) { std::this_thread::sleep_for(d); }
 
 void on_worker_stack_impl(void (*fn)(void*), void* arg) { fn(arg); }

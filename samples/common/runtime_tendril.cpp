@@ -76,6 +76,22 @@ void go(std::function<void()> fn) { tendril::spawn(std::move(fn)).detach(); }
 
 void sleep_for(Millis d) { tendril::this_fiber::sleep_for(d); }
 
+CallScope::CallScope(std::chrono::steady_clock::time_point deadline) : scope_(deadline) {}
+CallScope::~CallScope() = default;
+
+void CallScope::go(std::function<void()> fn) {
+  scope_.spawn([fn = std::move(fn)] {
+    try {
+      fn();
+    } catch (...) {
+      // Dropped: a call reports its outcome itself, and a scope would cancel
+      // the other calls for an exception that escaped.
+    }
+  });
+}
+
+void CallScope::wait() { scope_.join(); }
+
 void on_worker_stack_impl(void (*fn)(void*), void* arg) { tendril::this_fiber::on_worker_stack_impl(fn, arg); }
 
 void serve(unsigned workers, const std::function<void(StopToken&)>& main) {

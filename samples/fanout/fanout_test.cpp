@@ -25,81 +25,19 @@
 #include <vector>
 
 #include "samples/common/child_process.hpp"
+#include "samples/common/host_port.hpp"
 
 namespace {
 
 constexpr int kReadTimeoutMs = 30000;  // only to fail instead of hanging
 
-// A child process whose stdout is a pipe to the test. Killed if still running
-// when destroyed (and, through PR_SET_PDEATHSIG, if the test dies).
-class Child {
- public:
-  explicit Child(const std::vector<std::string>& argv) {
-    pid_ = sample::spawn_with_stdout_pipe(argv, &out_);
-    if (pid_ < 0) throw std::runtime_error("pipe2 or fork");
-  }
-  Child(const Child&) = delete;
-  Child& operator=(const Child&) = delete;
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) ::close(out_);
-  }
-
-  // The next line of stdout (without '\n'), or nullopt at its end or after
-  // timeout_ms.
-  std::optional<std::string> read_line(int timeout_ms = kReadTimeoutMs) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    for (;;) {
-      if (auto nl = buf_.find('\n'); nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return std::nullopt;
-      pollfd pfd{out_, POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(left.count())) <= 0) continue;
-      char b[512];
-      const ssize_t n = ::read(out_, b, sizeof b);
-      if (n <= 0) return std::nullopt;
-      buf_.append(b, static_cast<std::size_t>(n));
-    }
-  }
-
-  // Sends sig and waits for the exit; the wait status, or -1 if the process
-  // did not end within timeout_ms.
-  int signal_and_wait(int sig, int timeout_ms = kReadTimeoutMs) {
-    ::kill(pid_, sig);
-    return wait(timeout_ms);
-  }
-  int wait(int timeout_ms = kReadTimeoutMs) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    for (;;) {
-      int status = 0;
-      const pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        pid_ = -1;
-        return status;
-      }
-      if (std::chrono::steady_clock::now() > until) return -1;
-      ::usleep(5000);  // polling an exit status: there is nothing to read
-    }
-  }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  std::string buf_;
-};
+using Child = sample::ChildProcess;  // killed when destroyed, and if the test dies
 
 // The port in a "<name> (<runtime>) listening on <host>:<port>" line.
 int port_of(const std::optional<std::string>& line, const std::string& prefix) {
   if (!line || line->rfind(prefix, 0) != 0) return -1;
-  const auto colon = line->rfind(':');
-  return colon == std::string::npos ? -1 : std::atoi(line->c_str() + colon + 1);
+  const auto port = sample::listening_port(*line);
+  return port ? *port : -1;
 }
 
 // A blocking client connection with a read timeout.
@@ -340,6 +278,22 @@ TEST_P(FanoutTest, SilentBackendAnswersNoneAtTheDeadlineAndServerKeepsServing) {
   EXPECT_EQ(num(j, "calls_answered"), 0);
   EXPECT_EQ(num(j, "calls_failed"), 0);
   EXPECT_EQ(num(j, "calls_late"), 9);
+}
+
+// On tendril a request's calls run in a tendril::Scope with its deadline: the
+// late ones have ended (their connections back in the pool) when the answer
+// goes out. The twin's late threads may still be ending then.
+TEST_P(FanoutTest, OnTendrilLateCallsHaveEndedWhenTheAnswerGoesOut) {
+  if (std::string(GetParam().name) != "tendril") GTEST_SKIP() << "the twin's late calls end on their own";
+  SilentBackend silent;
+  const int port = start({"--backend", at(silent.port()), "--call-deadline-ms", "200"});
+  Client c(port);
+  EXPECT_EQ(c.ask("q s1 5\n"), "ok s1 0 5");
+  const auto j = stats(c);
+  EXPECT_EQ(num(j, "live_calls"), 0);
+  EXPECT_EQ(num(j, "live_tasks"), 1);
+  EXPECT_EQ(num(j, "calls_late"), 5);
+  EXPECT_LE(num(j, "backend_conns"), 5);  // given back, not leaked
 }
 
 TEST_P(FanoutTest, DeadBackendFailsFastAndIsCounted) {

@@ -2,8 +2,10 @@
 // gathered with a deadline. A call is a line sent to --backend and read back
 // (an echo server), after M ms; with no backend, a simulated call that only
 // waits M ms plus a little deterministic jitter. Calls still running at the
-// deadline are counted late and finish on their own: they own their state
-// (shared_ptr), never the handler's.
+// deadline are counted late. On tendril they end there (their sleeps and
+// waits throw at the deadline of the tendril::Scope they run in, and every
+// I/O step is bounded by it); in the twin they finish on their own, owning
+// their state (shared_ptr), never the handler's.
 #pragma once
 
 #include <chrono>
@@ -12,18 +14,16 @@
 #include <optional>
 #include <string>
 
+#include "samples/common/host_port.hpp"
 #include "samples/http/interrupt.hpp"
 #include "samples/http/routes.hpp"
 
 namespace sample_http {
 
-struct Backend {
-  std::string host;
-  std::uint16_t port = 0;
-};
+using Backend = sample::HostPort;
 
-// "host:port" (port 1..65535), or nullopt.
-std::optional<Backend> parse_backend(const std::string& s);
+// "host:port" (port 1..65535; an IPv6 host in brackets), or nullopt.
+inline std::optional<Backend> parse_backend(const std::string& s) { return sample::parse_host_port(s); }
 
 class Fanout {
  public:

@@ -9,7 +9,6 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,9 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "samples/common/child_process.hpp"
 #include "samples/http/http_test_util.hpp"
-
-extern char** environ;
 
 namespace sample_http {
 namespace {
@@ -37,81 +35,21 @@ using test::Response;
 
 constexpr auto kIoTimeout = 30s;  // a broken server fails, not hangs
 
-// A child process with its stdout on a pipe; killed if the test ends early.
-class Child {
- public:
-  Child(const std::string& path, std::vector<std::string> args) {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe2");
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
-    std::vector<char*> argv;
-    args.insert(args.begin(), path);
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const int rc = ::posix_spawn(&pid_, path.c_str(), &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(fds[1]);
-    out_ = fds[0];
-    if (rc != 0) throw std::runtime_error("posix_spawn " + path + ": " + std::strerror(rc));
-  }
-  ~Child() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(out_);
-  }
+using Child = sample::ChildProcess;  // killed when destroyed, and if the test dies
 
-  // The next line of stdout (without '\n'), or "" at end or after timeout.
-  std::string read_line(std::chrono::milliseconds timeout = kIoTimeout) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    std::string line;
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      pollfd p{out_, POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) return line;
-      char c;
-      if (::read(out_, &c, 1) != 1) return line;
-      if (c == '\n') return line;
-      line += c;
-    }
-  }
-
-  // After a signal: the rest of stdout until the child closes it (it exits),
-  // then its exit status; -1 if it did not end within timeout.
-  int wait_exit(std::chrono::milliseconds timeout, std::string* rest = nullptr) {
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    for (;;) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-      pollfd p{out_, POLLIN, 0};
-      if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0) return -1;
-      char buf[256];
-      const ssize_t n = ::read(out_, buf, sizeof buf);
-      if (n <= 0) break;
-      if (rest) rest->append(buf, static_cast<std::size_t>(n));
-    }
-    int status = 0;
-    ::waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
-  void signal(int sig) { ::kill(pid_, sig); }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-};
+// The binary at path with args.
+std::vector<std::string> command(const std::string& path, std::vector<std::string> args) {
+  args.insert(args.begin(), path);
+  return args;
+}
 
 // A server child started with --port 0; port() is what it printed.
 class Server {
  public:
   Server(const std::string& bin, const std::string& runtime, std::vector<std::string> args) {
     args.insert(args.end(), {"--port", "0", "--workers", "2"});
-    child_ = std::make_unique<Child>(bin, args);
-    const std::string line = child_->read_line();
+    child_ = std::make_unique<Child>(command(bin, args));
+    const std::string line = child_->read_line().value_or("");
     const std::string prefix = runtime + " listening on 127.0.0.1:";
     if (line.rfind(prefix, 0) != 0) throw std::runtime_error("unexpected first line: '" + line + "'");
     port_ = static_cast<std::uint16_t>(std::stoi(line.substr(prefix.size())));
@@ -286,12 +224,12 @@ TEST_P(HttpE2E, LateFanoutCallsDoNotHoldTheStop) {
   EXPECT_EQ(get(c, "/fanout?n=200&ms=60000").body, R"({"asked":200,"answered":0,"late":200})");
   EXPECT_EQ(get(c, "/").status, 200);
   s->child().signal(SIGTERM);
-  EXPECT_EQ(s->child().wait_exit(20s), 0);
+  EXPECT_EQ(sample::exit_code(s->child().wait(20s)), 0);
 }
 
 TEST_P(HttpE2E, FanoutWithEchoBackend) {
-  Child echo(ECHO_BIN, {"--port", "0", "--workers", "1"});
-  const std::string line = echo.read_line();
+  Child echo(command(ECHO_BIN, {"--port", "0", "--workers", "1"}));
+  const std::string line = echo.read_line().value_or("");
   const std::string prefix = "echo (tendril) listening on ";
   ASSERT_EQ(line.rfind(prefix, 0), 0u) << line;
   auto s = start({"--fanout-deadline-ms", "60000", "--backend", line.substr(prefix.size())});
@@ -299,7 +237,7 @@ TEST_P(HttpE2E, FanoutWithEchoBackend) {
   const Response r = get(c, "/fanout?n=50&ms=0");
   EXPECT_EQ(r.body, R"({"asked":50,"answered":50,"late":0})");
   echo.signal(SIGTERM);
-  EXPECT_EQ(echo.wait_exit(30s), 0);
+  EXPECT_EQ(sample::exit_code(echo.wait(30s)), 0);
 }
 
 TEST_P(HttpE2E, BadRequestsCloseAndTheServerStaysUp) {
@@ -356,7 +294,7 @@ TEST_P(HttpE2E, SigtermStopsWithOpenConnections) {
   }
   s->child().signal(SIGTERM);
   std::string rest;
-  EXPECT_EQ(s->child().wait_exit(20s, &rest), 0);
+  EXPECT_EQ(sample::exit_code(s->child().wait(20s, &rest)), 0);
   EXPECT_EQ(rest, "http: stopped\n");
   EXPECT_TRUE(idle.at_eof());
   // The sleeper's answer, if the stop let it out, says the server is stopping.
@@ -367,16 +305,16 @@ TEST_P(HttpE2E, SigtermStopsWithOpenConnections) {
 
 TEST_P(HttpE2E, FlagsHelpAndErrors) {
   {
-    Child help(GetParam().path, {"--help"});
+    Child help(command(GetParam().path, {"--help"}));
     std::string out;
-    EXPECT_EQ(help.wait_exit(30s, &out), 0);
+    EXPECT_EQ(sample::exit_code(help.wait(30s, &out)), 0);
     EXPECT_NE(out.find("--fanout-deadline-ms"), std::string::npos) << out;
     EXPECT_NE(out.find("--backend"), std::string::npos) << out;
   }
   for (std::vector<std::string> bad : std::vector<std::vector<std::string>>{
            {"--port", "70000"}, {"--bogus"}, {"--backend", "nocolon"}, {"--idle-timeout-ms", "-1"}, {"--port", "x"}}) {
-    Child c(GetParam().path, bad);
-    EXPECT_EQ(c.wait_exit(30s), 2) << bad[0];
+    Child c(command(GetParam().path, bad));
+    EXPECT_EQ(sample::exit_code(c.wait(30s)), 2) << bad[0];
   }
 }
 

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string_view>
 
+#include "samples/common/proc_status.hpp"
 #include "samples/common/runtime.hpp"
 
 namespace sample_http {
@@ -62,14 +63,7 @@ std::uint64_t rss_bytes() {
   return resident * static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
 }
 
-std::uint64_t thread_count() {
-  std::ifstream f("/proc/self/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("Threads:", 0) == 0) return std::strtoull(line.c_str() + 8, nullptr, 10);
-  }
-  return 0;
-}
+std::uint64_t thread_count() { return sample::proc_status_field("Threads").value_or(0); }
 
 std::string stats_json(const Counters& counters) {
   JsonObject j;
