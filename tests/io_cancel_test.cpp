@@ -220,7 +220,6 @@ TEST_P(IoCancel, SendWhenTheBufferIsFullCancelledSendsNothingMore) {
         for (;;) sent += c.client.write(chunk.data(), chunk.size());
       };
       EXPECT_EQ(by_deadline ? deadline_while(fill) : cancelled_while(fill), by_deadline ? kTimedOut : kCanceled);
-      EXPECT_GT(sent, 0u);
       std::string got;
       tendril::Fiber reader = tendril::spawn([&] { got = read_n(c.server, sent + 1); });
       c.client.write_all("Z", 1);  // waits for room: the reader drains the buffers

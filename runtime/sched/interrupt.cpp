@@ -36,10 +36,17 @@ const Deadline* effective_deadline(const FiberCtl* f, const Deadline* own, Deadl
 }
 
 void publish_interrupt(FiberCtl* f, Interrupt* it) noexcept {
+  // Read what the re-check needs while the word is held: once it is
+  // published the fiber may resume, leave its scope and park again.
+  ScopeState* const scope = f->scope;
+  const bool timed = f->timer_interrupts;
+  const std::int64_t deadline = f->timer_deadline;
   f->interrupt.store(reinterpret_cast<std::uintptr_t>(it), std::memory_order_seq_cst);
   // A cancel that set the flag before we published, or a timer that fired
   // while the word was held, did not see us: it is ours to deliver.
-  if (fiber_cancelled(f) || (f->timer_interrupts && steady_ticks() >= f->timer_deadline)) interrupt_fiber(f);
+  if ((scope != nullptr && scope->cancelled.load(std::memory_order_seq_cst)) ||
+      (timed && steady_ticks() >= deadline))
+    interrupt_fiber(f);
 }
 
 void unpublish_interrupt(FiberCtl* f) noexcept {

@@ -43,19 +43,23 @@ struct ParkArgs {
   Interrupt* interrupt;  // published once the wait is committed; nullptr: none
 };
 
+// The args live in the parked frame: once the lock is released a waker may
+// resume the fiber (if no Interrupt holds it), so read them before.
 void release_lock(FiberCtl* from, void* arg) noexcept {
   auto* a = static_cast<ParkArgs*>(arg);
+  Interrupt* const interrupt = a->interrupt;
   a->lock->unlock();
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
   auto* a = static_cast<ParkArgs*>(arg);
+  Interrupt* const interrupt = a->interrupt;
   a->heap->lock.lock();
   a->heap->insert(from);
   a->heap->lock.unlock();
   a->lock->unlock();
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
@@ -119,17 +123,18 @@ struct CommitArgs {
 
 void commit_or_resume(FiberCtl* from, void* arg) noexcept {
   auto* a = static_cast<CommitArgs*>(arg);
+  Interrupt* const interrupt = a->interrupt;  // *a is gone once a waker resumes us
   if (a->heap != nullptr) {
     a->heap->lock.lock();
     a->heap->insert(from);
     a->heap->lock.unlock();
   }
   if (!a->commit(a->arg)) {
-    if (a->interrupt != nullptr) drop_interrupt(from);
+    if (interrupt != nullptr) drop_interrupt(from);
     current_scheduler()->ready(from, /*handoff=*/true);
     return;
   }
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 }  // namespace
