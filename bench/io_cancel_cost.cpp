@@ -9,7 +9,8 @@
 // Each round measures `trips` round trips (8 bytes each way: two parks per
 // trip, the echo's read and the client's read) for A, then for B (the order
 // swaps every round); the table reports the median over rounds of ns per
-// round trip and the difference per park.
+// round trip, the difference per park, and the spread of the per-round
+// differences (a spread that straddles 0 means the cost is below the noise).
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -26,7 +27,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 struct Args {
-  int rounds = 15;
+  int rounds = 31;
   long trips = 20000;
   unsigned workers = 1;
 };
@@ -97,9 +98,17 @@ double measure(tendril::net::TcpListener& l, bool scoped, long trips) {
   return ns;
 }
 
-double median(std::vector<double> v) {
+double quantile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  return v[std::size_t(q * double(v.size() - 1) + 0.5)];
+}
+
+// Per-round differences B - A (the rounds pair each A with the B next to
+// it, so load that drifts across the run cancels).
+std::vector<double> paired_delta(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> d;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) d.push_back(b[i] - a[i]);
+  return d;
 }
 
 }  // namespace
@@ -109,7 +118,8 @@ int main(int argc, char** argv) {
   std::printf("io_cancel_cost: net echo round trip (8 B each way, loopback TCP), %u worker(s), "
               "%d rounds x %ld trips, A/B alternating; median ns per round trip\n",
               args.workers, args.rounds, args.trips);
-  std::printf("%-8s %12s %12s %10s %12s\n", "backend", "plain ns/rt", "scoped ns/rt", "delta", "delta/park");
+  std::printf("%-8s %12s %12s %10s %12s %22s\n", "backend", "plain ns/rt", "scoped ns/rt", "delta",
+              "delta/park", "paired delta p25..p75");
   for (const char* backend : {"uring", "epoll"}) {
     tendril::Options o;
     o.workers = args.workers;
@@ -127,8 +137,10 @@ int main(int argc, char** argv) {
         }
       }
     });
-    const double a = median(plain), b = median(scoped);
-    std::printf("%-8s %12.0f %12.0f %+10.0f %+12.1f\n", ran.c_str(), a, b, b - a, (b - a) / 2);
+    const double a = quantile(plain, 0.5), b = quantile(scoped, 0.5);
+    const std::vector<double> d = paired_delta(plain, scoped);
+    std::printf("%-8s %12.0f %12.0f %+10.0f %+12.1f %10.0f..%-+10.0f\n", ran.c_str(), a, b, b - a, (b - a) / 2,
+                quantile(d, 0.25), quantile(d, 0.75));
   }
   return 0;
 }
