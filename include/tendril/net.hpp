@@ -42,8 +42,10 @@
 // <tendril/io.hpp>: operation_canceled once the scope is cancelled, timed_out
 // past its deadline, the operation cancelled in the kernel, data received
 // never lost, the socket usable afterwards; set_timeout() and connect's
-// timeout combine with the scope's deadline (the earlier wins). close() is
-// not one: it always waits for the calls it wakes.
+// timeout combine with the scope's deadline (the earlier wins). The
+// error_code overload of read() reports the cancel in its `ec`. close() is
+// not a cancellation point: it always waits for the calls it wakes. Name
+// resolution runs on the blocking() pool and is cancelled as blocking() is.
 //
 // close() may be called while other fibers are blocked on the same socket:
 // their calls throw std::errc::operation_canceled, and close() returns once
