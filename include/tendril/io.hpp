@@ -20,6 +20,16 @@
 // transferred: the operation was cancelled). poll() returns the revents
 // (POLLIN, POLLOUT, POLLHUP, ...) once any of `events` is ready.
 //
+// In a tendril::Scope these calls are cancellation points: when the scope is
+// cancelled they throw std::errc::operation_canceled, past its deadline
+// std::errc::timed_out, and the operation in flight is cancelled in the kernel
+// (io_uring: an async cancel; epoll: the wait is withdrawn). Nothing is lost:
+// a read that completed before the cancel took effect returns its bytes, and
+// one that was cancelled read nothing (the data stays in the descriptor for
+// the next read). A timeout and the scope's deadline combine: the earlier
+// wins, and a timeout that came first is reported as before. Once the scope is
+// cancelled the calls throw without touching the descriptor.
+//
 // Do not close a descriptor while a fiber is blocked on it here: the waiter is
 // not woken (use tendril::net types, whose close() cancels waiters).
 #pragma once

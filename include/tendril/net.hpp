@@ -37,6 +37,16 @@
 // keeps making progress does not time out); zero means none. A timed-out read
 // transferred nothing: the operation was cancelled before it returned.
 //
+// Cancellation: in a tendril::Scope every call that waits (connect, accept,
+// read, write, send, recv) is a cancellation point, with the rules of
+// <tendril/io.hpp>: operation_canceled once the scope is cancelled, timed_out
+// past its deadline, the operation cancelled in the kernel, data received
+// never lost, the socket usable afterwards; set_timeout() and connect's
+// timeout combine with the scope's deadline (the earlier wins). The
+// error_code overload of read() reports the cancel in its `ec`. close() is
+// not a cancellation point: it always waits for the calls it wakes. Name
+// resolution runs on the blocking() pool and is cancelled as blocking() is.
+//
 // close() may be called while other fibers are blocked on the same socket:
 // their calls throw std::errc::operation_canceled, and close() returns once
 // they have all left (it shuts the socket down to wake them).

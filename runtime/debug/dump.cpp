@@ -10,6 +10,7 @@
 #include "runtime/debug/inspect.hpp"
 #include "runtime/stack/stack.hpp"
 #include "tendril/blocking.hpp"
+#include "tendril/scope.hpp"
 
 namespace tendril {
 
@@ -254,7 +255,8 @@ std::vector<FiberInfo> fibers() {
   if (s == nullptr) return out;
   // From a fiber the work runs on the blocking() pool: the worker goes on
   // running fibers, and the caller shows in the dump parked in "blocking
-  // call", with its frames.
+  // call", with its frames. Not a cancellation point: the call uses `out`.
+  const this_fiber::NoCancel no_cancel;
   blocking([&] {
     detail::for_each_fiber(*s, [](FiberInfo& f, void* v) { static_cast<std::vector<FiberInfo>*>(v)->push_back(std::move(f)); },
                            &out);
@@ -290,6 +292,7 @@ void dump_fibers(int fd) {
   sigaddset(&pipe_set, SIGPIPE);
   pthread_sigmask(SIG_BLOCK, &pipe_set, &old_set);
   DumpWriter out{fd};
+  const this_fiber::NoCancel no_cancel;  // the call uses `out`: wait for it
   blocking([&] {
     out.write_all("tendril: fiber dump (" + std::to_string(s->worker_count()) + " workers)\n");
     detail::for_each_fiber(*s,

@@ -22,7 +22,11 @@
 //
 // Timeouts: the waiter parks with a deadline (detail::park); the timer and the
 // event race through claim() on the Waiter, and a waiter that timed out unlinks
-// itself under the entry's lock.
+// itself under the entry's lock and takes its interest out of the
+// registration. A fiber in a tendril::Scope parks interruptibly: the scope's
+// deadline is one more deadline, and cancel() claims the Waiter as the timer
+// would, so the same path ends the wait. Nothing was read yet: the data stays
+// readable for a later call.
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -97,6 +101,19 @@ int arm(FdEntry& ent, int epfd, int fd) noexcept {
     return -errno;
   ent.epfd = epfd;
   return 0;
+}
+
+// Requires ent.lock. After a waiter gave up (timeout, scope deadline or
+// cancel): the registration keeps only what the others still wait for, and
+// goes when none is left, so a socket nobody waits on is not watched.
+void rearm_or_deregister(FdEntry& ent, int epfd, int fd) noexcept {
+  if (!ent.readers.empty() || !ent.writers.empty()) {
+    arm(ent, epfd, fd);
+    return;
+  }
+  if (ent.epfd < 0) return;
+  epoll_ctl(ent.epfd, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT: closed meanwhile
+  ent.epfd = -1;
 }
 
 // Requires ent.lock. Moves every waiter of `q` that has not timed out to `out`.
@@ -242,6 +259,7 @@ long epoll_wait_ready(EpollWorker* e, int fd, short events, WaitFor what, const 
   if (park(w, ent->lock, what, deadline)) return 0;
   ent->lock.lock();
   q.remove(w);
+  rearm_or_deregister(*ent, e->epfd, fd);
   ent->lock.unlock();
   return -ETIMEDOUT;
 }

@@ -64,6 +64,15 @@ inline WaitFor wait_for(const IoRequest& r) noexcept {
 // Runs `req` for the calling fiber or thread until it completes, fails or
 // `deadline` passes. Returns the syscall's result (poll: the revents), or
 // -errno; -ETIMEDOUT when the deadline passed first.
+//
+// A fiber in a Scope (outside NoCancel) waits at most until the earlier of
+// `deadline` and the scope's deadline, and a cancel() of its scope ends the
+// wait (the operation is cancelled in the kernel). It then gets what
+// detail::interrupt_error reports: -ETIMEDOUT past the scope's deadline,
+// -ECANCELED when cancelled; an own deadline that came first is -ETIMEDOUT as
+// before. An operation that completed before the cancel took effect returns
+// its result: data received is never dropped. A fiber whose scope is already
+// cancelled (or past its deadline) gets the error before any I/O is tried.
 long io_perform(IoRequest& req, const Deadline* deadline) noexcept;
 
 // The events (POLLIN/POLLOUT) an operation waits for when it would block.
@@ -97,6 +106,9 @@ void uring_worker_close_wake(UringWorker* u) noexcept;                       // 
 std::uint32_t uring_poll(UringWorker* u, bool idle) noexcept;
 void uring_wait(UringWorker* u, const Deadline* deadline) noexcept;
 void uring_wake(UringWorker* u) noexcept;
+// Submits `req` on the calling worker's ring and parks until it completes:
+// its result, or -ETIMEDOUT when `deadline` passed or the fiber's scope
+// interrupted the wait (an async cancel on this ring) before the op completed.
 long uring_perform(UringWorker* u, Worker* w, FiberCtl* self, IoRequest& req,
                    const Deadline* deadline) noexcept;
 // Asks the calling worker's ring to cancel every request on `fd` (fire and
@@ -112,7 +124,9 @@ void epoll_wait_for(EpollWorker* e, const Deadline* deadline) noexcept;
 void epoll_wake(EpollWorker* e) noexcept;
 // Parks the calling fiber until `fd` reports one of `events` (POLLIN or
 // POLLOUT), or `deadline`: 0, -ETIMEDOUT, or -errno. Files epoll cannot watch
-// (regular files) count as ready.
+// (regular files) count as ready. -ETIMEDOUT too when the fiber's scope
+// interrupted the wait; the fd is then deregistered unless other fibers wait
+// on it.
 long epoll_wait_ready(EpollWorker* e, int fd, short events, WaitFor what, const Deadline* deadline) noexcept;
 void epoll_table_reset() noexcept;
 

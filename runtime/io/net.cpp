@@ -17,6 +17,7 @@
 #include "runtime/sched/scheduler.hpp"
 #include "tendril/blocking.hpp"
 #include "tendril/fiber.hpp"
+#include "tendril/scope.hpp"
 
 namespace tendril::net {
 
@@ -96,9 +97,11 @@ bool parse_literal(const std::string& host, std::uint16_t port, int family, Sock
 }
 
 // getaddrinfo on the blocking pool (it may take seconds on a bad network).
+// The call owns copies of what it uses: a cancelled caller stops waiting while
+// getaddrinfo runs on.
 std::vector<SockAddr> lookup(const std::string& host, std::uint16_t port, int socktype, int family,
                              const std::string& what) {
-  return tendril::blocking([&] {
+  return tendril::blocking([host, port, socktype, family, what] {
     addrinfo hints{};
     hints.ai_family = family;
     hints.ai_socktype = socktype;
@@ -218,6 +221,8 @@ void detail::SocketFd::close() noexcept {
     if (rt::Worker* w = rt::current_worker(); w != nullptr && w->current() != nullptr &&
                                               rt::worker_io_kind(w->index()) == rt::IoKind::uring)
       rt::uring_cancel_fd(rt::worker_uring(w->index()), fd_);
+    // Not a cancellation point: close() must not return before they left.
+    const tendril::this_fiber::NoCancel no_cancel;
     while (users_.load(std::memory_order_seq_cst) != 0)
       tendril::this_fiber::sleep_for(std::chrono::microseconds(50));
   }
@@ -263,7 +268,7 @@ TcpStream TcpStream::connect(const std::string& host, std::uint16_t port,
     if (res == 0) return TcpStream(fd, a);
     ::close(fd);
     last_error = static_cast<int>(-res);
-    if (last_error == ETIMEDOUT) break;
+    if (last_error == ETIMEDOUT || last_error == ECANCELED) break;  // the time is up, or the scope's cancel
   }
   throw_errno(last_error, what);
 }

@@ -7,6 +7,7 @@
 #include "runtime/io/io_internal.hpp"
 #include "runtime/inject/fault_inject.hpp"
 #include "runtime/sched/fork.hpp"
+#include "runtime/sched/interrupt.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -101,8 +102,12 @@ long injected_io_fault(const IoRequest& r) noexcept {
   return 0;
 }
 
-long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
-  if (const long e = injected_io_fault(r)) return e;
+namespace {
+
+// The operation on the caller's path until it completes, fails or `deadline`
+// passes (-ETIMEDOUT; on a fiber in a scope also when the scope interrupted
+// the wait).
+long perform(IoRequest& r, const Deadline* deadline) noexcept {
   enum class After { retry, finish_connect, plain_syscall } after = After::retry;
   for (;;) {
     Worker* w = current_worker();
@@ -145,6 +150,24 @@ long io_perform(IoRequest& r, const Deadline* deadline) noexcept {
     if (after == After::finish_connect) return finish_connect(r.fd);
     if (after == After::plain_syscall) return plain_syscall(r);
   }
+}
+
+}  // namespace
+
+long io_perform(IoRequest& r, const Deadline* own) noexcept {
+  if (const long e = injected_io_fault(r)) return e;
+  Worker* w = current_worker();
+  FiberCtl* self = w != nullptr ? w->current() : nullptr;
+  if (!fiber_interruptible(self)) return perform(r, own);
+  // A fiber in a scope: nothing is tried once the scope is cancelled or past
+  // its deadline (nothing is consumed either), and the wait ends at the
+  // earlier of the two deadlines or at a cancel(), whichever comes first.
+  if (const int e = interrupt_error(own)) return -e;
+  Deadline storage;
+  const long res = perform(r, effective_deadline(self, own, storage));
+  if (res != -ETIMEDOUT) return res;
+  const int e = interrupt_error(own);  // 0: the own deadline came first
+  return e != 0 ? -e : -ETIMEDOUT;
 }
 
 }  // namespace tendril::detail

@@ -14,6 +14,19 @@
 // the fiber. (A CQE can be reaped before the switch completes: switch_out's
 // pick_next polls the ring, which submits our SQE, which may complete inline.)
 //
+// Cancellation (a fiber in a tendril::Scope): the park publishes an Interrupt
+// whose fn may run on any thread. Rings are single-issuer, so fn does not
+// touch the ring: it pins the record (UringOp::state live -> pinned, one CAS)
+// and pushes it on the ring's `cancels` inbox (a lock-free stack) and wakes
+// the worker, whose next poll submits an IORING_OP_ASYNC_CANCEL for the op's
+// user_data. A pinned record is not readied by the reaper even when all its
+// CQEs are in: the drain unpins it (and readies the fiber if it is complete),
+// so an inbox entry never outlives its record. A CAS that finds the record
+// done means the fiber is already on its way. An op that completed before the
+// cancel reached it keeps its result (data received is returned); one the
+// cancel ended reports -ECANCELED, which the caller turns into the scope's
+// error. The scope's deadline needs no cancel: it is the linked timeout.
+//
 // With IORING_SETUP_DEFER_TASKRUN completions are posted only when this thread
 // enters the kernel with GETEVENTS, so io_poll(idle=false) submits what is
 // queued (one syscall, needed for progress) and otherwise only peeks the CQ,
@@ -36,6 +49,7 @@
 
 #include "runtime/io/io_internal.hpp"
 #include "runtime/inject/fault_inject.hpp"
+#include "runtime/sched/interrupt.hpp"
 #include "runtime/sched/scheduler.hpp"
 
 namespace tendril::detail {
@@ -53,12 +67,21 @@ enum : std::uint64_t {
   kTagMask = 3,
 };
 
+enum : std::uint8_t { kOpLive, kOpPinned, kOpDone };
+
 struct UringOp {
   FiberCtl* fiber = nullptr;
+  UringWorker* ring = nullptr;       // the ring it was submitted on
+  UringOp* cancel_next = nullptr;    // in ring->cancels while pinned
   std::int32_t res = 0;
   std::uint8_t outstanding = 0;  // CQEs still to come
   bool parked = false;
   bool timeout_fired = false;
+  bool interruptible = false;    // an Interrupt is published for it (state is used)
+  bool cancel_sent = false;      // an async cancel was submitted for it
+  // Interruptible ops only: kOpLive, kOpPinned (a cancel request is queued;
+  // only the drain unpins it), kOpDone (the fiber has been readied).
+  std::atomic<std::uint8_t> state{kOpLive};
 };
 static_assert(alignof(UringOp) >= 4, "tags use the low two bits");
 
@@ -78,6 +101,9 @@ struct UringWorker {
   std::uint32_t polls = 0;
   std::uint64_t inflight = 0;    // op and linked-timeout CQEs still to come
   alignas(64) std::atomic<bool> wake_pending{false};
+  // Ops whose fiber's scope asked for a cancel, from any thread; drained by
+  // the owner in uring_poll.
+  alignas(64) std::atomic<UringOp*> cancels{nullptr};
 };
 
 namespace {
@@ -136,12 +162,22 @@ void arm_wake_read(UringWorker* u) noexcept {
 
 void ready_fiber(FiberCtl* f) noexcept { current_scheduler()->ready(f, /*handoff=*/false); }
 
+// Readies the fiber of a parked op whose CQEs are all in, unless a cancel
+// request still holds the record pinned (the drain finishes it then).
+bool finish_op(UringOp* op) noexcept {
+  if (op->interruptible) {
+    std::uint8_t expected = kOpLive;
+    if (!op->state.compare_exchange_strong(expected, kOpDone, std::memory_order_acq_rel)) return false;
+  }
+  ready_fiber(op->fiber);  // *op may be gone after this
+  return true;
+}
+
 // One CQE of an op record arrived.
 bool op_cqe_arrived(UringWorker* u, UringOp* op) noexcept {
   --u->inflight;
   if (--op->outstanding != 0 || !op->parked || u->exiting) return false;
-  ready_fiber(op->fiber);
-  return true;
+  return finish_op(op);
 }
 
 std::uint32_t handle_cqe(UringWorker* u, const io_uring_cqe* cqe) noexcept {
@@ -204,6 +240,69 @@ void mark_parked(FiberCtl*, void* arg) noexcept {
   if (op->outstanding == 0) ready_fiber(op->fiber);
 }
 
+// The Interrupt of an interruptible op: runs on any thread while the fiber
+// is parked (its record alive). Pins the record and queues it for the ring's
+// owner, which submits the async cancel.
+struct UringInterrupt : Interrupt {
+  UringOp* op;
+  explicit UringInterrupt(UringOp* o) noexcept : Interrupt{request_cancel}, op(o) {}
+
+  static void request_cancel(Interrupt* self, FiberCtl*) noexcept {
+    UringOp* op = static_cast<UringInterrupt*>(self)->op;
+    std::uint8_t expected = kOpLive;
+    if (!op->state.compare_exchange_strong(expected, kOpPinned, std::memory_order_acq_rel))
+      return;  // done: its fiber is already on its way
+    UringWorker* u = op->ring;  // read before the push: the drain may finish op at once
+    UringOp* head = u->cancels.load(std::memory_order_relaxed);
+    do {
+      op->cancel_next = head;
+    } while (!u->cancels.compare_exchange_weak(head, op, std::memory_order_release, std::memory_order_relaxed));
+    uring_wake(u);
+  }
+};
+
+// The switch action of an interruptible op: mark_parked, then publish the
+// Interrupt (or drop it: the op is complete and the fiber readied).
+struct InterruptiblePark {
+  UringOp* op;
+  Interrupt* interrupt;
+  static void action(FiberCtl* self, void* arg) noexcept {
+    auto* p = static_cast<InterruptiblePark*>(arg);
+    UringOp* op = p->op;
+    op->parked = true;
+    if (op->outstanding == 0) {
+      op->state.store(kOpDone, std::memory_order_relaxed);  // not published: no canceller yet
+      drop_interrupt(self);
+      ready_fiber(self);
+      return;
+    }
+    publish_interrupt(self, p->interrupt);
+  }
+};
+
+// Owner thread: submits an async cancel for every op queued by a canceller
+// and unpins it; an op whose CQEs all came in meanwhile is finished here.
+std::uint32_t drain_cancels(UringWorker* u) noexcept {
+  if (u->cancels.load(std::memory_order_relaxed) == nullptr) return 0;
+  UringOp* op = u->cancels.exchange(nullptr, std::memory_order_acquire);
+  std::uint32_t readied = 0;
+  while (op != nullptr) {
+    UringOp* next = op->cancel_next;
+    if (op->outstanding != 0) {
+      // get_sqe may reap: CQEs of this op are counted, but a pinned op is
+      // not finished there.
+      io_uring_sqe* sqe = get_sqe(u);
+      io_uring_prep_cancel64(sqe, reinterpret_cast<std::uintptr_t>(op) | kTagOp, 0);
+      io_uring_sqe_set_data64(sqe, kTagIgnore);
+      op->cancel_sent = true;
+    }
+    op->state.store(kOpLive, std::memory_order_release);
+    if (op->outstanding == 0 && !u->exiting && finish_op(op)) ++readied;  // *op may be gone
+    op = next;
+  }
+  return readied;
+}
+
 void prep_request(io_uring_sqe* sqe, IoRequest& r) noexcept {
   switch (r.kind) {
     case OpKind::read:
@@ -260,9 +359,20 @@ long submit_and_park(UringWorker* u, Worker* w, FiberCtl* self, IoRequest& r,
   }
   u->inflight += op.outstanding;
   self->park.begin(wait_for(r), w->index(), park_clock_ns());
-  w->switch_out(self, mark_parked, &op);
-  // Resumed, possibly on another worker; every CQE for `op` has arrived.
-  if (op.timeout_fired && (op.res == -ECANCELED || op.res == -EINTR)) return -ETIMEDOUT;
+  if (!fiber_interruptible(self)) {
+    w->switch_out(self, mark_parked, &op);
+  } else {
+    op.ring = u;
+    op.interruptible = true;
+    UringInterrupt interrupt(&op);
+    InterruptiblePark park{&op, &interrupt};
+    hold_interrupt(self);
+    w->switch_out(self, InterruptiblePark::action, &park);
+    unpublish_interrupt(self);
+  }
+  // Resumed, possibly on another worker; every CQE for `op` has arrived and
+  // no cancel request refers to it any more.
+  if ((op.timeout_fired || op.cancel_sent) && (op.res == -ECANCELED || op.res == -EINTR)) return -ETIMEDOUT;
   return op.res;
 }
 
@@ -358,15 +468,21 @@ std::uint32_t drain_deferred(UringWorker* u) noexcept {
   }
   return readied;
 }
-}  // namespace
 
-std::uint32_t uring_poll(UringWorker* u, bool idle) noexcept {
+std::uint32_t poll_ring(UringWorker* u, bool idle) noexcept {
   const bool queued = io_uring_sq_ready(&u->ring) > 0;
   if (queued || (u->inflight > 0 && (idle || (++u->polls & 3) == 0))) {
     io_uring_submit_and_get_events(&u->ring);
     return drain_deferred(u);
   }
   return reap(u);
+}
+}  // namespace
+
+// Cancel requests first: their SQEs go out with this poll's submission.
+std::uint32_t uring_poll(UringWorker* u, bool idle) noexcept {
+  const std::uint32_t finished = drain_cancels(u);
+  return finished + poll_ring(u, idle);
 }
 
 void uring_wait(UringWorker* u, const Deadline* deadline) noexcept {

@@ -129,6 +129,13 @@ std::size_t validate_stack_limit(std::size_t requested, const ClosureOps& ops) {
 // just below it, the first frame below that.
 FiberCtl* place_fiber(const StackSlot& slot, FiberId id, const SpawnOptions& options,
                       const ClosureOps& ops, void* closure) noexcept {
+#if TENDRIL_ASAN
+  // The top of a reused stack may still carry the poison of frames that never
+  // returned (a fiber abandoned parked); context_make clears only the part
+  // below the callable.
+  const std::size_t top = sizeof(FiberCtl) + alignof(FiberCtl) + ops.size + ops.align + 64;
+  __asan_unpoison_memory_region(slot.hi - top, top);
+#endif
   auto* f = ::new (align_down(slot.hi - sizeof(FiberCtl), alignof(FiberCtl))) FiberCtl;
   char* cl = align_down(reinterpret_cast<char*>(f) - ops.size, ops.align);
   ops.move_construct(cl, closure);  // nothrow for the closures spawn() builds from movable args

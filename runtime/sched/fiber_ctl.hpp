@@ -14,7 +14,7 @@
 namespace tendril::detail {
 
 struct ScopeState;
-inline constexpr std::uintptr_t kInterruptBusy = 1;
+inline constexpr std::uintptr_t kInterruptBusy = 1, kInterruptPending = 2;  // Interrupts are 8-aligned
 
 // How a fiber parks: one record per fiber, written by every park and read by
 // the debug tools (fiber dump, stall watchdog, gdb), and the one place that

@@ -36,19 +36,27 @@ const Deadline* effective_deadline(const FiberCtl* f, const Deadline* own, Deadl
 }
 
 void publish_interrupt(FiberCtl* f, Interrupt* it) noexcept {
-  f->interrupt.store(reinterpret_cast<std::uintptr_t>(it), std::memory_order_seq_cst);
-  // A cancel that set the flag before we published, or a timer that fired
-  // while the word was held, did not see us: it is ours to deliver.
-  if (fiber_cancelled(f) || (f->timer_interrupts && steady_ticks() >= f->timer_deadline)) interrupt_fiber(f);
+  // The word is held: the fiber cannot resume past unpublish_interrupt, so
+  // its scope and frames are alive. A cancel that set the flag before our
+  // hold saw nothing to interrupt (the flag is read after the hold, both
+  // seq_cst); one that came during the hold, or a timer that fired, left
+  // kInterruptPending. Either way the interrupt is ours to deliver.
+  std::uintptr_t held = kInterruptBusy;
+  if (!fiber_cancelled(f) &&
+      f->interrupt.compare_exchange_strong(held, reinterpret_cast<std::uintptr_t>(it), std::memory_order_seq_cst))
+    return;
+  it->fn(it, f);
+  f->interrupt.store(0, std::memory_order_release);  // our last touch of f
 }
 
 void unpublish_interrupt(FiberCtl* f) noexcept {
   std::uintptr_t p = f->interrupt.load(std::memory_order_acquire);
   for (unsigned spins = 0;;) {
     if (p == 0) return;  // a canceller ran it and let go
-    if (p == kInterruptBusy) {
-      // A canceller is inside our Interrupt: a CAS and a ready. It may have
-      // been preempted, so do not burn the slice.
+    if ((p & (kInterruptBusy | kInterruptPending)) != 0) {
+      // Held by our park's switch action, or a canceller is inside our
+      // Interrupt: a CAS and a ready. Either may have been preempted, so do
+      // not burn the slice.
       if (++spins > 64) sched_yield();
       p = f->interrupt.load(std::memory_order_acquire);
       continue;
@@ -58,11 +66,18 @@ void unpublish_interrupt(FiberCtl* f) noexcept {
 }
 
 void interrupt_fiber(FiberCtl* f) noexcept {
-  std::uintptr_t p = f->interrupt.load(std::memory_order_acquire);
-  do {
-    if (p == 0 || p == kInterruptBusy) return;  // not parked interruptibly, or being interrupted
-  } while (!f->interrupt.compare_exchange_weak(p, kInterruptBusy, std::memory_order_acq_rel,
-                                               std::memory_order_acquire));
+  std::uintptr_t p = f->interrupt.load(std::memory_order_seq_cst);
+  for (;;) {
+    if (p == 0 || (p & kInterruptPending) != 0) return;  // not parked, or already asked
+    if (p == kInterruptBusy) {
+      // Held (a park committing, or another canceller running it): leave
+      // word that the holder must deliver it.
+      if (f->interrupt.compare_exchange_weak(p, kInterruptBusy | kInterruptPending, std::memory_order_seq_cst))
+        return;
+      continue;
+    }
+    if (f->interrupt.compare_exchange_weak(p, kInterruptBusy, std::memory_order_seq_cst)) break;
+  }
   auto* it = reinterpret_cast<Interrupt*>(p);
   it->fn(it, f);
   f->interrupt.store(0, std::memory_order_release);

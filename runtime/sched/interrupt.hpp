@@ -29,10 +29,11 @@ const Deadline* effective_deadline(const FiberCtl* f, const Deadline* own, Deadl
 // publish_interrupt (or drop_interrupt if there was nothing to wait for). A
 // waker may resume the fiber, on another worker, between the commit and the
 // publish: the held word keeps it in unpublish_interrupt until the action is
-// done with the Interrupt, and keeps cancellers out until then (the publish
-// re-reads the scope's flag on their behalf).
+// done with the Interrupt, and keeps cancellers out until then: a canceller
+// (or the timer) that finds it held leaves kInterruptPending, and the
+// publish, which also reads the scope's flag, delivers the interrupt itself.
 inline void hold_interrupt(FiberCtl* f) noexcept {
-  f->interrupt.store(kInterruptBusy, std::memory_order_relaxed);
+  f->interrupt.store(kInterruptBusy, std::memory_order_seq_cst);  // before the flag is read (publish)
 }
 void publish_interrupt(FiberCtl* f, Interrupt* it) noexcept;
 inline void drop_interrupt(FiberCtl* f) noexcept { f->interrupt.store(0, std::memory_order_release); }
