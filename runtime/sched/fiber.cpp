@@ -220,8 +220,19 @@ struct JoinInterrupt : Interrupt {
 
 // Parks the calling fiber until f finishes; false if its scope interrupted
 // the wait first.
+void publish_joiner_or_resume(FiberCtl* joiner, void* target) noexcept {
+  if (!publish_joiner(static_cast<FiberCtl*>(target),
+                      reinterpret_cast<std::uintptr_t>(joiner) | FiberCtl::kJoinerIsFiber))
+    current_worker()->push_runnext(joiner);
+}
+
 bool fiber_wait_until_done(Worker* w, FiberCtl* self, FiberCtl* f) {
-  if (fiber_interruptible(self) && interrupt_error(nullptr) != 0) return false;
+  if (!fiber_interruptible(self)) {  // the spawn+join path: nothing to publish
+    self->park.begin(WaitReason::join, w->index(), park_clock_ns());
+    w->switch_out(self, publish_joiner_or_resume, f);
+    return true;
+  }
+  if (interrupt_error(nullptr) != 0) return false;
   JoinerPublish publish{f, self};
   JoinInterrupt interrupt(f);
   park_fiber_committed(w, self, WaitReason::join, JoinerPublish::commit, &publish, &interrupt);

@@ -63,42 +63,60 @@ void arm_timer_and_release_lock(FiberCtl* from, void* arg) noexcept {
   if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
-bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
-                const Deadline* deadline, Cancellable cancellable) noexcept {
-  WaiterInterrupt interrupt(waiter);
-  Deadline storage;
-  const bool interruptible = cancellable == Cancellable::yes && fiber_interruptible(self);
-  if (interruptible) {
-    deadline = effective_deadline(self, deadline, storage);
-    if (fiber_cancelled(self) || (deadline != nullptr && *deadline <= std::chrono::steady_clock::now())) {
-      // Not worth a switch: report it as a timeout at once (the waiter is
-      // still linked; the caller's timed-out path unlinks it).
-      waiter.state.store(Waiter::kTimedOut, std::memory_order_relaxed);
-      lock.unlock();
-      return false;
-    }
-  }
-  self->park.begin(what, w->index(), park_clock_ns());
-  ParkArgs args{&lock, nullptr, interruptible ? &interrupt : nullptr};
-  if (interruptible) hold_interrupt(self);
-  if (deadline == nullptr) {
-    w->switch_out(self, release_lock, &args);
-    if (!interruptible) return true;  // only a wake() resumes an untimed waiter
-    unpublish_interrupt(self);
-    return waiter.state.load(std::memory_order_acquire) == Waiter::kClaimed;
-  }
-  // The timer goes in the heap of the worker we park on; once resumed we may
-  // be elsewhere, so remember which heap to clean up.
-  args.heap = &w->timers();
-  self->timer_deadline = to_ticks(*deadline);
-  self->timer_waiter = &waiter;
-  w->switch_out(self, arm_timer_and_release_lock, &args);
-  if (interruptible) unpublish_interrupt(self);
-  TimerHeap* heap = args.heap;
+// The timer goes in the heap of the worker we park on; once resumed we may be
+// elsewhere, so the heap to clean up is the one recorded in `args`.
+void disarm_timer(FiberCtl* self, TimerHeap* heap) noexcept {
   heap->lock.lock();
   if (self->timer_heap == heap) heap->erase(self);
   heap->lock.unlock();
   self->timer_waiter = nullptr;
+}
+
+bool park_fiber_interruptibly(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
+                              const Deadline* deadline) noexcept {
+  WaiterInterrupt interrupt(waiter);
+  Deadline storage;
+  deadline = effective_deadline(self, deadline, storage);
+  if (fiber_cancelled(self) || (deadline != nullptr && *deadline <= std::chrono::steady_clock::now())) {
+    // Not worth a switch: report it as a timeout at once (the waiter is still
+    // linked, and the lock keeps wakers off it; the caller's timed-out path
+    // unlinks it).
+    waiter.state.store(Waiter::kTimedOut, std::memory_order_relaxed);
+    lock.unlock();
+    return false;
+  }
+  self->park.begin(what, w->index(), park_clock_ns());
+  ParkArgs args{&lock, nullptr, &interrupt};
+  hold_interrupt(self);
+  if (deadline == nullptr) {
+    w->switch_out(self, release_lock, &args);
+    unpublish_interrupt(self);
+  } else {
+    args.heap = &w->timers();
+    self->timer_deadline = to_ticks(*deadline);
+    self->timer_waiter = &waiter;
+    w->switch_out(self, arm_timer_and_release_lock, &args);
+    unpublish_interrupt(self);
+    disarm_timer(self, args.heap);
+  }
+  return waiter.state.load(std::memory_order_acquire) == Waiter::kClaimed;
+}
+
+bool park_fiber(Worker* w, FiberCtl* self, Waiter& waiter, SpinLock& lock, WaitFor what,
+                const Deadline* deadline, Cancellable cancellable) noexcept {
+  if (cancellable == Cancellable::yes && fiber_interruptible(self))
+    return park_fiber_interruptibly(w, self, waiter, lock, what, deadline);
+  self->park.begin(what, w->index(), park_clock_ns());
+  ParkArgs args{&lock, nullptr, nullptr};
+  if (deadline == nullptr) {
+    w->switch_out(self, release_lock, &args);
+    return true;  // only a wake() resumes an untimed, uninterruptible waiter
+  }
+  args.heap = &w->timers();
+  self->timer_deadline = to_ticks(*deadline);
+  self->timer_waiter = &waiter;
+  w->switch_out(self, arm_timer_and_release_lock, &args);
+  disarm_timer(self, args.heap);
   return waiter.state.load(std::memory_order_acquire) == Waiter::kClaimed;
 }
 
