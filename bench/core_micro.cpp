@@ -98,10 +98,16 @@ void BM_PthreadSchedYield(benchmark::State& st) {
 
 // ---- (b) unbuffered channel ping-pong ---------------------------------------
 
-void BM_TendrilChannelPingPong(benchmark::State& st) {
-  in_tendril(unsigned(st.range(0)), [&] {
+// A channel round trip between the main fiber and a partner on `workers`
+// workers; with `pinned`, both inside a this_fiber::NoMigrate.
+void channel_ping_pong(benchmark::State& st, unsigned workers, bool pinned) {
+  in_tendril(workers, [&] {
+    std::optional<tendril::this_fiber::NoMigrate> stay;
+    if (pinned) stay.emplace();
     tendril::Channel<int> ping, pong;
-    tendril::Fiber partner = tendril::spawn([ping, pong]() mutable {
+    tendril::Fiber partner = tendril::spawn([ping, pong, pinned]() mutable {
+      std::optional<tendril::this_fiber::NoMigrate> stay;
+      if (pinned) stay.emplace();
       while (std::optional<int> v = ping.recv()) pong.send(*v);
     });
     for (int i = 0; i < 1000; ++i) {
@@ -120,6 +126,8 @@ void BM_TendrilChannelPingPong(benchmark::State& st) {
     set_stats_counters(st, a, b, 1);
   });
 }
+
+void BM_TendrilChannelPingPong(benchmark::State& st) { channel_ping_pong(st, unsigned(st.range(0)), false); }
 
 // ---- mutex + condvar ping-pong: fibers (tendril) and threads (std) ----------
 
@@ -317,31 +325,7 @@ void BM_ThreadLocalAccess(benchmark::State& st) {
 // Unbuffered channel ping-pong (as BM_TendrilChannelPingPong) with both
 // fibers inside a NoMigrate (pinned:1) or not (pinned:0).
 void BM_NoMigratePingPong(benchmark::State& st) {
-  const bool pinned = st.range(1) != 0;
-  in_tendril(unsigned(st.range(0)), [&] {
-    std::optional<tendril::this_fiber::NoMigrate> stay;
-    if (pinned) stay.emplace();
-    tendril::Channel<int> ping, pong;
-    tendril::Fiber partner = tendril::spawn([ping, pong, pinned]() mutable {
-      std::optional<tendril::this_fiber::NoMigrate> stay;
-      if (pinned) stay.emplace();
-      while (std::optional<int> v = ping.recv()) pong.send(*v);
-    });
-    for (int i = 0; i < 1000; ++i) {
-      ping.send(i);
-      pong.recv();
-    }
-    const tendril::Stats a = tendril::stats();
-    for (auto _ : st) {
-      ping.send(1);
-      benchmark::DoNotOptimize(pong.recv());
-    }
-    const tendril::Stats b = tendril::stats();
-    ping.close();
-    partner.join();
-    set_unit_counters(st, 1);
-    set_stats_counters(st, a, b, 1);
-  });
+  channel_ping_pong(st, unsigned(st.range(0)), st.range(1) != 0);
 }
 
 // Entering and leaving a NoMigrate (the outermost: it counts the pinned fiber).

@@ -20,11 +20,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-tendril::Options two_workers() {
-  tendril::Options o;
-  o.workers = 2;
-  return o;
-}
+tendril::Options two_workers() { return tendril_test::workers(2); }
 
 std::atomic<long> g_made{0}, g_destroyed{0};
 

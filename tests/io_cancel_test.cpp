@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/cancel_probe.hpp"
 #include "tests/scale.hpp"
 
 #include <atomic>
@@ -83,42 +84,8 @@ struct Conn {
   }
 };
 
-// Runs `wait` in a child of a scope; the scope is cancelled once the child
-// is (very likely) parked. The error code the child's wait threw, or a
-// default error_code if it returned.
-std::error_code cancelled_while(const std::function<void()>& wait) {
-  std::error_code got;
-  std::atomic<bool> reached{false};
-  tendril::Scope s;
-  s.spawn([&] {
-    reached = true;
-    try {
-      wait();
-    } catch (const std::system_error& e) {
-      got = e.code();
-    }
-  });
-  while (!reached) tendril::this_fiber::yield();
-  tendril::this_fiber::sleep_for(20ms);  // let it park
-  s.cancel();
-  s.join();
-  return got;
-}
-
-// The same, ended by the scope's deadline.
-std::error_code deadline_while(const std::function<void()>& wait) {
-  std::error_code got;
-  tendril::Scope s(30ms);
-  s.spawn([&] {
-    try {
-      wait();
-    } catch (const std::system_error& e) {
-      got = e.code();
-    }
-  });
-  s.join();
-  return got;
-}
+using tendril_test::cancelled_while;
+using tendril_test::deadline_while;
 
 // Reads exactly `n` bytes from the stream and returns them.
 std::string read_n(TcpStream& s, std::size_t n) {

@@ -11,6 +11,17 @@ inline constexpr long kStressScale = 5;
 inline constexpr long kStressScale = 1;
 #endif
 
+#include <tendril/options.hpp>
+
+namespace tendril_test {
+// Options with `n` workers: the suites' usual runtime.
+inline tendril::Options workers(unsigned n) {
+  tendril::Options o;
+  o.workers = n;
+  return o;
+}
+}  // namespace tendril_test
+
 // `n` in a normal build, n / kStressScale (at least `floor`) under a sanitizer.
 constexpr long stress_count(long n, long floor = 1000) {
   return n / kStressScale > floor ? n / kStressScale : (floor < n ? floor : n);

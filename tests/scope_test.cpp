@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/cancel_probe.hpp"
 #include "tests/scale.hpp"
 
 #include <atomic>
@@ -19,50 +20,19 @@ using namespace std::chrono_literals;
 
 namespace {
 
-tendril::Options two_workers() {
-  tendril::Options o;
-  o.workers = 2;
-  return o;
-}
+using tendril_test::workers;
+tendril::Options two_workers() { return workers(2); }
 
-// Runs `wait` in a child of a scope, cancels the scope once the child is
-// parked, and returns the error code the child's wait threw (or a default
-// error_code if it returned).
+// Runs `wait` in a child of a scope in a fresh runtime and ends it with
+// cancel() / with the scope's deadline (see tests/cancel_probe.hpp).
 std::error_code error_of_cancelled(const std::function<void()>& wait) {
   std::error_code got;
-  std::atomic<bool> reached{false};
-  tendril::run(two_workers(), [&] {
-    tendril::Scope s;
-    s.spawn([&] {
-      reached = true;
-      try {
-        wait();
-      } catch (const std::system_error& e) {
-        got = e.code();
-      }
-    });
-    while (!reached) tendril::this_fiber::yield();
-    tendril::this_fiber::sleep_for(20ms);  // let it park
-    s.cancel();
-    s.join();
-  });
+  tendril::run(two_workers(), [&] { got = tendril_test::cancelled_while(wait); });
   return got;
 }
-
-// The same with a deadline instead of cancel().
 std::error_code error_of_deadline(const std::function<void()>& wait) {
   std::error_code got;
-  tendril::run(two_workers(), [&] {
-    tendril::Scope s(30ms);
-    s.spawn([&] {
-      try {
-        wait();
-      } catch (const std::system_error& e) {
-        got = e.code();
-      }
-    });
-    s.join();
-  });
+  tendril::run(two_workers(), [&] { got = tendril_test::deadline_while(wait); });
   return got;
 }
 

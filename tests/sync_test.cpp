@@ -14,11 +14,7 @@
 using namespace std::chrono_literals;
 
 namespace {
-tendril::Options two_workers() {
-  tendril::Options o;
-  o.workers = 2;
-  return o;
-}
+tendril::Options two_workers() { return tendril_test::workers(2); }
 }  // namespace
 
 TEST(Mutex, CounterExactUnderContentionAcrossWorkersAndThreads) {
