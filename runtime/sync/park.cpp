@@ -77,7 +77,10 @@ bool park_fiber_interruptibly(Worker* w, FiberCtl* self, Waiter& waiter, SpinLoc
   WaiterInterrupt interrupt(waiter);
   Deadline storage;
   deadline = effective_deadline(self, deadline, storage);
-  if (fiber_cancelled(self) || (deadline != nullptr && *deadline <= std::chrono::steady_clock::now())) {
+  // A deadline that has passed is left to the timer (it fires at the
+  // worker's next look): reading the clock here would cost every park more
+  // than the rare late park saves.
+  if (fiber_cancelled(self)) {
     // Not worth a switch: report it as a timeout at once (the waiter is still
     // linked, and the lock keeps wakers off it; the caller's timed-out path
     // unlinks it).
