@@ -144,6 +144,7 @@ class Channel {
   std::size_t size() const noexcept { return s_->buffered(); }
 
  private:
+  friend struct detail::channel::Access;  // select (tendril/select.hpp)
   using State = detail::channel::State<T>;
 
   std::shared_ptr<State> s_;

@@ -20,6 +20,8 @@
 
 namespace tendril::detail::channel {
 
+struct Access;  // how select reaches a Channel's State (tendril/select.hpp)
+
 using u64 = std::uint64_t;
 
 // Cell word: [ lap : 56 | closed : 1 | unused : 3 | state : 4 ].
@@ -33,6 +35,8 @@ enum : u64 {
   kRecvBroke = 6,
   kSendCancel = 7,
   kRecvCancel = 8,
+  kSelSendWait = 9,   // a select's send case is registered; c.sender is its SelectReg
+  kSelRecvWait = 10,  // a select's receive case is registered; c.receiver is its SelectReg
 };
 inline constexpr u64 kStateMask = 0xf;
 inline constexpr u64 kCellClosed = 0x80;
@@ -47,24 +51,86 @@ inline u64 state_of(u64 word) noexcept { return word & kStateMask; }
 inline u64 lap_bits(u64 word) noexcept { return word & ~(kOneLap - 1); }
 inline u64 sent_count(u64 senders) noexcept { return senders & ~kSendersClosed; }
 
+// ---- select (tendril/select.hpp): one shared waiter per select() call
+//
+// The select's state is its Waiter's state word, so the timer and the
+// futex timeout of park_committed end it the way they end any timed wait:
+//   registering | mask  the select is still putting its cases into cells; only
+//                       it may decide itself. A party that meets one of its
+//                       registrations sets the case's bit in `mask` (the
+//                       select registers that case again) and treats the
+//                       cell as withdrawn.
+//   waiting (0)         parked; the first party to CAS it to decided wins
+//   decided + i         case i took effect (by a party, or by the select itself
+//                       while registering)
+//   timed out (2)       its case_after deadline or its scope ended the wait
+enum : std::uint32_t {
+  kSelWaiting = detail::Waiter::kWaiting,
+  kSelTimedOut = detail::Waiter::kTimedOut,
+  kSelDecided = 4,
+  kSelRegistering = std::uint32_t{1} << 31,
+};
+inline constexpr std::size_t kMaxSelectCases = 31;
+
+// One case's registration in a cell, on the select's stack. A party that
+// claimed the cell (kResuming) and won claim_select() fills `slot` (receive:
+// a std::optional<T> to emplace; send: the T to move from) and `ok`, ends
+// the lap or settles the cell, and then wakes `sel`.
+struct SelectReg {
+  detail::Waiter* sel;
+  std::uint32_t index;
+  void* slot;
+  bool ok = false;  // receive: a value arrived (false: closed); send: it was sent
+};
+
+// By a party holding a cell (kResuming) that has `reg` in it. True: the
+// party decided the select for reg's case and must complete it. False: the
+// registration is dead (the select decided otherwise, timed out, or is
+// still registering: then it is told to register the case again); the party
+// treats the cell as withdrawn by the select. `self` is the select the
+// caller runs, if any: a select never meets itself.
+inline bool claim_select(SelectReg& reg, const detail::Waiter* self) noexcept {
+  if (reg.sel == self) return false;
+  std::atomic<std::uint32_t>& st = reg.sel->state;
+  std::uint32_t s = st.load(std::memory_order_acquire);
+  for (;;) {
+    if (s == kSelWaiting) {
+      if (st.compare_exchange_weak(s, kSelDecided + reg.index, std::memory_order_acq_rel, std::memory_order_acquire))
+        return true;
+    } else if ((s & kSelRegistering) != 0) {
+      if (st.compare_exchange_weak(s, s | (std::uint32_t{1} << reg.index), std::memory_order_acq_rel,
+                                   std::memory_order_acquire))
+        return false;
+    } else {
+      return false;
+    }
+  }
+}
+
 template <class T>
 struct Cell {
   std::atomic<u64> word{0};
-  // Published by a send-wait / recv-wait word: written (relaxed) before the
+  // Published by a wait state: send-wait / recv-wait (a detail::Waiter) or
+  // select send-wait / recv-wait (a SelectReg). Written (relaxed) before the
   // CAS that installs that state, read (relaxed) after the CAS or acquire
   // load that saw it. One field per side, because the other side may be
   // writing its own while it loses the race to park; atomic because a
   // party that loses the race to park rewrites its field while it is not
   // published, which must not count as a data race.
-  std::atomic<detail::Waiter*> sender{nullptr};
-  std::atomic<detail::Waiter*> receiver{nullptr};
+  std::atomic<void*> sender{nullptr};
+  std::atomic<void*> receiver{nullptr};
   detail::TurnWaiters turn;          // operations whose lap has not come yet
   alignas(T) unsigned char value[sizeof(T)];
 
   T* stored() noexcept { return std::launder(reinterpret_cast<T*>(value)); }
 };
 
-enum class Outcome { kDone, kFailed, kRetry };
+// kFailed: the channel is closed (for this operation). kNotNow: a try_
+// operation could not complete without waiting. kInterrupted: a parked
+// operation was withdrawn by its scope (cancel or deadline).
+enum class Outcome { kDone, kFailed, kRetry, kNotNow, kInterrupted, kRegistered };
+// How an operation behaves where a blocking one would park.
+enum class Mode { kBlock, kTry, kSelect };
 
 template <class T>
 struct State : std::enable_shared_from_this<State<T>> {
@@ -134,7 +200,9 @@ struct State : std::enable_shared_from_this<State<T>> {
     return true;
   }
   // Returns once cell `c` serves `ticket`: true; false if the channel closed
-  // first (the ticket must then be given up).
+  // first (the ticket must then be given up). Not interruptible: a ticket
+  // whose lap has not come cannot be given up without a receiver (or
+  // sender) of that lap waiting for it; see channel.hpp.
   bool await_turn(Cell& c, u64 ticket, WaitReason why) {
     const u64 lap = lap_of(ticket);
     for (;;) {
@@ -166,15 +234,79 @@ struct State : std::enable_shared_from_this<State<T>> {
     a->parked = false;
     return false;
   }
-  // Parks in `c` if its word is still `seen`; false if it changed first.
-  static bool park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
+  // The Interrupt of a park in a cell: withdraws the waiter with one CAS
+  // from its wait state (send-wait / recv-wait at its lap) to `withdrawn`
+  // (send-cancel / recv-broke). A party completing the meeting CASes the same
+  // word away from the wait state, so exactly one of them wins.
+  struct CellInterrupt : detail::Interrupt {
+    CellInterrupt(Cell& cell, u64 parked_word, u64 withdrawn_state, detail::Waiter& waiter) noexcept
+        : Interrupt{withdraw}, c(&cell), parked(parked_word), withdrawn(withdrawn_state), me(&waiter) {}
+    static void withdraw(detail::Interrupt* self, detail::FiberCtl*) noexcept {
+      auto* i = static_cast<CellInterrupt*>(self);
+      u64 w = i->c->word.load(std::memory_order_acquire);
+      while ((w & ~kCellClosed) == i->parked) {
+        if (i->c->word.compare_exchange_weak(w, w - state_of(w) + i->withdrawn, std::memory_order_seq_cst,
+                                             std::memory_order_acquire)) {
+          i->won = true;  // read by the waiter once wake() resumed it
+          detail::wake(*i->me);
+          return;
+        }
+      }
+    }
+    Cell* c;
+    u64 parked;     // lap | wait state
+    u64 withdrawn;
+    detail::Waiter* me;
+    bool won = false;
+  };
+  // Parks in `c` if its word is still `seen`. kRetry: it changed first;
+  // kDone: a party (or close) resumed us; kInterrupted: our scope did.
+  static Outcome park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
     // Only this operation writes its side's field during this lap, and the
     // CAS in publish_cell_waiter publishes it.
     (to == kSendWait ? c.sender : c.receiver).store(&me, std::memory_order_relaxed);
     CellWait a{&c, seen, to, &me};
+    CellInterrupt interrupt(c, lap_bits(seen) | to, to == kSendWait ? kSendCancel : kRecvBroke, me);
     detail::park_committed(me, to == kSendWait ? WaitReason::channel_send : WaitReason::channel_recv,
-                           publish_cell_waiter, &a);
-    return a.parked;
+                           publish_cell_waiter, &a, &interrupt);
+    if (!a.parked) return Outcome::kRetry;
+    return interrupt.won ? Outcome::kInterrupted : Outcome::kDone;
+  }
+
+  // ---- meeting a select's registration
+
+  // A sender in a cell holding a select's receive registration (the word
+  // `w`, state kSelRecvWait): claims the cell, then the select. kDone: the
+  // value went to the select; kDead: the registration was dead and the lap
+  // is over (draw a new ticket); kChanged: the cell changed first (look again).
+  enum class Meet { kDone, kDead, kChanged };
+  static Meet send_to_select(Cell& c, u64 w, T& value, const detail::Waiter* self) noexcept {
+    if (!cas_state(c, w, kResuming)) return Meet::kChanged;
+    auto* g = static_cast<SelectReg*>(c.receiver.load(std::memory_order_relaxed));
+    if (!claim_select(*g, self)) {
+      end_lap(c, kResuming);
+      return Meet::kDead;
+    }
+    static_cast<std::optional<T>*>(g->slot)->emplace(std::move(value));
+    g->ok = true;
+    detail::Waiter* sel = g->sel;
+    end_lap(c, kResuming);
+    detail::wake(*sel);
+    return Meet::kDone;
+  }
+  static Meet recv_from_select(Cell& c, u64 w, std::optional<T>& out, const detail::Waiter* self) noexcept {
+    if (!cas_state(c, w, kResuming)) return Meet::kChanged;
+    auto* g = static_cast<SelectReg*>(c.sender.load(std::memory_order_relaxed));
+    if (!claim_select(*g, self)) {
+      end_lap(c, kResuming);
+      return Meet::kDead;
+    }
+    out.emplace(std::move(*static_cast<T*>(g->slot)));
+    g->ok = true;
+    detail::Waiter* sel = g->sel;
+    end_lap(c, kResuming);
+    detail::wake(*sel);
+    return Meet::kDone;
   }
 
   // ---- sending
@@ -189,22 +321,35 @@ struct State : std::enable_shared_from_this<State<T>> {
     return false;
   }
 
-  Outcome send_in_cell(Cell& c, u64 s, T& value, bool may_park) {
+  // `reg`: the select registration to publish where a blocking send would
+  // park (Mode::kSelect only).
+  Outcome send_in_cell(Cell& c, u64 s, T& value, Mode mode, SelectReg* reg = nullptr) {
+    const detail::Waiter* self = reg != nullptr ? reg->sel : nullptr;
     detail::Backoff backoff;
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
       switch (state_of(w)) {
         case kRecvWait: {
-          // No CAS to claim it: nobody else may take this receiver. close()
-          // only cancels receivers whose ticket no sender holds, and the
-          // expander only acts on senders; the receiver never withdraws.
-          detail::Waiter* r = c.receiver.load(std::memory_order_relaxed);
+          // One CAS claims the receiver (which may be withdrawing: its
+          // Interrupt CASes the same word) and ends the lap. The receiver
+          // stays parked until our wake, so its storage is ours to fill.
+          auto* r = static_cast<detail::Waiter*>(c.receiver.load(std::memory_order_relaxed));
+          if (!c.word.compare_exchange_strong(w, w - kRecvWait + kOneLap, std::memory_order_seq_cst,
+                                              std::memory_order_acquire))
+            continue;
           ::new (r->slot) T(std::move(value));
           r->ok = true;
-          end_lap(c, kRecvWait);
+          c.turn.wake_all();
           detail::wake(*r);
           return Outcome::kDone;
         }
+        case kSelRecvWait:
+          switch (send_to_select(c, w, value, self)) {
+            case Meet::kDone: return Outcome::kDone;
+            case Meet::kDead: return Outcome::kRetry;
+            case Meet::kChanged: continue;
+          }
+          continue;
         case kRecvBroke:
           end_lap(c, kRecvBroke);
           return Outcome::kRetry;
@@ -219,14 +364,22 @@ struct State : std::enable_shared_from_this<State<T>> {
             if (leave_value(c, w, value)) return Outcome::kDone;
             continue;
           }
-          if (!may_park) {
-            if (cas_state(c, w, kSendCancel)) return Outcome::kFailed;
+          if (mode == Mode::kTry) {
+            if (cas_state(c, w, kSendCancel)) return Outcome::kNotNow;
+            continue;
+          }
+          if (mode == Mode::kSelect) {
+            c.sender.store(reg, std::memory_order_relaxed);
+            if (cas_state(c, w, kSelSendWait)) return Outcome::kRegistered;
             continue;
           }
           detail::Waiter me;
           me.slot = &value;
-          if (!park_in_cell(c, w, kSendWait, me)) continue;
-          return me.ok ? Outcome::kDone : Outcome::kFailed;
+          switch (park_in_cell(c, w, kSendWait, me)) {
+            case Outcome::kRetry: continue;
+            case Outcome::kInterrupted: return Outcome::kInterrupted;
+            default: return me.ok ? Outcome::kDone : Outcome::kFailed;
+          }
         }
         default:  // kResuming: someone is finishing with this cell
           backoff.pause();
@@ -243,10 +396,13 @@ struct State : std::enable_shared_from_this<State<T>> {
       } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
       Cell& c = cell(s);
       if (!await_turn(c, s, WaitReason::channel_send)) return false;
-      switch (send_in_cell(c, s, value, /*may_park=*/true)) {
+      switch (send_in_cell(c, s, value, Mode::kBlock)) {
         case Outcome::kDone: return true;
         case Outcome::kFailed: return false;
-        case Outcome::kRetry: break;
+        case Outcome::kInterrupted:
+          detail::throw_if_interrupted(nullptr, "tendril::Channel::send");
+          break;  // not ours to report (cannot happen): send again
+        default: break;
       }
     }
   }
@@ -257,6 +413,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     if (lap_bits(w) != lap_of(s) || (w & kCellClosed) != 0) return false;
     switch (state_of(w)) {
       case kRecvWait:
+      case kSelRecvWait:
       case kInBuffer:
       case kRecvBroke:
         return true;
@@ -267,33 +424,34 @@ struct State : std::enable_shared_from_this<State<T>> {
     }
   }
 
-  bool try_send(T& value) {
+  // kDone, kFailed (closed) or kNotNow; `value` is untouched unless kDone.
+  Outcome try_send_now(T& value) {
     for (;;) {
       u64 s = senders.load(std::memory_order_seq_cst);
-      if ((s & kSendersClosed) != 0 || !could_send_now(s)) return false;
+      if ((s & kSendersClosed) != 0) return Outcome::kFailed;
+      if (!could_send_now(s)) return Outcome::kNotNow;
       // Drawing the ticket only if it is still the one we inspected means
       // its lap cannot have moved on: no waiting for a turn here.
       if (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) continue;
-      switch (send_in_cell(cell(s), s, value, /*may_park=*/false)) {
-        case Outcome::kDone: return true;
-        case Outcome::kFailed: return false;
-        case Outcome::kRetry: break;
-      }
+      const Outcome o = send_in_cell(cell(s), s, value, Mode::kTry);
+      if (o != Outcome::kRetry) return o;
     }
   }
+  bool try_send(T& value) { return try_send_now(value) == Outcome::kDone; }
 
   // ---- receiving
 
-  // One step of "expand buffer": see the header comment.
-  void expand_buffer() noexcept {
+  // One step of "expand buffer": see the header comment. `self`: the select
+  // running it, if any.
+  void expand_buffer(const detail::Waiter* self = nullptr) noexcept {
     for (;;) {
       const u64 b = buffer_end.fetch_add(1, std::memory_order_seq_cst);
       if (b >= sent_count(senders.load(std::memory_order_seq_cst))) return;  // that sender will see b < B
-      if (admit_into_buffer(cell(b), b)) return;
+      if (admit_into_buffer(cell(b), b, self)) return;
     }
   }
   // False if cell b will never hold a value (its sender withdrew).
-  bool admit_into_buffer(Cell& c, u64 b) noexcept {
+  bool admit_into_buffer(Cell& c, u64 b, const detail::Waiter* self) noexcept {
     detail::Backoff backoff;
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
@@ -306,11 +464,26 @@ struct State : std::enable_shared_from_this<State<T>> {
           continue;
         case kSendWait: {
           if (!cas_state(c, w, kResuming)) continue;
-          detail::Waiter* s = c.sender.load(std::memory_order_relaxed);
+          auto* s = static_cast<detail::Waiter*>(c.sender.load(std::memory_order_relaxed));
           ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(s->slot)));
           s->ok = true;
           set_owned_state(c, kResuming, kBuffered);
           detail::wake(*s);
+          return true;
+        }
+        case kSelSendWait: {
+          // Moving a select's value into the buffer decides that select.
+          if (!cas_state(c, w, kResuming)) continue;
+          auto* g = static_cast<SelectReg*>(c.sender.load(std::memory_order_relaxed));
+          if (!claim_select(*g, self)) {
+            set_owned_state(c, kResuming, kSendCancel);
+            return false;
+          }
+          ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(g->slot)));
+          g->ok = true;
+          detail::Waiter* sel = g->sel;
+          set_owned_state(c, kResuming, kBuffered);
+          detail::wake(*sel);
           return true;
         }
         case kResuming:
@@ -324,7 +497,8 @@ struct State : std::enable_shared_from_this<State<T>> {
     }
   }
 
-  Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, bool may_park) {
+  Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, Mode mode, SelectReg* reg = nullptr) {
+    const detail::Waiter* self = reg != nullptr ? reg->sel : nullptr;
     detail::Backoff backoff;
     for (unsigned spins = 0;;) {
       u64 w = c.word.load(std::memory_order_acquire);
@@ -338,13 +512,20 @@ struct State : std::enable_shared_from_this<State<T>> {
         }
         case kSendWait: {
           if (!cas_state(c, w, kResuming)) continue;
-          detail::Waiter* s = c.sender.load(std::memory_order_relaxed);
+          auto* s = static_cast<detail::Waiter*>(c.sender.load(std::memory_order_relaxed));
           out.emplace(std::move(*static_cast<T*>(s->slot)));
           s->ok = true;
           end_lap(c, kResuming);
           detail::wake(*s);
           return Outcome::kDone;
         }
+        case kSelSendWait:
+          switch (recv_from_select(c, w, out, self)) {
+            case Meet::kDone: return Outcome::kDone;
+            case Meet::kDead: return Outcome::kRetry;
+            case Meet::kChanged: continue;
+          }
+          continue;
         case kSendCancel:
           end_lap(c, kSendCancel);
           return Outcome::kRetry;
@@ -359,21 +540,30 @@ struct State : std::enable_shared_from_this<State<T>> {
             // A blocking receiver parks and lets the sender complete the
             // meeting; one that must not park (or finds the channel
             // closing, where the sender will withdraw) gives the cell up.
-            if (!may_park || (w & kCellClosed) != 0) {
+            if (mode == Mode::kTry || (w & kCellClosed) != 0) {
               if (cas_state(c, w, kRecvBroke)) return Outcome::kRetry;
               continue;
             }
           } else {
             if ((s & kSendersClosed) != 0) return Outcome::kFailed;  // no sender will come
-            if (!may_park) {
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kFailed;
+            if (mode == Mode::kTry) {
+              if (cas_state(c, w, kRecvBroke)) return Outcome::kNotNow;
               continue;
             }
+          }
+          if (mode == Mode::kSelect) {
+            c.receiver.store(reg, std::memory_order_relaxed);
+            if (cas_state(c, w, kSelRecvWait)) return Outcome::kRegistered;
+            continue;
           }
           alignas(T) unsigned char storage[sizeof(T)];
           detail::Waiter me;
           me.slot = storage;
-          if (!park_in_cell(c, w, kRecvWait, me)) continue;
+          switch (park_in_cell(c, w, kRecvWait, me)) {
+            case Outcome::kRetry: continue;
+            case Outcome::kInterrupted: return Outcome::kInterrupted;
+            default: break;
+          }
           if (!me.ok) return Outcome::kFailed;
           T* p = std::launder(reinterpret_cast<T*>(storage));
           out.emplace(std::move(*p));
@@ -396,10 +586,13 @@ struct State : std::enable_shared_from_this<State<T>> {
       if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return std::nullopt;
       Cell& c = cell(r);
       if (!await_turn(c, r, WaitReason::channel_recv)) continue;  // closed while an earlier lap held the cell
-      switch (recv_in_cell(c, r, out, /*may_park=*/true)) {
+      switch (recv_in_cell(c, r, out, Mode::kBlock)) {
         case Outcome::kDone: return out;
         case Outcome::kFailed: return std::nullopt;
-        case Outcome::kRetry: break;
+        case Outcome::kInterrupted:
+          detail::throw_if_interrupted(nullptr, "tendril::Channel::recv");
+          break;  // not ours to report (cannot happen): receive again
+        default: break;
       }
     }
   }
@@ -411,43 +604,116 @@ struct State : std::enable_shared_from_this<State<T>> {
     const u64 w = cell(r).word.load(std::memory_order_acquire);
     if (lap_bits(w) != lap_of(r)) return false;
     const u64 st = state_of(w);
-    return st == kBuffered || st == kSendWait || st == kSendCancel || st == kResuming;
+    return st == kBuffered || st == kSendWait || st == kSelSendWait || st == kSendCancel || st == kResuming;
   }
 
-  std::optional<T> try_recv() {
-    std::optional<T> out;
+  // kDone (a value in `out`), kFailed (closed and drained) or kNotNow.
+  Outcome try_recv_now(std::optional<T>& out) {
     for (;;) {
       u64 r = receivers.load(std::memory_order_seq_cst);
-      if (!could_receive_now(r)) return std::nullopt;
+      if (!could_receive_now(r)) {
+        const u64 s = senders.load(std::memory_order_seq_cst);
+        return (s & kSendersClosed) != 0 && r >= sent_count(s) ? Outcome::kFailed : Outcome::kNotNow;
+      }
       if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
         continue;
       if (cap > 0) expand_buffer();
-      switch (recv_in_cell(cell(r), r, out, /*may_park=*/false)) {
-        case Outcome::kDone: return out;
-        case Outcome::kFailed: return std::nullopt;
-        case Outcome::kRetry: break;
+      const Outcome o = recv_in_cell(cell(r), r, out, Mode::kTry);
+      if (o != Outcome::kRetry) return o;
+    }
+  }
+  std::optional<T> try_recv() {
+    std::optional<T> out;
+    try_recv_now(out);
+    return out;
+  }
+
+  // ---- select (tendril/select.hpp)
+
+  // Puts a select's receive case into the cell of a new receiver ticket, or
+  // completes it at once. kRegistered (`at`: the cell, `parked`: its lap and
+  // wait state), kDone (a value in `out`) or kFailed (closed and drained).
+  // Only while the select is registering (no party can decide it).
+  Outcome select_recv(SelectReg& reg, std::optional<T>& out, Cell*& at, u64& parked) {
+    for (;;) {
+      const u64 r = receivers.fetch_add(1, std::memory_order_seq_cst);
+      if (cap > 0) expand_buffer(reg.sel);
+      const u64 s = senders.load(std::memory_order_seq_cst);
+      if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return Outcome::kFailed;
+      Cell& c = cell(r);
+      if (!await_turn(c, r, WaitReason::select)) continue;
+      const Outcome o = recv_in_cell(c, r, out, Mode::kSelect, &reg);
+      if (o == Outcome::kRegistered) {
+        at = &c;
+        parked = lap_of(r) | kSelRecvWait;
       }
+      if (o != Outcome::kRetry) return o;
+    }
+  }
+  // The same for a send case: kRegistered, kDone (sent) or kFailed (closed).
+  Outcome select_send(SelectReg& reg, T& value, Cell*& at, u64& parked) {
+    for (;;) {
+      u64 s = senders.load(std::memory_order_relaxed);
+      do {
+        if ((s & kSendersClosed) != 0) return Outcome::kFailed;
+      } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
+      Cell& c = cell(s);
+      if (!await_turn(c, s, WaitReason::select)) return Outcome::kFailed;
+      const Outcome o = send_in_cell(c, s, value, Mode::kSelect, &reg);
+      if (o == Outcome::kRegistered) {
+        at = &c;
+        parked = lap_of(s) | kSelSendWait;
+      }
+      if (o != Outcome::kRetry) return o;
+    }
+  }
+  // Takes a select's registration out of its cell once the select is over:
+  // a live one is withdrawn (a receive case leaves recv-broke, a send case
+  // send-cancel: the other party retries, as with any withdrawn party); a
+  // party holding it (resuming) is waited for, since it may still read the
+  // registration; otherwise it is gone already.
+  static void select_withdraw(Cell& c, u64 parked) noexcept {
+    const u64 withdrawn = state_of(parked) == kSelRecvWait ? kRecvBroke : kSendCancel;
+    detail::Backoff backoff;
+    for (;;) {
+      u64 w = c.word.load(std::memory_order_acquire);
+      if ((w & ~kCellClosed) == parked) {
+        if (cas_state(c, w, withdrawn)) return;
+        continue;
+      }
+      if (lap_bits(w) != lap_bits(parked) || state_of(w) != kResuming) return;
+      backoff.pause();
     }
   }
 
   // ---- closing
 
-  // Cancels a waiter parked in `c` if close() must wake it.
+  // Cancels a waiter parked (or a select registered) in `c` if close() must
+  // wake it.
   void settle_on_close(Cell& c, u64 closed_at) noexcept {
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
       const u64 st = state_of(w);
       const u64 ticket = ((w >> kLapShift) << shift) | index_of(c);
       u64 cancelled;
-      if (st == kSendWait) {
+      if (st == kSendWait || st == kSelSendWait) {
         cancelled = kSendCancel;  // a receiver still comes by and ends the lap
-      } else if (st == kRecvWait && ticket >= closed_at) {
+      } else if ((st == kRecvWait || st == kSelRecvWait) && ticket >= closed_at) {
         cancelled = kRecvCancel;  // no sender has this ticket; the cell stays put
       } else {
         return;
       }
       if (!cas_state(c, w, kResuming)) continue;
-      detail::Waiter* x = (st == kSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed);
+      if (st == kSelSendWait || st == kSelRecvWait) {
+        auto* g = static_cast<SelectReg*>((st == kSelSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
+        const bool won = claim_select(*g, nullptr);
+        detail::Waiter* sel = g->sel;
+        if (won) g->ok = false;
+        set_owned_state(c, kResuming, cancelled);
+        if (won) detail::wake(*sel);
+        return;
+      }
+      auto* x = static_cast<detail::Waiter*>((st == kSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
       x->ok = false;
       set_owned_state(c, kResuming, cancelled);
       detail::wake(*x);
