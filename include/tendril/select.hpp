@@ -101,6 +101,9 @@ std::array<std::uint8_t, N> select_order() noexcept {
   return order;
 }
 
+// How often a select looks again at a case whose channel is congested.
+inline constexpr std::chrono::microseconds kSelectPollInterval{500};
+
 // The select's Interrupt: ends the wait the way its timer does.
 struct SelectInterrupt : Interrupt {
   explicit SelectInterrupt(Waiter& w) noexcept : Interrupt{end_wait}, sel(&w) {}
@@ -252,20 +255,25 @@ std::size_t select_cases(Tuple& cases) {
     return *k;
   }
   const std::optional<std::size_t> after = earliest_after(cases, std::make_index_sequence<n>{});
-  const Deadline* deadline = nullptr;
-  if (after) on_case(cases, *after, [&](auto& c) { deadline = c.deadline(); });
+  const Deadline* after_deadline = nullptr;
+  if (after) on_case(cases, *after, [&](auto& c) { after_deadline = c.deadline(); });
 
   Waiter sel;
-  sel.state.store(kSelRegistering, std::memory_order_relaxed);
   SelectInterrupt interrupt(sel);
-  std::uint32_t todo = (std::uint32_t{1} << n) - 1;
   std::optional<std::size_t> chosen;
-  while (!chosen) {
+  bool congested = false;  // since the last (re)start
+  for (std::uint32_t todo = 0; !chosen;) {
+    if (todo == 0) {  // (re)start: register every case
+      sel.state.store(kSelRegistering, std::memory_order_relaxed);
+      todo = (std::uint32_t{1} << n) - 1;
+      congested = false;
+    }
     for (const std::uint8_t k : order) {
       if ((todo & (std::uint32_t{1} << k)) == 0) continue;
       on_case(cases, k, [&](auto& c) {
         const Outcome o = c.enroll(sel, k);
         if (o == Outcome::kDone || o == Outcome::kFailed) chosen = k;
+        if (o == Outcome::kNotNow && c.kChannel) congested = true;
       });
       if (chosen) {
         // Only we decide while registering; parties may still be adding
@@ -275,10 +283,20 @@ std::size_t select_cases(Tuple& cases) {
       }
     }
     if (chosen) break;
+    // A case whose channel is congested (its next cell still busy with an
+    // earlier lap) is looked at again shortly: the select polls for it
+    // rather than wait for the lap and ignore its other cases.
+    const Deadline* deadline = after_deadline;
+    Deadline poll;
+    if (congested) {
+      poll = std::chrono::steady_clock::now() + kSelectPollInterval;
+      if (deadline == nullptr || poll < *deadline) deadline = &poll;
+    }
     park_committed(sel, WaitReason::select, select_commit, &sel, &interrupt, deadline);
     const std::uint32_t s = sel.state.load(std::memory_order_acquire);
     if ((s & kSelRegistering) != 0) {  // parties killed some registrations: register those again
       todo = sel.state.exchange(kSelRegistering, std::memory_order_acq_rel) & ~kSelRegistering;
+      if (todo == 0) todo = (std::uint32_t{1} << n) - 1;  // cannot happen: the commit failed for a reason
       continue;
     }
     if (s >= kSelDecided) {
@@ -286,11 +304,14 @@ std::size_t select_cases(Tuple& cases) {
       on_case(cases, *chosen, [](auto& c) { c.decided_by_party(); });
       break;
     }
-    // Timed out: our case_after, or the scope (cancel or deadline).
+    // Timed out: our case_after, the scope (cancel or deadline), or a poll.
     for (std::size_t k = 0; k < n; ++k) on_case(cases, k, [](auto& c) { c.withdraw(); });
-    throw_if_interrupted(deadline, "tendril::select");
-    if (!after) return select_cases(cases);  // not ours to report (cannot happen): wait again
-    chosen = after;
+    throw_if_interrupted(after_deadline, "tendril::select");
+    if (after && *after_deadline <= std::chrono::steady_clock::now()) {
+      chosen = after;
+      break;
+    }
+    todo = 0;  // a poll: register everything again
   }
   for (std::size_t k = 0; k < n; ++k) {
     if (k != *chosen) on_case(cases, k, [](auto& c) { c.withdraw(); });

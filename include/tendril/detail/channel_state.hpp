@@ -83,26 +83,27 @@ struct SelectReg {
   bool ok = false;  // receive: a value arrived (false: closed); send: it was sent
 };
 
-// By a party holding a cell (kResuming) that has `reg` in it. True: the
-// party decided the select for reg's case and must complete it. False: the
-// registration is dead (the select decided otherwise, timed out, or is
-// still registering: then it is told to register the case again); the party
-// treats the cell as withdrawn by the select. `self` is the select the
+// By a party holding a cell (kResuming) that has `reg` in it. kWon: the
+// party decided the select for reg's case and must complete it. Otherwise
+// the registration is dead (kDead: the select decided otherwise or timed
+// out; kRegistering: it is still registering and is told to register the
+// case again) and the party treats the cell as withdrawn by the select. `self` is the select the
 // caller runs, if any: a select never meets itself.
-inline bool claim_select(SelectReg& reg, const detail::Waiter* self) noexcept {
-  if (reg.sel == self) return false;
+enum class Claim { kWon, kDead, kRegistering };
+inline Claim claim_select(SelectReg& reg, const detail::Waiter* self) noexcept {
+  if (reg.sel == self) return Claim::kDead;
   std::atomic<std::uint32_t>& st = reg.sel->state;
   std::uint32_t s = st.load(std::memory_order_acquire);
   for (;;) {
     if (s == kSelWaiting) {
       if (st.compare_exchange_weak(s, kSelDecided + reg.index, std::memory_order_acq_rel, std::memory_order_acquire))
-        return true;
+        return Claim::kWon;
     } else if ((s & kSelRegistering) != 0) {
       if (st.compare_exchange_weak(s, s | (std::uint32_t{1} << reg.index), std::memory_order_acq_rel,
                                    std::memory_order_acquire))
-        return false;
+        return Claim::kRegistering;
     } else {
-      return false;
+      return Claim::kDead;
     }
   }
 }
@@ -178,6 +179,20 @@ struct State : std::enable_shared_from_this<State<T>> {
     return c.word.compare_exchange_strong(seen, seen - state_of(seen) + to, std::memory_order_seq_cst,
                                           std::memory_order_acquire);
   }
+  // A party that gives its ticket up in a cell the other party has not
+  // reached: an empty open cell skips the lap (the other party finds it
+  // passed and draws a new ticket), so no cell waits for a party that may
+  // never come; otherwise (in-buffer, or closing) it leaves `broken`, which
+  // the other party steps over.
+  static bool give_up_cell(Cell& c, u64& seen, u64 broken) noexcept {
+    if (seen == lap_bits(seen)) {  // empty, not closed
+      if (!c.word.compare_exchange_strong(seen, seen + kOneLap, std::memory_order_seq_cst, std::memory_order_acquire))
+        return false;
+      c.turn.wake_all();
+      return true;
+    }
+    return cas_state(c, seen, broken);
+  }
 
   // ---- waiting for a cell's lap (rare: more than N operations in flight)
 
@@ -199,16 +214,18 @@ struct State : std::enable_shared_from_this<State<T>> {
     if (lap_bits(w) >= lap || (w & kCellClosed) != 0) c.turn.wake_all();  // raced with the waker
     return true;
   }
-  // Returns once cell `c` serves `ticket`: true; false if the channel closed
-  // first (the ticket must then be given up). Not interruptible: a ticket
-  // whose lap has not come cannot be given up without a receiver (or
-  // sender) of that lap waiting for it; see channel.hpp.
-  bool await_turn(Cell& c, u64 ticket, WaitReason why) {
+  // Returns once cell `c` serves `ticket` (kDone); kFailed if the channel
+  // closed first (the ticket must then be given up); kRetry if the lap was
+  // skipped (the other party withdrew: draw a new ticket). Not
+  // interruptible: a ticket whose lap has not come cannot be given up
+  // without the other party of that lap waiting for it; see channel.hpp.
+  Outcome await_turn(Cell& c, u64 ticket, WaitReason why) {
     const u64 lap = lap_of(ticket);
     for (;;) {
       const u64 w = c.word.load(std::memory_order_seq_cst);
-      if (lap_bits(w) == lap) return true;
-      if ((w & kCellClosed) != 0 || lap_bits(w) > lap) return false;
+      if (lap_bits(w) == lap) return Outcome::kDone;
+      if ((w & kCellClosed) != 0) return Outcome::kFailed;
+      if (lap_bits(w) > lap) return Outcome::kRetry;
       detail::Waiter me;
       TurnWait a{this, &c, lap, &me};
       detail::park_committed(me, why, publish_turn_waiter, &a);
@@ -234,28 +251,35 @@ struct State : std::enable_shared_from_this<State<T>> {
     a->parked = false;
     return false;
   }
-  // The Interrupt of a park in a cell: withdraws the waiter with one CAS
-  // from its wait state (send-wait / recv-wait at its lap) to `withdrawn`
-  // (send-cancel / recv-broke). A party completing the meeting CASes the same
-  // word away from the wait state, so exactly one of them wins.
-  struct CellInterrupt : detail::Interrupt {
-    CellInterrupt(Cell& cell, u64 parked_word, u64 withdrawn_state, detail::Waiter& waiter) noexcept
-        : Interrupt{withdraw}, c(&cell), parked(parked_word), withdrawn(withdrawn_state), me(&waiter) {}
-    static void withdraw(detail::Interrupt* self, detail::FiberCtl*) noexcept {
-      auto* i = static_cast<CellInterrupt*>(self);
-      u64 w = i->c->word.load(std::memory_order_acquire);
-      while ((w & ~kCellClosed) == i->parked) {
-        if (i->c->word.compare_exchange_weak(w, w - state_of(w) + i->withdrawn, std::memory_order_seq_cst,
-                                             std::memory_order_acquire)) {
-          i->won = true;  // read by the waiter once wake() resumed it
-          detail::wake(*i->me);
-          return;
-        }
+  // Withdraws a waiter (or select registration) published as `parked`
+  // (its lap | its wait state) with one CAS that also ends the lap: the other
+  // party of that lap finds it passed and draws a new ticket, so a withdrawal
+  // leaves no cell waiting for a party that may never come. A party
+  // completing the meeting CASes the same word away from the wait state, so
+  // exactly one of them wins. False: the waiter was no longer there.
+  static bool withdraw_waiter(Cell& c, u64 parked) noexcept {
+    u64 w = c.word.load(std::memory_order_acquire);
+    while ((w & ~kCellClosed) == parked) {
+      if (c.word.compare_exchange_weak(w, w - state_of(w) + kOneLap, std::memory_order_seq_cst,
+                                       std::memory_order_acquire)) {
+        c.turn.wake_all();
+        return true;
       }
     }
+    return false;
+  }
+  // The Interrupt of a park in a cell.
+  struct CellInterrupt : detail::Interrupt {
+    CellInterrupt(Cell& cell, u64 parked_word, detail::Waiter& waiter) noexcept
+        : Interrupt{withdraw}, c(&cell), parked(parked_word), me(&waiter) {}
+    static void withdraw(detail::Interrupt* self, detail::FiberCtl*) noexcept {
+      auto* i = static_cast<CellInterrupt*>(self);
+      if (!withdraw_waiter(*i->c, i->parked)) return;
+      i->won = true;  // read by the waiter once wake() resumed it
+      detail::wake(*i->me);
+    }
     Cell* c;
-    u64 parked;     // lap | wait state
-    u64 withdrawn;
+    u64 parked;  // lap | wait state
     detail::Waiter* me;
     bool won = false;
   };
@@ -266,7 +290,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     // CAS in publish_cell_waiter publishes it.
     (to == kSendWait ? c.sender : c.receiver).store(&me, std::memory_order_relaxed);
     CellWait a{&c, seen, to, &me};
-    CellInterrupt interrupt(c, lap_bits(seen) | to, to == kSendWait ? kSendCancel : kRecvBroke, me);
+    CellInterrupt interrupt(c, lap_bits(seen) | to, me);
     detail::park_committed(me, to == kSendWait ? WaitReason::channel_send : WaitReason::channel_recv,
                            publish_cell_waiter, &a, &interrupt);
     if (!a.parked) return Outcome::kRetry;
@@ -279,13 +303,13 @@ struct State : std::enable_shared_from_this<State<T>> {
   // `w`, state kSelRecvWait): claims the cell, then the select. kDone: the
   // value went to the select; kDead: the registration was dead and the lap
   // is over (draw a new ticket); kChanged: the cell changed first (look again).
-  enum class Meet { kDone, kDead, kChanged };
+  enum class Meet { kDone, kDead, kChanged, kRegistering };
   static Meet send_to_select(Cell& c, u64 w, T& value, const detail::Waiter* self) noexcept {
     if (!cas_state(c, w, kResuming)) return Meet::kChanged;
     auto* g = static_cast<SelectReg*>(c.receiver.load(std::memory_order_relaxed));
-    if (!claim_select(*g, self)) {
+    if (const Claim k = claim_select(*g, self); k != Claim::kWon) {
       end_lap(c, kResuming);
-      return Meet::kDead;
+      return k == Claim::kDead ? Meet::kDead : Meet::kRegistering;
     }
     static_cast<std::optional<T>*>(g->slot)->emplace(std::move(value));
     g->ok = true;
@@ -297,9 +321,9 @@ struct State : std::enable_shared_from_this<State<T>> {
   static Meet recv_from_select(Cell& c, u64 w, std::optional<T>& out, const detail::Waiter* self) noexcept {
     if (!cas_state(c, w, kResuming)) return Meet::kChanged;
     auto* g = static_cast<SelectReg*>(c.sender.load(std::memory_order_relaxed));
-    if (!claim_select(*g, self)) {
+    if (const Claim k = claim_select(*g, self); k != Claim::kWon) {
       end_lap(c, kResuming);
-      return Meet::kDead;
+      return k == Claim::kDead ? Meet::kDead : Meet::kRegistering;
     }
     out.emplace(std::move(*static_cast<T*>(g->slot)));
     g->ok = true;
@@ -325,9 +349,11 @@ struct State : std::enable_shared_from_this<State<T>> {
   // park (Mode::kSelect only).
   Outcome send_in_cell(Cell& c, u64 s, T& value, Mode mode, SelectReg* reg = nullptr) {
     const detail::Waiter* self = reg != nullptr ? reg->sel : nullptr;
+    const u64 lap = lap_of(s);
     detail::Backoff backoff;
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) != lap) return Outcome::kRetry;  // our receiver withdrew and ended the lap
       switch (state_of(w)) {
         case kRecvWait: {
           // One CAS claims the receiver (which may be withdrawing: its
@@ -347,6 +373,9 @@ struct State : std::enable_shared_from_this<State<T>> {
           switch (send_to_select(c, w, value, self)) {
             case Meet::kDone: return Outcome::kDone;
             case Meet::kDead: return Outcome::kRetry;
+            // A try_ operation gives way to a select still registering: it
+            // would otherwise chase the select's next registration forever.
+            case Meet::kRegistering: return mode == Mode::kTry ? Outcome::kNotNow : Outcome::kRetry;
             case Meet::kChanged: continue;
           }
           continue;
@@ -365,7 +394,7 @@ struct State : std::enable_shared_from_this<State<T>> {
             continue;
           }
           if (mode == Mode::kTry) {
-            if (cas_state(c, w, kSendCancel)) return Outcome::kNotNow;
+            if (give_up_cell(c, w, kSendCancel)) return Outcome::kNotNow;
             continue;
           }
           if (mode == Mode::kSelect) {
@@ -395,7 +424,9 @@ struct State : std::enable_shared_from_this<State<T>> {
         if ((s & kSendersClosed) != 0) return false;
       } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
       Cell& c = cell(s);
-      if (!await_turn(c, s, WaitReason::channel_send)) return false;
+      const Outcome turn = await_turn(c, s, WaitReason::channel_send);
+      if (turn == Outcome::kFailed) return false;
+      if (turn == Outcome::kRetry) continue;
       switch (send_in_cell(c, s, value, Mode::kBlock)) {
         case Outcome::kDone: return true;
         case Outcome::kFailed: return false;
@@ -443,24 +474,26 @@ struct State : std::enable_shared_from_this<State<T>> {
 
   // One step of "expand buffer": see the header comment. `self`: the select
   // running it, if any.
+  // B moves exactly once per receiver ticket, so B - R stays C: a cell in
+  // [R, B) whose sender withdrew holds no value and lowers the capacity
+  // until its receiver passes it (and moves B on). Skipping such cells, as
+  // the expander once did, overcounts when the receiver that meets the
+  // withdrawn cell draws again; selects withdraw all the time.
   void expand_buffer(const detail::Waiter* self = nullptr) noexcept {
-    for (;;) {
-      const u64 b = buffer_end.fetch_add(1, std::memory_order_seq_cst);
-      if (b >= sent_count(senders.load(std::memory_order_seq_cst))) return;  // that sender will see b < B
-      if (admit_into_buffer(cell(b), b, self)) return;
-    }
+    const u64 b = buffer_end.fetch_add(1, std::memory_order_seq_cst);
+    if (b >= sent_count(senders.load(std::memory_order_seq_cst))) return;  // that sender will see b < B
+    admit_into_buffer(cell(b), b, self);
   }
-  // False if cell b will never hold a value (its sender withdrew).
-  bool admit_into_buffer(Cell& c, u64 b, const detail::Waiter* self) noexcept {
+  void admit_into_buffer(Cell& c, u64 b, const detail::Waiter* self) noexcept {
     detail::Backoff backoff;
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
       // Another lap: sender b has not reached the cell (it reads B when it
       // does) or the meeting is already over.
-      if (lap_bits(w) != lap_of(b) || (w & kCellClosed) != 0) return true;
+      if (lap_bits(w) != lap_of(b) || (w & kCellClosed) != 0) return;
       switch (state_of(w)) {
         case kEmpty:
-          if (cas_state(c, w, kInBuffer)) return true;
+          if (cas_state(c, w, kInBuffer)) return;
           continue;
         case kSendWait: {
           if (!cas_state(c, w, kResuming)) continue;
@@ -469,39 +502,41 @@ struct State : std::enable_shared_from_this<State<T>> {
           s->ok = true;
           set_owned_state(c, kResuming, kBuffered);
           detail::wake(*s);
-          return true;
+          return;
         }
         case kSelSendWait: {
           // Moving a select's value into the buffer decides that select.
           if (!cas_state(c, w, kResuming)) continue;
           auto* g = static_cast<SelectReg*>(c.sender.load(std::memory_order_relaxed));
-          if (!claim_select(*g, self)) {
-            set_owned_state(c, kResuming, kSendCancel);
-            return false;
+          if (claim_select(*g, self) != Claim::kWon) {
+            end_lap(c, kResuming);  // as if the select had withdrawn
+            return;
           }
           ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(g->slot)));
           g->ok = true;
           detail::Waiter* sel = g->sel;
           set_owned_state(c, kResuming, kBuffered);
           detail::wake(*sel);
-          return true;
+          return;
         }
         case kResuming:
           backoff.pause();
           continue;
         case kSendCancel:
-          return false;
+          return;
         default:
-          return true;
+          return;
       }
     }
   }
 
   Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, Mode mode, SelectReg* reg = nullptr) {
     const detail::Waiter* self = reg != nullptr ? reg->sel : nullptr;
+    const u64 lap = lap_of(r);
     detail::Backoff backoff;
     for (unsigned spins = 0;;) {
       u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) != lap) return Outcome::kRetry;  // our sender withdrew and ended the lap
       switch (state_of(w)) {
         case kBuffered: {
           T* p = c.stored();
@@ -523,6 +558,7 @@ struct State : std::enable_shared_from_this<State<T>> {
           switch (recv_from_select(c, w, out, self)) {
             case Meet::kDone: return Outcome::kDone;
             case Meet::kDead: return Outcome::kRetry;
+            case Meet::kRegistering: return mode == Mode::kTry ? Outcome::kNotNow : Outcome::kRetry;
             case Meet::kChanged: continue;
           }
           continue;
@@ -541,13 +577,13 @@ struct State : std::enable_shared_from_this<State<T>> {
             // meeting; one that must not park (or finds the channel
             // closing, where the sender will withdraw) gives the cell up.
             if (mode == Mode::kTry || (w & kCellClosed) != 0) {
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kRetry;
+              if (give_up_cell(c, w, kRecvBroke)) return Outcome::kRetry;
               continue;
             }
           } else {
             if ((s & kSendersClosed) != 0) return Outcome::kFailed;  // no sender will come
             if (mode == Mode::kTry) {
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kNotNow;
+              if (give_up_cell(c, w, kRecvBroke)) return Outcome::kNotNow;
               continue;
             }
           }
@@ -585,7 +621,7 @@ struct State : std::enable_shared_from_this<State<T>> {
       const u64 s = senders.load(std::memory_order_seq_cst);
       if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return std::nullopt;
       Cell& c = cell(r);
-      if (!await_turn(c, r, WaitReason::channel_recv)) continue;  // closed while an earlier lap held the cell
+      if (await_turn(c, r, WaitReason::channel_recv) != Outcome::kDone) continue;  // closed or skipped: a new ticket
       switch (recv_in_cell(c, r, out, Mode::kBlock)) {
         case Outcome::kDone: return out;
         case Outcome::kFailed: return std::nullopt;
@@ -611,15 +647,37 @@ struct State : std::enable_shared_from_this<State<T>> {
   Outcome try_recv_now(std::optional<T>& out) {
     for (;;) {
       u64 r = receivers.load(std::memory_order_seq_cst);
-      if (!could_receive_now(r)) {
-        const u64 s = senders.load(std::memory_order_seq_cst);
-        return (s & kSendersClosed) != 0 && r >= sent_count(s) ? Outcome::kFailed : Outcome::kNotNow;
+      if (could_receive_now(r)) {
+        if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
+          continue;
+        if (cap > 0) expand_buffer();
+        const Outcome o = recv_in_cell(cell(r), r, out, Mode::kTry);
+        if (o != Outcome::kRetry) return o;
+        continue;
       }
+      const u64 s = senders.load(std::memory_order_seq_cst);
+      if ((s & kSendersClosed) == 0) return Outcome::kNotNow;
+      if (r >= sent_count(s)) return Outcome::kFailed;
+      // Closed, with sender tickets issued past r whose cells show no value
+      // now: those senders withdraw (or gave their tickets up), so step over
+      // the tickets as a blocking receive would, instead of reporting "not
+      // now" forever (select must see the channel closed and drained).
       if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
         continue;
       if (cap > 0) expand_buffer();
-      const Outcome o = recv_in_cell(cell(r), r, out, Mode::kTry);
-      if (o != Outcome::kRetry) return o;
+      Cell& c = cell(r);
+      // Not its lap yet: give the ticket up as a turn waiter does, once the
+      // cell shows the close (close() is marking the cells right now), so
+      // that its sender withdraws instead of leaving a value.
+      detail::Backoff backoff;
+      u64 w = c.word.load(std::memory_order_acquire);
+      while (lap_bits(w) < lap_of(r) && (w & kCellClosed) == 0) {
+        backoff.pause();
+        w = c.word.load(std::memory_order_acquire);
+      }
+      if (lap_bits(w) != lap_of(r)) continue;
+      const Outcome o = recv_in_cell(c, r, out, Mode::kTry);
+      if (o != Outcome::kRetry && o != Outcome::kNotNow) return o;
     }
   }
   std::optional<T> try_recv() {
@@ -632,16 +690,23 @@ struct State : std::enable_shared_from_this<State<T>> {
 
   // Puts a select's receive case into the cell of a new receiver ticket, or
   // completes it at once. kRegistered (`at`: the cell, `parked`: its lap and
-  // wait state), kDone (a value in `out`) or kFailed (closed and drained).
-  // Only while the select is registering (no party can decide it).
+  // wait state), kDone (a value in `out`), kFailed (closed and drained) or
+  // kNotNow: the next ticket's cell is still busy with an earlier lap (an
+  // operation parked there pins it). A select never waits for a lap: that
+  // would hold its other cases hostage; it draws a ticket only when its cell
+  // is on the ticket's lap. Only while the select is registering.
   Outcome select_recv(SelectReg& reg, std::optional<T>& out, Cell*& at, u64& parked) {
     for (;;) {
-      const u64 r = receivers.fetch_add(1, std::memory_order_seq_cst);
-      if (cap > 0) expand_buffer(reg.sel);
+      u64 r = receivers.load(std::memory_order_seq_cst);
       const u64 s = senders.load(std::memory_order_seq_cst);
       if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return Outcome::kFailed;
       Cell& c = cell(r);
-      if (!await_turn(c, r, WaitReason::select)) continue;
+      const u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) < lap_of(r) && (w & kCellClosed) == 0) return Outcome::kNotNow;
+      if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
+        continue;
+      if (cap > 0) expand_buffer(reg.sel);
+      if (lap_bits(c.word.load(std::memory_order_acquire)) < lap_of(r)) continue;  // closing: give it up
       const Outcome o = recv_in_cell(c, r, out, Mode::kSelect, &reg);
       if (o == Outcome::kRegistered) {
         at = &c;
@@ -650,15 +715,16 @@ struct State : std::enable_shared_from_this<State<T>> {
       if (o != Outcome::kRetry) return o;
     }
   }
-  // The same for a send case: kRegistered, kDone (sent) or kFailed (closed).
+  // The same for a send case: kRegistered, kDone (sent), kFailed (closed) or
+  // kNotNow.
   Outcome select_send(SelectReg& reg, T& value, Cell*& at, u64& parked) {
     for (;;) {
-      u64 s = senders.load(std::memory_order_relaxed);
-      do {
-        if ((s & kSendersClosed) != 0) return Outcome::kFailed;
-      } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
+      u64 s = senders.load(std::memory_order_seq_cst);
+      if ((s & kSendersClosed) != 0) return Outcome::kFailed;
       Cell& c = cell(s);
-      if (!await_turn(c, s, WaitReason::select)) return Outcome::kFailed;
+      const u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) < lap_of(s)) return (w & kCellClosed) != 0 ? Outcome::kFailed : Outcome::kNotNow;
+      if (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) continue;
       const Outcome o = send_in_cell(c, s, value, Mode::kSelect, &reg);
       if (o == Outcome::kRegistered) {
         at = &c;
@@ -668,19 +734,15 @@ struct State : std::enable_shared_from_this<State<T>> {
     }
   }
   // Takes a select's registration out of its cell once the select is over:
-  // a live one is withdrawn (a receive case leaves recv-broke, a send case
-  // send-cancel: the other party retries, as with any withdrawn party); a
-  // party holding it (resuming) is waited for, since it may still read the
+  // a live one is withdrawn (the lap ends; see withdraw_waiter); a party
+  // holding it (resuming) is waited for, since it may still read the
   // registration; otherwise it is gone already.
   static void select_withdraw(Cell& c, u64 parked) noexcept {
-    const u64 withdrawn = state_of(parked) == kSelRecvWait ? kRecvBroke : kSendCancel;
     detail::Backoff backoff;
     for (;;) {
-      u64 w = c.word.load(std::memory_order_acquire);
-      if ((w & ~kCellClosed) == parked) {
-        if (cas_state(c, w, withdrawn)) return;
-        continue;
-      }
+      if (withdraw_waiter(c, parked)) return;
+      const u64 w = c.word.load(std::memory_order_acquire);
+      if ((w & ~kCellClosed) == parked) continue;
       if (lap_bits(w) != lap_bits(parked) || state_of(w) != kResuming) return;
       backoff.pause();
     }
@@ -706,7 +768,7 @@ struct State : std::enable_shared_from_this<State<T>> {
       if (!cas_state(c, w, kResuming)) continue;
       if (st == kSelSendWait || st == kSelRecvWait) {
         auto* g = static_cast<SelectReg*>((st == kSelSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
-        const bool won = claim_select(*g, nullptr);
+        const bool won = claim_select(*g, nullptr) == Claim::kWon;
         detail::Waiter* sel = g->sel;
         if (won) g->ok = false;
         set_owned_state(c, kResuming, cancelled);
