@@ -563,9 +563,13 @@ TEST(ChannelCancel, ParkedSendThrowsAndDeliversNothing) {
   for (bool deadline : {false, true}) {
     for (std::size_t cap : {0u, 1u}) {
       tendril::Channel<int> ch(cap);
-      if (cap == 1) ASSERT_TRUE(ch.try_send(1));  // full: the next send parks
+      if (cap == 1) {
+        ASSERT_TRUE(ch.try_send(1));  // full: the next send parks
+      }
       EXPECT_EQ(error_of_interrupted(deadline, [&] { ch.send(99); }), deadline ? kTimedOut : kCanceled);
-      if (cap == 1) EXPECT_EQ(ch.try_recv(), std::optional<int>(1));
+      if (cap == 1) {
+        EXPECT_EQ(ch.try_recv(), std::optional<int>(1));
+      }
       EXPECT_EQ(ch.try_recv(), std::nullopt) << "a cancelled send delivered its value";
       ch.close();
       EXPECT_EQ(ch.try_recv(), std::nullopt);

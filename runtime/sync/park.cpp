@@ -124,12 +124,15 @@ void commit_or_resume(FiberCtl* from, void* arg) noexcept {
     a->heap->insert(from);
     a->heap->lock.unlock();
   }
+  // Read before the commit: once it succeeds, a park without an Interrupt
+  // (nothing holds the fiber) may already be resumed and `a` gone.
+  Interrupt* const interrupt = a->interrupt;
   if (!a->commit(a->arg)) {
-    if (a->interrupt != nullptr) drop_interrupt(from);
+    if (interrupt != nullptr) drop_interrupt(from);
     current_scheduler()->ready(from, /*handoff=*/true);
     return;
   }
-  if (a->interrupt != nullptr) publish_interrupt(from, a->interrupt);
+  if (interrupt != nullptr) publish_interrupt(from, interrupt);
 }
 
 }  // namespace
