@@ -127,7 +127,42 @@ void channel_ping_pong(benchmark::State& st, unsigned workers, bool pinned) {
   });
 }
 
+<<<<<<< HEAD
 void BM_TendrilChannelPingPong(benchmark::State& st) { channel_ping_pong(st, unsigned(st.range(0)), false); }
+=======
+// ---- select: the ping-pong above with the reply taken by select ------------
+// Arg 1: channels in the select (1: the reply channel only; 2: also one that
+// never has a value). Same round trip as BM_TendrilChannelPingPong.
+
+void BM_TendrilSelectPingPong(benchmark::State& st) {
+  const int nchannels = int(st.range(1));
+  in_tendril(unsigned(st.range(0)), [&] {
+    tendril::Channel<int> ping, pong, idle;
+    tendril::Fiber partner = tendril::spawn([ping, pong]() mutable {
+      while (std::optional<int> v = ping.recv()) pong.send(*v);
+    });
+    int got = 0;
+    auto round_trip = [&] {
+      ping.send(1);
+      if (nchannels == 1) {
+        tendril::select(tendril::case_recv(pong, [&](std::optional<int> v) { got = *v; }));
+      } else {
+        tendril::select(tendril::case_recv(pong, [&](std::optional<int> v) { got = *v; }),
+                        tendril::case_recv(idle, [&](std::optional<int>) { got = -1; }));
+      }
+      benchmark::DoNotOptimize(got);
+    };
+    for (int i = 0; i < 1000; ++i) round_trip();
+    const tendril::Stats a = tendril::stats();
+    for (auto _ : st) round_trip();
+    const tendril::Stats b = tendril::stats();
+    ping.close();
+    partner.join();
+    set_unit_counters(st, 1);
+    set_stats_counters(st, a, b, 1);
+  });
+}
+>>>>>>> h-select
 
 // ---- mutex + condvar ping-pong: fibers (tendril) and threads (std) ----------
 
@@ -345,6 +380,7 @@ void BM_NoMigrateEnterExit(benchmark::State& st) {
 TENDRIL_BM(BM_TendrilYield)->ArgName("workers")->Arg(1)->Arg(2);
 BENCHMARK(BM_PthreadSchedYield)->UseRealTime()->Unit(benchmark::kNanosecond);
 TENDRIL_BM(BM_TendrilChannelPingPong)->ArgName("workers")->Arg(1)->Arg(2);
+TENDRIL_BM(BM_TendrilSelectPingPong)->ArgNames({"workers", "channels"})->ArgsProduct({{1, 2}, {1, 2}});
 TENDRIL_BM(BM_TendrilMutexCondVarPingPong)->ArgName("workers")->Arg(1)->Arg(2);
 TENDRIL_BM(BM_TendrilMutexCondVarPingPongInScope)->ArgNames({"workers", "deadline"})->ArgsProduct({{1, 2}, {0, 1}});
 BENCHMARK(BM_PthreadMutexCondVarPingPong)->UseRealTime()->Unit(benchmark::kNanosecond)

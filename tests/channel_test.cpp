@@ -6,6 +6,8 @@
 #include "tests/scale.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <system_error>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -499,3 +501,156 @@ TEST(Channel, StressPlainThreadsAndFibersMixed) {
     EXPECT_EQ(sum.load(), n * (n - 1) / 2) << "capacity " << capacity;
   }
 }
+
+// ---- cancellation: a parked send or recv in a Scope ends with
+// operation_canceled (cancel) or timed_out (deadline) and takes effect not at
+// all: a cancelled send delivered nothing, a cancelled recv took nothing.
+
+namespace {
+
+using namespace std::chrono_literals;
+
+const std::error_code kCanceled = std::make_error_code(std::errc::operation_canceled);
+const std::error_code kTimedOut = std::make_error_code(std::errc::timed_out);
+
+// Runs `op` in a child of a scope that is cancelled once the child has had
+// time to park (or, with `deadline`, that has a short deadline); returns the
+// error the child's op threw.
+template <class Op>
+std::error_code error_of_interrupted(bool deadline, Op op) {
+  std::error_code got;
+  tendril::run(two_workers(), [&] {
+    std::optional<tendril::Scope> s;
+    if (deadline) {
+      s.emplace(30ms);
+    } else {
+      s.emplace();
+    }
+    s->spawn([&] {
+      try {
+        op();
+      } catch (const std::system_error& e) {
+        got = e.code();
+      }
+    });
+    if (!deadline) {
+      tendril::this_fiber::sleep_for(20ms);
+      s->cancel();
+    }
+    s->join();
+  });
+  return got;
+}
+
+}  // namespace
+
+TEST(ChannelCancel, ParkedRecvThrowsAndTakesNothing) {
+  for (bool deadline : {false, true}) {
+    for (std::size_t cap : {0u, 2u}) {
+      tendril::Channel<int> ch(cap);
+      EXPECT_EQ(error_of_interrupted(deadline, [&] { ch.recv(); }), deadline ? kTimedOut : kCanceled);
+      // The withdrawn receiver's cell does not swallow the next value.
+      tendril::run(two_workers(), [&] {
+        tendril::Fiber f = tendril::spawn([ch]() mutable { EXPECT_TRUE(ch.send(7)); });
+        EXPECT_EQ(ch.recv(), std::optional<int>(7));
+        f.join();
+      });
+    }
+  }
+}
+
+TEST(ChannelCancel, ParkedSendThrowsAndDeliversNothing) {
+  for (bool deadline : {false, true}) {
+    for (std::size_t cap : {0u, 1u}) {
+      tendril::Channel<int> ch(cap);
+      if (cap == 1) {
+        ASSERT_TRUE(ch.try_send(1));  // full: the next send parks
+      }
+      EXPECT_EQ(error_of_interrupted(deadline, [&] { ch.send(99); }), deadline ? kTimedOut : kCanceled);
+      if (cap == 1) {
+        EXPECT_EQ(ch.try_recv(), std::optional<int>(1));
+      }
+      EXPECT_EQ(ch.try_recv(), std::nullopt) << "a cancelled send delivered its value";
+      ch.close();
+      EXPECT_EQ(ch.try_recv(), std::nullopt);
+    }
+  }
+}
+
+TEST(ChannelCancel, SendOrRecvThatNeedNotParkCompleteInACancelledScope) {
+  tendril::Channel<int> ch(1);
+  std::optional<int> got;
+  tendril::run(two_workers(), [&] {
+    tendril::Scope s;
+    s.cancel();
+    s.spawn([&] {
+      EXPECT_TRUE(ch.send(5));
+      got = ch.recv();
+    });
+    s.join();
+  });
+  EXPECT_EQ(got, std::optional<int>(5));
+}
+
+namespace {
+
+// Senders and receivers in a scope, cancelled (or timed out) while values
+// flow; afterwards the channel is closed and drained. Every value whose send
+// returned true is received exactly once, no other value is received.
+void cancel_races_exact(std::size_t capacity, bool deadline, int rounds) {
+  constexpr int kSenders = 4, kReceivers = 4, kPerSender = 2000;
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<std::atomic<int>> sent(kSenders * kPerSender), received(kSenders * kPerSender);
+    tendril::run(two_workers(), [&] {
+      tendril::Channel<int> ch(capacity);
+      {
+        std::optional<tendril::Scope> s;
+        if (deadline) {
+          s.emplace(std::chrono::microseconds(200 + 300 * (round % 7)));
+        } else {
+          s.emplace();
+        }
+        for (int p = 0; p < kSenders; ++p) {
+          s->spawn([&, ch, p]() mutable {
+            try {
+              for (int i = 0; i < kPerSender; ++i) {
+                const int v = p * kPerSender + i;
+                if (!ch.send(v)) return;
+                sent[static_cast<std::size_t>(v)]++;
+              }
+            } catch (const std::system_error& e) {
+              EXPECT_TRUE(e.code() == kCanceled || e.code() == kTimedOut) << e.what();
+            }
+          });
+        }
+        for (int c = 0; c < kReceivers; ++c) {
+          s->spawn([&, ch]() mutable {
+            try {
+              while (std::optional<int> v = ch.recv()) received[static_cast<std::size_t>(*v)]++;
+            } catch (const std::system_error& e) {
+              EXPECT_TRUE(e.code() == kCanceled || e.code() == kTimedOut) << e.what();
+            }
+          });
+        }
+        if (!deadline) {
+          tendril::this_fiber::sleep_for(std::chrono::microseconds(100 + 200 * (round % 5)));
+          s->cancel();
+        }
+        s->join();
+      }
+      ch.close();
+      while (std::optional<int> v = ch.recv()) received[static_cast<std::size_t>(*v)]++;
+    });
+    for (std::size_t v = 0; v < sent.size(); ++v) {
+      ASSERT_LE(received[v].load(), 1) << "value " << v << " received twice";
+      ASSERT_EQ(received[v].load(), sent[v].load()) << "value " << v << (sent[v] ? " lost" : " received but never sent");
+    }
+  }
+}
+
+}  // namespace
+
+TEST(ChannelCancel, StressCancelRacesSendersAndReceiversUnbuffered) { cancel_races_exact(0, false, int(stress_count(40, 4))); }
+TEST(ChannelCancel, StressCancelRacesSendersAndReceiversBuffered) { cancel_races_exact(3, false, int(stress_count(40, 4))); }
+TEST(ChannelCancel, StressDeadlineRacesSendersAndReceiversUnbuffered) { cancel_races_exact(0, true, int(stress_count(40, 4))); }
+TEST(ChannelCancel, StressDeadlineRacesSendersAndReceiversBuffered) { cancel_races_exact(2, true, int(stress_count(40, 4))); }

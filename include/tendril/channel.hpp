@@ -24,6 +24,13 @@
 //   already buffered can still be received. Closing twice is harmless.
 // - size() is the number of buffered values (exact when nobody is mid-send or
 //   mid-receive; a snapshot otherwise).
+// - send and recv are cancellation points (tendril/scope.hpp): a fiber parked
+//   in one whose scope is cancelled, or passes its deadline, gets
+//   std::system_error (operation_canceled / timed_out). A cancelled send did
+//   not send its value (it is destroyed with the exception); a cancelled recv
+//   took nothing. One that can complete without parking completes. (A wait
+//   for a ring cell's lap, below, is not interrupted.)
+// - tendril::select (tendril/select.hpp) waits on several channels at once.
 //
 // No operation takes a lock; see "How it works" below.
 //
@@ -47,9 +54,14 @@
 //   buffered    the sender left its value in the cell and went on
 //   send-wait   the sender parked; its Waiter points at the value
 //   recv-wait   the receiver parked; its Waiter points at its storage
+//   select send-wait / select recv-wait
+//               a select registered a case here (its SelectReg, which points
+//               at the select's shared waiter)
 //   resuming    someone claimed a parked waiter and is finishing the hand-off
-//   recv-broke  the receiver gave up on this cell (its sender was too slow)
-//   send-cancel the sender withdrew (try_send, or the channel closed)
+//   recv-broke  the receiver gave up on this cell (its sender was too slow,
+//               in an in-buffer or closing cell)
+//   send-cancel the sender withdrew (try_send in an in-buffer cell, or the
+//               channel closed)
 //   recv-cancel close() woke the parked receiver empty (no sender holds its
 //               ticket); the cell keeps its lap
 //
@@ -62,11 +74,57 @@
 // value or claims a parked sender; a sender claims a parked receiver and moves
 // the value straight into its storage. Claiming is one CAS on the cell word,
 // so a waiter is resumed by exactly one party. The party that completes the
-// meeting ends the lap (one fetch_add moves the word to lap+1, state empty),
-// which opens the cell to tickets t+N. Operations whose cell is still on an
+// meeting ends the lap (the word moves to lap+1, state empty), which opens
+// the cell to tickets t+N. A sender claims a parked receiver and ends the lap
+// in one CAS (recv-wait -> lap+1 empty), then fills the receiver's storage
+// (the receiver stays parked until woken); the other claims go through
+// resuming.
+//
+// Who may CAS what:
+//   empty/in-buffer  the cell's sender (buffered, send-wait, select
+//                    send-wait, send-cancel, or lap+1), its receiver
+//                    (recv-wait, select recv-wait, recv-broke, or lap+1),
+//                    the expander (in-buffer), close (the closed bit)
+//   send-wait        the receiver or the expander (-> resuming), close
+//                    (-> resuming), the parked sender's Interrupt (-> lap+1)
+//   recv-wait        the sender (-> lap+1), close (-> resuming), the parked
+//                    receiver's Interrupt (-> lap+1)
+//   select *-wait    the other party, the expander or close (-> resuming;
+//                    then the select's state word decides), the select
+//                    withdrawing (-> lap+1)
+//   resuming         only the party that set it
+//   buffered         the receiver (-> lap+1)
+//
+// Withdrawing: a party that gives its ticket up in a cell the other party
+// has not reached (a parked waiter its scope interrupts, a select's case that
+// was not chosen, a try_ operation in an empty cell) ends the lap itself with
+// one CAS; the other party then finds its lap passed (in the cell, or while
+// waiting for its turn) and draws a new ticket. So a withdrawal never leaves
+// a cell waiting for a party that may not come. Interrupt and completion race
+// on the same word: exactly one CAS wins; the Interrupt readies the fiber only
+// if it won, the completing party only if it won.
+//
+// Select (tendril/select.hpp): a select registers each case in the cell of a
+// fresh ticket (select send-wait / recv-wait), all pointing at one waiter
+// whose state word is: registering | marks, waiting, decided + case, or timed
+// out. A party that claimed such a cell (resuming) CASes the select from
+// waiting to decided + its case; if it wins it completes the meeting and
+// wakes the select; otherwise the registration is dead and it treats the cell
+// as withdrawn (ends the lap, draws a new ticket). While the select is still
+// registering only the select decides (so a value it meets in a later cell
+// can always be taken); a party meeting it then marks that case for
+// registering again. The park's commit moves registering -> waiting (it fails
+// if marks were set). The timer (case_after, scope deadline) and Interrupt
+// CAS waiting -> timed out. Once decided, the select withdraws the rest of its
+// registrations, waiting for any party that holds one (resuming). A select
+// draws a ticket only if its cell is on that ticket's lap: it never waits for
+// a lap (that would ignore its other cases); a congested case is looked at
+// again every 500 us. Operations whose cell is still on an
 // earlier lap (more than N operations in flight) park on the cell's
 // TurnWaiters until the lap ends; that is the only place a ring bounds
-// anything, so the ring can be small.
+// anything, so the ring can be small.This wait is not interruptible: the
+// ticket's lap has not begun, so it cannot be given up in the cell, and the
+// other party of that lap may already count on it.
 //
 // Why values are neither lost nor duplicated: each value travels only through
 // the one cell of its sender's ticket, and each cell's lap is visited by
@@ -87,12 +145,15 @@
 //
 // Buffer (capacity C > 0): a third counter B, starting at C, marks the end of
 // the buffer: sender tickets below B may complete without a receiver. Every
-// receive attempt moves B on by one ("expand buffer"): if the cell at the old
-// B holds a parked sender, its value moves into the cell (buffered) and the
-// sender is released; if that sender is still on its way, the cell is marked
-// in-buffer so it will not park; a cell whose sender withdrew holds no value
-// and is skipped (B moves on once more). So the cells in [R, B) that can hold
-// a value number C, and at most C values wait in the channel.
+// receive attempt moves B on by exactly one ("expand buffer"): if the cell at
+// the old B holds a parked sender, its value moves into the cell (buffered)
+// and the sender is released; if that sender is still on its way, the cell
+// is marked in-buffer so it will not park. So B - R = C: at most C values
+// wait in the channel. A cell in [R, B) whose sender withdrew holds no value
+// and lowers the capacity until its receiver passes it. (Skipping such cells
+// instead overcounts: the receiver that later meets the withdrawn cell draws
+// again and moves B once more; with selects withdrawing all the time the
+// buffer would grow without bound.)
 //
 // Close: close() sets the closed bit of S (new send attempts fail; sc = the
 // number of sender tickets issued), then sets the closed bit of every cell
@@ -144,6 +205,7 @@ class Channel {
   std::size_t size() const noexcept { return s_->buffered(); }
 
  private:
+  friend struct detail::channel::Access;  // select (tendril/select.hpp)
   using State = detail::channel::State<T>;
 
   std::shared_ptr<State> s_;

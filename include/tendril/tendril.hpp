@@ -25,6 +25,7 @@
 #include "tendril/options.hpp"
 #include "tendril/runtime.hpp"
 #include "tendril/scope.hpp"
+#include "tendril/select.hpp"
 #include "tendril/semaphore.hpp"
 #include "tendril/stats.hpp"
 #include "tendril/wait_group.hpp"

@@ -187,16 +187,86 @@ void park_fiber_committed(Worker* w, FiberCtl* self, WaitFor what, bool (*commit
   }
 }
 
+namespace {
+
+struct TimedCommitArgs {
+  bool (*commit)(void*) noexcept;
+  void* arg;
+  Interrupt* interrupt;  // nullptr: the park is not interruptible
+  Waiter* waiter;
+  TimerHeap* heap;
+};
+
+// The switch action of a committed park with a deadline. The interrupt word
+// is held for the whole action (even when there is no Interrupt to publish),
+// so a waker that resumes the fiber right after the commit keeps it in
+// unpublish_interrupt until the action no longer touches the waiter.
+void commit_timed_or_resume(FiberCtl* from, void* arg) noexcept {
+  auto* a = static_cast<TimedCommitArgs*>(arg);
+  a->heap->lock.lock();
+  a->heap->insert(from);
+  a->heap->lock.unlock();
+  if (!a->commit(a->arg)) {
+    drop_interrupt(from);
+    current_scheduler()->ready(from, /*handoff=*/true);
+    return;
+  }
+  // A timer that fired before the commit found the waiter not yet waiting
+  // and left it alone: the expiry is ours to deliver.
+  if (steady_ticks() >= from->timer_deadline) {
+    std::uint32_t expected = Waiter::kWaiting;
+    if (a->waiter->state.compare_exchange_strong(expected, Waiter::kTimedOut, std::memory_order_acq_rel))
+      current_scheduler()->ready(from, /*handoff=*/true);
+  }
+  if (a->interrupt != nullptr) {
+    publish_interrupt(from, a->interrupt);
+  } else {
+    drop_interrupt(from);
+  }
+}
+
+void park_fiber_committed_until(Worker* w, FiberCtl* self, Waiter& waiter, WaitFor what,
+                                bool (*commit)(void*) noexcept, void* arg, Interrupt* interrupt,
+                                const Deadline* deadline) noexcept {
+  if (!fiber_interruptible(self)) interrupt = nullptr;
+  Deadline storage;
+  if (interrupt != nullptr) deadline = effective_deadline(self, deadline, storage);
+  self->park.begin(what, w->index(), park_clock_ns());
+  TimedCommitArgs a{commit, arg, interrupt, &waiter, &w->timers()};
+  self->timer_deadline = to_ticks(*deadline);
+  self->timer_waiter = &waiter;
+  self->timer_interrupts = false;
+  hold_interrupt(self);
+  w->switch_out(self, commit_timed_or_resume, &a);
+  unpublish_interrupt(self);
+  TimerHeap* heap = a.heap;
+  heap->lock.lock();
+  if (self->timer_heap == heap) heap->erase(self);
+  heap->lock.unlock();
+  self->timer_waiter = nullptr;
+}
+
+}  // namespace
+
 void park_committed(Waiter& waiter, WaitFor what, bool (*commit)(void*) noexcept, void* arg,
-                    Interrupt* interrupt) {
+                    Interrupt* interrupt, const Deadline* deadline) {
   Worker* w = current_worker();
   FiberCtl* self = w != nullptr ? w->current() : nullptr;
   if (self != nullptr) {
-    park_fiber_committed(w, self, what, commit, arg, interrupt);
+    if (deadline != nullptr) {
+      park_fiber_committed_until(w, self, waiter, what, commit, arg, interrupt, deadline);
+    } else {
+      park_fiber_committed(w, self, what, commit, arg, interrupt);
+    }
     return;
   }
   if (!commit(arg)) return;
-  while (waiter.woken.load(std::memory_order_acquire) == 0) futex_wait(waiter.woken, 0, nullptr);
+  while (waiter.woken.load(std::memory_order_acquire) == 0) {
+    if (futex_wait(waiter.woken, 0, deadline)) continue;
+    std::uint32_t expected = Waiter::kWaiting;
+    if (waiter.state.compare_exchange_strong(expected, Waiter::kTimedOut, std::memory_order_acq_rel)) return;
+    deadline = nullptr;  // claimed just in time: the waker is on its way
+  }
 }
 
 bool park(Waiter& waiter, SpinLock& lock, WaitFor what, const Deadline* deadline, Cancellable cancellable) {

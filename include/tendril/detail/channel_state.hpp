@@ -20,6 +20,8 @@
 
 namespace tendril::detail::channel {
 
+struct Access;  // how select reaches a Channel's State (tendril/select.hpp)
+
 using u64 = std::uint64_t;
 
 // Cell word: [ lap : 56 | closed : 1 | unused : 3 | state : 4 ].
@@ -33,6 +35,8 @@ enum : u64 {
   kRecvBroke = 6,
   kSendCancel = 7,
   kRecvCancel = 8,
+  kSelSendWait = 9,   // a select's send case is registered; c.sender is its SelectReg
+  kSelRecvWait = 10,  // a select's receive case is registered; c.receiver is its SelectReg
 };
 inline constexpr u64 kStateMask = 0xf;
 inline constexpr u64 kCellClosed = 0x80;
@@ -47,24 +51,87 @@ inline u64 state_of(u64 word) noexcept { return word & kStateMask; }
 inline u64 lap_bits(u64 word) noexcept { return word & ~(kOneLap - 1); }
 inline u64 sent_count(u64 senders) noexcept { return senders & ~kSendersClosed; }
 
+// ---- select (tendril/select.hpp): one shared waiter per select() call
+//
+// The select's state is its Waiter's state word, so the timer and the
+// futex timeout of park_committed end it the way they end any timed wait:
+//   registering | mask  the select is still putting its cases into cells; only
+//                       it may decide itself. A party that meets one of its
+//                       registrations sets the case's bit in `mask` (the
+//                       select registers that case again) and treats the
+//                       cell as withdrawn.
+//   waiting (0)         parked; the first party to CAS it to decided wins
+//   decided + i         case i took effect (by a party, or by the select itself
+//                       while registering)
+//   timed out (2)       its case_after deadline or its scope ended the wait
+enum : std::uint32_t {
+  kSelWaiting = detail::Waiter::kWaiting,
+  kSelTimedOut = detail::Waiter::kTimedOut,
+  kSelDecided = 4,
+  kSelRegistering = std::uint32_t{1} << 31,
+};
+inline constexpr std::size_t kMaxSelectCases = 31;
+
+// One case's registration in a cell, on the select's stack. A party that
+// claimed the cell (kResuming) and won claim_select() fills `slot` (receive:
+// a std::optional<T> to emplace; send: the T to move from) and `ok`, ends
+// the lap or settles the cell, and then wakes `sel`.
+struct SelectReg {
+  detail::Waiter* sel;
+  std::uint32_t index;
+  void* slot;
+  bool ok = false;  // receive: a value arrived (false: closed); send: it was sent
+};
+
+// By a party holding a cell (kResuming) that has `reg` in it. kWon: the
+// party decided the select for reg's case and must complete it. Otherwise
+// the registration is dead (kDead: the select decided otherwise or timed
+// out; kRegistering: it is still registering and is told to register the
+// case again) and the party treats the cell as withdrawn by the select. `self` is the select the
+// caller runs, if any: a select never meets itself.
+enum class Claim { kWon, kDead, kRegistering };
+inline Claim claim_select(SelectReg& reg, const detail::Waiter* self) noexcept {
+  if (reg.sel == self) return Claim::kDead;
+  std::atomic<std::uint32_t>& st = reg.sel->state;
+  std::uint32_t s = st.load(std::memory_order_acquire);
+  for (;;) {
+    if (s == kSelWaiting) {
+      if (st.compare_exchange_weak(s, kSelDecided + reg.index, std::memory_order_acq_rel, std::memory_order_acquire))
+        return Claim::kWon;
+    } else if ((s & kSelRegistering) != 0) {
+      if (st.compare_exchange_weak(s, s | (std::uint32_t{1} << reg.index), std::memory_order_acq_rel,
+                                   std::memory_order_acquire))
+        return Claim::kRegistering;
+    } else {
+      return Claim::kDead;
+    }
+  }
+}
+
 template <class T>
 struct Cell {
   std::atomic<u64> word{0};
-  // Published by a send-wait / recv-wait word: written (relaxed) before the
+  // Published by a wait state: send-wait / recv-wait (a detail::Waiter) or
+  // select send-wait / recv-wait (a SelectReg). Written (relaxed) before the
   // CAS that installs that state, read (relaxed) after the CAS or acquire
   // load that saw it. One field per side, because the other side may be
   // writing its own while it loses the race to park; atomic because a
   // party that loses the race to park rewrites its field while it is not
   // published, which must not count as a data race.
-  std::atomic<detail::Waiter*> sender{nullptr};
-  std::atomic<detail::Waiter*> receiver{nullptr};
+  std::atomic<void*> sender{nullptr};
+  std::atomic<void*> receiver{nullptr};
   detail::TurnWaiters turn;          // operations whose lap has not come yet
   alignas(T) unsigned char value[sizeof(T)];
 
   T* stored() noexcept { return std::launder(reinterpret_cast<T*>(value)); }
 };
 
-enum class Outcome { kDone, kFailed, kRetry };
+// kFailed: the channel is closed (for this operation). kNotNow: a try_
+// operation could not complete without waiting. kInterrupted: a parked
+// operation was withdrawn by its scope (cancel or deadline).
+enum class Outcome { kDone, kFailed, kRetry, kNotNow, kInterrupted, kRegistered };
+// How an operation behaves where a blocking one would park.
+enum class Mode { kBlock, kTry, kSelect };
 
 template <class T>
 struct State : std::enable_shared_from_this<State<T>> {
@@ -112,6 +179,20 @@ struct State : std::enable_shared_from_this<State<T>> {
     return c.word.compare_exchange_strong(seen, seen - state_of(seen) + to, std::memory_order_seq_cst,
                                           std::memory_order_acquire);
   }
+  // A party that gives its ticket up in a cell the other party has not
+  // reached: an empty open cell skips the lap (the other party finds it
+  // passed and draws a new ticket), so no cell waits for a party that may
+  // never come; otherwise (in-buffer, or closing) it leaves `broken`, which
+  // the other party steps over.
+  static bool give_up_cell(Cell& c, u64& seen, u64 broken) noexcept {
+    if (seen == lap_bits(seen)) {  // empty, not closed
+      if (!c.word.compare_exchange_strong(seen, seen + kOneLap, std::memory_order_seq_cst, std::memory_order_acquire))
+        return false;
+      c.turn.wake_all();
+      return true;
+    }
+    return cas_state(c, seen, broken);
+  }
 
   // ---- waiting for a cell's lap (rare: more than N operations in flight)
 
@@ -133,14 +214,18 @@ struct State : std::enable_shared_from_this<State<T>> {
     if (lap_bits(w) >= lap || (w & kCellClosed) != 0) c.turn.wake_all();  // raced with the waker
     return true;
   }
-  // Returns once cell `c` serves `ticket`: true; false if the channel closed
-  // first (the ticket must then be given up).
-  bool await_turn(Cell& c, u64 ticket, WaitReason why) {
+  // Returns once cell `c` serves `ticket` (kDone); kFailed if the channel
+  // closed first (the ticket must then be given up); kRetry if the lap was
+  // skipped (the other party withdrew: draw a new ticket). Not
+  // interruptible: a ticket whose lap has not come cannot be given up
+  // without the other party of that lap waiting for it; see channel.hpp.
+  Outcome await_turn(Cell& c, u64 ticket, WaitReason why) {
     const u64 lap = lap_of(ticket);
     for (;;) {
       const u64 w = c.word.load(std::memory_order_seq_cst);
-      if (lap_bits(w) == lap) return true;
-      if ((w & kCellClosed) != 0 || lap_bits(w) > lap) return false;
+      if (lap_bits(w) == lap) return Outcome::kDone;
+      if ((w & kCellClosed) != 0) return Outcome::kFailed;
+      if (lap_bits(w) > lap) return Outcome::kRetry;
       detail::Waiter me;
       TurnWait a{this, &c, lap, &me};
       detail::park_committed(me, why, publish_turn_waiter, &a);
@@ -166,15 +251,86 @@ struct State : std::enable_shared_from_this<State<T>> {
     a->parked = false;
     return false;
   }
-  // Parks in `c` if its word is still `seen`; false if it changed first.
-  static bool park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
+  // Withdraws a waiter (or select registration) published as `parked`
+  // (its lap | its wait state) with one CAS that also ends the lap: the other
+  // party of that lap finds it passed and draws a new ticket, so a withdrawal
+  // leaves no cell waiting for a party that may never come. A party
+  // completing the meeting CASes the same word away from the wait state, so
+  // exactly one of them wins. False: the waiter was no longer there.
+  static bool withdraw_waiter(Cell& c, u64 parked) noexcept {
+    u64 w = c.word.load(std::memory_order_acquire);
+    while ((w & ~kCellClosed) == parked) {
+      if (c.word.compare_exchange_weak(w, w - state_of(w) + kOneLap, std::memory_order_seq_cst,
+                                       std::memory_order_acquire)) {
+        c.turn.wake_all();
+        return true;
+      }
+    }
+    return false;
+  }
+  // The Interrupt of a park in a cell.
+  struct CellInterrupt : detail::Interrupt {
+    CellInterrupt(Cell& cell, u64 parked_word, detail::Waiter& waiter) noexcept
+        : Interrupt{withdraw}, c(&cell), parked(parked_word), me(&waiter) {}
+    static void withdraw(detail::Interrupt* self, detail::FiberCtl*) noexcept {
+      auto* i = static_cast<CellInterrupt*>(self);
+      if (!withdraw_waiter(*i->c, i->parked)) return;
+      i->won = true;  // read by the waiter once wake() resumed it
+      detail::wake(*i->me);
+    }
+    Cell* c;
+    u64 parked;  // lap | wait state
+    detail::Waiter* me;
+    bool won = false;
+  };
+  // Parks in `c` if its word is still `seen`. kRetry: it changed first;
+  // kDone: a party (or close) resumed us; kInterrupted: our scope did.
+  static Outcome park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
     // Only this operation writes its side's field during this lap, and the
     // CAS in publish_cell_waiter publishes it.
     (to == kSendWait ? c.sender : c.receiver).store(&me, std::memory_order_relaxed);
     CellWait a{&c, seen, to, &me};
+    CellInterrupt interrupt(c, lap_bits(seen) | to, me);
     detail::park_committed(me, to == kSendWait ? WaitReason::channel_send : WaitReason::channel_recv,
-                           publish_cell_waiter, &a);
-    return a.parked;
+                           publish_cell_waiter, &a, &interrupt);
+    if (!a.parked) return Outcome::kRetry;
+    return interrupt.won ? Outcome::kInterrupted : Outcome::kDone;
+  }
+
+  // ---- meeting a select's registration
+
+  // A sender in a cell holding a select's receive registration (the word
+  // `w`, state kSelRecvWait): claims the cell, then the select. kDone: the
+  // value went to the select; kDead: the registration was dead and the lap
+  // is over (draw a new ticket); kChanged: the cell changed first (look again).
+  enum class Meet { kDone, kDead, kChanged, kRegistering };
+  static Meet send_to_select(Cell& c, u64 w, T& value, const detail::Waiter* self) noexcept {
+    if (!cas_state(c, w, kResuming)) return Meet::kChanged;
+    auto* g = static_cast<SelectReg*>(c.receiver.load(std::memory_order_relaxed));
+    if (const Claim k = claim_select(*g, self); k != Claim::kWon) {
+      end_lap(c, kResuming);
+      return k == Claim::kDead ? Meet::kDead : Meet::kRegistering;
+    }
+    static_cast<std::optional<T>*>(g->slot)->emplace(std::move(value));
+    g->ok = true;
+    detail::Waiter* sel = g->sel;
+    end_lap(c, kResuming);
+    detail::wake(*sel);
+    return Meet::kDone;
+  }
+  static Meet recv_from_select(Cell& c, u64 w, std::optional<T>& out, const detail::Waiter* self) noexcept {
+    if (!cas_state(c, w, kResuming)) return Meet::kChanged;
+    auto* g = static_cast<SelectReg*>(c.sender.load(std::memory_order_relaxed));
+    if (const Claim k = claim_select(*g, self); k != Claim::kWon) {
+      end_lap(c, kResuming);
+      return k == Claim::kDead ? Meet::kDead : Meet::kRegistering;
+    }
+    out.emplace(std::move(*static_cast<T*>(g->slot)));
+    g->ok = true;
+    detail::Waiter* sel = g->sel;
+    end_lap(c, kResuming);
+    detail::wake(*sel);
+    return Meet::kDone;
   }
 
   // ---- sending
@@ -189,22 +345,40 @@ struct State : std::enable_shared_from_this<State<T>> {
     return false;
   }
 
-  Outcome send_in_cell(Cell& c, u64 s, T& value, bool may_park) {
+  // `reg`: the select registration to publish where a blocking send would
+  // park (Mode::kSelect only).
+  Outcome send_in_cell(Cell& c, u64 s, T& value, Mode mode, SelectReg* reg = nullptr) {
+    const detail::Waiter* self = reg != nullptr ? reg->sel : nullptr;
+    const u64 lap = lap_of(s);
     detail::Backoff backoff;
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) != lap) return Outcome::kRetry;  // our receiver withdrew and ended the lap
       switch (state_of(w)) {
         case kRecvWait: {
-          // No CAS to claim it: nobody else may take this receiver. close()
-          // only cancels receivers whose ticket no sender holds, and the
-          // expander only acts on senders; the receiver never withdraws.
-          detail::Waiter* r = c.receiver.load(std::memory_order_relaxed);
+          // One CAS claims the receiver (which may be withdrawing: its
+          // Interrupt CASes the same word) and ends the lap. The receiver
+          // stays parked until our wake, so its storage is ours to fill.
+          auto* r = static_cast<detail::Waiter*>(c.receiver.load(std::memory_order_relaxed));
+          if (!c.word.compare_exchange_strong(w, w - kRecvWait + kOneLap, std::memory_order_seq_cst,
+                                              std::memory_order_acquire))
+            continue;
           ::new (r->slot) T(std::move(value));
           r->ok = true;
-          end_lap(c, kRecvWait);
+          c.turn.wake_all();
           detail::wake(*r);
           return Outcome::kDone;
         }
+        case kSelRecvWait:
+          switch (send_to_select(c, w, value, self)) {
+            case Meet::kDone: return Outcome::kDone;
+            case Meet::kDead: return Outcome::kRetry;
+            // A try_ operation gives way to a select still registering: it
+            // would otherwise chase the select's next registration forever.
+            case Meet::kRegistering: return mode == Mode::kTry ? Outcome::kNotNow : Outcome::kRetry;
+            case Meet::kChanged: continue;
+          }
+          continue;
         case kRecvBroke:
           end_lap(c, kRecvBroke);
           return Outcome::kRetry;
@@ -219,14 +393,22 @@ struct State : std::enable_shared_from_this<State<T>> {
             if (leave_value(c, w, value)) return Outcome::kDone;
             continue;
           }
-          if (!may_park) {
-            if (cas_state(c, w, kSendCancel)) return Outcome::kFailed;
+          if (mode == Mode::kTry) {
+            if (give_up_cell(c, w, kSendCancel)) return Outcome::kNotNow;
+            continue;
+          }
+          if (mode == Mode::kSelect) {
+            c.sender.store(reg, std::memory_order_relaxed);
+            if (cas_state(c, w, kSelSendWait)) return Outcome::kRegistered;
             continue;
           }
           detail::Waiter me;
           me.slot = &value;
-          if (!park_in_cell(c, w, kSendWait, me)) continue;
-          return me.ok ? Outcome::kDone : Outcome::kFailed;
+          switch (park_in_cell(c, w, kSendWait, me)) {
+            case Outcome::kRetry: continue;
+            case Outcome::kInterrupted: return Outcome::kInterrupted;
+            default: return me.ok ? Outcome::kDone : Outcome::kFailed;
+          }
         }
         default:  // kResuming: someone is finishing with this cell
           backoff.pause();
@@ -242,11 +424,16 @@ struct State : std::enable_shared_from_this<State<T>> {
         if ((s & kSendersClosed) != 0) return false;
       } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
       Cell& c = cell(s);
-      if (!await_turn(c, s, WaitReason::channel_send)) return false;
-      switch (send_in_cell(c, s, value, /*may_park=*/true)) {
+      const Outcome turn = await_turn(c, s, WaitReason::channel_send);
+      if (turn == Outcome::kFailed) return false;
+      if (turn == Outcome::kRetry) continue;
+      switch (send_in_cell(c, s, value, Mode::kBlock)) {
         case Outcome::kDone: return true;
         case Outcome::kFailed: return false;
-        case Outcome::kRetry: break;
+        case Outcome::kInterrupted:
+          detail::throw_if_interrupted(nullptr, "tendril::Channel::send");
+          break;  // not ours to report (cannot happen): send again
+        default: break;
       }
     }
   }
@@ -257,6 +444,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     if (lap_bits(w) != lap_of(s) || (w & kCellClosed) != 0) return false;
     switch (state_of(w)) {
       case kRecvWait:
+      case kSelRecvWait:
       case kInBuffer:
       case kRecvBroke:
         return true;
@@ -267,67 +455,88 @@ struct State : std::enable_shared_from_this<State<T>> {
     }
   }
 
-  bool try_send(T& value) {
+  // kDone, kFailed (closed) or kNotNow; `value` is untouched unless kDone.
+  Outcome try_send_now(T& value) {
     for (;;) {
       u64 s = senders.load(std::memory_order_seq_cst);
-      if ((s & kSendersClosed) != 0 || !could_send_now(s)) return false;
+      if ((s & kSendersClosed) != 0) return Outcome::kFailed;
+      if (!could_send_now(s)) return Outcome::kNotNow;
       // Drawing the ticket only if it is still the one we inspected means
       // its lap cannot have moved on: no waiting for a turn here.
       if (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) continue;
-      switch (send_in_cell(cell(s), s, value, /*may_park=*/false)) {
-        case Outcome::kDone: return true;
-        case Outcome::kFailed: return false;
-        case Outcome::kRetry: break;
-      }
+      const Outcome o = send_in_cell(cell(s), s, value, Mode::kTry);
+      if (o != Outcome::kRetry) return o;
     }
   }
+  bool try_send(T& value) { return try_send_now(value) == Outcome::kDone; }
 
   // ---- receiving
 
-  // One step of "expand buffer": see the header comment.
-  void expand_buffer() noexcept {
-    for (;;) {
-      const u64 b = buffer_end.fetch_add(1, std::memory_order_seq_cst);
-      if (b >= sent_count(senders.load(std::memory_order_seq_cst))) return;  // that sender will see b < B
-      if (admit_into_buffer(cell(b), b)) return;
-    }
+  // One step of "expand buffer": see the header comment. `self`: the select
+  // running it, if any.
+  // B moves exactly once per receiver ticket, so B - R stays C: a cell in
+  // [R, B) whose sender withdrew holds no value and lowers the capacity
+  // until its receiver passes it (and moves B on). Skipping such cells, as
+  // the expander once did, overcounts when the receiver that meets the
+  // withdrawn cell draws again; selects withdraw all the time.
+  void expand_buffer(const detail::Waiter* self = nullptr) noexcept {
+    const u64 b = buffer_end.fetch_add(1, std::memory_order_seq_cst);
+    if (b >= sent_count(senders.load(std::memory_order_seq_cst))) return;  // that sender will see b < B
+    admit_into_buffer(cell(b), b, self);
   }
-  // False if cell b will never hold a value (its sender withdrew).
-  bool admit_into_buffer(Cell& c, u64 b) noexcept {
+  void admit_into_buffer(Cell& c, u64 b, const detail::Waiter* self) noexcept {
     detail::Backoff backoff;
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
       // Another lap: sender b has not reached the cell (it reads B when it
       // does) or the meeting is already over.
-      if (lap_bits(w) != lap_of(b) || (w & kCellClosed) != 0) return true;
+      if (lap_bits(w) != lap_of(b) || (w & kCellClosed) != 0) return;
       switch (state_of(w)) {
         case kEmpty:
-          if (cas_state(c, w, kInBuffer)) return true;
+          if (cas_state(c, w, kInBuffer)) return;
           continue;
         case kSendWait: {
           if (!cas_state(c, w, kResuming)) continue;
-          detail::Waiter* s = c.sender.load(std::memory_order_relaxed);
+          auto* s = static_cast<detail::Waiter*>(c.sender.load(std::memory_order_relaxed));
           ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(s->slot)));
           s->ok = true;
           set_owned_state(c, kResuming, kBuffered);
           detail::wake(*s);
-          return true;
+          return;
+        }
+        case kSelSendWait: {
+          // Moving a select's value into the buffer decides that select.
+          if (!cas_state(c, w, kResuming)) continue;
+          auto* g = static_cast<SelectReg*>(c.sender.load(std::memory_order_relaxed));
+          if (claim_select(*g, self) != Claim::kWon) {
+            end_lap(c, kResuming);  // as if the select had withdrawn
+            return;
+          }
+          ::new (static_cast<void*>(c.value)) T(std::move(*static_cast<T*>(g->slot)));
+          g->ok = true;
+          detail::Waiter* sel = g->sel;
+          set_owned_state(c, kResuming, kBuffered);
+          detail::wake(*sel);
+          return;
         }
         case kResuming:
           backoff.pause();
           continue;
         case kSendCancel:
-          return false;
+          return;
         default:
-          return true;
+          return;
       }
     }
   }
 
-  Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, bool may_park) {
+  Outcome recv_in_cell(Cell& c, u64 r, std::optional<T>& out, Mode mode, SelectReg* reg = nullptr) {
+    const detail::Waiter* self = reg != nullptr ? reg->sel : nullptr;
+    const u64 lap = lap_of(r);
     detail::Backoff backoff;
     for (unsigned spins = 0;;) {
       u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) != lap) return Outcome::kRetry;  // our sender withdrew and ended the lap
       switch (state_of(w)) {
         case kBuffered: {
           T* p = c.stored();
@@ -338,13 +547,21 @@ struct State : std::enable_shared_from_this<State<T>> {
         }
         case kSendWait: {
           if (!cas_state(c, w, kResuming)) continue;
-          detail::Waiter* s = c.sender.load(std::memory_order_relaxed);
+          auto* s = static_cast<detail::Waiter*>(c.sender.load(std::memory_order_relaxed));
           out.emplace(std::move(*static_cast<T*>(s->slot)));
           s->ok = true;
           end_lap(c, kResuming);
           detail::wake(*s);
           return Outcome::kDone;
         }
+        case kSelSendWait:
+          switch (recv_from_select(c, w, out, self)) {
+            case Meet::kDone: return Outcome::kDone;
+            case Meet::kDead: return Outcome::kRetry;
+            case Meet::kRegistering: return mode == Mode::kTry ? Outcome::kNotNow : Outcome::kRetry;
+            case Meet::kChanged: continue;
+          }
+          continue;
         case kSendCancel:
           end_lap(c, kSendCancel);
           return Outcome::kRetry;
@@ -359,21 +576,30 @@ struct State : std::enable_shared_from_this<State<T>> {
             // A blocking receiver parks and lets the sender complete the
             // meeting; one that must not park (or finds the channel
             // closing, where the sender will withdraw) gives the cell up.
-            if (!may_park || (w & kCellClosed) != 0) {
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kRetry;
+            if (mode == Mode::kTry || (w & kCellClosed) != 0) {
+              if (give_up_cell(c, w, kRecvBroke)) return Outcome::kRetry;
               continue;
             }
           } else {
             if ((s & kSendersClosed) != 0) return Outcome::kFailed;  // no sender will come
-            if (!may_park) {
-              if (cas_state(c, w, kRecvBroke)) return Outcome::kFailed;
+            if (mode == Mode::kTry) {
+              if (give_up_cell(c, w, kRecvBroke)) return Outcome::kNotNow;
               continue;
             }
+          }
+          if (mode == Mode::kSelect) {
+            c.receiver.store(reg, std::memory_order_relaxed);
+            if (cas_state(c, w, kSelRecvWait)) return Outcome::kRegistered;
+            continue;
           }
           alignas(T) unsigned char storage[sizeof(T)];
           detail::Waiter me;
           me.slot = storage;
-          if (!park_in_cell(c, w, kRecvWait, me)) continue;
+          switch (park_in_cell(c, w, kRecvWait, me)) {
+            case Outcome::kRetry: continue;
+            case Outcome::kInterrupted: return Outcome::kInterrupted;
+            default: break;
+          }
           if (!me.ok) return Outcome::kFailed;
           T* p = std::launder(reinterpret_cast<T*>(storage));
           out.emplace(std::move(*p));
@@ -395,11 +621,14 @@ struct State : std::enable_shared_from_this<State<T>> {
       const u64 s = senders.load(std::memory_order_seq_cst);
       if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return std::nullopt;
       Cell& c = cell(r);
-      if (!await_turn(c, r, WaitReason::channel_recv)) continue;  // closed while an earlier lap held the cell
-      switch (recv_in_cell(c, r, out, /*may_park=*/true)) {
+      if (await_turn(c, r, WaitReason::channel_recv) != Outcome::kDone) continue;  // closed or skipped: a new ticket
+      switch (recv_in_cell(c, r, out, Mode::kBlock)) {
         case Outcome::kDone: return out;
         case Outcome::kFailed: return std::nullopt;
-        case Outcome::kRetry: break;
+        case Outcome::kInterrupted:
+          detail::throw_if_interrupted(nullptr, "tendril::Channel::recv");
+          break;  // not ours to report (cannot happen): receive again
+        default: break;
       }
     }
   }
@@ -411,43 +640,142 @@ struct State : std::enable_shared_from_this<State<T>> {
     const u64 w = cell(r).word.load(std::memory_order_acquire);
     if (lap_bits(w) != lap_of(r)) return false;
     const u64 st = state_of(w);
-    return st == kBuffered || st == kSendWait || st == kSendCancel || st == kResuming;
+    return st == kBuffered || st == kSendWait || st == kSelSendWait || st == kSendCancel || st == kResuming;
   }
 
-  std::optional<T> try_recv() {
-    std::optional<T> out;
+  // kDone (a value in `out`), kFailed (closed and drained) or kNotNow.
+  Outcome try_recv_now(std::optional<T>& out) {
     for (;;) {
       u64 r = receivers.load(std::memory_order_seq_cst);
-      if (!could_receive_now(r)) return std::nullopt;
+      if (could_receive_now(r)) {
+        if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
+          continue;
+        if (cap > 0) expand_buffer();
+        const Outcome o = recv_in_cell(cell(r), r, out, Mode::kTry);
+        if (o != Outcome::kRetry) return o;
+        continue;
+      }
+      const u64 s = senders.load(std::memory_order_seq_cst);
+      if ((s & kSendersClosed) == 0) return Outcome::kNotNow;
+      if (r >= sent_count(s)) return Outcome::kFailed;
+      // Closed, with sender tickets issued past r whose cells show no value
+      // now: those senders withdraw (or gave their tickets up), so step over
+      // the tickets as a blocking receive would, instead of reporting "not
+      // now" forever (select must see the channel closed and drained).
       if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
         continue;
       if (cap > 0) expand_buffer();
-      switch (recv_in_cell(cell(r), r, out, /*may_park=*/false)) {
-        case Outcome::kDone: return out;
-        case Outcome::kFailed: return std::nullopt;
-        case Outcome::kRetry: break;
+      Cell& c = cell(r);
+      // Not its lap yet: give the ticket up as a turn waiter does, once the
+      // cell shows the close (close() is marking the cells right now), so
+      // that its sender withdraws instead of leaving a value.
+      detail::Backoff backoff;
+      u64 w = c.word.load(std::memory_order_acquire);
+      while (lap_bits(w) < lap_of(r) && (w & kCellClosed) == 0) {
+        backoff.pause();
+        w = c.word.load(std::memory_order_acquire);
       }
+      if (lap_bits(w) != lap_of(r)) continue;
+      const Outcome o = recv_in_cell(c, r, out, Mode::kTry);
+      if (o != Outcome::kRetry && o != Outcome::kNotNow) return o;
+    }
+  }
+  std::optional<T> try_recv() {
+    std::optional<T> out;
+    try_recv_now(out);
+    return out;
+  }
+
+  // ---- select (tendril/select.hpp)
+
+  // Puts a select's receive case into the cell of a new receiver ticket, or
+  // completes it at once. kRegistered (`at`: the cell, `parked`: its lap and
+  // wait state), kDone (a value in `out`), kFailed (closed and drained) or
+  // kNotNow: the next ticket's cell is still busy with an earlier lap (an
+  // operation parked there pins it). A select never waits for a lap: that
+  // would hold its other cases hostage; it draws a ticket only when its cell
+  // is on the ticket's lap. Only while the select is registering.
+  Outcome select_recv(SelectReg& reg, std::optional<T>& out, Cell*& at, u64& parked) {
+    for (;;) {
+      u64 r = receivers.load(std::memory_order_seq_cst);
+      const u64 s = senders.load(std::memory_order_seq_cst);
+      if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return Outcome::kFailed;
+      Cell& c = cell(r);
+      const u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) < lap_of(r) && (w & kCellClosed) == 0) return Outcome::kNotNow;
+      if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
+        continue;
+      if (cap > 0) expand_buffer(reg.sel);
+      if (lap_bits(c.word.load(std::memory_order_acquire)) < lap_of(r)) continue;  // closing: give it up
+      const Outcome o = recv_in_cell(c, r, out, Mode::kSelect, &reg);
+      if (o == Outcome::kRegistered) {
+        at = &c;
+        parked = lap_of(r) | kSelRecvWait;
+      }
+      if (o != Outcome::kRetry) return o;
+    }
+  }
+  // The same for a send case: kRegistered, kDone (sent), kFailed (closed) or
+  // kNotNow.
+  Outcome select_send(SelectReg& reg, T& value, Cell*& at, u64& parked) {
+    for (;;) {
+      u64 s = senders.load(std::memory_order_seq_cst);
+      if ((s & kSendersClosed) != 0) return Outcome::kFailed;
+      Cell& c = cell(s);
+      const u64 w = c.word.load(std::memory_order_acquire);
+      if (lap_bits(w) < lap_of(s)) return (w & kCellClosed) != 0 ? Outcome::kFailed : Outcome::kNotNow;
+      if (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) continue;
+      const Outcome o = send_in_cell(c, s, value, Mode::kSelect, &reg);
+      if (o == Outcome::kRegistered) {
+        at = &c;
+        parked = lap_of(s) | kSelSendWait;
+      }
+      if (o != Outcome::kRetry) return o;
+    }
+  }
+  // Takes a select's registration out of its cell once the select is over:
+  // a live one is withdrawn (the lap ends; see withdraw_waiter); a party
+  // holding it (resuming) is waited for, since it may still read the
+  // registration; otherwise it is gone already.
+  static void select_withdraw(Cell& c, u64 parked) noexcept {
+    detail::Backoff backoff;
+    for (;;) {
+      if (withdraw_waiter(c, parked)) return;
+      const u64 w = c.word.load(std::memory_order_acquire);
+      if ((w & ~kCellClosed) == parked) continue;
+      if (lap_bits(w) != lap_bits(parked) || state_of(w) != kResuming) return;
+      backoff.pause();
     }
   }
 
   // ---- closing
 
-  // Cancels a waiter parked in `c` if close() must wake it.
+  // Cancels a waiter parked (or a select registered) in `c` if close() must
+  // wake it.
   void settle_on_close(Cell& c, u64 closed_at) noexcept {
     for (;;) {
       u64 w = c.word.load(std::memory_order_acquire);
       const u64 st = state_of(w);
       const u64 ticket = ((w >> kLapShift) << shift) | index_of(c);
       u64 cancelled;
-      if (st == kSendWait) {
+      if (st == kSendWait || st == kSelSendWait) {
         cancelled = kSendCancel;  // a receiver still comes by and ends the lap
-      } else if (st == kRecvWait && ticket >= closed_at) {
+      } else if ((st == kRecvWait || st == kSelRecvWait) && ticket >= closed_at) {
         cancelled = kRecvCancel;  // no sender has this ticket; the cell stays put
       } else {
         return;
       }
       if (!cas_state(c, w, kResuming)) continue;
-      detail::Waiter* x = (st == kSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed);
+      if (st == kSelSendWait || st == kSelRecvWait) {
+        auto* g = static_cast<SelectReg*>((st == kSelSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
+        const bool won = claim_select(*g, nullptr) == Claim::kWon;
+        detail::Waiter* sel = g->sel;
+        if (won) g->ok = false;
+        set_owned_state(c, kResuming, cancelled);
+        if (won) detail::wake(*sel);
+        return;
+      }
+      auto* x = static_cast<detail::Waiter*>((st == kSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
       x->ok = false;
       set_owned_state(c, kResuming, cancelled);
       detail::wake(*x);

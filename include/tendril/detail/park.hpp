@@ -153,8 +153,14 @@ bool park(Waiter& w, SpinLock& lock, WaitFor what, const Deadline* deadline = nu
 // fiber publishes it after a successful commit (see above); its `fn` must
 // withdraw `w` where commit published it, or leave it to a waker that got
 // there first.
+//
+// With a `deadline` the wait also ends then: the timer (a futex timeout for a
+// thread) claims `w` with kTimedOut (w.state must be kWaiting once commit has
+// published it) and resumes the caller, as park() does; an interruptible
+// fiber's scope deadline is then armed the same way (the earlier wins), and
+// the caller tells the two apart with interrupt_error(deadline).
 void park_committed(Waiter& w, WaitFor what, bool (*commit)(void* arg) noexcept, void* arg,
-                    Interrupt* interrupt = nullptr);
+                    Interrupt* interrupt = nullptr, const Deadline* deadline = nullptr);
 // Whether the caller's parks are interruptible now (a scoped fiber outside
 // NoCancel); park_committed callers use it to skip building an Interrupt.
 bool interruptible() noexcept;
