@@ -127,9 +127,8 @@ void channel_ping_pong(benchmark::State& st, unsigned workers, bool pinned) {
   });
 }
 
-<<<<<<< HEAD
 void BM_TendrilChannelPingPong(benchmark::State& st) { channel_ping_pong(st, unsigned(st.range(0)), false); }
-=======
+
 // ---- select: the ping-pong above with the reply taken by select ------------
 // Arg 1: channels in the select (1: the reply channel only; 2: also one that
 // never has a value). Same round trip as BM_TendrilChannelPingPong.
@@ -162,7 +161,6 @@ void BM_TendrilSelectPingPong(benchmark::State& st) {
     set_stats_counters(st, a, b, 1);
   });
 }
->>>>>>> h-select
 
 // ---- mutex + condvar ping-pong: fibers (tendril) and threads (std) ----------
 
