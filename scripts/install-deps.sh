@@ -11,7 +11,6 @@ packages=(
   cmake ninja-build g++ pkg-config    # toolchain
   libboost-context-dev                # fiber context switches
   liburing-dev                        # io_uring
-  libjemalloc-dev                     # allocator for the benchmarks
   libnuma-dev                         # NUMA placement
   libdw-dev                           # fiber dump: unwinding and symbols (elfutils)
   gdb                                 # the gdb extension's tests
