@@ -454,8 +454,11 @@ TEST(Fiber, OnWorkerStackKeepsDeepFramesOffTheFibersStack) {
         long got = 0;
         tendril::this_fiber::on_worker_stack([&] { got = use_stack_bytes(60 * 1024); });
         EXPECT_EQ(got, use_stack_expected(60 * 1024));
-        // 60 KiB of frames, and the fiber's own stack did not grow a page.
-        if (tendril::this_fiber::stack_high_water() == before) ok.fetch_add(1);
+        // 60 KiB of frames, and the fiber's own stack grew by at most the
+        // page the switch to the worker stack may need (where the fiber's
+        // frames end next to a page boundary and no deeper page was mapped
+        // ahead of it).
+        if (tendril::this_fiber::stack_high_water() <= before + 4096) ok.fetch_add(1);
         tendril::this_fiber::yield();  // interleave fibers on both workers
       }));
     for (auto& f : fibers) f.join();
