@@ -198,8 +198,10 @@ TEST(Select, PlainThreadsSelect) {
       tendril::select(tendril::case_recv(a, [&](std::optional<int> v) { sum += *v; }),
                       tendril::case_recv(b, [&](std::optional<int> v) { sum += *v; }));
     }
+    // The thread's last send may still be waking a worker: it must be done
+    // before run() tears the workers down.
+    tendril::blocking([&] { t.join(); });
   });
-  t.join();
   EXPECT_EQ(sum, 99 * 100 / 2);
 }
 
