@@ -73,6 +73,18 @@ struct BlockingSlot<void> {
   void take() {}
 };
 
+// Runs a call record's fn into its slot on the pool, keeping an exception for
+// the caller. Call has members fn, slot and error.
+template <class Call>
+void run_call(void* p) noexcept {
+  auto* c = static_cast<Call*>(p);
+  try {
+    c->slot.run(c->fn);
+  } catch (...) {
+    c->error = std::current_exception();
+  }
+}
+
 // The interruptible path: fn and the result live in a heap record the pool
 // can keep when the caller stops waiting.
 template <class R, class F>
@@ -83,16 +95,7 @@ R blocking_interruptible(F&& fn) {
     std::exception_ptr error;
   };
   auto* call = new Call{std::forward<F>(fn), {}, {}};
-  blocking_run_interruptible(
-      [](void* p) noexcept {
-        auto* c = static_cast<Call*>(p);
-        try {
-          c->slot.run(c->fn);
-        } catch (...) {
-          c->error = std::current_exception();
-        }
-      },
-      [](void* p) noexcept { delete static_cast<Call*>(p); }, call);
+  blocking_run_interruptible(run_call<Call>, [](void* p) noexcept { delete static_cast<Call*>(p); }, call);
   std::unique_ptr<Call> done(call);
   if (done->error) std::rethrow_exception(done->error);
   return done->slot.take();
@@ -111,16 +114,7 @@ std::invoke_result_t<F&> blocking(F&& fn) {
     detail::BlockingSlot<R> slot;
     std::exception_ptr error;
   } call{fn, {}, {}};
-  detail::blocking_run(
-      [](void* p) noexcept {
-        auto* c = static_cast<Call*>(p);
-        try {
-          c->slot.run(c->fn);
-        } catch (...) {
-          c->error = std::current_exception();
-        }
-      },
-      &call);
+  detail::blocking_run(detail::run_call<Call>, &call);
   if (call.error) std::rethrow_exception(call.error);
   return call.slot.take();
 }
