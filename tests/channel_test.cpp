@@ -654,3 +654,242 @@ TEST(ChannelCancel, StressCancelRacesSendersAndReceiversUnbuffered) { cancel_rac
 TEST(ChannelCancel, StressCancelRacesSendersAndReceiversBuffered) { cancel_races_exact(3, false, int(stress_count(40, 4))); }
 TEST(ChannelCancel, StressDeadlineRacesSendersAndReceiversUnbuffered) { cancel_races_exact(0, true, int(stress_count(40, 4))); }
 TEST(ChannelCancel, StressDeadlineRacesSendersAndReceiversBuffered) { cancel_races_exact(2, true, int(stress_count(40, 4))); }
+
+// ---- cancellation of operations still waiting for their turn: more
+// operations in flight than the ring has cells (capacity + 8, at least 16),
+// so most of them wait for an earlier lap of their cell to end, not in it.
+
+namespace {
+
+// Runs `n` copies of `op` in a scope, ends the scope by cancel() or by its
+// deadline, and returns how many of them threw `want`. A wait that the scope
+// cannot end would hang here: after a generous bound the channel is closed
+// instead (which releases every waiter) and the count comes out short.
+template <class Op>
+int interrupted_in_flight(tendril::Channel<int> ch, int n, bool deadline, Op op) {
+  std::atomic<int> threw{0}, ended{0};
+  const std::error_code want = deadline ? kTimedOut : kCanceled;
+  std::optional<tendril::Scope> s;
+  if (deadline) {
+    s.emplace(50ms);
+  } else {
+    s.emplace();
+  }
+  for (int i = 0; i < n; ++i) {
+    s->spawn([&, i] {
+      try {
+        op(i);
+      } catch (const std::system_error& e) {
+        if (e.code() == want) threw++;
+      }
+      ended++;
+    });
+  }
+  if (!deadline) {
+    tendril::this_fiber::sleep_for(20ms);
+    s->cancel();
+  }
+  for (int waited = 0; ended < n && waited < 20000; ++waited) tendril::this_fiber::sleep_for(1ms);
+  if (ended < n) ch.close();  // a wait the scope could not end
+  s->join();
+  return threw.load();
+}
+
+}  // namespace
+
+// Operations outside the scope hold every cell's current lap (parked there,
+// or a buffered value), so the scope's operations all wait for a turn.
+TEST(ChannelCancel, SendersWaitingForTheirTurnThrowAndDeliverNothing) {
+  constexpr int kCells = 16, kSenders = 60;
+  for (bool deadline : {false, true}) {
+    for (std::size_t cap : {0u, 2u}) {
+      tendril::run(two_workers(), [&] {
+        tendril::Channel<int> ch(cap);
+        std::vector<tendril::Fiber> holders;  // not in the scope: never cancelled
+        for (int i = 0; i < kCells; ++i) holders.push_back(tendril::spawn([ch, i]() mutable { ASSERT_TRUE(ch.send(1000 + i)); }));
+        tendril::this_fiber::sleep_for(10ms);  // let the rest park in their cells
+        EXPECT_EQ(interrupted_in_flight(ch, kSenders, deadline, [&](int i) { ch.send(i); }), kSenders)
+            << "capacity " << cap << (deadline ? ", deadline" : ", cancel");
+        // The holders' values, then fresh ones, each exactly once: the
+        // abandoned tickets leave no cell waiting for a party that is gone.
+        std::vector<int> got(1000 + kCells, 0);
+        for (int k = 0; k < kCells; ++k) {
+          std::optional<int> v = ch.recv();
+          ASSERT_TRUE(v.has_value());
+          ASSERT_GE(*v, 1000) << "a cancelled send delivered its value";
+          got[static_cast<std::size_t>(*v)]++;
+        }
+        for (auto& f : holders) f.join();
+        EXPECT_EQ(ch.try_recv(), std::nullopt) << "a cancelled send delivered its value";
+        tendril::Fiber rx = tendril::spawn([&, ch]() mutable {
+          for (int k = 0; k < 200; ++k) {
+            std::optional<int> v = ch.recv();
+            ASSERT_TRUE(v.has_value());
+            got[static_cast<std::size_t>(*v)]++;
+          }
+        });
+        for (int k = 0; k < 200; ++k) ASSERT_TRUE(ch.send(k));
+        rx.join();
+        EXPECT_EQ(std::count(got.begin(), got.end(), 1), 200 + kCells);
+        if (cap > 0) {
+          ASSERT_TRUE(ch.try_send(7));
+          EXPECT_EQ(ch.try_recv(), std::optional<int>(7));
+        }
+      });
+    }
+  }
+}
+
+TEST(ChannelCancel, ReceiversWaitingForTheirTurnThrowAndTakeNothing) {
+  constexpr int kCells = 16, kReceivers = 60;
+  for (bool deadline : {false, true}) {
+    for (std::size_t cap : {0u, 2u}) {
+      tendril::run(two_workers(), [&] {
+        tendril::Channel<int> ch(cap);
+        std::vector<int> got(200 + kCells, 0);
+        std::vector<tendril::Fiber> holders;  // parked in every cell, never cancelled
+        for (int i = 0; i < kCells; ++i) {
+          holders.push_back(tendril::spawn([&, ch]() mutable {
+            std::optional<int> v = ch.recv();
+            ASSERT_TRUE(v.has_value());
+            got[static_cast<std::size_t>(*v)]++;
+          }));
+        }
+        tendril::this_fiber::sleep_for(10ms);
+        std::atomic<int> took{0};
+        EXPECT_EQ(interrupted_in_flight(ch, kReceivers, deadline,
+                                        [&](int) {
+                                          if (ch.recv()) took++;
+                                        }),
+                  kReceivers)
+            << "capacity " << cap << (deadline ? ", deadline" : ", cancel");
+        EXPECT_EQ(took.load(), 0);
+        // Values sent now reach the holders and then the next receivers,
+        // each exactly once; none is left in a cell an abandoned receiver held.
+        tendril::Fiber tx = tendril::spawn([ch, n = 200 + kCells]() mutable {
+          for (int k = 0; k < n; ++k) ASSERT_TRUE(ch.send(k));
+        });
+        for (auto& f : holders) f.join();
+        for (int k = 0; k < 200; ++k) {
+          std::optional<int> v = ch.recv();
+          ASSERT_TRUE(v.has_value());
+          got[static_cast<std::size_t>(*v)]++;
+        }
+        tx.join();
+        EXPECT_EQ(std::count(got.begin(), got.end(), 1), 200 + kCells);
+        EXPECT_EQ(ch.try_recv(), std::nullopt);
+      });
+    }
+  }
+}
+
+// 5 cancelled senders withdraw from their cells; 40 also abandon tickets
+// whose lap had not begun.
+TEST(ChannelCancel, TryAndSelectGetPastWithdrawnAndAbandonedTickets) {
+  for (int senders : {5, 40}) tendril::run(two_workers(), [&] {
+    tendril::Channel<int> ch(2);
+    ASSERT_TRUE(ch.try_send(1));
+    ASSERT_TRUE(ch.try_send(2));
+    EXPECT_EQ(interrupted_in_flight(ch, senders, false, [&](int i) { ch.send(100 + i); }), senders);
+    // Only non-blocking operations from here on: they must settle the
+    // abandoned tickets themselves, since no blocking party comes by.
+    EXPECT_EQ(ch.try_recv(), std::optional<int>(1));
+    EXPECT_EQ(ch.try_recv(), std::optional<int>(2));
+    EXPECT_EQ(ch.try_recv(), std::nullopt);
+    for (int k = 0; k < 100; ++k) {
+      ASSERT_TRUE(ch.try_send(k)) << k;
+      std::optional<int> got;
+      ASSERT_EQ(tendril::try_select(tendril::case_recv(ch, [&](std::optional<int> v) { got = v; })),
+                std::optional<std::size_t>(0))
+          << k;
+      ASSERT_EQ(got, std::optional<int>(k));
+    }
+  });
+}
+
+namespace {
+
+// cancel_races_exact with many more operations in flight than cells, and
+// with senders and receivers outside the scope, which hold laps that the
+// scope's operations wait behind when it is cancelled.
+void cancel_races_many_exact(std::size_t capacity, bool deadline, int rounds) {
+  constexpr int kSenders = 40, kReceivers = 40, kSteady = 6, kPerSender = 200;
+  constexpr int kValues = (kSenders + kSteady) * kPerSender;
+  for (int round = 0; round < rounds; ++round) {
+    std::vector<std::atomic<int>> sent(kValues), received(kValues);
+    tendril::run(two_workers(), [&] {
+      tendril::Channel<int> ch(capacity);
+      auto send_all = [&, ch](int p) mutable {
+        for (int i = 0; i < kPerSender; ++i) {
+          const int v = p * kPerSender + i;
+          if (!ch.send(v)) return;
+          sent[static_cast<std::size_t>(v)]++;
+        }
+      };
+      std::vector<tendril::Fiber> steady;  // never cancelled
+      for (int p = kSenders; p < kSenders + kSteady; ++p) steady.push_back(tendril::spawn(send_all, p));
+      for (int c = 0; c < kSteady; ++c) {
+        steady.push_back(tendril::spawn([&, ch]() mutable {
+          while (std::optional<int> v = ch.recv()) {
+            if (*v >= 0) received[static_cast<std::size_t>(*v)]++;
+          }
+        }));
+      }
+      {
+        std::optional<tendril::Scope> s;
+        if (deadline) {
+          s.emplace(std::chrono::microseconds(300 + 400 * (round % 7)));
+        } else {
+          s.emplace();
+        }
+        for (int p = 0; p < kSenders; ++p) {
+          s->spawn([&, p] {
+            try {
+              send_all(p);
+            } catch (const std::system_error& e) {
+              EXPECT_TRUE(e.code() == kCanceled || e.code() == kTimedOut) << e.what();
+            }
+          });
+        }
+        for (int c = 0; c < kReceivers; ++c) {
+          s->spawn([&, ch]() mutable {
+            try {
+              while (std::optional<int> v = ch.recv()) received[static_cast<std::size_t>(*v)]++;
+            } catch (const std::system_error& e) {
+              EXPECT_TRUE(e.code() == kCanceled || e.code() == kTimedOut) << e.what();
+            }
+          });
+        }
+        if (!deadline) {
+          tendril::this_fiber::sleep_for(std::chrono::microseconds(200 + 300 * (round % 5)));
+          s->cancel();
+        }
+        s->join();
+      }
+      // Fresh operations still meet (no cell waits for a ticket that was
+      // abandoned); then close and drain.
+      for (int k = 0; k < 100; ++k) ASSERT_TRUE(ch.send(-1));
+      ch.close();
+      for (auto& f : steady) f.join();
+    });
+    for (std::size_t v = 0; v < sent.size(); ++v) {
+      ASSERT_LE(received[v].load(), 1) << "value " << v << " received twice";
+      ASSERT_EQ(received[v].load(), sent[v].load()) << "value " << v << (sent[v] ? " lost" : " received but never sent");
+    }
+  }
+}
+
+}  // namespace
+
+TEST(ChannelCancel, StressCancelRacesManyMoreOperationsThanCellsUnbuffered) {
+  cancel_races_many_exact(0, false, int(stress_count(30, 3)));
+}
+TEST(ChannelCancel, StressCancelRacesManyMoreOperationsThanCellsBuffered) {
+  cancel_races_many_exact(3, false, int(stress_count(30, 3)));
+}
+TEST(ChannelCancel, StressDeadlineRacesManyMoreOperationsThanCellsUnbuffered) {
+  cancel_races_many_exact(0, true, int(stress_count(30, 3)));
+}
+TEST(ChannelCancel, StressDeadlineRacesManyMoreOperationsThanCellsBuffered) {
+  cancel_races_many_exact(2, true, int(stress_count(30, 3)));
+}

@@ -122,9 +122,19 @@
 // again every 500 us. Operations whose cell is still on an
 // earlier lap (more than N operations in flight) park on the cell's
 // TurnWaiters until the lap ends; that is the only place a ring bounds
-// anything, so the ring can be small.This wait is not interruptible: the
-// ticket's lap has not begun, so it cannot be given up in the cell, and the
-// other party of that lap may already count on it.
+// anything, so the ring can be small. This wait is interruptible too, but
+// the ticket's lap has not begun, so it cannot be given up in the cell: the
+// operation leaves a record (cell, lap, side), marks the cell (abandoned bit)
+// and goes. Whoever next finds the cell empty with the mark set (the other
+// party of that lap, a turn waiter of a later lap, the buffer expander, a
+// try_ operation or a select) settles the record first, as the absent party
+// would have: an open cell skips the lap, a closed one is left send-cancel or
+// recv-broke; a lap both of whose parties left is skipped. Every lap begins
+// empty and nobody acts on an empty marked cell without settling it, so no
+// party is left waiting for one that has gone. A try_ operation or select
+// that finds its ticket's lap already ended steps over the ticket (for a
+// receiver this also moves the buffer's end on, giving back the capacity a
+// withdrawn send held).
 //
 // Why values are neither lost nor duplicated: each value travels only through
 // the one cell of its sender's ticket, and each cell's lap is visited by

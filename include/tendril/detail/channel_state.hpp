@@ -24,7 +24,7 @@ struct Access;  // how select reaches a Channel's State (tendril/select.hpp)
 
 using u64 = std::uint64_t;
 
-// Cell word: [ lap : 56 | closed : 1 | unused : 3 | state : 4 ].
+// Cell word: [ lap : 56 | closed : 1 | unused : 2 | abandoned : 1 | state : 4 ].
 enum : u64 {
   kEmpty = 0,
   kInBuffer = 1,
@@ -40,6 +40,10 @@ enum : u64 {
 };
 inline constexpr u64 kStateMask = 0xf;
 inline constexpr u64 kCellClosed = 0x80;
+// Set while State::abandoned holds records for this cell: tickets given up by
+// operations interrupted before their lap began. A party that finds the cell
+// empty with this bit set settles those records before it uses the lap.
+inline constexpr u64 kAbandoned = 0x10;
 inline constexpr unsigned kLapShift = 8;
 inline constexpr u64 kOneLap = u64{1} << kLapShift;
 inline constexpr u64 kSendersClosed = u64{1} << 63;  // in State::senders
@@ -155,6 +159,10 @@ struct State : std::enable_shared_from_this<State<T>> {
     for (std::size_t i = 0; i <= mask; ++i) {
       if (state_of(cells[i].word.load(std::memory_order_acquire)) == kBuffered) cells[i].stored()->~T();
     }
+    while (Abandoned* a = abandoned) {
+      abandoned = a->next;
+      delete a;
+    }
   }
 
   Cell& cell(u64 ticket) noexcept { return cells[ticket & mask]; }
@@ -185,7 +193,7 @@ struct State : std::enable_shared_from_this<State<T>> {
   // never come; otherwise (in-buffer, or closing) it leaves `broken`, which
   // the other party steps over.
   static bool give_up_cell(Cell& c, u64& seen, u64 broken) noexcept {
-    if (seen == lap_bits(seen)) {  // empty, not closed
+    if ((seen & ~kAbandoned) == lap_bits(seen)) {  // empty, not closed
       if (!c.word.compare_exchange_strong(seen, seen + kOneLap, std::memory_order_seq_cst, std::memory_order_acquire))
         return false;
       c.turn.wake_all();
@@ -214,22 +222,153 @@ struct State : std::enable_shared_from_this<State<T>> {
     if (lap_bits(w) >= lap || (w & kCellClosed) != 0) c.turn.wake_all();  // raced with the waker
     return true;
   }
+  // The Interrupt of a turn wait wakes every turn waiter of the cell (ours
+  // among them, through the list's own claim, so our Waiter leaves the list
+  // the way it always does); the others find their lap still ahead and park
+  // again. The interrupted operation then abandons its ticket (below).
+  struct TurnInterrupt : detail::Interrupt {
+    explicit TurnInterrupt(Cell& cell) noexcept : Interrupt{wake_turn_waiters}, c(&cell) {}
+    static void wake_turn_waiters(detail::Interrupt* self, detail::FiberCtl*) noexcept {
+      static_cast<TurnInterrupt*>(self)->c->turn.wake_all();
+    }
+    Cell* c;
+  };
   // Returns once cell `c` serves `ticket` (kDone); kFailed if the channel
   // closed first (the ticket must then be given up); kRetry if the lap was
-  // skipped (the other party withdrew: draw a new ticket). Not
-  // interruptible: a ticket whose lap has not come cannot be given up
-  // without the other party of that lap waiting for it; see channel.hpp.
-  Outcome await_turn(Cell& c, u64 ticket, WaitReason why) {
+  // skipped (the other party withdrew: draw a new ticket); kInterrupted if
+  // the caller's scope ended the wait and the ticket was abandoned.
+  Outcome await_turn(Cell& c, u64 ticket, WaitReason why, bool send) {
     const u64 lap = lap_of(ticket);
     for (;;) {
       const u64 w = c.word.load(std::memory_order_seq_cst);
       if (lap_bits(w) == lap) return Outcome::kDone;
       if ((w & kCellClosed) != 0) return Outcome::kFailed;
       if (lap_bits(w) > lap) return Outcome::kRetry;
+      if (must_settle(w) && settle_abandoned(c)) continue;
+      const bool cancellable = detail::interruptible();
+      if (cancellable && detail::interrupt_error(nullptr) != 0) {
+        const Outcome o = abandon_turn(c, lap, send);
+        if (o != Outcome::kRetry) return o;
+        // No memory for the record: wait for the lap as before.
+      }
       detail::Waiter me;
       TurnWait a{this, &c, lap, &me};
-      detail::park_committed(me, why, publish_turn_waiter, &a);
+      TurnInterrupt interrupt(c);
+      detail::park_committed(me, why, publish_turn_waiter, &a,
+                             cancellable && detail::interrupt_error(nullptr) == 0 ? &interrupt : nullptr);
     }
+  }
+
+  // ---- tickets abandoned before their lap began
+  //
+  // An operation interrupted while it waits for its turn cannot give its
+  // ticket up in the cell: the cell is still serving an earlier lap, and the
+  // other party of its own lap may already count on it. So it leaves a
+  // record (cell, lap, side) and marks the cell (kAbandoned) before it goes.
+  // Whoever next finds that cell empty with the mark set (the other party of
+  // the lap, a turn waiter of a later lap, the buffer expander, a try_
+  // operation or a select looking at the cell) settles the records of the
+  // cell's current lap first, under abandon_lock, exactly as the absent party
+  // would have given its ticket up there: an open cell skips the lap (the
+  // other party finds it passed and draws a new ticket), a closed one is left
+  // send-cancel or recv-broke for the other party to step over; a lap whose
+  // two parties both left is skipped. Since every lap begins empty and
+  // nobody acts on an empty cell with the mark set without settling first, no
+  // party can meet a partner that has gone. The mark is set (with the record
+  // already listed) by an RMW that also tells the abandoning operation
+  // whether its lap has begun meanwhile; if it has, it takes its record back
+  // (unless a settler consumed it) and goes on as a live party, whose
+  // interruptible park in the cell then withdraws it the usual way.
+  // This is the slow path of a rare path: the records are heap nodes under a
+  // spin lock, and live only until the lap they name begins.
+
+  struct Abandoned {
+    Cell* c;
+    u64 lap;  // lap bits of the abandoned ticket
+    bool send;
+    Abandoned* next;
+  };
+  static bool must_settle(u64 w) noexcept { return (w & kAbandoned) != 0 && state_of(w) == kEmpty; }
+
+  // kInterrupted: the ticket is abandoned (or its lap passed, or the channel
+  // closed); kDone: its lap began meanwhile and the caller goes on with it;
+  // kRetry: no memory for the record.
+  Outcome abandon_turn(Cell& c, u64 lap, bool send) noexcept {
+    auto* rec = new (std::nothrow) Abandoned{&c, lap, send, nullptr};
+    if (rec == nullptr) return Outcome::kRetry;
+    abandon_lock.lock();
+    rec->next = abandoned;
+    abandoned = rec;
+    const u64 w = c.word.fetch_or(kAbandoned, std::memory_order_seq_cst);
+    abandon_lock.unlock();
+    if (lap_bits(w) < lap) return Outcome::kInterrupted;  // whoever begins our lap settles it
+    abandon_lock.lock();
+    const bool ours = unlink_abandoned(rec);
+    abandon_lock.unlock();
+    if (!ours) return Outcome::kInterrupted;  // a settler gave the ticket up for us
+    delete rec;
+    return lap_bits(w) == lap ? Outcome::kDone : Outcome::kInterrupted;
+  }
+
+  // Settles the records naming the lap cell `c` is on, if it is empty and
+  // marked; true if the cell's word changed (look at it again).
+  bool settle_abandoned(Cell& c) noexcept {
+    bool changed = false;
+    bool skipped = false;
+    abandon_lock.lock();
+    for (;;) {
+      u64 w = c.word.load(std::memory_order_acquire);
+      if (!must_settle(w)) break;
+      unsigned sides = 0;  // 1: the sender left, 2: the receiver left
+      for (const Abandoned* a = abandoned; a != nullptr; a = a->next) {
+        if (a->c == &c && a->lap == lap_bits(w)) sides |= a->send ? 1u : 2u;
+      }
+      if (sides == 0) break;
+      const bool skip = sides == 3 || (w & kCellClosed) == 0;
+      const u64 to = skip ? w + kOneLap : w + (sides == 1 ? kSendCancel : kRecvBroke);
+      if (!c.word.compare_exchange_strong(w, to, std::memory_order_seq_cst, std::memory_order_acquire)) continue;
+      drop_abandoned(c, lap_bits(w));
+      changed = true;
+      skipped = skipped || skip;
+      if (!skip) break;  // a skipped lap's successor may be abandoned too
+    }
+    abandon_lock.unlock();
+    if (skipped) c.turn.wake_all();
+    return changed;
+  }
+  // The cell's word, after settling what it shows abandoned.
+  u64 load_settled(Cell& c) noexcept {
+    u64 w = c.word.load(std::memory_order_acquire);
+    while (must_settle(w) && settle_abandoned(c)) w = c.word.load(std::memory_order_acquire);
+    return w;
+  }
+  // Under abandon_lock. The mark goes once no record names the cell.
+  void clear_mark_if_unused(Cell& c) noexcept {
+    for (const Abandoned* a = abandoned; a != nullptr; a = a->next) {
+      if (a->c == &c) return;
+    }
+    c.word.fetch_and(~kAbandoned, std::memory_order_seq_cst);
+  }
+  bool unlink_abandoned(Abandoned* rec) noexcept {
+    for (Abandoned** p = &abandoned; *p != nullptr; p = &(*p)->next) {
+      if (*p != rec) continue;
+      *p = rec->next;
+      clear_mark_if_unused(*rec->c);
+      return true;
+    }
+    return false;
+  }
+  void drop_abandoned(Cell& c, u64 lap) noexcept {
+    for (Abandoned** p = &abandoned; *p != nullptr;) {
+      Abandoned* a = *p;
+      if (a->c == &c && a->lap == lap) {
+        *p = a->next;
+        delete a;
+      } else {
+        p = &a->next;
+      }
+    }
+    clear_mark_if_unused(c);
   }
 
   // ---- parking in a cell (one CAS publishes the waiter)
@@ -259,7 +398,7 @@ struct State : std::enable_shared_from_this<State<T>> {
   // exactly one of them wins. False: the waiter was no longer there.
   static bool withdraw_waiter(Cell& c, u64 parked) noexcept {
     u64 w = c.word.load(std::memory_order_acquire);
-    while ((w & ~kCellClosed) == parked) {
+    while ((w & ~(kCellClosed | kAbandoned)) == parked) {
       if (c.word.compare_exchange_weak(w, w - state_of(w) + kOneLap, std::memory_order_seq_cst,
                                        std::memory_order_acquire)) {
         c.turn.wake_all();
@@ -384,6 +523,7 @@ struct State : std::enable_shared_from_this<State<T>> {
           return Outcome::kRetry;
         case kEmpty:
         case kInBuffer: {
+          if (must_settle(w) && settle_abandoned(c)) continue;
           if ((w & kCellClosed) != 0) {
             if (cas_state(c, w, kSendCancel)) return Outcome::kFailed;
             continue;
@@ -424,9 +564,13 @@ struct State : std::enable_shared_from_this<State<T>> {
         if ((s & kSendersClosed) != 0) return false;
       } while (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed));
       Cell& c = cell(s);
-      const Outcome turn = await_turn(c, s, WaitReason::channel_send);
+      const Outcome turn = await_turn(c, s, WaitReason::channel_send, /*send=*/true);
       if (turn == Outcome::kFailed) return false;
       if (turn == Outcome::kRetry) continue;
+      if (turn == Outcome::kInterrupted) {
+        detail::throw_if_interrupted(nullptr, "tendril::Channel::send");
+        continue;  // not ours to report (cannot happen): send again
+      }
       switch (send_in_cell(c, s, value, Mode::kBlock)) {
         case Outcome::kDone: return true;
         case Outcome::kFailed: return false;
@@ -440,8 +584,12 @@ struct State : std::enable_shared_from_this<State<T>> {
 
   // Whether sender ticket `s` could complete right now without parking.
   bool could_send_now(u64 s) noexcept {
-    const u64 w = cell(s).word.load(std::memory_order_acquire);
-    if (lap_bits(w) != lap_of(s) || (w & kCellClosed) != 0) return false;
+    const u64 w = load_settled(cell(s));
+    if ((w & kCellClosed) != 0) return false;
+    // Its receiver withdrew (or gave the ticket up) and ended the lap: the
+    // ticket is there to be stepped over, or no try_send gets past it.
+    if (lap_bits(w) > lap_of(s)) return true;
+    if (lap_bits(w) != lap_of(s)) return false;
     switch (state_of(w)) {
       case kRecvWait:
       case kSelRecvWait:
@@ -493,6 +641,7 @@ struct State : std::enable_shared_from_this<State<T>> {
       if (lap_bits(w) != lap_of(b) || (w & kCellClosed) != 0) return;
       switch (state_of(w)) {
         case kEmpty:
+          if (must_settle(w) && settle_abandoned(c)) continue;
           if (cas_state(c, w, kInBuffer)) return;
           continue;
         case kSendWait: {
@@ -567,6 +716,7 @@ struct State : std::enable_shared_from_this<State<T>> {
           return Outcome::kRetry;
         case kEmpty:
         case kInBuffer: {
+          if (must_settle(w) && settle_abandoned(c)) continue;
           const u64 s = senders.load(std::memory_order_seq_cst);
           if (r < sent_count(s)) {  // its sender is on the way
             if (++spins < kSpinForSender) {
@@ -621,7 +771,9 @@ struct State : std::enable_shared_from_this<State<T>> {
       const u64 s = senders.load(std::memory_order_seq_cst);
       if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return std::nullopt;
       Cell& c = cell(r);
-      if (await_turn(c, r, WaitReason::channel_recv) != Outcome::kDone) continue;  // closed or skipped: a new ticket
+      const Outcome turn = await_turn(c, r, WaitReason::channel_recv, /*send=*/false);
+      if (turn == Outcome::kInterrupted) detail::throw_if_interrupted(nullptr, "tendril::Channel::recv");
+      if (turn != Outcome::kDone) continue;  // closed or skipped: a new ticket
       switch (recv_in_cell(c, r, out, Mode::kBlock)) {
         case Outcome::kDone: return out;
         case Outcome::kFailed: return std::nullopt;
@@ -637,7 +789,11 @@ struct State : std::enable_shared_from_this<State<T>> {
   // step over) right now.
   bool could_receive_now(u64 r) noexcept {
     if (r >= sent_count(senders.load(std::memory_order_seq_cst))) return false;
-    const u64 w = cell(r).word.load(std::memory_order_acquire);
+    const u64 w = load_settled(cell(r));
+    // Its sender withdrew and ended the lap: stepping over the ticket moves
+    // the buffer's end on, which is how the capacity a withdrawn send held
+    // comes back (see expand_buffer).
+    if (lap_bits(w) > lap_of(r)) return true;
     if (lap_bits(w) != lap_of(r)) return false;
     const u64 st = state_of(w);
     return st == kBuffered || st == kSendWait || st == kSelSendWait || st == kSendCancel || st == kResuming;
@@ -701,7 +857,7 @@ struct State : std::enable_shared_from_this<State<T>> {
       const u64 s = senders.load(std::memory_order_seq_cst);
       if ((s & kSendersClosed) != 0 && r >= sent_count(s)) return Outcome::kFailed;
       Cell& c = cell(r);
-      const u64 w = c.word.load(std::memory_order_acquire);
+      const u64 w = load_settled(c);
       if (lap_bits(w) < lap_of(r) && (w & kCellClosed) == 0) return Outcome::kNotNow;
       if (!receivers.compare_exchange_weak(r, r + 1, std::memory_order_seq_cst, std::memory_order_relaxed))
         continue;
@@ -722,7 +878,7 @@ struct State : std::enable_shared_from_this<State<T>> {
       u64 s = senders.load(std::memory_order_seq_cst);
       if ((s & kSendersClosed) != 0) return Outcome::kFailed;
       Cell& c = cell(s);
-      const u64 w = c.word.load(std::memory_order_acquire);
+      const u64 w = load_settled(c);
       if (lap_bits(w) < lap_of(s)) return (w & kCellClosed) != 0 ? Outcome::kFailed : Outcome::kNotNow;
       if (!senders.compare_exchange_weak(s, s + 1, std::memory_order_seq_cst, std::memory_order_relaxed)) continue;
       const Outcome o = send_in_cell(c, s, value, Mode::kSelect, &reg);
@@ -742,7 +898,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     for (;;) {
       if (withdraw_waiter(c, parked)) return;
       const u64 w = c.word.load(std::memory_order_acquire);
-      if ((w & ~kCellClosed) == parked) continue;
+      if ((w & ~(kCellClosed | kAbandoned)) == parked) continue;
       if (lap_bits(w) != lap_bits(parked) || state_of(w) != kResuming) return;
       backoff.pause();
     }
@@ -819,6 +975,8 @@ struct State : std::enable_shared_from_this<State<T>> {
   Cell inline_cells[kInlineCells];
   std::unique_ptr<Cell[]> heap_cells;
   Cell* cells = inline_cells;
+  detail::SpinLock abandon_lock;    // guards `abandoned` and setting / clearing kAbandoned
+  Abandoned* abandoned = nullptr;   // tickets abandoned before their lap began
 };
 
 }  // namespace tendril::detail::channel
