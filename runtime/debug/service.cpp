@@ -213,6 +213,58 @@ void out_of_memory_ends(const char* who, F&& body) noexcept {
   }
 }
 
+// Samples fiber `f`, running on worker `w` (index `i`), where it is: a signal
+// to that worker copies its registers and the top of its stack into
+// `sample`. Returns the sample's final state: kTaken, kMissed, or kRequested
+// when no handler took it in time (the fiber switched first, or the signal
+// was held back).
+int sample_stalled_fiber(StallSample& sample, Worker& w, unsigned i, FiberCtl* f, bool signal_installed) {
+  sample.worker = i;
+  sample.fiber = f;
+  sample.state.store(kRequested, std::memory_order_release);
+  g_sample.store(&sample, std::memory_order_release);
+  if (signal_installed && pthread_kill(w.native_handle(), kStallSampleSignal) == 0) {
+    for (int waited = 0; waited < 100 && sample.state.load(std::memory_order_acquire) == kRequested; ++waited)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  int state = kRequested;
+  if (sample.state.compare_exchange_strong(state, kIdle, std::memory_order_acq_rel)) {
+    state = kRequested;  // not sampled; a late handler now finds kIdle and leaves the buffer alone
+  } else {
+    while ((state = sample.state.load(std::memory_order_acquire)) == kCopying) std::this_thread::yield();
+  }
+  g_sample.store(nullptr, std::memory_order_release);
+  return state;
+}
+
+// The report of a stall of `held` ns: with a backtrace when the sample was
+// taken, otherwise the fiber named from its control block.
+std::string stall_report(StallSample& sample, unsigned i, FiberCtl* f, std::int64_t held, int state) {
+  const long long ms = held / 1000000;
+  if (state != kTaken) {
+    FiberId id = 0;
+    char name[sizeof(FiberCtl::name)];
+    read_identity(f, &id, name);
+    return "tendril: stall: fiber " + std::to_string(id) + " \"" + name + "\" has run " + std::to_string(ms) +
+           " ms on worker " + std::to_string(i) + " without yielding (no backtrace: it could not be sampled)\n";
+  }
+  std::string report = "tendril: stall: fiber " + std::to_string(sample.id) + " \"" + sample.name + "\" has run " +
+                       std::to_string(ms) + " ms on worker " + std::to_string(i) + " without yielding\n";
+  Unwinder u;
+  sample.img.words.resize(sample.copied / 8);
+  std::vector<FiberFrame> frames;
+  if (sample.copied != 0) {
+    frames = u.backtrace(sample.regs, sample.img);
+  } else {
+    const std::uintptr_t pc = sample.regs.rip;
+    frames = u.symbolize(&pc, 1);
+  }
+  sample.img.words.resize(kSampleBytes / 8);
+  trim_runtime_frames(&frames, /*park_frames=*/false);
+  report += format_frames(frames);
+  return report;
+}
+
 }  // namespace
 
 DebugService::DebugService(Scheduler& sched, const Options& options)
@@ -337,48 +389,7 @@ void DebugService::watch_for_stalls() {
         continue;
       }
       last_report = now;
-      // Sample the running fiber where it is: a signal to that worker.
-      sample.worker = i;
-      sample.fiber = f;
-      sample.state.store(kRequested, std::memory_order_release);
-      g_sample.store(&sample, std::memory_order_release);
-      if (sample_installed_ && pthread_kill(w.native_handle(), kStallSampleSignal) == 0) {
-        for (int waited = 0; waited < 100 && sample.state.load(std::memory_order_acquire) == kRequested; ++waited)
-          std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-      int state = kRequested;
-      if (sample.state.compare_exchange_strong(state, kIdle, std::memory_order_acq_rel)) {
-        state = kRequested;  // not sampled; a late handler now finds kIdle and leaves the buffer alone
-      } else {
-        while ((state = sample.state.load(std::memory_order_acquire)) == kCopying) std::this_thread::yield();
-      }
-      g_sample.store(nullptr, std::memory_order_release);
-      std::string report;
-      const long long ms = held / 1000000;
-      if (state == kTaken) {
-        report = "tendril: stall: fiber " + std::to_string(sample.id) + " \"" + sample.name + "\" has run " +
-                 std::to_string(ms) + " ms on worker " + std::to_string(i) + " without yielding\n";
-        Unwinder u;
-        sample.img.words.resize(sample.copied / 8);
-        std::vector<FiberFrame> frames;
-        if (sample.copied != 0) {
-          frames = u.backtrace(sample.regs, sample.img);
-        } else {
-          const std::uintptr_t pc = sample.regs.rip;
-          frames = u.symbolize(&pc, 1);
-        }
-        sample.img.words.resize(kSampleBytes / 8);
-        trim_runtime_frames(&frames, /*park_frames=*/false);
-        report += format_frames(frames);
-      } else {
-        // No sample (the fiber switched first, or the signal was held back):
-        // name it from its control block all the same.
-        FiberId id = 0;
-        char name[sizeof(FiberCtl::name)];
-        read_identity(f, &id, name);
-        report = "tendril: stall: fiber " + std::to_string(id) + " \"" + name + "\" has run " + std::to_string(ms) +
-                 " ms on worker " + std::to_string(i) + " without yielding (no backtrace: it could not be sampled)\n";
-      }
+      std::string report = stall_report(sample, i, f, held, sample_stalled_fiber(sample, w, i, f, sample_installed_));
       if (suppressed != 0) {
         report += "tendril: stall: " + std::to_string(suppressed) +
                   " earlier stall(s) not shown (at most one report per second; see stats().stalls)\n";
