@@ -229,14 +229,6 @@ long status_kib(const char* key) {
   return v ? static_cast<long>(*v / 1024) : -1;
 }
 
-int vma_count() {
-  std::ifstream f("/proc/self/maps");
-  std::string line;
-  int n = 0;
-  while (std::getline(f, line)) ++n;
-  return n;
-}
-
 void report_idle_memory(const char* mode, std::size_t limit, std::size_t count) {
   StackConfig c;
   c.workers = 1;
@@ -246,12 +238,12 @@ void report_idle_memory(const char* mode, std::size_t limit, std::size_t count) 
   slots.reserve(count);
   slots.push_back(stack_allocate(0, limit));
   long rss0 = status_kib("VmRSS"), pte0 = status_kib("VmPTE");
-  int vma0 = vma_count();
+  int vma0 = sample::vma_count();
   auto t0 = Clock::now();
   for (std::size_t i = 1; i < count; ++i) slots.push_back(stack_allocate(0, limit));
   double alloc_ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / double(count - 1);
   long rss = status_kib("VmRSS") - rss0, pte = status_kib("VmPTE") - pte0;
-  int vmas = vma_count() - vma0;
+  int vmas = sample::vma_count() - vma0;
   t0 = Clock::now();
   for (auto& s : slots) stack_release(0, s);
   double release_ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count() / double(count);

@@ -95,14 +95,6 @@ MemSnap mem_snap() {
           proc_kb_field("/proc/meminfo", "PageTables")};
 }
 
-int vma_count() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  int n = 0;
-  while (std::getline(maps, line)) ++n;
-  return n;
-}
-
 // Child results: "key value" lines on stdout.
 void emit(const char* key, double v) { std::printf("%s %.6f\n", key, v); }
 
@@ -136,7 +128,7 @@ int child_fibers(long n, std::size_t limit) {
       warm.close();
       while (tendril::stats().fibers_live > 1) tendril::this_fiber::sleep_for(std::chrono::milliseconds(1));
     }
-    const int vmas0 = vma_count();
+    const int vmas0 = sample::vma_count();
     const MemSnap m0 = mem_snap();
     tendril::Channel<int> gate;
     std::atomic<long> started{0}, finished{0};
@@ -153,7 +145,7 @@ int child_fibers(long n, std::size_t limit) {
     while (started.load() < n) tendril::this_fiber::sleep_for(std::chrono::microseconds(200));
     const double spawn_park = seconds_since(t0);
     const MemSnap m1 = mem_snap();
-    const int vmas1 = vma_count();
+    const int vmas1 = sample::vma_count();
     const tendril::Stats s = tendril::stats();
     emit_mem(m0, m1, n);
     emit("spawn_loop_s", spawn_loop);

@@ -1,6 +1,7 @@
 // Reading "Key:   value [kB]" fields of /proc/<pid>/status (threads, RSS,
-// peak RSS, page tables) and of /proc/meminfo, as the sample servers report
-// them in their stats and the benchmarks measure them. Header-only, so the
+// peak RSS, page tables) and of /proc/meminfo, and counting this process's
+// mappings, as the sample servers report them in their stats and the
+// benchmarks measure them. Header-only, so the
 // bench programs can use it without the samples' runtime shim.
 //
 //   std::uint64_t rss = sample::proc_status_field("VmRSS").value_or(0);  // bytes
@@ -41,6 +42,17 @@ inline std::optional<std::uint64_t> proc_field(const char* path, std::string_vie
 inline std::optional<std::uint64_t> proc_status_field(std::string_view key, pid_t pid = 0) {
   const std::string path = pid == 0 ? "/proc/self/status" : "/proc/" + std::to_string(pid) + "/status";
   return proc_field(path.c_str(), key);
+}
+
+// Mappings (VMAs) of this process: lines of /proc/self/maps; -1 if unreadable.
+// vm.max_map_count caps them, which is why stack designs count them.
+inline int vma_count() {
+  FILE* f = std::fopen("/proc/self/maps", "re");
+  if (f == nullptr) return -1;
+  int n = 0;
+  for (int c; (c = std::fgetc(f)) != EOF;) n += c == '\n';
+  std::fclose(f);
+  return n;
 }
 
 }  // namespace sample
