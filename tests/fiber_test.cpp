@@ -421,6 +421,24 @@ TEST(Fiber, SpawnFromAPlainThreadDuringRun) {
   EXPECT_EQ(v.load(), 2);
 }
 
+// A plain thread's last wake-up races the end of run(): the fiber it wakes
+// lets main return at once, while the thread is still inside the wake-up
+// (queueing the fiber, waking a worker). run() must not tear the scheduler
+// down under it; ThreadSanitizer and AddressSanitizer report it if it does.
+TEST(Fiber, PlainThreadsLastWakeUpRacesTheEndOfRun) {
+  for (long round = 0; round < stress_count(400, 40); ++round) {
+    std::thread t;
+    int got = 0;
+    tendril::run(two_workers(), [&] {
+      tendril::Channel<int> ch;
+      t = std::thread([ch]() mutable { ch.send(1); });
+      got = ch.recv().value_or(0);
+    });
+    t.join();
+    ASSERT_EQ(got, 1);
+  }
+}
+
 // ---- this_fiber::on_worker_stack --------------------------------------------------
 
 // Uses `bytes` of whatever stack it runs on; returns a value that depends on

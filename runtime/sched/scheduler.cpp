@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include "runtime/io/poller.hpp"
 #include "runtime/stack/stack.hpp"
@@ -72,32 +73,47 @@ void Scheduler::stop() noexcept {
   stopping_.store(true, std::memory_order_seq_cst);
   for (auto& w : workers_) w->unpark();
   for (auto& w : workers_) w->join();
+  while (external_wakers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
 }
 
 void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
   TENDRIL_ASSERT(f->join_state.load(std::memory_order_relaxed) != FiberCtl::kDone,
                  "a fiber that finished is never made runnable again");
   Worker* w = current_worker();
+  if (__builtin_expect(w == nullptr || &w->sched_ != this, false)) {
+    ready_from_outside(f);
+    return;
+  }
   if (__builtin_expect(pinned_fibers.load(std::memory_order_relaxed) != 0, false)) {
-    // NoMigrate: straight to its home worker, from any thread.
+    // NoMigrate: straight to its home worker.
     Worker* home = f->pin_home.load(std::memory_order_relaxed);
     if (home != nullptr && home != w) {
       home->push_pinned(f);
       return;
     }
   }
-  if (w != nullptr && &w->sched_ == this) {
-    if (w->io_to_global_) {
-      w->push_io_ready(f);
-    } else if (handoff) {
-      w->push_runnext(f);
-    } else {
-      w->push_local(f);
-    }
-    return;
+  if (w->io_to_global_) {
+    w->push_io_ready(f);
+  } else if (handoff) {
+    w->push_runnext(f);
+  } else {
+    w->push_local(f);
   }
-  global_push(f);
-  wake_idle_worker_if_needed();
+}
+
+void Scheduler::ready_from_outside(FiberCtl* f) noexcept {
+  // Counted before the fiber is visible to any worker: whoever lets run()
+  // end has seen it queued, so stop() sees the count.
+  external_wakers_.fetch_add(1, std::memory_order_seq_cst);
+  Worker* home = pinned_fibers.load(std::memory_order_relaxed) != 0 ? f->pin_home.load(std::memory_order_relaxed)
+                                                                     : nullptr;
+  if (home != nullptr) {
+    home->push_pinned(f);  // NoMigrate: straight to its home worker
+  } else {
+    global_push(f);
+    wake_idle_worker_if_needed();
+  }
+  external_wakers_.fetch_sub(1, std::memory_order_release);
 }
 
 void Scheduler::global_push(FiberCtl* f) noexcept { global_push_batch(&f, 1); }

@@ -297,9 +297,16 @@ class Scheduler {
  private:
   friend class Worker;
 
+  // ready() from a plain thread (or a pool thread). Once the fiber is
+  // queued it may run, finish and let run() return at once, while the thread
+  // still wakes a worker; stop() waits for external_wakers_ to drop to 0, so
+  // the scheduler is not torn down under it.
+  void ready_from_outside(FiberCtl* f) noexcept;
+
   Options options_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<bool> stopping_{false};
+  std::atomic<std::uint32_t> external_wakers_{0};  // threads inside ready_from_outside
   std::atomic<FiberId> next_id_{1};
 
   std::mutex global_mu_;
