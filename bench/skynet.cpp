@@ -28,6 +28,19 @@
 //                        finished, queued or running (one extra, untimed, counted
 //                        run of the channel variant); tasks
 //   maxrss               peak resident memory of the process (after skynet); MiB
+//   park_spawn_100k/_1m  N fibers spawned, each counts itself and parks in
+//                        WaitGroup::wait() on one gate; from the first spawn
+//                        until the count is N; all workers; ns per fiber
+//   park_wake_100k/_1m   then gate.done() once: until every fiber has returned
+//                        from wait() and called done() on a second WaitGroup
+//                        the main fiber waits on; ns per fiber
+//   park_mem_100k/_1m    (VmRSS + VmPTE of /proc/self/status, all N parked,
+//                        minus the same before the first spawn) / N; bytes
+//                        per fiber
+//                        The three come from the same rounds; every round runs
+//                        in a fresh process (this binary with --park-child N),
+//                        so no earlier case's pages are counted or reused.
+//                        --quick leaves the 1M rounds out unless --only names them.
 //
 // Stacks: default settings (Options::stack_limit 256 KiB reserved per fiber,
 // one page resident to start). The tree is spawned as written, ten children at
@@ -35,6 +48,7 @@
 // nine from the FIFO run queue, so the tree unfolds partly breadth-first and
 // skynet_peak reports how many fibers were alive at the worst moment.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "bench/report/peer_args.hpp"
 
@@ -50,6 +64,7 @@
 #include <string>
 #include <vector>
 
+#include "samples/common/proc_status.hpp"
 #include "tendril/tendril.hpp"
 
 namespace {
@@ -212,9 +227,90 @@ double skynet_join_ms() {
   });
 }
 
+// ---- park: many parked fibers on one gate --------------------------------------
+
+// One round of the park cases, run in a child process of its own (this binary
+// re-executed with --park-child N) so that its memory figures start from a
+// process that never had fibers, and so that every round is a fresh
+// tendril::run. The child spawns N fibers that each count themselves and park
+// in gate.wait(); the main fiber waits (yielding) until the count is N, reads
+// VmRSS/VmPTE, then calls gate.done() once and waits on a second WaitGroup
+// that every fiber leaves with done() after its wait returns.
+struct ParkRound {
+  double spawn_ns = 0;  // first spawn until the last fiber counted itself (about to park)
+  double wake_ns = 0;   // gate.done() until every fiber has called done.done()
+  double rss = 0;       // VmRSS delta, bytes, all fibers parked
+  double pte = 0;       // VmPTE delta, bytes
+  double pages = 0;     // stats().stack_pages_mapped, all fibers parked
+};
+
+double status_bytes(const char* key) { return double(sample::proc_status_field(key).value_or(0)); }
+
+int park_child(long n) {
+  tendril::Options o;
+  o.workers = 0;
+  // The spawn loop holds its worker for seconds; the watchdog would report it.
+  o.stall_threshold = std::chrono::milliseconds(0);
+  ParkRound r;
+  tendril::run(o, [&r, n] {
+    const double rss0 = status_bytes("VmRSS"), pte0 = status_bytes("VmPTE");
+    tendril::WaitGroup gate, done;
+    std::atomic<long> parked{0};
+    gate.add(1);
+    done.add(n);
+    const long step = n >= 1000000 ? 250000 : n;
+    const auto t0 = Clock::now();
+    for (long i = 0; i < n; ++i) {
+      tendril::spawn([&gate, &done, &parked] {
+        parked.fetch_add(1, std::memory_order_relaxed);
+        gate.wait();
+        done.done();
+      }).detach();
+      if ((i + 1) % step == 0 && i + 1 < n) std::fprintf(stderr, "  %ld spawned\n", i + 1);
+    }
+    while (parked.load(std::memory_order_relaxed) < n) tendril::this_fiber::yield();
+    r.spawn_ns = ns_since(t0);
+    // Let the last few fibers finish parking before reading memory (untimed).
+    tendril::this_fiber::sleep_for(std::chrono::milliseconds(20));
+    r.rss = status_bytes("VmRSS") - rss0;
+    r.pte = status_bytes("VmPTE") - pte0;
+    r.pages = double(tendril::stats().stack_pages_mapped);
+    const auto t1 = Clock::now();
+    gate.done();
+    done.wait();
+    r.wake_ns = ns_since(t1);
+  });
+  std::printf("PARK %.0f %.0f %.0f %.0f %.0f\n", r.spawn_ns, r.wake_ns, r.rss, r.pte, r.pages);
+  return 0;
+}
+
+// Runs one round in a fresh child process; false if it failed.
+bool park_round(long n, ParkRound& r) {
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) return false;
+  exe[len] = '\0';
+  std::string cmd = "'";
+  cmd.append(exe).append("' --park-child ").append(std::to_string(n));
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return false;
+  char line[256];
+  bool got = false;
+  while (std::fgets(line, sizeof line, p) != nullptr)
+    if (std::sscanf(line, "PARK %lf %lf %lf %lf %lf", &r.spawn_ns, &r.wake_ns, &r.rss, &r.pte, &r.pages) == 5)
+      got = true;
+  return pclose(p) == 0 && got;
+}
+
 // ---- driver ----------------------------------------------------------------------
 
 using Config = bench::PeerConfig;
+
+double median_of(std::vector<double> s) {
+  std::sort(s.begin(), s.end());
+  const std::size_t n = s.size();
+  return n % 2 ? s[n / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
 
 void report(const char* name, const char* what, const std::vector<double>& v, const char* unit) {
   std::vector<double> s = v;
@@ -253,6 +349,7 @@ int main(int argc, char** argv) {
   Config cfg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (a == "--park-child" && i + 1 < argc) return park_child(std::atol(argv[i + 1]));
     if (bench::parse_peer_arg(argc, argv, i, cfg)) continue;
     if (a == "-h" || a == "--help") {
       usage(argv[0]);
@@ -319,6 +416,44 @@ int main(int argc, char** argv) {
     std::printf("tendril %-20s %-58s %10.1f MiB\n", "maxrss", "peak resident memory of the process",
                 double(ru.ru_maxrss) / 1024.0);
     std::printf("RESULT maxrss %.1f MiB\n", double(ru.ru_maxrss) / 1024.0);
+  }
+  for (const auto& [n, tag] : {std::pair<long, const char*>{100000, "100k"}, {1000000, "1m"}}) {
+    const std::string spawn_name = std::string("park_spawn_") + tag, wake_name = std::string("park_wake_") + tag,
+                      mem_name = std::string("park_mem_") + tag;
+    const bool want_spawn = cfg.wants(spawn_name), want_wake = cfg.wants(wake_name), want_mem = cfg.wants(mem_name);
+    if (!want_spawn && !want_wake && !want_mem) continue;
+    // --quick leaves out the 1M rounds (half a minute each) unless --only asks for them.
+    if (cfg.quick && n >= 1000000 && cfg.only.empty()) continue;
+    std::vector<double> spawn_ns, wake_ns, mem, rss, pte, pages;
+    for (int rep = 0; rep < cfg.reps; ++rep) {
+      std::fprintf(stderr, "tendril: park %s, round %d/%d (fresh process)\n", tag, rep + 1, cfg.reps);
+      ParkRound r;
+      if (!park_round(n, r)) {
+        std::fprintf(stderr, "tendril: park %s: the child process failed\n", tag);
+        std::printf("RESULT error park_child_failed -\n");
+        return 1;
+      }
+      spawn_ns.push_back(r.spawn_ns / double(n));
+      wake_ns.push_back(r.wake_ns / double(n));
+      mem.push_back((r.rss + r.pte) / double(n));
+      rss.push_back(r.rss / double(n));
+      pte.push_back(r.pte / double(n));
+      pages.push_back(r.pages / double(n));
+      std::fprintf(stderr, "  spawn+park %.2f s, wake %.2f s, %.0f B per fiber (RSS %.0f + PTE %.0f), %.2f stack pages\n",
+                   r.spawn_ns / 1e9, r.wake_ns / 1e9, mem.back(), rss.back(), pte.back(), pages.back());
+    }
+    const std::string count = n >= 1000000 ? "1M" : "100k";
+    if (want_spawn)
+      report(spawn_name.c_str(), (count + " fibers spawned until all parked on one WaitGroup (ns/fiber)").c_str(), spawn_ns,
+             "ns");
+    if (want_wake)
+      report(wake_name.c_str(), (count + " parked fibers woken by done(), until all finished (ns/fiber)").c_str(), wake_ns,
+             "ns");
+    if (want_mem) {
+      report(mem_name.c_str(), (count + " parked fibers: (dVmRSS + dVmPTE) / N (bytes/fiber)").c_str(), mem, "B");
+      std::printf("tendril %-20s of which RSS %.0f B, page tables %.0f B, %.2f stack pages mapped per fiber (medians)\n",
+                  mem_name.c_str(), median_of(rss), median_of(pte), median_of(pages));
+    }
   }
   if (!ok) {
     std::printf("RESULT error wrong_total -\n");
