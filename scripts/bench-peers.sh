@@ -98,7 +98,13 @@ run_peer() {
   say "$name: $*"
   local rc=0
   # The tendril runtime logs its stack mode at every run(); show it once.
-  "$@" >"$out" 2> >(awk '/^tendril: stacks:/ { if (seen++) next } { print "   " $0; fflush() }' >&2) || rc=$?
+  # (A shell loop, not awk: mawk reads a pipe in blocks and would hold the
+  # progress lines back until the program ends.)
+  "$@" >"$out" 2> >(seen=0
+                    while IFS= read -r line; do
+                      if [[ "$line" == "tendril: stacks:"* ]]; then ((seen++)) && continue; fi
+                      printf '   %s\n' "$line"
+                    done >&2) || rc=$?
   wait  # for the progress filter
   if [[ $rc -ne 0 ]]; then
     echo "   $name exited with status $rc" >&2
