@@ -42,6 +42,9 @@ struct Stats {
   // node_match, node_mismatch, pages_trimmed, stack_cache_pages (a gauge),
   // stacks_prepared: see TENDRIL_STACK_CACHE_COUNTERS.
   TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STATS_FIELD)
+  // compactions, restores, fibers_compacted and compact_bytes (gauges): see
+  // TENDRIL_STACK_COMPACT_COUNTERS.
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_STATS_FIELD)
 #undef TENDRIL_STATS_FIELD
 
   // I/O (see <tendril/net.hpp>).

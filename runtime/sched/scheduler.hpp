@@ -182,6 +182,25 @@ class Worker {
   void switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                  void* arg, bool finished) noexcept;
 
+  // Idle-stack compaction (Options::compact_after; see worker.cpp).
+  struct CompactCandidate {
+    FiberCtl* f;
+    std::uint64_t wait;  // its park word when listed: unchanged = not run since
+    std::int64_t since;  // when it parked (park clock)
+  };
+  void init_compaction() noexcept;
+  bool compaction_due() noexcept;
+  std::uint32_t compact_tick_ = 0;
+  void note_parked(FiberCtl* f) noexcept;
+  void compact_idle_fibers() noexcept;
+  void drop_compact_candidate(FiberCtl* f) noexcept;
+  void restore_compacted(FiberCtl* f) noexcept;
+  bool compact_on_ = false;
+  std::int64_t compact_after_ns_ = 0;
+  std::int64_t compact_due_ = INT64_MAX;  // park clock: when the oldest candidate becomes due
+  std::vector<CompactCandidate> compact_list_;
+  std::vector<CompactCandidate> compact_batch_;
+
   Scheduler& sched_;
   const unsigned index_;
   Context sched_ctx_;

@@ -181,6 +181,7 @@
 #include <string>
 #include <system_error>
 #include <numaif.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -261,6 +262,8 @@ void unmap_side_tables(SubArena& a) {
   if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
   if (a.cmeta) munmap(a.cmeta, std::size_t(a.capacity) * sizeof(SlotCacheMeta));
   if (a.names) munmap(a.names, std::size_t(a.capacity) * sizeof(SlotName));
+  if (a.compact) munmap(a.compact, std::size_t(a.capacity) * sizeof(SlotCompact));
+  a.compact = nullptr;
   a.meta = nullptr;
   a.cmeta = nullptr;
   a.names = nullptr;
@@ -279,7 +282,8 @@ void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
   a.names = static_cast<SlotName*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotName)));
-  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  if (g_stacks.compact) a.compact = static_cast<SlotCompact*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCompact)));
+  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (!g_stacks.compact || a.compact != nullptr) && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
   if (!ok) {
     int err = errno;
     munmap(base, a.bytes);
@@ -604,6 +608,40 @@ void apply_tuning(const StackConfig& config) {
   g_stacks.max_grow_pages = std::clamp(config.max_grow_pages, 1u, 16u);  // 16 = the 64 KiB zero source
   g_stacks.burst_ns = config.burst_ns;
   g_stacks.learn_depth = config.learn_depth;
+  g_stacks.compact = config.compact;
+}
+
+// The staging area (registered: UFFDIO_MOVE's destination) and the two
+// scratch areas (not registered) of one worker's compactions.
+bool compact_areas_create(WorkerStacks& w) {
+  const std::size_t bytes = std::size_t(kMaxCompactPages) * kPage;
+  w.staging = static_cast<char*>(map_noreserve(bytes));
+  w.scratch = static_cast<char*>(map_noreserve(bytes));
+  w.handler_scratch = static_cast<char*>(map_noreserve(bytes));
+  if (!w.staging || !w.scratch || !w.handler_scratch) return false;
+  madvise(w.staging, bytes, MADV_NOHUGEPAGE);  // UFFDIO_MOVE moves small pages only
+  return uffd_register_range(w, w.staging, bytes);
+}
+
+void compact_areas_destroy(WorkerStacks& w) {
+  const std::size_t bytes = std::size_t(kMaxCompactPages) * kPage;
+  for (char** p : {&w.staging, &w.scratch, &w.handler_scratch}) {
+    if (*p) munmap(*p, bytes);
+    *p = nullptr;
+  }
+}
+
+// Buffers of fibers still compacted when the runtime stops.
+void compact_free_buffers() {
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) {
+      if (!a.base.load(std::memory_order_acquire) || !a.compact) continue;
+      const std::uint32_t carved = a.carved.load(std::memory_order_acquire);
+      for (std::uint32_t s = 0; s < carved; ++s) {
+        std::free(a.compact[s].buf);
+        a.compact[s].buf = nullptr;
+      }
+    }
 }
 
 // After cache_init (which knows the nodes): where the handler allocates.
@@ -619,6 +657,11 @@ bool start_uffd_workers() {
     if (g_stacks.fill == Fill::move) pool_refill(w);
     if (!handler_start(w, i)) return false;
   }
+  for (unsigned i = 0; g_stacks.compact && i < g_stacks.workers; ++i)
+    if (!compact_areas_create(g_stacks.w[i])) {
+      g_stacks.compact = false;
+      log_line("idle-stack compaction: cannot set up its staging areas: compaction is off");
+    }
   return true;
 }
 
@@ -626,11 +669,13 @@ void stop_uffd_workers() {
   for (unsigned i = 0; i < g_stacks.workers; ++i) {
     handler_stop(g_stacks.w[i]);
     pool_destroy(g_stacks.w[i].pool);
+    compact_areas_destroy(g_stacks.w[i]);
   }
 }
 
 void start_kernel_mode() {
   g_stacks.mode = Mode::kernel;
+  g_stacks.compact = false;  // nothing can put a page's content back on a touch
   g_stacks.guard_madvise = guard_probe_madvise();
   if (!g_stacks.guard_madvise)
     log_line("warning: MADV_GUARD_INSTALL unavailable (Linux < 6.13); stack guards use mprotect, "
@@ -642,18 +687,19 @@ void start_kernel_mode() {
 // StackConfig::workers is the scheduler's worker count + 1 (one index shared
 // by plain threads): the line names the scheduler's count.
 void log_mode() {
-  char line[240];
+  char line[320];
   char workers[64];
   std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_stacks.workers - 1);
   if (g_stacks.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
-                  "pages, %u pages per fault in bursts%s), %s",
+                  "pages, %u pages per fault in bursts%s, idle-stack compaction %s), %s",
                   g_stacks.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
                   g_stacks.max_grow_pages, g_stacks.burst_ns ? g_stacks.max_grow_pages : 0u,
-                  g_stacks.place_for_faulter ? ", pages on the faulting worker's node" : "", workers);
+                  g_stacks.place_for_faulter ? ", pages on the faulting worker's node" : "",
+                  g_stacks.compact ? "on" : "off", workers);
   else
-    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
+    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s, idle-stack compaction off), %s",
                   g_stacks.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
   log_line(line);
 }
@@ -765,6 +811,7 @@ void stack_shutdown() noexcept {
   if (g_stacks.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
   else guard_remove_signal_handler();
   cache_shutdown();
+  compact_free_buffers();
   for (unsigned i = 0; i < g_stacks.workers; ++i)
     for (SubArena& a : g_stacks.w[i].arenas) release_arena(a);
   delete[] g_stacks.w;
@@ -916,6 +963,99 @@ void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot*
   if (avail < p.low_water) pool_refill(w);
 }
 
+bool stack_compaction_enabled() noexcept { return g_initialized && g_stacks.compact; }
+
+namespace {
+constexpr std::size_t kRedZone = 128;  // x86-64 SysV: leaf code may use 128 bytes below sp
+}  // namespace
+
+bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
+  if (!g_stacks.compact || worker >= g_stacks.workers) return false;
+  WorkerStacks& w = g_stacks.w[worker];
+  const SlotRef r = decode(slot);
+  // Only this worker's slots: the staging area must be registered with the
+  // uffd that serves the slot.
+  if (r.owner != &w || r.arena->compact == nullptr) return false;
+  char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
+  if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return false;
+  char* const live = std::max(stack_pointer - kRedZone, slot.lo);
+  char* const run_hi = slot.hi - kPage;  // the top page (FiberCtl, usually the Waiter) stays
+  char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
+  if (run_lo >= run_hi) return false;
+  const unsigned pages = unsigned((run_hi - run_lo) / kPage);
+  if (pages > kMaxCompactPages) return false;
+  // A page of the run the fiber never touched (a big frame it skipped over)
+  // would stop the move half way: leave such stacks alone.
+  if (resident_pages(run_lo, run_hi) != pages) return false;
+  const std::size_t skip = std::size_t(live - run_lo);
+  const std::size_t bytes = std::size_t(pages) * kPage - skip;
+  char* buf = static_cast<char*>(std::malloc(bytes));
+  if (buf == nullptr) return false;
+  SlotCompact& c = r.arena->compact[r.slot];
+  SlotMeta& m = r.arena->meta[r.slot];
+  c.pages = pages;
+  c.top_depth = 1;
+  c.skip = std::uint32_t(skip);
+  c.buf = nullptr;
+  c.state.store(kMoving, std::memory_order_seq_cst);
+  // Atomic per page: a write lands before the move (and is moved with the
+  // page) or faults after it (and waits for the handler): none is lost.
+  const unsigned moved = uffd_move_to_staging(w, run_lo, pages);
+  m.mapped_pages.fetch_sub(moved, std::memory_order_relaxed);
+  add_single_writer(w.counters.live_pages, -std::int64_t(moved));
+  if (moved < pages) {  // pinned or shared page: put back what moved, before anyone could look
+    uffd_move_from_staging(w, run_lo, moved);
+    m.mapped_pages.fetch_add(moved, std::memory_order_relaxed);
+    add_single_writer(w.counters.live_pages, moved);
+    c.state.store(kResident, std::memory_order_release);
+    std::free(buf);
+    return false;
+  }
+  c.state.store(kStaged, std::memory_order_release);
+  std::memcpy(buf, w.staging + skip, bytes);  // staging is ours: nobody writes it
+  c.buf = buf;
+  std::uint32_t staged = kStaged;
+  const bool published = c.state.compare_exchange_strong(staged, kCompacted, std::memory_order_acq_rel);
+  if (!published) {
+    // Touched meanwhile: the handler is copying the pages back from staging.
+    while (c.state.load(std::memory_order_acquire) != kResident) sched_yield();
+    c.buf = nullptr;
+    std::free(buf);
+  }
+  madvise(w.staging, std::size_t(pages) * kPage, MADV_DONTNEED);
+  if (!published) return false;
+  add_single_writer(w.compact_counters.compactions, 1);
+  add_single_writer(w.compact_counters.compacted, 1);
+  add_single_writer(w.compact_counters.compact_bytes, std::int64_t(bytes));
+  return true;
+}
+
+void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
+  WorkerStacks& w = g_stacks.w[worker];
+  const SlotRef r = decode(slot);
+  SlotCompact& c = r.arena->compact[r.slot];
+  SlotMeta& m = r.arena->meta[r.slot];
+  for (;;) {
+    std::uint32_t s = c.state.load(std::memory_order_acquire);
+    if (s == kResident) break;  // the fault handler put it back already
+    if (s == kCompacted && c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) {
+      m.mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
+      add_single_writer(w.counters.live_pages, c.pages);
+      compact_rebuild(c, w.scratch);
+      char* run_hi = slot.hi - std::size_t(c.top_depth) * kPage;
+      uffd_install_pages(r.owner->uffd, run_hi - std::size_t(c.pages) * kPage, w.scratch, c.pages);
+      c.state.store(kResident, std::memory_order_release);
+      add_single_writer(w.compact_counters.restores, 1);
+      break;
+    }
+    sched_yield();  // kRestoring: the handler (maybe on our CPU) is at it
+  }
+  add_single_writer(w.compact_counters.compacted, -1);
+  add_single_writer(w.compact_counters.compact_bytes, -std::int64_t(std::size_t(c.pages) * kPage - c.skip));
+  std::free(c.buf);
+  c.buf = nullptr;
+}
+
 std::size_t stack_high_water(const StackSlot& slot) noexcept {
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
@@ -956,6 +1096,9 @@ StackCounters stack_counters() {
   c.mode = g_stacks.mode == Mode::uffd ? "uffd" : "kernel";
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
   CacheSums sums;
+#define TENDRIL_COMPACT_SUM(storage, field, doc) std::int64_t compact_##storage = 0;
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_SUM)
+#undef TENDRIL_COMPACT_SUM
   for (unsigned i = 0; g_initialized && i < g_stacks.workers; ++i) {
     WorkerStackCounters& k = g_stacks.w[i].counters;
     const HandlerStackCounters& h = g_stacks.w[i].handler_counters;
@@ -964,6 +1107,11 @@ StackCounters stack_counters() {
     cached += k.cached_pages.load(std::memory_order_relaxed);
     refills += k.pool_refills.load(std::memory_order_relaxed);
     sums.add(g_stacks.w[i].cache.counters);
+#define TENDRIL_COMPACT_ADD(storage, field, doc) \
+  compact_##storage += g_stacks.w[i].compact_counters.storage.load(std::memory_order_relaxed);
+    TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_ADD)
+#undef TENDRIL_COMPACT_ADD
+    compact_restores += h.restores.load(std::memory_order_relaxed);
     PagePool& p = g_stacks.w[i].pool;
     pool += std::int64_t(p.produced.load() - p.consumed.load());
   }
@@ -977,6 +1125,9 @@ StackCounters stack_counters() {
   c.pool_refills = std::uint64_t(refills);
   c.pool_pages = std::uint64_t(pool);
   sums.store(c);
+#define TENDRIL_COMPACT_STORE(storage, field, doc) c.field = std::uint64_t(std::max<std::int64_t>(compact_##storage, 0));
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_STORE)
+#undef TENDRIL_COMPACT_STORE
   return c;
 }
 
