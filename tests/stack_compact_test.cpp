@@ -13,7 +13,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -87,7 +86,6 @@ TEST(StackCompact, EveryByteSurvivesAcrossThousandsOfFibers) {
     for (auto& f : fibers) f.join();
     after = tendril::stats();
   });
-  std::printf("compactions %llu restores %llu\n", (unsigned long long)after.compactions, (unsigned long long)after.restores);
   EXPECT_EQ(checked.load(), kFibers);
   EXPECT_EQ(bad.load(), 0u);
   if (after.stack_mode == "uffd") {
@@ -141,7 +139,6 @@ TEST(StackCompact, WakersRacingCompactionLoseNothing) {
     for (auto& f : fibers) f.join();
     after = tendril::stats();
   });
-  std::printf("compactions %llu restores %llu\n", (unsigned long long)after.compactions, (unsigned long long)after.restores);
   EXPECT_EQ(done.load(), kReceivers);
   EXPECT_EQ(bad.load(), 0u);
   if (after.stack_mode == "uffd") {
