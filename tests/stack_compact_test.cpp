@@ -81,7 +81,9 @@ TEST(StackCompact, EveryByteSurvivesAcrossThousandsOfFibers) {
         checked.fetch_add(1);
       }));
     before = tendril::stats();
-    if (uffd_mode()) EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= kFibers / 4; }));
+    if (uffd_mode()) {
+      EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= kFibers / 4; }));
+    }
     for (int i = 0; i < kFibers; ++i) chans[std::size_t(i)].send(std::uint64_t(i) + 1);
     for (auto& f : fibers) f.join();
     after = tendril::stats();
@@ -176,7 +178,9 @@ TEST(StackCompact, ExceptionStateAndHighWaterAfterRestore) {
         }
       }
     });
-    if (uffd_mode()) EXPECT_TRUE(eventually([] { return tendril::stats().fibers_compacted >= 1; }));
+    if (uffd_mode()) {
+      EXPECT_TRUE(eventually([] { return tendril::stats().fibers_compacted >= 1; }));
+    }
     compactions = tendril::stats().compactions;
     ch.send(1);
     f.join();
@@ -185,7 +189,9 @@ TEST(StackCompact, ExceptionStateAndHighWaterAfterRestore) {
   EXPECT_TRUE(had_exception);
   EXPECT_EQ(what, "kept across compaction");
   EXPECT_EQ(hw_after, hw_before);
-  if (tendril::stats().stack_mode == "uffd") EXPECT_GE(compactions, 1u);
+  if (tendril::stats().stack_mode == "uffd") {
+    EXPECT_GE(compactions, 1u);
+  }
 }
 
 namespace {

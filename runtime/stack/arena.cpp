@@ -120,6 +120,67 @@
 // drop_released_slot (everything below the top page goes with one
 // MADV_DONTNEED) and a push; the top page stays so reuse costs no fault.
 //
+// # Idle-stack compaction (uffd mode, Options::compact_after; off by default)
+//
+// A fiber parked longer than compact_after has the used part of its stack
+// below the top page copied into a buffer sized to it (from its saved stack
+// pointer minus the 128-byte red zone up to the top page) and those pages
+// given back; the scheduler decides who and when (worker.cpp), this side
+// does it (stack_compact, stack_restore). Mechanics:
+//  - Out: UFFDIO_MOVE of the run [page of sp-128, hi - kPage) into the
+//    compacting worker's staging area (64 pages, registered with its uffd:
+//    UFFDIO_MOVE wants a registered destination), memcpy of the live bytes
+//    from staging into a malloc'd buffer, MADV_DONTNEED of staging.
+//  - Back, eagerly: the worker that switches into the fiber rebuilds the run
+//    in its scratch area (zeros below sp-128, then the buffer) and installs
+//    it with one UFFDIO_COPY before the fiber runs, then frees the buffer.
+//  - Back, on a touch: a fault on a page of the run (a waker writing a
+//    Waiter that lies below the top page, a fiber writing into a parked
+//    parent's array, the fiber dump) reaches the slot owner's handler, which
+//    rebuilds the whole run from the buffer in its own scratch area and
+//    installs it. It reads only the side table (SlotCompact, outside the
+//    arena) and the buffer; it takes no lock and allocates nothing; it never
+//    frees the buffer (a worker does, at switch-in).
+// Who installs the run is settled by one CAS on SlotCompact::state
+// (kCompacted -> kRestoring); the loser does not copy (the winner's
+// UFFDIO_COPY wakes any thread that faulted meanwhile), and a worker that
+// loses waits for kResident before it frees the buffer.
+//
+// No write is lost. Who may write a parked fiber's stack: wakers (its
+// FiberCtl on the top page, which is never compacted, and Waiters in its
+// park frames, which may lie below it), fibers or threads it lent a pointer
+// to its locals (children filling a parent's array, blocking() calls), and
+// the kernel (an io_uring read into a buffer on the stack). UFFDIO_MOVE
+// takes each page out of the arena atomically (under its page table lock,
+// with a TLB flush): a write lands before the move, and moves with the page
+// into staging, or faults after it and waits for the handler. Such a fault
+// may come while the move is under way (kMoving: the handler yields until
+// it ends, a bounded wait: the compactor runs on its own thread stack,
+// holds no lock and needs no handler for it) or while the compactor copies
+// from staging (kStaged: the handler copies the run back from staging, the
+// compactor then drops its buffer and gives up). Copying first and
+// MADV_DONTNEED after would lose a write made in between; write-protecting
+// first (UFFDIO_WRITEPROTECT) would need the handler to wait for the
+// compactor's copy. A page that cannot move (pinned by io_uring or O_DIRECT,
+// shared with a fork child: EBUSY) stops the move; what moved is moved back
+// before anyone could see it, and the fiber stays as it was.
+//
+// Limits of this first step (what issue 11 still asks for): the top page is
+// never compacted (it holds the FiberCtl and usually the Waiter, which
+// wakers touch: it can go only once that hot state lives in a dense
+// per-worker slab), so a fiber whose stack fits in one page gains nothing,
+// and the gain of a deeper one is the unused part of its lowest page minus
+// the buffer's malloc overhead (bench/stack_compact: 6 KiB used, the page
+// below the top 3.1 KiB live: no gain; see stack-design.md). Not compacted:
+// fibers parked in descriptor I/O (io_*, net_*; with io_uring the kernel may
+// write a buffer on the stack, and registered buffers are pinned), fibers
+// parked on a worker that does not own their slot (the staging area must be
+// registered with the slot owner's uffd), runs longer than 64 pages. The
+// buffers come from malloc, not jemalloc. The fault handler restores a
+// compacted fiber whose Waiter lies below the top page on every wake (a
+// fault round trip instead of the eager copy). gdb cannot read a compacted
+// frame (a remote access to a missing page of a uffd range fails).
+//
 // # Invariants
 //  - A slot from the arena has only its top page resident when handed out
 //    (plus its site's learned depth, mapped up front); a cached one has what
@@ -128,6 +189,8 @@
 //  - A slot's state goes kNever or kFree -> kLive when it is handed out and
 //    kLive -> kFree when it is released: a live slot is never handed out and
 //    a free one never released.
+//  - A compacted run is not resident and not counted in mapped_pages; it is
+//    credited back by whoever installs it, before the faulting thread wakes.
 //  - SlotMeta::mapped_pages counts the resident pages of a slot in uffd mode;
 //    StackCounters::stack_pages_mapped is the sum over live slots (kernel
 //    mode: mincore over live slots) and StackCounters::cached_pages every
