@@ -20,6 +20,7 @@
 // every fiber.
 #include <tendril/tendril.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -49,13 +50,17 @@ std::uint64_t rss_pte() {
   return sample::proc_status_field("VmRSS").value_or(0) + sample::proc_status_field("VmPTE").value_or(0);
 }
 
+std::atomic<std::size_t> g_arrived{0};
+
 __attribute__((noinline)) void use_stack_and_park(std::size_t used, const tendril::WaitGroup& gate) {
   if (used == 0) {
+    g_arrived.fetch_add(1, std::memory_order_relaxed);
     gate.wait();
     return;
   }
   auto* buf = static_cast<volatile char*>(__builtin_alloca(used));
   for (std::size_t i = 0; i < used; i += 64) buf[i] = char(i);
+  g_arrived.fetch_add(1, std::memory_order_relaxed);
   gate.wait();
   asm volatile("" : : "r"(buf) : "memory");
 }
@@ -73,12 +78,15 @@ Result measure(std::size_t fibers, std::size_t used, bool compact, unsigned work
     std::vector<tendril::Fiber> fs;
     fs.reserve(fibers);
     for (std::size_t i = 0; i < fibers; ++i) fs.push_back(tendril::spawn([&] { use_stack_and_park(used, gate); }));
-    // Parked (and compacted, when on): wait until fibers_compacted stops growing.
-    std::uint64_t last = ~0ull;
+    // Every fiber at its park, then (compaction on) until fibers_compacted stops growing.
+    while (g_arrived.load(std::memory_order_relaxed) < fibers) tendril::this_fiber::sleep_for(std::chrono::milliseconds(10));
+    std::uint64_t last = 0;
     for (int stable = 0, i = 0; stable < 3 && i < 600; ++i) {
       tendril::this_fiber::sleep_for(std::chrono::milliseconds(100));
+      // (main's own stack is compacted and restored around its sleeps: a
+      // change of one or two is not progress.)
       const std::uint64_t now = tendril::stats().fibers_compacted;
-      stable = now == last ? stable + 1 : 0;
+      stable = now <= last + fibers / 1000 ? stable + 1 : 0;
       last = now;
     }
     r.park_s = std::chrono::duration<double>(Clock::now() - t0).count();
