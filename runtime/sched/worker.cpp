@@ -545,9 +545,7 @@ const Deadline* Worker::wake_deadline(bool watch) noexcept {
     wake_at = std::min(wake_at, check_at);
   }
   if (compact_due_ != INT64_MAX) {
-    // Parked fibers become due for compaction (plus the coarse clock's tick).
-    constexpr std::int64_t kCoarseSlack = 5000000;
-    wake_at = std::min<std::int64_t>(wake_at, compact_due_ + kCoarseSlack);
+    wake_at = std::min<std::int64_t>(wake_at, compact_due_);  // parked fibers become due for compaction
   }
   if (maintenance_due_ns_ != 0)  // the stack cache still has stacks to give back
     wake_at = std::min<std::int64_t>(wake_at, steady_ticks() + static_cast<std::int64_t>(maintenance_due_ns_));
@@ -620,7 +618,7 @@ void Worker::init_compaction() noexcept {
 }
 
 bool Worker::compaction_due() noexcept {
-  return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() && park_clock_ns() >= compact_due_;
+  return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() && steady_ticks() >= compact_due_;
 }
 
 void Worker::note_parked(FiberCtl* f) noexcept {
@@ -643,7 +641,10 @@ void Worker::drop_compact_candidate(FiberCtl* f) noexcept {
 
 void Worker::compact_idle_fibers() noexcept {
   if (compact_list_.empty()) return;
-  const std::int64_t now = park_clock_ns();
+  // The precise clock: the coarse one the parks stamp can lag by more than a
+  // tick on an idle CPU (no tick), and the wake-up deadline is on this one.
+  // A park stamped late by that lag is only compacted that much sooner.
+  const std::int64_t now = steady_ticks();
   if (now < compact_due_) return;
   std::int64_t due = INT64_MAX;
   std::size_t keep = 0;
