@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -247,9 +248,14 @@ TEST(StackCompact, OffInKernelMode) {
 }
 
 TEST(StackCompact, OptionIsValidated) {
+  // The variable would override the values under test.
+  const char* env = std::getenv("TENDRIL_COMPACT_MS");
+  const std::string saved = env ? env : "";
+  unsetenv("TENDRIL_COMPACT_MS");
   tendril::Options o;
   o.compact_after = std::chrono::milliseconds(-1);
   EXPECT_THROW(tendril::run(o, [] {}), std::invalid_argument);
   o.compact_after = std::chrono::hours(2);
   EXPECT_THROW(tendril::run(o, [] {}), std::invalid_argument);
+  if (env) setenv("TENDRIL_COMPACT_MS", saved.c_str(), 1);
 }
