@@ -14,10 +14,6 @@
 // shows what restoring costs (every waiter is touched: its Waiter lives in
 // its park's frame, below the top page, so the first touch of a compacted
 // fiber goes through the fault handler).
-//
-// Compaction applies to fibers parked on the worker that owns their stack's
-// arena (this step does not compact stolen fibers): with workers=1 that is
-// every fiber.
 #include <tendril/tendril.hpp>
 
 #include <atomic>

@@ -83,7 +83,8 @@ TEST(StackCompact, EveryByteSurvivesAcrossThousandsOfFibers) {
       }));
     before = tendril::stats();
     if (uffd_mode()) {
-      EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= kFibers / 4; }));
+      EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= kFibers / 4; }))
+          << tendril::stats().fibers_compacted << " compacted, " << tendril::stats().compactions << " compactions";
     }
     for (int i = 0; i < kFibers; ++i) chans[std::size_t(i)].send(std::uint64_t(i) + 1);
     for (auto& f : fibers) f.join();

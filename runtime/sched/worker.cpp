@@ -168,7 +168,7 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
     // Ordered after the store above by the compactor's membarrier (see
     // compact_idle_fibers): either it sees the fiber resumed, or we see its flag.
     asm volatile("" ::: "memory");
-    if (__builtin_expect(next->compact.load(std::memory_order_relaxed) != FiberCtl::kCompactNone, false))
+    if (__builtin_expect(next->compact.load(std::memory_order_acquire) != FiberCtl::kCompactNone, false))
       restore_compacted(next);
   }
   if (__builtin_expect(compact_on_, false) && from != nullptr && !finished) note_parked(from);
@@ -597,9 +597,9 @@ void Worker::release_deferred() noexcept {
 //
 // Not compacted (left for later): fibers parked in descriptor I/O (io_*,
 // net_*: with io_uring the kernel may write a buffer on the stack from
-// another context; the move would also fail on pinned pages), fibers whose
-// slot belongs to another worker's arena (stolen), stacks deeper than
-// kMaxCompactPages, and the top page (FiberCtl, usually the Waiter).
+// another context; the move would also fail on pinned pages), stacks
+// deeper than kMaxCompactPages, and the top page (FiberCtl, usually the
+// Waiter).
 namespace {
 bool compaction_barrier_ready() noexcept {
   static const bool ready =

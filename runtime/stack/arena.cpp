@@ -128,9 +128,12 @@
 // given back; the scheduler decides who and when (worker.cpp), this side
 // does it (stack_compact, stack_restore). Mechanics:
 //  - Out: UFFDIO_MOVE of the run [page of sp-128, hi - kPage) into the
-//    compacting worker's staging area (64 pages, registered with its uffd:
-//    UFFDIO_MOVE wants a registered destination), memcpy of the live bytes
-//    from staging into a malloc'd buffer, MADV_DONTNEED of staging.
+//    staging area of the slot's owner (64 pages, registered with the
+//    owner's uffd: UFFDIO_MOVE wants a destination registered with the uffd
+//    it is issued on; any worker may compact any slot and takes the owner's
+//    staging with a try-lock, skipping the fiber if it is busy), memcpy of
+//    the live bytes from staging into a malloc'd buffer, MADV_DONTNEED of
+//    staging.
 //  - Back, eagerly: the worker that switches into the fiber rebuilds the run
 //    in its scratch area (zeros below sp-128, then the buffer) and installs
 //    it with one UFFDIO_COPY before the fiber runs, then frees the buffer.
@@ -173,9 +176,8 @@
 // the buffer's malloc overhead (bench/stack_compact: 6 KiB used, the page
 // below the top 3.1 KiB live: no gain; see stack-design.md). Not compacted:
 // fibers parked in descriptor I/O (io_*, net_*; with io_uring the kernel may
-// write a buffer on the stack, and registered buffers are pinned), fibers
-// parked on a worker that does not own their slot (the staging area must be
-// registered with the slot owner's uffd), runs longer than 64 pages. The
+// write a buffer on the stack, and registered buffers are pinned), runs
+// longer than 64 pages, runs with a never-touched page in them. The
 // buffers come from malloc, not jemalloc. The fault handler restores a
 // compacted fiber whose Waiter lies below the top page on every wake (a
 // fault round trip instead of the eager copy). gdb cannot read a compacted
@@ -1032,25 +1034,12 @@ namespace {
 constexpr std::size_t kRedZone = 128;  // x86-64 SysV: leaf code may use 128 bytes below sp
 }  // namespace
 
-bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
-  if (!g_stacks.compact || worker >= g_stacks.workers) return false;
-  WorkerStacks& w = g_stacks.w[worker];
-  const SlotRef r = decode(slot);
-  // Only this worker's slots: the staging area must be registered with the
-  // uffd that serves the slot.
-  if (r.owner != &w || r.arena->compact == nullptr) return false;
-  char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
-  if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return false;
-  char* const live = std::max(stack_pointer - kRedZone, slot.lo);
-  char* const run_hi = slot.hi - kPage;  // the top page (FiberCtl, usually the Waiter) stays
-  char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
-  if (run_lo >= run_hi) return false;
-  const unsigned pages = unsigned((run_hi - run_lo) / kPage);
-  if (pages > kMaxCompactPages) return false;
-  // A page of the run the fiber never touched (a big frame it skipped over)
-  // would stop the move half way: leave such stacks alone.
-  if (resident_pages(run_lo, run_hi) != pages) return false;
-  const std::size_t skip = std::size_t(live - run_lo);
+namespace {
+
+// Compacts the run [run_lo, run_lo + pages * kPage) of slot r through its
+// owner's staging area (held by the caller). Counts on worker w.
+bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages, std::size_t skip) noexcept {
+  WorkerStacks& owner = *r.owner;
   const std::size_t bytes = std::size_t(pages) * kPage - skip;
   char* buf = static_cast<char*>(std::malloc(bytes));
   if (buf == nullptr) return false;
@@ -1063,11 +1052,11 @@ bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexc
   c.state.store(kMoving, std::memory_order_seq_cst);
   // Atomic per page: a write lands before the move (and is moved with the
   // page) or faults after it (and waits for the handler): none is lost.
-  const unsigned moved = uffd_move_to_staging(w, run_lo, pages);
+  const unsigned moved = uffd_move_to_staging(owner, run_lo, pages);
   m.mapped_pages.fetch_sub(moved, std::memory_order_relaxed);
   add_single_writer(w.counters.live_pages, -std::int64_t(moved));
   if (moved < pages) {  // pinned or shared page: put back what moved, before anyone could look
-    uffd_move_from_staging(w, run_lo, moved);
+    uffd_move_from_staging(owner, run_lo, moved);
     m.mapped_pages.fetch_add(moved, std::memory_order_relaxed);
     add_single_writer(w.counters.live_pages, moved);
     c.state.store(kResident, std::memory_order_release);
@@ -1075,7 +1064,7 @@ bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexc
     return false;
   }
   c.state.store(kStaged, std::memory_order_release);
-  std::memcpy(buf, w.staging + skip, bytes);  // staging is ours: nobody writes it
+  std::memcpy(buf, owner.staging + skip, bytes);  // staging is ours: nobody writes it
   c.buf = buf;
   std::uint32_t staged = kStaged;
   const bool published = c.state.compare_exchange_strong(staged, kCompacted, std::memory_order_acq_rel);
@@ -1085,12 +1074,40 @@ bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexc
     c.buf = nullptr;
     std::free(buf);
   }
-  madvise(w.staging, std::size_t(pages) * kPage, MADV_DONTNEED);
+  madvise(owner.staging, std::size_t(pages) * kPage, MADV_DONTNEED);
   if (!published) return false;
   add_single_writer(w.compact_counters.compactions, 1);
   add_single_writer(w.compact_counters.compacted, 1);
   add_single_writer(w.compact_counters.compact_bytes, std::int64_t(bytes));
   return true;
+}
+
+}  // namespace
+
+bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
+  if (!g_stacks.compact || worker >= g_stacks.workers) return false;
+  WorkerStacks& w = g_stacks.w[worker];
+  const SlotRef r = decode(slot);
+  WorkerStacks& owner = *r.owner;
+  if (r.arena->compact == nullptr || owner.staging == nullptr) return false;
+  char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
+  if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return false;
+  char* const live = std::max(stack_pointer - kRedZone, slot.lo);
+  char* const run_hi = slot.hi - kPage;  // the top page (FiberCtl, usually the Waiter) stays
+  char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
+  if (run_lo >= run_hi) return false;
+  const unsigned pages = unsigned((run_hi - run_lo) / kPage);
+  if (pages > kMaxCompactPages) return false;
+  // A page of the run the fiber never touched (a big frame it skipped over)
+  // would stop the move half way: leave such stacks alone.
+  if (resident_pages(run_lo, run_hi) != pages) return false;
+  // The owner's staging area: the move must go through the uffd that serves
+  // the slot. Another worker compacting a slot of the same owner: skip.
+  if (owner.staging_busy.load(std::memory_order_relaxed) || owner.staging_busy.exchange(true, std::memory_order_acquire))
+    return false;
+  const bool done = compact_run(w, r, run_lo, pages, std::size_t(live - run_lo));
+  owner.staging_busy.store(false, std::memory_order_release);
+  return done;
 }
 
 void stack_restore(unsigned worker, const StackSlot& slot) noexcept {

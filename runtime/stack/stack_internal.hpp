@@ -254,10 +254,14 @@ struct alignas(64) WorkerStacks {
   std::atomic<bool> trim_on_park{false};
   // Compaction: kMaxCompactPages each. `staging` is registered with this
   // worker's uffd (UFFDIO_MOVE needs a registered destination) and holds
-  // pages only while one of this worker's compactions runs; the scratch
+  // pages only while a compaction of one of this worker's slots runs; the scratch
   // areas are not registered: the worker's and the handler's, to rebuild
   // pages for UFFDIO_COPY.
   char* staging = nullptr;
+  // Held (try-lock only) by whichever worker is compacting a slot of this
+  // worker's arenas: any worker may compact any slot, through the owner's
+  // staging area and uffd. The fault handler never takes it.
+  std::atomic<bool> staging_busy{false};
   char* scratch = nullptr;
   char* handler_scratch = nullptr;
   CompactCounters compact_counters;
