@@ -601,6 +601,8 @@ void Worker::release_deferred() noexcept {
 // deeper than kMaxCompactPages, and the top page (FiberCtl, usually the
 // Waiter).
 namespace {
+constexpr std::int64_t kCompactRetryNs = 1000000;  // 1 ms
+
 bool compaction_barrier_ready() noexcept {
   static const bool ready =
       syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
@@ -672,11 +674,17 @@ void Worker::compact_idle_fibers() noexcept {
   const bool fenced = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
   for (const CompactCandidate& e : compact_batch_) {
     FiberCtl* f = e.f;
-    bool done = false;
+    CompactResult r = CompactResult::skipped;
     if (fenced && f->park.wait.load(std::memory_order_acquire) == e.wait)
-      done = stack_compact(index_, f->stack, f->ctx.fctx);
-    f->compact.store(done ? FiberCtl::kCompacted : FiberCtl::kCompactNone, std::memory_order_release);
-    drop_compact_candidate(f);
+      r = stack_compact(index_, f->stack, f->ctx.fctx);
+    f->compact.store(r == CompactResult::compacted ? FiberCtl::kCompacted : FiberCtl::kCompactNone,
+                     std::memory_order_release);
+    if (r == CompactResult::retry) {  // another worker held the staging area: again soon
+      compact_list_.push_back(e);
+      compact_due_ = std::min(compact_due_, now + kCompactRetryNs);
+    } else {
+      drop_compact_candidate(f);
+    }
   }
   compact_batch_.clear();
 }

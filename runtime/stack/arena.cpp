@@ -1084,30 +1084,30 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
 
 }  // namespace
 
-bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
-  if (!g_stacks.compact || worker >= g_stacks.workers) return false;
+CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
+  if (!g_stacks.compact || worker >= g_stacks.workers) return CompactResult::skipped;
   WorkerStacks& w = g_stacks.w[worker];
   const SlotRef r = decode(slot);
   WorkerStacks& owner = *r.owner;
-  if (r.arena->compact == nullptr || owner.staging == nullptr) return false;
+  if (r.arena->compact == nullptr || owner.staging == nullptr) return CompactResult::skipped;
   char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
-  if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return false;
+  if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return CompactResult::skipped;
   char* const live = std::max(stack_pointer - kRedZone, slot.lo);
   char* const run_hi = slot.hi - kPage;  // the top page (FiberCtl, usually the Waiter) stays
   char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
-  if (run_lo >= run_hi) return false;
+  if (run_lo >= run_hi) return CompactResult::skipped;
   const unsigned pages = unsigned((run_hi - run_lo) / kPage);
-  if (pages > kMaxCompactPages) return false;
+  if (pages > kMaxCompactPages) return CompactResult::skipped;
   // A page of the run the fiber never touched (a big frame it skipped over)
   // would stop the move half way: leave such stacks alone.
-  if (resident_pages(run_lo, run_hi) != pages) return false;
+  if (resident_pages(run_lo, run_hi) != pages) return CompactResult::skipped;
   // The owner's staging area: the move must go through the uffd that serves
   // the slot. Another worker compacting a slot of the same owner: skip.
   if (owner.staging_busy.load(std::memory_order_relaxed) || owner.staging_busy.exchange(true, std::memory_order_acquire))
-    return false;
+    return CompactResult::retry;
   const bool done = compact_run(w, r, run_lo, pages, std::size_t(live - run_lo));
   owner.staging_busy.store(false, std::memory_order_release);
-  return done;
+  return done ? CompactResult::compacted : CompactResult::skipped;
 }
 
 void stack_restore(unsigned worker, const StackSlot& slot) noexcept {

@@ -128,10 +128,13 @@ bool stack_compaction_enabled() noexcept;
 // Called by worker `worker` for a fiber that is parked and switched out (its
 // saved stack pointer is `sp`) and that no worker can switch into until this
 // returns: copies the used bytes below the slot's top page into a buffer
-// sized to them and gives those pages back. True if it did; false if there
-// was nothing worth doing or it could not (slot owned by another worker,
-// pages not resident or pinned, out of memory): the stack is then untouched.
-bool stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept;
+// sized to them and gives those pages back. `compacted` if it did; `retry`
+// if it could not right now (another worker is compacting a stack of the
+// same owner); `skipped` if there is nothing worth doing or it cannot (pages
+// not resident or pinned, out of memory). The stack is untouched unless
+// `compacted`.
+enum class CompactResult { compacted, retry, skipped };
+CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept;
 // Called by worker `worker` before it switches into a fiber whose stack
 // stack_compact compacted: puts the pages back with their content (or waits
 // for the fault handler that is already doing so) and frees the buffer.
