@@ -64,8 +64,14 @@ bool eventually(Pred&& pred, std::chrono::seconds limit = 30s) {
 
 }  // namespace
 
+#if defined(__SANITIZE_THREAD__)
+constexpr int kManyFibers = 1000;  // ThreadSanitizer makes each switch and fault tens of times dearer
+#else
+constexpr int kManyFibers = 3000;
+#endif
+
 TEST(StackCompact, EveryByteSurvivesAcrossThousandsOfFibers) {
-  constexpr int kFibers = 3000;
+  constexpr int kFibers = kManyFibers;
   std::atomic<std::size_t> bad{0};
   std::atomic<int> checked{0};
   tendril::Stats before, after;
