@@ -195,6 +195,7 @@ Stats Scheduler::snapshot() const {
   TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_COPY_COUNTER)
   TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COPY_COUNTER)
 #undef TENDRIL_COPY_COUNTER
+  s.stack_compaction = st.compaction;
   s.io_backend = io_backend_name();
   return s;
 }

@@ -196,6 +196,7 @@ class Worker {
   void drop_compact_candidate(FiberCtl* f) noexcept;
   void restore_compacted(FiberCtl* f) noexcept;
   bool compact_on_ = false;
+  bool compact_io_ = false;  // fibers parked in descriptor I/O too (see init_compaction)
   std::int64_t compact_after_ns_ = 0;
   std::int64_t compact_due_ = INT64_MAX;  // park clock: when the oldest candidate becomes due
   std::vector<CompactCandidate> compact_list_;

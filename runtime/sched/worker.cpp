@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "runtime/io/poller.hpp"
+#include "runtime/sched/compact_testing.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/sched/interrupt.hpp"
 #include "runtime/stack/stack.hpp"
@@ -595,11 +596,19 @@ void Worker::release_deferred() noexcept {
 // worker sees the flag (and waits for kCompacting to end, restoring on
 // kCompacted). One membarrier per batch of compactions.
 //
-// Not compacted (left for later): fibers parked in descriptor I/O (io_*,
-// net_*: with io_uring the kernel may write a buffer on the stack from
-// another context; the move would also fail on pinned pages), stacks
-// deeper than kMaxCompactPages, and the top page (FiberCtl, usually the
-// Waiter).
+// Fibers parked in descriptor I/O (io_*, net_*) are compacted too: with
+// io_uring the kernel may write a read's buffer on the compacted stack from
+// the ring's task work or an io-wq thread, a fault like any other touch,
+// which the slot owner's handler serves. That needs the task work to run
+// only while the ring's worker waits for completions (DEFER_TASKRUN): run
+// on the return from the compactor's own UFFDIO_MOVE, it would fault on the
+// page being moved and wait for the very thread it stopped
+// (io_writes_only_while_waited). Without it such fibers are left alone.
+// A page pinned for I/O (registered buffers, O_DIRECT) cannot move: the
+// compaction gives up (stack_compact).
+//
+// Not compacted (left for later): stacks deeper than kMaxCompactPages, and
+// the top page (FiberCtl, usually the Waiter).
 namespace {
 constexpr std::int64_t kCompactRetryNs = 1000000;  // 1 ms
 
@@ -610,9 +619,15 @@ bool compaction_barrier_ready() noexcept {
 }
 }  // namespace
 
+std::atomic<std::int64_t> g_compact_delay_for_tests{-1};
+
 void Worker::init_compaction() noexcept {
-  compact_after_ns_ = std::chrono::duration_cast<std::chrono::nanoseconds>(sched_.options().compact_after).count();
-  compact_on_ = compact_after_ns_ > 0 && stack_compaction_enabled() && compaction_barrier_ready();
+  const std::chrono::milliseconds after = sched_.options().compact_after;
+  const std::int64_t forced = g_compact_delay_for_tests.load(std::memory_order_relaxed);
+  compact_after_ns_ =
+      forced >= 0 ? forced : std::chrono::duration_cast<std::chrono::nanoseconds>(after).count();
+  compact_on_ = after.count() > 0 && stack_compaction_enabled() && compaction_barrier_ready();
+  compact_io_ = io_writes_only_while_waited();
   if (compact_on_) {
     compact_list_.reserve(4096);
     compact_batch_.reserve(256);
@@ -626,7 +641,8 @@ bool Worker::compaction_due() noexcept {
 void Worker::note_parked(FiberCtl* f) noexcept {
   const std::uint64_t w = f->park.wait.load(std::memory_order_relaxed);
   const WaitReason r = WaitReason(w & WaitFor::kReasonMask);
-  if (r == WaitReason::none || names_fd(r)) return;  // a yield, or I/O
+  if (r == WaitReason::none) return;  // a yield: runnable already
+  if (names_fd(r) && !compact_io_) return;
   if (f->compact_listed.load(std::memory_order_relaxed)) return;
   f->compact_listed.store(true, std::memory_order_relaxed);
   // Not yet published to any waker (its park's action has not run): it

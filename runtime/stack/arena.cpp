@@ -247,7 +247,9 @@
 #include <system_error>
 #include <numaif.h>
 #include <sched.h>
+#include <linux/membarrier.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace tendril::detail::stack_impl {
@@ -727,6 +729,12 @@ bool start_uffd_workers() {
       g_stacks.compact = false;
       log_line("idle-stack compaction: cannot set up its staging areas: compaction is off");
     }
+  // The scheduler settles a compaction against a switch-in with
+  // membarrier(PRIVATE_EXPEDITED) (worker.cpp), which needs registering.
+  if (g_stacks.compact && syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) != 0) {
+    g_stacks.compact = false;
+    log_line("idle-stack compaction needs membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): compaction is off");
+  }
   return true;
 }
 
@@ -1174,6 +1182,7 @@ struct CacheSums {
 StackCounters stack_counters() {
   StackCounters c;
   c.mode = g_stacks.mode == Mode::uffd ? "uffd" : "kernel";
+  c.compaction = g_initialized && g_stacks.compact;
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
   CacheSums sums;
 #define TENDRIL_COMPACT_SUM(storage, field, doc) std::int64_t compact_##storage = 0;
@@ -1192,6 +1201,7 @@ StackCounters stack_counters() {
     TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_ADD)
 #undef TENDRIL_COMPACT_ADD
     compact_restores += h.restores.load(std::memory_order_relaxed);
+    compact_touch_restores += h.restores.load(std::memory_order_relaxed);
     PagePool& p = g_stacks.w[i].pool;
     pool += std::int64_t(p.produced.load() - p.consumed.load());
   }

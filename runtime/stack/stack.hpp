@@ -81,6 +81,7 @@ struct StackCounters {
   TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STACK_COUNTER)
 #undef TENDRIL_STACK_COUNTER
   std::uint64_t cache_stacks = 0;    // gauge: stacks in the cache now
+  bool compaction = false;           // idle-stack compaction is on
 #define TENDRIL_STACK_COUNTER(storage, field, doc) std::uint64_t field = 0;
   TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_STACK_COUNTER)
 #undef TENDRIL_STACK_COUNTER

@@ -42,5 +42,7 @@
 #define TENDRIL_STACK_COMPACT_COUNTERS(X)                                                             \
   X(compactions, compactions, "parked fibers whose stack pages were copied out and given back")        \
   X(restores, restores, "compacted stacks put back (at switch-in, or by the fault handler on a touch)") \
+  X(touch_restores, restores_on_touch,                                                                 \
+    "of the restores, those the fault handler made: something touched the stack before its fiber ran") \
   X(compacted, fibers_compacted, "gauge: fibers whose stack is held in a compaction buffer now")      \
   X(compact_bytes, compact_bytes, "gauge: bytes held in compaction buffers now")
