@@ -159,7 +159,9 @@
 // into staging, or faults after it and waits for the handler. Such a fault
 // may come while the move is under way (kMoving: the handler yields until
 // it ends, a bounded wait: the compactor runs on its own thread stack,
-// holds no lock and needs no handler for it) or while the compactor copies
+// holds no lock and needs no handler for it, and no kernel work for a fiber
+// runs on its return from the move, which is why compacting fibers parked
+// in io_uring I/O needs DEFER_TASKRUN rings) or while the compactor copies
 // from staging (kStaged: the handler copies the run back from staging, the
 // compactor then drops its buffer and gives up). Copying first and
 // MADV_DONTNEED after would lose a write made in between; write-protecting
@@ -168,16 +170,18 @@
 // shared with a fork child: EBUSY) stops the move; what moved is moved back
 // before anyone could see it, and the fiber stays as it was.
 //
-// Limits of this first step (what issue 11 still asks for): the top page is
+// Limits of this first step: the top page is
 // never compacted (it holds the FiberCtl and usually the Waiter, which
 // wakers touch: it can go only once that hot state lives in a dense
 // per-worker slab), so a fiber whose stack fits in one page gains nothing,
 // and the gain of a deeper one is the unused part of its lowest page minus
 // the buffer's malloc overhead (bench/stack_compact: 6 KiB used, the page
-// below the top 3.1 KiB live: no gain; see stack-design.md). Not compacted:
-// fibers parked in descriptor I/O (io_*, net_*; with io_uring the kernel may
-// write a buffer on the stack, and registered buffers are pinned), runs
-// longer than 64 pages, runs with a never-touched page in them. The
+// below the top 3.1 KiB live: no gain; see stack-design.md). Fibers parked
+// in descriptor I/O are compacted where the kernel writes their buffers only
+// from a ring's wait for completions or an io-wq thread (worker.cpp): the
+// kernel's copy into a missing page is a fault the handler serves like a
+// waker's. Not compacted: runs longer than 64 pages, runs with a
+// never-touched page in them, pages pinned for I/O (EBUSY). The
 // buffers come from malloc, not jemalloc. The fault handler restores a
 // compacted fiber whose Waiter lies below the top page on every wake (a
 // fault round trip instead of the eager copy). gdb cannot read a compacted
