@@ -86,6 +86,26 @@ bool eventually(Pred&& pred, std::chrono::seconds limit = 30s) {
   return true;
 }
 
+// Unsets an environment variable for the lifetime of the object.
+class UnsetEnv {
+ public:
+  explicit UnsetEnv(const char* name) : name_(name) {
+    if (const char* v = std::getenv(name)) {
+      had_ = true;
+      saved_ = v;
+    }
+    unsetenv(name);
+  }
+  ~UnsetEnv() {
+    if (had_) setenv(name_, saved_.c_str(), 1);
+  }
+
+ private:
+  const char* name_;
+  bool had_ = false;
+  std::string saved_;
+};
+
 // Redirects fd 2 into a file for the lifetime of the object.
 class CaptureStderr {
  public:
@@ -280,6 +300,7 @@ ParkedInCatch park_in_catch(std::chrono::milliseconds compact_after) {
 // in the same run without compaction (the park itself may deepen the stack:
 // under ASan its frames take a page more than before it).
 TEST(StackCompact, ExceptionStateAndHighWaterAfterRestore) {
+  const UnsetEnv compact_env("TENDRIL_COMPACT_MS");  // the reference run has it off
   // The process's first throw sets up the unwinder, on a deeper stack: not
   // in the runs compared.
   park_in_catch(0ms);
@@ -586,6 +607,7 @@ TEST(StackCompact, ModeLineSaysWhetherItIsOn) {
 }
 
 TEST(StackCompact, OffInKernelMode) {
+  const UnsetEnv mode_env("TENDRIL_STACK_MODE");  // it would override the mode under test
   tendril::Options o = compacting();
   o.stack_mode = "kernel";
   std::atomic<std::size_t> bad{0};
@@ -614,14 +636,10 @@ TEST(StackCompact, OffInKernelMode) {
 }
 
 TEST(StackCompact, OptionIsValidated) {
-  // The variable would override the values under test.
-  const char* env = std::getenv("TENDRIL_COMPACT_MS");
-  const std::string saved = env ? env : "";
-  unsetenv("TENDRIL_COMPACT_MS");
+  const UnsetEnv compact_env("TENDRIL_COMPACT_MS");  // it would override the values under test
   tendril::Options o;
   o.compact_after = std::chrono::milliseconds(-1);
   EXPECT_THROW(tendril::run(o, [] {}), std::invalid_argument);
   o.compact_after = std::chrono::hours(2);
   EXPECT_THROW(tendril::run(o, [] {}), std::invalid_argument);
-  if (env) setenv("TENDRIL_COMPACT_MS", saved.c_str(), 1);
 }
