@@ -52,7 +52,9 @@ say() { echo "== test-kernels: $*"; }
 # name|binary (relative to the build dir)|gtest filter|axes
 # axes: "mode" runs the suite once per stack mode (TENDRIL_STACK_MODE), "io"
 # once per I/O backend (TENDRIL_IO); a suite that covers an axis itself
-# (stack_arena: both stack modes; net_tcp: both backends) is not run per value.
+# (stack_arena: both stack modes; net_tcp, stack_compact: both backends) is
+# not run per value. stack_compact: idle-stack compaction needs UFFDIO_MOVE
+# (6.8+), so on this kernel it checks that compaction is off and says so.
 # Sized for TCG: the whole of every stack suite (the code that depends most on
 # the kernel), the scheduler, sync and I/O semantics, without the stress tests
 # that scale with the machine. numa_test needs two real nodes: it skips itself
@@ -61,6 +63,7 @@ suites=(
   "stack_arena|tests/stack_arena_test|*|io"
   "stack_fiber|tests/stack_fiber_test|*|mode io"
   "stack_cache|tests/stack_cache_test|*|mode io"
+  "stack_compact|tests/stack_compact_test|*|mode"
   "numa|tests/numa_test|*|mode io"
   "fiber|tests/fiber_test|*|mode io"
   "sync|tests/sync_test|*:-*Stress*:*stress*|mode io"

@@ -18,7 +18,7 @@ const char* const kVariables[] = {
     "TENDRIL_WORKERS",    "TENDRIL_STACK_LIMIT", "TENDRIL_SPIN_US",        "TENDRIL_PIN",
     "TENDRIL_STACK_MODE", "TENDRIL_IO",          "TENDRIL_STACK_CACHE_BYTES", "TENDRIL_STACK_FILL",
     "TENDRIL_STACK_GROW", "TENDRIL_STACK_BURST_US", "TENDRIL_STACK_LEARN", "TENDRIL_STACK_NUMA_CHECK",
-    "TENDRIL_BLOCKING_THREADS"};
+    "TENDRIL_BLOCKING_THREADS", "TENDRIL_COMPACT_MS"};
 
 // Clears every TENDRIL_* variable (ctest runs suites with some set) and
 // restores them afterwards.
@@ -62,6 +62,8 @@ std::vector<Case> cases() {
       {"TENDRIL_STACK_LEARN", {"nope", "2"}, "0", [](auto& o) { return !o.stack_learn_depth; }},
       {"TENDRIL_STACK_NUMA_CHECK", {"always", "11"}, "1", [](auto& o) { return o.stack_numa_check; }},
       {"TENDRIL_BLOCKING_THREADS", {"many", "0", "5000"}, "3", [](auto& o) { return o.blocking_threads == 3; }},
+      {"TENDRIL_COMPACT_MS", {"idle", "-1", "3600001", "1.5"}, "250",
+       [](auto& o) { return o.compact_after == std::chrono::milliseconds(250); }},
   };
 }
 

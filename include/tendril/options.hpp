@@ -28,6 +28,7 @@
 // | blocking_threads | TENDRIL_BLOCKING_THREADS | 64 (1..4096)                     |
 // | stall_threshold  | TENDRIL_STALL_MS         | 100 ms; 0: no stall watchdog     |
 // | dump_signal      | TENDRIL_DUMP_SIGNAL      | 0: none (USR1, SIGUSR1 or a number) |
+// | compact_after    | TENDRIL_COMPACT_MS       | 0: off (milliseconds, at most 1 h) |
 //
 // The stack_* tuning fields after stack_cache_bytes apply to the userfaultfd
 // stack mode; they exist to measure alternatives, the defaults are the
@@ -94,6 +95,13 @@ struct Options {
   // stall watchdog uses to sample a running fiber. run() throws
   // std::system_error if the pipe or the thread behind it cannot be made.
   int dump_signal = 0;
+  // Idle-stack compaction (userfaultfd stack mode only): a fiber parked this
+  // long has the used part of its stack below the top page copied into a
+  // buffer sized to it and those pages given back; they come back with their
+  // content when the fiber next runs, or when anything touches them first
+  // (stats().compactions, restores, fibers_compacted, compact_bytes).
+  // 0: off. Ignored (off) in kernel stack mode.
+  std::chrono::milliseconds compact_after{0};
 
   // The values in *this with every TENDRIL_* variable that is set applied on
   // top. Throws std::invalid_argument for a malformed or out-of-range value.

@@ -42,7 +42,13 @@ struct Stats {
   // node_match, node_mismatch, pages_trimmed, stack_cache_pages (a gauge),
   // stacks_prepared: see TENDRIL_STACK_CACHE_COUNTERS.
   TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STATS_FIELD)
+  // compactions, restores, restores_on_touch, fibers_compacted and
+  // compact_bytes (gauges): see TENDRIL_STACK_COMPACT_COUNTERS.
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_STATS_FIELD)
 #undef TENDRIL_STATS_FIELD
+  // Idle-stack compaction is on: Options::compact_after is set, the stack
+  // mode is uffd and the kernel has UFFDIO_MOVE (Linux 6.8+).
+  bool stack_compaction = false;
 
   // I/O (see <tendril/net.hpp>).
   std::string io_backend;                // "uring" or "epoll"

@@ -14,6 +14,7 @@
 // the backend of the worker they run on, so mixing is safe. If epoll fails
 // too, run() throws std::system_error (see Scheduler::start).
 #include <fcntl.h>
+#include <liburing.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -146,6 +147,10 @@ std::string io_backend_name() {
     case IoKind::epoll: return "epoll";
     default: return "";
   }
+}
+
+bool io_writes_only_while_waited() noexcept {
+  return g_kind == IoKind::epoll || (g_kind == IoKind::uring && (g_uring_flags & IORING_SETUP_DEFER_TASKRUN) != 0);
 }
 
 IoKind worker_io_kind(unsigned index) noexcept {

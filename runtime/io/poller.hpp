@@ -43,4 +43,13 @@ void io_wake(unsigned worker) noexcept;
 // "uring", "epoll", or "" before io_init.
 std::string io_backend_name();
 
+// True when no system call a worker makes for its own purposes can run the
+// kernel's part of another fiber's I/O: with epoll the woken fiber makes its
+// read itself; with io_uring the rings defer their task work to the
+// worker's wait for completions (IORING_SETUP_DEFER_TASKRUN; io-wq threads
+// are threads of their own). Without DEFER_TASKRUN, task work runs on any
+// return from a system call, e.g. from a worker's UFFDIO_MOVE in the middle
+// of compacting the very stack that I/O writes into. After io_init.
+bool io_writes_only_while_waited() noexcept;
+
 }  // namespace tendril::detail

@@ -104,6 +104,16 @@ struct alignas(64) FiberCtl {
   Waiter* timer_waiter = nullptr;   // claimed by the timer when it fires
   bool timer_interrupts = false;    // the timer runs the published Interrupt instead
 
+  // Idle-stack compaction (worker.cpp): kCompactNone, kCompacting while a
+  // worker compacts its stack, kCompacted until the worker that switches
+  // into it has put the stack back. Just before `park`, so that the
+  // switch-in check reads the line park.end() just wrote, and in what was
+  // padding, so that no field of the block moves.
+  static constexpr std::uint8_t kCompactNone = 0, kCompacting = 1, kCompacted = 2;
+  std::atomic<std::uint8_t> compact{kCompactNone};
+  // A worker's compaction list holds it (and a reference to it).
+  std::atomic<bool> compact_listed{false};
+
   ParkRecord park;
 
   // Cancellation (see Interrupt in tendril/detail/park.hpp, runtime/sched/scope.cpp).

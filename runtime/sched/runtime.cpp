@@ -121,6 +121,8 @@ void validate(const Options& o) {
     throw std::invalid_argument("tendril: Options::stack_grow_pages must be within [1, 16]");
   if (o.stack_burst.count() < 0 || o.stack_burst.count() > static_cast<long long>(kMaxBurstUs))
     throw std::invalid_argument("tendril: Options::stack_burst must be within [0, 1 h]");
+  if (o.compact_after.count() < 0 || o.compact_after > std::chrono::hours(1))
+    throw std::invalid_argument("tendril: Options::compact_after must be within [0, 1 h]");
   if (o.blocking_threads < 1 || o.blocking_threads > kMaxBlockingThreads)
     throw std::invalid_argument("tendril: Options::blocking_threads must be within [1, 4096]");
 }
@@ -187,6 +189,8 @@ Options Options::with_environment() const {
   if (const char* v = std::getenv("TENDRIL_STACK_PLACE")) o.stack_place = parse_choice("TENDRIL_STACK_PLACE", v, "owner", "faulter");
   if (const char* v = std::getenv("TENDRIL_BLOCKING_THREADS"))
     o.blocking_threads = parse_in_range("TENDRIL_BLOCKING_THREADS", v, 1, kMaxBlockingThreads);
+  if (const char* v = std::getenv("TENDRIL_COMPACT_MS"))
+    o.compact_after = std::chrono::milliseconds(parse_at_most("TENDRIL_COMPACT_MS", v, 3600000));
   if (const char* v = std::getenv("TENDRIL_STALL_MS")) {
     o.stall_threshold = std::chrono::milliseconds(parse_at_most("TENDRIL_STALL_MS", v, 3600000));
   }

@@ -193,7 +193,9 @@ Stats Scheduler::snapshot() const {
   s.pool_pages = st.pool_pages;
 #define TENDRIL_COPY_COUNTER(storage, field, doc) s.field = st.field;
   TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_COPY_COUNTER)
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COPY_COUNTER)
 #undef TENDRIL_COPY_COUNTER
+  s.stack_compaction = st.compaction;
   s.io_backend = io_backend_name();
   return s;
 }

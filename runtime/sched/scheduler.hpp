@@ -233,6 +233,29 @@ class Worker {
   alignas(64) std::atomic<FiberCtl*> pinned_inbox_{nullptr};
   FiberCtl* pinned_head_ = nullptr;
   std::uint32_t pinned_streak_ = 0;
+
+  // Idle-stack compaction (Options::compact_after; see worker.cpp). Last,
+  // on lines of their own: adding them must not move the fields above
+  // (the switch path's and the thieves' lines).
+  struct CompactCandidate {
+    FiberCtl* f;
+    std::uint64_t wait;  // its park word when listed: unchanged = not run since
+    std::int64_t since;  // when it parked (park clock)
+  };
+  void init_compaction() noexcept;
+  // Out of line and cold: the switch path only tests a flag before each.
+  __attribute__((noinline, cold)) bool compaction_due() noexcept;
+  __attribute__((noinline, cold)) void note_parked(FiberCtl* f) noexcept;
+  void compact_idle_fibers() noexcept;
+  void drop_compact_candidate(FiberCtl* f) noexcept;
+  __attribute__((noinline, cold)) void restore_compacted(FiberCtl* f) noexcept;
+  alignas(64) bool compact_on_ = false;
+  bool compact_io_ = false;  // fibers parked in descriptor I/O too (see init_compaction)
+  std::uint32_t compact_tick_ = 0;
+  std::int64_t compact_after_ns_ = 0;
+  std::int64_t compact_due_ = INT64_MAX;  // park clock: when the oldest candidate becomes due
+  std::vector<CompactCandidate> compact_list_;
+  std::vector<CompactCandidate> compact_batch_;
 };
 
 // The process-wide scheduler of the current run().

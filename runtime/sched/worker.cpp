@@ -1,14 +1,18 @@
 // A worker: one pinned thread that runs fibers. See scheduler.hpp for the
 // order in which it looks for work and the rules for waking parked workers.
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
 
 #include "runtime/io/poller.hpp"
+#include "runtime/sched/compact_testing.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/sched/interrupt.hpp"
 #include "runtime/stack/stack.hpp"
@@ -100,6 +104,7 @@ void Worker::start(int cpu) {
     std::snprintf(name, sizeof(name), "tendril-w%u", index_);
     pthread_setname_np(pthread_self(), name);
     stack_thread_init(index_);
+    init_compaction();
     tls_worker = this;
     os_tid_.store(static_cast<int>(gettid()), std::memory_order_release);
     if (const int err = io_thread_init(index_)) {
@@ -161,7 +166,13 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
   if (next != nullptr) {
     WorkerCounters::bump(counters_.switches);
     next->park.end();
+    // Ordered after the store above by the compactor's membarrier (see
+    // compact_idle_fibers): either it sees the fiber resumed, or we see its flag.
+    asm volatile("" ::: "memory");
+    if (__builtin_expect(next->compact.load(std::memory_order_acquire) != FiberCtl::kCompactNone, false))
+      restore_compacted(next);
   }
+  if (__builtin_expect(compact_on_, false) && from != nullptr && !finished) note_parked(from);
   stack_on_switch(index_, from != nullptr && !finished ? &from->stack : nullptr,
                   next != nullptr ? &next->stack : nullptr);
   const transfer_t t = context_jump(from_ctx, to, &record_, finished);
@@ -172,7 +183,9 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
 void Worker::switch_out(FiberCtl* self, SwitchAction action, void* arg, bool finished) noexcept {
   // Before pick_next: in a fork() child it would reap the parent's rings.
   if (__builtin_expect(forked_, false)) die_blocked_on_worker_stack(self);
-  FiberCtl* next = pick_next();
+  // Now and then, when parked fibers are due for compaction, a busy worker
+  // goes through its scheduler context, where it compacts them.
+  FiberCtl* next = __builtin_expect(compact_on_, false) && compaction_due() ? nullptr : pick_next();
   switch_to(self, self->ctx, next, action, arg, finished);
 }
 
@@ -532,6 +545,9 @@ const Deadline* Worker::wake_deadline(bool watch) noexcept {
     park_backoff_ns_ = std::min<std::int64_t>(park_backoff_ns_ * 2, kMaxParkBackoffNs);
     wake_at = std::min(wake_at, check_at);
   }
+  if (compact_due_ != INT64_MAX) {
+    wake_at = std::min<std::int64_t>(wake_at, compact_due_);  // parked fibers become due for compaction
+  }
   if (maintenance_due_ns_ != 0)  // the stack cache still has stacks to give back
     wake_at = std::min<std::int64_t>(wake_at, steady_ticks() + static_cast<std::int64_t>(maintenance_due_ns_));
   if (wake_at == INT64_MAX) return nullptr;
@@ -557,10 +573,152 @@ void Worker::release_deferred() noexcept {
   }
 }
 
+// ---- idle-stack compaction ----------------------------------------------------
+//
+// A fiber that parks on this worker (not in descriptor I/O, see below) is
+// listed here once, with a reference so that its FiberCtl (on its stack's
+// top page) stays valid, and with its park word. When the worker is in its
+// scheduler context (its own thread stack, never a fiber stack: the stack
+// side's moves must not fault on a registered page; see stack_compact), it
+// walks the list: a fiber whose park word changed ran since (dropped; it
+// will be listed again when it next parks), one parked for compact_after is
+// compacted. Cost on the switch path while compaction is on: the listing
+// (a few loads and stores, an atomic increment once per listed park); while
+// it is off, one flag test. Every switch into a fiber tests one byte of its
+// FiberCtl, beside the park word it writes anyway.
+//
+// Excluding a concurrent switch-in without a locked instruction on the
+// switch path: the compactor sets FiberCtl::compact (CAS), then runs
+// membarrier(PRIVATE_EXPEDITED), then checks the park word again. A worker
+// switching in stores the park word (park.end()), then loads the flag. The
+// membarrier is a full barrier on every thread of the process, so either the
+// compactor sees the changed park word (and gives up) or the switching
+// worker sees the flag (and waits for kCompacting to end, restoring on
+// kCompacted). One membarrier per batch of compactions.
+//
+// Fibers parked in descriptor I/O (io_*, net_*) are compacted too: with
+// io_uring the kernel may write a read's buffer on the compacted stack from
+// the ring's task work or an io-wq thread, a fault like any other touch,
+// which the slot owner's handler serves. That needs the task work to run
+// only while the ring's worker waits for completions (DEFER_TASKRUN): run
+// on the return from the compactor's own UFFDIO_MOVE, it would fault on the
+// page being moved and wait for the very thread it stopped
+// (io_writes_only_while_waited). Without it such fibers are left alone.
+// A page pinned for I/O (registered buffers, O_DIRECT) cannot move: the
+// compaction gives up (stack_compact).
+//
+// Not compacted (left for later): stacks deeper than kMaxCompactPages, and
+// the top page (FiberCtl, usually the Waiter).
+namespace {
+constexpr std::int64_t kCompactRetryNs = 1000000;  // 1 ms
+
+bool compaction_barrier_ready() noexcept {
+  static const bool ready =
+      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  return ready;
+}
+}  // namespace
+
+std::atomic<std::int64_t> g_compact_delay_for_tests{-1};
+
+void Worker::init_compaction() noexcept {
+  const std::chrono::milliseconds after = sched_.options().compact_after;
+  const std::int64_t forced = g_compact_delay_for_tests.load(std::memory_order_relaxed);
+  compact_after_ns_ =
+      forced >= 0 ? forced : std::chrono::duration_cast<std::chrono::nanoseconds>(after).count();
+  compact_on_ = after.count() > 0 && stack_compaction_enabled() && compaction_barrier_ready();
+  compact_io_ = io_writes_only_while_waited();
+  if (compact_on_) {
+    compact_list_.reserve(4096);
+    compact_batch_.reserve(256);
+  }
+}
+
+bool Worker::compaction_due() noexcept {
+  return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() && steady_ticks() >= compact_due_;
+}
+
+void Worker::note_parked(FiberCtl* f) noexcept {
+  const std::uint64_t w = f->park.wait.load(std::memory_order_relaxed);
+  const WaitReason r = WaitReason(w & WaitFor::kReasonMask);
+  if (r == WaitReason::none) return;  // a yield: runnable already
+  if (names_fd(r) && !compact_io_) return;
+  if (f->compact_listed.load(std::memory_order_relaxed)) return;
+  f->compact_listed.store(true, std::memory_order_relaxed);
+  // Not yet published to any waker (its park's action has not run): it
+  // still holds its running reference.
+  f->refs.fetch_add(1, std::memory_order_relaxed);
+  compact_list_.push_back(CompactCandidate{f, w, f->park.since});
+  compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
+}
+
+void Worker::drop_compact_candidate(FiberCtl* f) noexcept {
+  f->compact_listed.store(false, std::memory_order_relaxed);
+  if (f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) release_fiber(f);
+}
+
+void Worker::compact_idle_fibers() noexcept {
+  if (compact_list_.empty()) return;
+  // The precise clock: the coarse one the parks stamp can lag by more than a
+  // tick on an idle CPU (no tick), and the wake-up deadline is on this one.
+  // A park stamped late by that lag is only compacted that much sooner.
+  const std::int64_t now = steady_ticks();
+  if (now < compact_due_) return;
+  std::int64_t due = INT64_MAX;
+  std::size_t keep = 0;
+  for (const CompactCandidate& e : compact_list_) {
+    FiberCtl* f = e.f;
+    if (f->park.wait.load(std::memory_order_acquire) != e.wait) {
+      drop_compact_candidate(f);  // it ran since
+      continue;
+    }
+    if (now - e.since < compact_after_ns_) {
+      compact_list_[keep++] = e;
+      due = std::min(due, e.since + compact_after_ns_);
+      continue;
+    }
+    std::uint8_t none = FiberCtl::kCompactNone;
+    if (!f->compact.compare_exchange_strong(none, FiberCtl::kCompacting, std::memory_order_acq_rel)) {
+      drop_compact_candidate(f);
+      continue;
+    }
+    compact_batch_.push_back(e);
+  }
+  compact_list_.resize(keep);
+  compact_due_ = due;
+  if (compact_batch_.empty()) return;
+  const bool fenced = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
+  for (const CompactCandidate& e : compact_batch_) {
+    FiberCtl* f = e.f;
+    CompactResult r = CompactResult::skipped;
+    if (fenced && f->park.wait.load(std::memory_order_acquire) == e.wait)
+      r = stack_compact(index_, f->stack, f->ctx.fctx);
+    f->compact.store(r == CompactResult::compacted ? FiberCtl::kCompacted : FiberCtl::kCompactNone,
+                     std::memory_order_release);
+    if (r == CompactResult::retry) {  // another worker held the staging area: again soon
+      compact_list_.push_back(e);
+      compact_due_ = std::min(compact_due_, now + kCompactRetryNs);
+    } else {
+      drop_compact_candidate(f);
+    }
+  }
+  compact_batch_.clear();
+}
+
+void Worker::restore_compacted(FiberCtl* f) noexcept {
+  std::uint8_t c;
+  // kCompacting: the compacting worker is between its flag and its verdict
+  // (microseconds; it never waits for us).
+  while ((c = f->compact.load(std::memory_order_acquire)) == FiberCtl::kCompacting) sched_yield();
+  if (c == FiberCtl::kCompacted) stack_restore(index_, f->stack);
+  f->compact.store(FiberCtl::kCompactNone, std::memory_order_relaxed);
+}
+
 void Worker::loop() {
   bool just_parked = false;
   bool woke_unwatched = false;
   while (!sched_.stopping()) {
+    if (compact_on_) compact_idle_fibers();
     FiberCtl* f = pick_next();
     // Spin only when work just ran out. A worker back from a park either finds
     // what it was woken for at once, or was only looking around (see
@@ -584,6 +742,8 @@ void Worker::loop() {
     park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
   }
+  for (const CompactCandidate& e : compact_list_) drop_compact_candidate(e.f);
+  compact_list_.clear();
   release_deferred();
 }
 

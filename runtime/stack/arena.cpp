@@ -120,6 +120,73 @@
 // drop_released_slot (everything below the top page goes with one
 // MADV_DONTNEED) and a push; the top page stays so reuse costs no fault.
 //
+// # Idle-stack compaction (uffd mode, Options::compact_after; off by default)
+//
+// A fiber parked longer than compact_after has the used part of its stack
+// below the top page copied into a buffer sized to it (from its saved stack
+// pointer minus the 128-byte red zone up to the top page) and those pages
+// given back; the scheduler decides who and when (worker.cpp), this side
+// does it (stack_compact, stack_restore). Mechanics:
+//  - Out: UFFDIO_MOVE of the run [page of sp-128, hi - kPage) into the
+//    staging area of the slot's owner (64 pages, registered with the
+//    owner's uffd: UFFDIO_MOVE wants a destination registered with the uffd
+//    it is issued on; any worker may compact any slot and takes the owner's
+//    staging with a try-lock, skipping the fiber if it is busy), memcpy of
+//    the live bytes from staging into a malloc'd buffer, MADV_DONTNEED of
+//    staging.
+//  - Back, eagerly: the worker that switches into the fiber rebuilds the run
+//    in its scratch area (zeros below sp-128, then the buffer) and installs
+//    it with one UFFDIO_COPY before the fiber runs, then frees the buffer.
+//  - Back, on a touch: a fault on a page of the run (a waker writing a
+//    Waiter that lies below the top page, a fiber writing into a parked
+//    parent's array, the fiber dump) reaches the slot owner's handler, which
+//    rebuilds the whole run from the buffer in its own scratch area and
+//    installs it. It reads only the side table (SlotCompact, outside the
+//    arena) and the buffer; it takes no lock and allocates nothing; it never
+//    frees the buffer (a worker does, at switch-in).
+// Who installs the run is settled by one CAS on SlotCompact::state
+// (kCompacted -> kRestoring); the loser does not copy (the winner's
+// UFFDIO_COPY wakes any thread that faulted meanwhile), and a worker that
+// loses waits for kResident before it frees the buffer.
+//
+// No write is lost. Who may write a parked fiber's stack: wakers (its
+// FiberCtl on the top page, which is never compacted, and Waiters in its
+// park frames, which may lie below it), fibers or threads it lent a pointer
+// to its locals (children filling a parent's array, blocking() calls), and
+// the kernel (an io_uring read into a buffer on the stack). UFFDIO_MOVE
+// takes each page out of the arena atomically (under its page table lock,
+// with a TLB flush): a write lands before the move, and moves with the page
+// into staging, or faults after it and waits for the handler. Such a fault
+// may come while the move is under way (kMoving: the handler yields until
+// it ends, a bounded wait: the compactor runs on its own thread stack,
+// holds no lock and needs no handler for it, and no kernel work for a fiber
+// runs on its return from the move, which is why compacting fibers parked
+// in io_uring I/O needs DEFER_TASKRUN rings) or while the compactor copies
+// from staging (kStaged: the handler copies the run back from staging, the
+// compactor then drops its buffer and gives up). Copying first and
+// MADV_DONTNEED after would lose a write made in between; write-protecting
+// first (UFFDIO_WRITEPROTECT) would need the handler to wait for the
+// compactor's copy. A page that cannot move (pinned by io_uring or O_DIRECT,
+// shared with a fork child: EBUSY) stops the move; what moved is moved back
+// before anyone could see it, and the fiber stays as it was.
+//
+// Limits of this first step: the top page is
+// never compacted (it holds the FiberCtl and usually the Waiter, which
+// wakers touch: it can go only once that hot state lives in a dense
+// per-worker slab), so a fiber whose stack fits in one page gains nothing,
+// and the gain of a deeper one is the unused part of its lowest page minus
+// the buffer's malloc overhead (bench/stack_compact: 6 KiB used, the page
+// below the top 3.1 KiB live: no gain; see stack-design.md). Fibers parked
+// in descriptor I/O are compacted where the kernel writes their buffers only
+// from a ring's wait for completions or an io-wq thread (worker.cpp): the
+// kernel's copy into a missing page is a fault the handler serves like a
+// waker's. Not compacted: runs longer than 64 pages, runs with a
+// never-touched page in them, pages pinned for I/O (EBUSY). The
+// buffers come from malloc, not jemalloc. The fault handler restores a
+// compacted fiber whose Waiter lies below the top page on every wake (a
+// fault round trip instead of the eager copy). gdb cannot read a compacted
+// frame (a remote access to a missing page of a uffd range fails).
+//
 // # Invariants
 //  - A slot from the arena has only its top page resident when handed out
 //    (plus its site's learned depth, mapped up front); a cached one has what
@@ -128,6 +195,8 @@
 //  - A slot's state goes kNever or kFree -> kLive when it is handed out and
 //    kLive -> kFree when it is released: a live slot is never handed out and
 //    a free one never released.
+//  - A compacted run is not resident and not counted in mapped_pages; it is
+//    credited back by whoever installs it, before the faulting thread wakes.
 //  - SlotMeta::mapped_pages counts the resident pages of a slot in uffd mode;
 //    StackCounters::stack_pages_mapped is the sum over live slots (kernel
 //    mode: mincore over live slots) and StackCounters::cached_pages every
@@ -181,7 +250,10 @@
 #include <string>
 #include <system_error>
 #include <numaif.h>
+#include <sched.h>
+#include <linux/membarrier.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace tendril::detail::stack_impl {
@@ -261,6 +333,8 @@ void unmap_side_tables(SubArena& a) {
   if (a.meta) munmap(a.meta, std::size_t(a.capacity) * sizeof(SlotMeta));
   if (a.cmeta) munmap(a.cmeta, std::size_t(a.capacity) * sizeof(SlotCacheMeta));
   if (a.names) munmap(a.names, std::size_t(a.capacity) * sizeof(SlotName));
+  if (a.compact) munmap(a.compact, std::size_t(a.capacity) * sizeof(SlotCompact));
+  a.compact = nullptr;
   a.meta = nullptr;
   a.cmeta = nullptr;
   a.names = nullptr;
@@ -279,7 +353,8 @@ void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   a.meta = static_cast<SlotMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotMeta)));
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
   a.names = static_cast<SlotName*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotName)));
-  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  if (g_stacks.compact) a.compact = static_cast<SlotCompact*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCompact)));
+  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (!g_stacks.compact || a.compact != nullptr) && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
   if (!ok) {
     int err = errno;
     munmap(base, a.bytes);
@@ -604,6 +679,40 @@ void apply_tuning(const StackConfig& config) {
   g_stacks.max_grow_pages = std::clamp(config.max_grow_pages, 1u, 16u);  // 16 = the 64 KiB zero source
   g_stacks.burst_ns = config.burst_ns;
   g_stacks.learn_depth = config.learn_depth;
+  g_stacks.compact = config.compact;
+}
+
+// The staging area (registered: UFFDIO_MOVE's destination) and the two
+// scratch areas (not registered) of one worker's compactions.
+bool compact_areas_create(WorkerStacks& w) {
+  const std::size_t bytes = std::size_t(kMaxCompactPages) * kPage;
+  w.staging = static_cast<char*>(map_noreserve(bytes));
+  w.scratch = static_cast<char*>(map_noreserve(bytes));
+  w.handler_scratch = static_cast<char*>(map_noreserve(bytes));
+  if (!w.staging || !w.scratch || !w.handler_scratch) return false;
+  madvise(w.staging, bytes, MADV_NOHUGEPAGE);  // UFFDIO_MOVE moves small pages only
+  return uffd_register_range(w, w.staging, bytes);
+}
+
+void compact_areas_destroy(WorkerStacks& w) {
+  const std::size_t bytes = std::size_t(kMaxCompactPages) * kPage;
+  for (char** p : {&w.staging, &w.scratch, &w.handler_scratch}) {
+    if (*p) munmap(*p, bytes);
+    *p = nullptr;
+  }
+}
+
+// Buffers of fibers still compacted when the runtime stops.
+void compact_free_buffers() {
+  for (unsigned i = 0; i < g_stacks.workers; ++i)
+    for (SubArena& a : g_stacks.w[i].arenas) {
+      if (!a.base.load(std::memory_order_acquire) || !a.compact) continue;
+      const std::uint32_t carved = a.carved.load(std::memory_order_acquire);
+      for (std::uint32_t s = 0; s < carved; ++s) {
+        std::free(a.compact[s].buf);
+        a.compact[s].buf = nullptr;
+      }
+    }
 }
 
 // After cache_init (which knows the nodes): where the handler allocates.
@@ -619,6 +728,17 @@ bool start_uffd_workers() {
     if (g_stacks.fill == Fill::move) pool_refill(w);
     if (!handler_start(w, i)) return false;
   }
+  for (unsigned i = 0; g_stacks.compact && i < g_stacks.workers; ++i)
+    if (!compact_areas_create(g_stacks.w[i])) {
+      g_stacks.compact = false;
+      log_line("idle-stack compaction: cannot set up its staging areas: compaction is off");
+    }
+  // The scheduler settles a compaction against a switch-in with
+  // membarrier(PRIVATE_EXPEDITED) (worker.cpp), which needs registering.
+  if (g_stacks.compact && syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) != 0) {
+    g_stacks.compact = false;
+    log_line("idle-stack compaction needs membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED): compaction is off");
+  }
   return true;
 }
 
@@ -626,11 +746,13 @@ void stop_uffd_workers() {
   for (unsigned i = 0; i < g_stacks.workers; ++i) {
     handler_stop(g_stacks.w[i]);
     pool_destroy(g_stacks.w[i].pool);
+    compact_areas_destroy(g_stacks.w[i]);
   }
 }
 
 void start_kernel_mode() {
   g_stacks.mode = Mode::kernel;
+  g_stacks.compact = false;  // nothing can put a page's content back on a touch
   g_stacks.guard_madvise = guard_probe_madvise();
   if (!g_stacks.guard_madvise)
     log_line("warning: MADV_GUARD_INSTALL unavailable (Linux < 6.13); stack guards use mprotect, "
@@ -642,18 +764,19 @@ void start_kernel_mode() {
 // StackConfig::workers is the scheduler's worker count + 1 (one index shared
 // by plain threads): the line names the scheduler's count.
 void log_mode() {
-  char line[240];
+  char line[320];
   char workers[64];
   std::snprintf(workers, sizeof workers, "%u workers (+1 index for plain threads)", g_stacks.workers - 1);
   if (g_stacks.mode == Mode::uffd)
     std::snprintf(line, sizeof line,
                   "stacks: mode=uffd (userfaultfd, fill=%s, 1 page per fault up to %u KiB, then doubling up to %u "
-                  "pages, %u pages per fault in bursts%s), %s",
+                  "pages, %u pages per fault in bursts%s, idle-stack compaction %s), %s",
                   g_stacks.fill == Fill::move ? "move" : "copy", unsigned(kSingleFaultPages * kPage / 1024),
                   g_stacks.max_grow_pages, g_stacks.burst_ns ? g_stacks.max_grow_pages : 0u,
-                  g_stacks.place_for_faulter ? ", pages on the faulting worker's node" : "", workers);
+                  g_stacks.place_for_faulter ? ", pages on the faulting worker's node" : "",
+                  g_stacks.compact ? "on" : "off", workers);
   else
-    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s), %s",
+    std::snprintf(line, sizeof line, "stacks: mode=kernel (demand paging, guards by %s, idle-stack compaction off), %s",
                   g_stacks.guard_madvise ? "MADV_GUARD_INSTALL" : "mprotect", workers);
   log_line(line);
 }
@@ -765,6 +888,7 @@ void stack_shutdown() noexcept {
   if (g_stacks.mode == Mode::uffd) stop_uffd_workers();  // handlers first: they read the arenas
   else guard_remove_signal_handler();
   cache_shutdown();
+  compact_free_buffers();
   for (unsigned i = 0; i < g_stacks.workers; ++i)
     for (SubArena& a : g_stacks.w[i].arenas) release_arena(a);
   delete[] g_stacks.w;
@@ -916,6 +1040,114 @@ void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot*
   if (avail < p.low_water) pool_refill(w);
 }
 
+bool stack_compaction_enabled() noexcept { return g_initialized && g_stacks.compact; }
+
+namespace {
+constexpr std::size_t kRedZone = 128;  // x86-64 SysV: leaf code may use 128 bytes below sp
+}  // namespace
+
+namespace {
+
+// Compacts the run [run_lo, run_lo + pages * kPage) of slot r through its
+// owner's staging area (held by the caller). Counts on worker w.
+bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages, std::size_t skip) noexcept {
+  WorkerStacks& owner = *r.owner;
+  const std::size_t bytes = std::size_t(pages) * kPage - skip;
+  char* buf = static_cast<char*>(std::malloc(bytes));
+  if (buf == nullptr) return false;
+  SlotCompact& c = r.arena->compact[r.slot];
+  SlotMeta& m = r.arena->meta[r.slot];
+  c.pages = pages;
+  c.top_depth = 1;
+  c.skip = std::uint32_t(skip);
+  c.buf = nullptr;
+  c.state.store(kMoving, std::memory_order_seq_cst);
+  // Atomic per page: a write lands before the move (and is moved with the
+  // page) or faults after it (and waits for the handler): none is lost.
+  const unsigned moved = uffd_move_to_staging(owner, run_lo, pages);
+  m.mapped_pages.fetch_sub(moved, std::memory_order_relaxed);
+  add_single_writer(w.counters.live_pages, -std::int64_t(moved));
+  if (moved < pages) {  // pinned or shared page: put back what moved, before anyone could look
+    uffd_move_from_staging(owner, run_lo, moved);
+    m.mapped_pages.fetch_add(moved, std::memory_order_relaxed);
+    add_single_writer(w.counters.live_pages, moved);
+    c.state.store(kResident, std::memory_order_release);
+    std::free(buf);
+    return false;
+  }
+  c.state.store(kStaged, std::memory_order_release);
+  std::memcpy(buf, owner.staging + skip, bytes);  // staging is ours: nobody writes it
+  c.buf = buf;
+  std::uint32_t staged = kStaged;
+  const bool published = c.state.compare_exchange_strong(staged, kCompacted, std::memory_order_acq_rel);
+  if (!published) {
+    // Touched meanwhile: the handler is copying the pages back from staging.
+    while (c.state.load(std::memory_order_acquire) != kResident) sched_yield();
+    c.buf = nullptr;
+    std::free(buf);
+  }
+  madvise(owner.staging, std::size_t(pages) * kPage, MADV_DONTNEED);
+  if (!published) return false;
+  add_single_writer(w.compact_counters.compactions, 1);
+  add_single_writer(w.compact_counters.compacted, 1);
+  add_single_writer(w.compact_counters.compact_bytes, std::int64_t(bytes));
+  return true;
+}
+
+}  // namespace
+
+CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
+  if (!g_stacks.compact || worker >= g_stacks.workers) return CompactResult::skipped;
+  WorkerStacks& w = g_stacks.w[worker];
+  const SlotRef r = decode(slot);
+  WorkerStacks& owner = *r.owner;
+  if (r.arena->compact == nullptr || owner.staging == nullptr) return CompactResult::skipped;
+  char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
+  if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return CompactResult::skipped;
+  char* const live = std::max(stack_pointer - kRedZone, slot.lo);
+  char* const run_hi = slot.hi - kPage;  // the top page (FiberCtl, usually the Waiter) stays
+  char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
+  if (run_lo >= run_hi) return CompactResult::skipped;
+  const unsigned pages = unsigned((run_hi - run_lo) / kPage);
+  if (pages > kMaxCompactPages) return CompactResult::skipped;
+  // A page of the run the fiber never touched (a big frame it skipped over)
+  // would stop the move half way: leave such stacks alone.
+  if (resident_pages(run_lo, run_hi) != pages) return CompactResult::skipped;
+  // The owner's staging area: the move must go through the uffd that serves
+  // the slot. Another worker compacting a slot of the same owner: skip.
+  if (owner.staging_busy.load(std::memory_order_relaxed) || owner.staging_busy.exchange(true, std::memory_order_acquire))
+    return CompactResult::retry;
+  const bool done = compact_run(w, r, run_lo, pages, std::size_t(live - run_lo));
+  owner.staging_busy.store(false, std::memory_order_release);
+  return done ? CompactResult::compacted : CompactResult::skipped;
+}
+
+void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
+  WorkerStacks& w = g_stacks.w[worker];
+  const SlotRef r = decode(slot);
+  SlotCompact& c = r.arena->compact[r.slot];
+  SlotMeta& m = r.arena->meta[r.slot];
+  for (;;) {
+    std::uint32_t s = c.state.load(std::memory_order_acquire);
+    if (s == kResident) break;  // the fault handler put it back already
+    if (s == kCompacted && c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) {
+      m.mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
+      add_single_writer(w.counters.live_pages, c.pages);
+      compact_rebuild(c, w.scratch);
+      char* run_hi = slot.hi - std::size_t(c.top_depth) * kPage;
+      uffd_install_pages(r.owner->uffd, run_hi - std::size_t(c.pages) * kPage, w.scratch, c.pages);
+      c.state.store(kResident, std::memory_order_release);
+      add_single_writer(w.compact_counters.restores, 1);
+      break;
+    }
+    sched_yield();  // kRestoring: the handler (maybe on our CPU) is at it
+  }
+  add_single_writer(w.compact_counters.compacted, -1);
+  add_single_writer(w.compact_counters.compact_bytes, -std::int64_t(std::size_t(c.pages) * kPage - c.skip));
+  std::free(c.buf);
+  c.buf = nullptr;
+}
+
 std::size_t stack_high_water(const StackSlot& slot) noexcept {
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
@@ -954,8 +1186,12 @@ struct CacheSums {
 StackCounters stack_counters() {
   StackCounters c;
   c.mode = g_stacks.mode == Mode::uffd ? "uffd" : "kernel";
+  c.compaction = g_initialized && g_stacks.compact;
   std::int64_t faults = 0, live = 0, cached = 0, refills = 0, pool = 0;
   CacheSums sums;
+#define TENDRIL_COMPACT_SUM(storage, field, doc) std::int64_t compact_##storage = 0;
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_SUM)
+#undef TENDRIL_COMPACT_SUM
   for (unsigned i = 0; g_initialized && i < g_stacks.workers; ++i) {
     WorkerStackCounters& k = g_stacks.w[i].counters;
     const HandlerStackCounters& h = g_stacks.w[i].handler_counters;
@@ -964,6 +1200,12 @@ StackCounters stack_counters() {
     cached += k.cached_pages.load(std::memory_order_relaxed);
     refills += k.pool_refills.load(std::memory_order_relaxed);
     sums.add(g_stacks.w[i].cache.counters);
+#define TENDRIL_COMPACT_ADD(storage, field, doc) \
+  compact_##storage += g_stacks.w[i].compact_counters.storage.load(std::memory_order_relaxed);
+    TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_ADD)
+#undef TENDRIL_COMPACT_ADD
+    compact_restores += h.restores.load(std::memory_order_relaxed);
+    compact_touch_restores += h.restores.load(std::memory_order_relaxed);
     PagePool& p = g_stacks.w[i].pool;
     pool += std::int64_t(p.produced.load() - p.consumed.load());
   }
@@ -977,6 +1219,9 @@ StackCounters stack_counters() {
   c.pool_refills = std::uint64_t(refills);
   c.pool_pages = std::uint64_t(pool);
   sums.store(c);
+#define TENDRIL_COMPACT_STORE(storage, field, doc) c.field = std::uint64_t(std::max<std::int64_t>(compact_##storage, 0));
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_STORE)
+#undef TENDRIL_COMPACT_STORE
   return c;
 }
 

@@ -260,16 +260,61 @@ struct HandlerPolicy {
   }
 };
 
+// A fault on a page of a compacted run (a waker writing a Waiter below the
+// top page, a fiber writing into a parked parent's array, a debugger): the
+// whole run comes back with its content. True if the fault is dealt with.
+// The only wait is for the compactor's kMoving step, which is one
+// UFFDIO_MOVE ioctl and a store by a worker on its own thread stack: it never
+// needs this handler, holds no lock and does not allocate, so it ends.
+bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
+  SlotCompact* table = loc.arena->compact;
+  if (table == nullptr) return false;
+  SlotCompact& c = table[loc.slot];
+  for (;;) {
+    std::uint32_t s = c.state.load(std::memory_order_acquire);
+    if (s == kResident) return false;
+    char* run_hi = loc.hi - std::size_t(c.top_depth) * kPage;
+    char* run_lo = run_hi - std::size_t(c.pages) * kPage;
+    if (page < run_lo || page >= run_hi) return false;  // growth below the run, or an old message
+    switch (s) {
+      case kMoving:
+        sched_yield();  // the compactor may share our CPU
+        continue;
+      case kRestoring:
+        return true;  // whoever restores wakes the faulting thread with its UFFDIO_COPY
+      case kStaged:
+      case kCompacted:
+        if (!c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) continue;
+        // Counted first: the woken fiber may run and be released at once.
+        loc.arena->meta[loc.slot].mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
+        add_single_writer(w.handler_counters.live_pages, c.pages);
+        if (s == kStaged) {
+          uffd_install_pages(w.uffd, run_lo, w.staging, c.pages);  // the compactor reads staging until it sees kResident
+        } else {
+          compact_rebuild(c, w.handler_scratch);
+          uffd_install_pages(w.uffd, run_lo, w.handler_scratch, c.pages);
+          add_single_writer(w.handler_counters.restores, 1);
+        }
+        c.state.store(kResident, std::memory_order_release);
+        return true;
+      default:
+        return true;
+    }
+  }
+}
+
 void resolve_fault(WorkerStacks& w, RecentFaults& recent, HandlerPolicy& policy, std::uintptr_t addr,
                    std::uint32_t ptid) noexcept {
   Located loc = locate_in_worker(w, addr);
   char* page = reinterpret_cast<char*>(addr & ~(kPage - 1));
   if (!loc.found()) {
-    // Cannot happen (this uffd covers only w's arenas); never leave the thread hanging.
+    // Cannot happen (this uffd covers only w's arenas and its staging area,
+    // which nobody reads while empty); never leave the thread hanging.
     copy_zero_pages(w.uffd, page, 1);
     return;
   }
   if (page < loc.lo) report_overflow_and_abort(loc, addr);
+  if (g_stacks.compact && serve_compacted(w, loc, page)) return;
   SlotMeta& m = loc.arena->meta[loc.slot];
   const bool burst = recent.note_and_check_burst(&m, monotonic_ns());
   unsigned n = pages_for_fault(m, page, loc.lo, burst);
@@ -313,9 +358,15 @@ bool uffd_open_and_register_api(WorkerStacks& w) noexcept {
   // THREAD_ID: the handler tells the faulting worker to trim what it mapped
   // ahead (see resolve_fault), and allocates on the faulting worker's node
   // (HandlerPolicy).
-  api.features = UFFD_FEATURE_THREAD_ID | (g_stacks.fill == Fill::move ? UFFD_FEATURE_MOVE : 0);
+  api.features = UFFD_FEATURE_THREAD_ID | (g_stacks.fill == Fill::move || g_stacks.compact ? UFFD_FEATURE_MOVE : 0);
   if (ioctl(fd, UFFDIO_API, &api) != 0) {
     close(fd);
+    if (g_stacks.compact) {
+      // Compaction moves pages out with UFFDIO_MOVE (Linux 6.8+).
+      g_stacks.compact = false;
+      log_line("idle-stack compaction needs UFFDIO_MOVE (Linux 6.8+): compaction is off");
+      return uffd_open_and_register_api(w);
+    }
     if (g_stacks.fill != Fill::move) return false;
     // UFFDIO_MOVE is Linux 6.8+. A failed UFFDIO_API leaves the descriptor
     // unusable: open another, for UFFDIO_COPY.
@@ -334,6 +385,76 @@ bool uffd_register_range(WorkerStacks& w, char* base, std::size_t bytes) noexcep
   reg.mode = UFFDIO_REGISTER_MODE_MISSING;
   if (ioctl(w.uffd, UFFDIO_REGISTER, &reg) != 0) return false;
   return (reg.ioctls & (1ull << _UFFDIO_COPY)) != 0;
+}
+
+unsigned uffd_move_to_staging(WorkerStacks& w, char* src, unsigned pages) noexcept {
+  struct uffdio_move m {};
+  m.dst = reinterpret_cast<std::uintptr_t>(w.staging);
+  m.src = reinterpret_cast<std::uintptr_t>(src);
+  m.len = std::size_t(pages) * kPage;
+  unsigned moved = 0;
+  for (int tries = 0; moved < pages && tries < 8; ++tries) {
+    m.dst = reinterpret_cast<std::uintptr_t>(w.staging + std::size_t(moved) * kPage);
+    m.src = reinterpret_cast<std::uintptr_t>(src + std::size_t(moved) * kPage);
+    m.len = std::size_t(pages - moved) * kPage;
+    m.move = 0;
+    const int r = ioctl(w.uffd, UFFDIO_MOVE, &m);
+    if (m.move > 0) moved += unsigned(m.move / kPage);
+    if (r == 0 || errno != EAGAIN) break;  // EBUSY (pinned, shared after fork), ENOENT (a hole): stop
+  }
+  return moved;
+}
+
+void uffd_move_from_staging(WorkerStacks& w, char* dst, unsigned pages) noexcept {
+  unsigned moved = 0;
+  while (moved < pages) {
+    struct uffdio_move m {};
+    m.dst = reinterpret_cast<std::uintptr_t>(dst + std::size_t(moved) * kPage);
+    m.src = reinterpret_cast<std::uintptr_t>(w.staging + std::size_t(moved) * kPage);
+    m.len = std::size_t(pages - moved) * kPage;
+    const int r = ioctl(w.uffd, UFFDIO_MOVE, &m);
+    if (m.move > 0) moved += unsigned(m.move / kPage);
+    if (r != 0 && errno != EAGAIN) {
+      // The destination was free a moment ago and only we fill it: copy what
+      // is left instead of losing it.
+      uffd_install_pages(w.uffd, dst + std::size_t(moved) * kPage, w.staging + std::size_t(moved) * kPage,
+                         pages - moved);
+      return;
+    }
+  }
+}
+
+void uffd_install_pages(int uffd, char* dst, const char* src, unsigned pages) noexcept {
+  unsigned done = 0;
+  unsigned waited_ms = 0;
+  while (done < pages) {
+    struct uffdio_copy c {};
+    c.dst = reinterpret_cast<std::uintptr_t>(dst + std::size_t(done) * kPage);
+    c.src = reinterpret_cast<std::uintptr_t>(src + std::size_t(done) * kPage);
+    c.len = std::size_t(pages - done) * kPage;
+    const int r = ioctl(uffd, UFFDIO_COPY, &c);
+    if (c.copy > 0) done += unsigned(c.copy / kPage);
+    if (r == 0 || errno == EAGAIN) continue;
+    if (errno == EEXIST) {  // cannot happen while we hold kRestoring; keep what is there
+      ++done;
+      continue;
+    }
+    if (errno == ENOMEM && waited_ms++ < kOutOfMemoryWaitMs) {
+      const timespec ms{0, 1000000};
+      nanosleep(&ms, nullptr);
+      continue;
+    }
+    char msg[160];
+    const int n = std::snprintf(msg, sizeof msg, "tendril: cannot put a compacted fiber stack back at %p (UFFDIO_COPY: %s)\n",
+                                static_cast<void*>(dst + std::size_t(done) * kPage), std::strerror(errno));
+    (void)!::write(STDERR_FILENO, msg, n > 0 ? std::size_t(n) : 0);
+    std::abort();
+  }
+}
+
+void compact_rebuild(const SlotCompact& c, char* scratch) noexcept {
+  std::memset(scratch, 0, c.skip);
+  std::memcpy(scratch + c.skip, c.buf, std::size_t(c.pages) * kPage - c.skip);
 }
 
 bool uffd_map_top_page(WorkerStacks& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }

@@ -44,6 +44,7 @@ struct StackConfig {
   bool learn_depth = true;                 // Options::stack_learn_depth
   bool numa_check = false;                 // Options::stack_numa_check
   std::string place;                       // Options::stack_place: "", "owner" or "faulter"
+  bool compact = false;                    // Options::compact_after != 0 (uffd mode only)
 };
 
 // The stack subsystem's part of `options` (already validated, environment
@@ -60,6 +61,7 @@ inline StackConfig stack_config(const Options& options, unsigned workers) {
   c.learn_depth = options.stack_learn_depth;
   c.numa_check = options.stack_numa_check;
   c.place = options.stack_place;
+  c.compact = options.compact_after.count() > 0;
   return c;
 }
 
@@ -79,6 +81,10 @@ struct StackCounters {
   TENDRIL_STACK_CACHE_COUNTERS(TENDRIL_STACK_COUNTER)
 #undef TENDRIL_STACK_COUNTER
   std::uint64_t cache_stacks = 0;    // gauge: stacks in the cache now
+  bool compaction = false;           // idle-stack compaction is on
+#define TENDRIL_STACK_COUNTER(storage, field, doc) std::uint64_t field = 0;
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_STACK_COUNTER)
+#undef TENDRIL_STACK_COUNTER
 };
 
 // Lifetime: init() before any worker starts, shutdown() after all have stopped.
@@ -115,6 +121,25 @@ void stack_on_switch(unsigned worker, const StackSlot* parking, const StackSlot*
 // pages and its release finds them local. A few microseconds per stolen
 // fiber, paid only on cross-node steals; nothing on a single-node machine.
 void stack_follow_to_node(unsigned worker, const StackSlot& slot, const void* sp) noexcept;
+
+// ---- idle-stack compaction (uffd mode; design at the top of arena.cpp) ------
+// True when compaction was asked for (StackConfig::compact) and the stack
+// mode supports it (userfaultfd with UFFDIO_MOVE); false in kernel mode.
+bool stack_compaction_enabled() noexcept;
+// Called by worker `worker` for a fiber that is parked and switched out (its
+// saved stack pointer is `sp`) and that no worker can switch into until this
+// returns: copies the used bytes below the slot's top page into a buffer
+// sized to them and gives those pages back. `compacted` if it did; `retry`
+// if it could not right now (another worker is compacting a stack of the
+// same owner); `skipped` if there is nothing worth doing or it cannot (pages
+// not resident or pinned, out of memory). The stack is untouched unless
+// `compacted`.
+enum class CompactResult { compacted, retry, skipped };
+CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept;
+// Called by worker `worker` before it switches into a fiber whose stack
+// stack_compact compacted: puts the pages back with their content (or waits
+// for the fault handler that is already doing so) and frees the buffer.
+void stack_restore(unsigned worker, const StackSlot& slot) noexcept;
 
 // Deepest extent the stack in `slot` has reached, in bytes from hi (at least one
 // page). Called by the fiber that owns the slot.

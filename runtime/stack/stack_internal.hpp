@@ -55,6 +55,31 @@ struct SlotName {
   char text[kSlotNameBytes];
 };
 
+// Per-slot state of idle-stack compaction, a side table next to SlotMeta
+// that only compacted slots touch (MAP_NORESERVE). The compacted run is
+// [hi - (top_depth + pages) * kPage, hi - top_depth * kPage); the buffer holds
+// its bytes from `skip` on (what lies below the fiber's stack pointer minus
+// the red zone is dead and comes back as zeros). `state` is the one word the
+// worker that compacts, the worker that restores and the fault handler
+// settle the slot with (see the design comment in arena.cpp):
+//   kResident -> kMoving (compactor; pages on their way out, handler waits)
+//   kMoving -> kStaged (compactor; pages in its staging area, handler may copy back)
+//   kStaged -> kCompacted (compactor; buffer published) or -> kRestoring (handler)
+//   kCompacted -> kRestoring (the switching-in worker or the handler, by CAS)
+//   kRestoring -> kResident (whoever restores; the buffer is then unused, and
+//     only a worker frees it)
+enum CompactState : std::uint32_t { kResident = 0, kMoving, kStaged, kCompacted, kRestoring };
+struct SlotCompact {
+  std::atomic<std::uint32_t> state;
+  std::uint32_t pages;      // pages in the compacted run
+  std::uint32_t top_depth;  // pages between the run and hi (1: the top page stays)
+  std::uint32_t skip;       // bytes at the bottom of the run not saved
+  char* buf;                // (pages * kPage - skip) bytes, malloc'd by a worker
+};
+static_assert(sizeof(SlotCompact) == 24);
+// Longest run one compaction handles (a worker's staging area).
+constexpr unsigned kMaxCompactPages = 64;
+
 // Per-slot state of the free-stack cache, a second side table next
 // to SlotMeta (so SlotMeta keeps its 32 bytes). Touched only by the thread that
 // holds the slot (allocating / releasing worker); hand-offs go through the
@@ -81,6 +106,7 @@ struct SubArena {
   SlotMeta* meta = nullptr;          // capacity entries, MAP_NORESERVE
   SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE
   SlotName* names = nullptr;         // capacity entries, MAP_NORESERVE; touched by named fibers only
+  SlotCompact* compact = nullptr;    // capacity entries, MAP_NORESERVE; touched by compacted slots only
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
   std::uint32_t local_count = 0;
@@ -117,6 +143,12 @@ struct alignas(64) WorkerStackCounters {  // written by the worker (or, for the
 struct alignas(64) HandlerStackCounters {  // written by the worker's fault handler thread
   std::atomic<std::int64_t> faults{0};
   std::atomic<std::int64_t> live_pages{0};
+  std::atomic<std::int64_t> restores{0};  // compacted runs it put back
+};
+struct alignas(64) CompactCounters {  // written by the worker (TENDRIL_STACK_COMPACT_COUNTERS)
+#define TENDRIL_COMPACT_COUNTER(storage, field, doc) std::atomic<std::int64_t> storage{0};
+  TENDRIL_STACK_COMPACT_COUNTERS(TENDRIL_COMPACT_COUNTER)
+#undef TENDRIL_COMPACT_COUNTER
 };
 
 inline void add_single_writer(std::atomic<std::int64_t>& c, std::int64_t delta) noexcept {
@@ -220,6 +252,19 @@ struct alignas(64) WorkerStacks {
   // fiber did not use when it parks (see trim_unwritten_below_sp).
   std::atomic<int> tid{0};
   std::atomic<bool> trim_on_park{false};
+  // Compaction: kMaxCompactPages each. `staging` is registered with this
+  // worker's uffd (UFFDIO_MOVE needs a registered destination) and holds
+  // pages only while a compaction of one of this worker's slots runs; the scratch
+  // areas are not registered: the worker's and the handler's, to rebuild
+  // pages for UFFDIO_COPY.
+  char* staging = nullptr;
+  // Held (try-lock only) by whichever worker is compacting a slot of this
+  // worker's arenas: any worker may compact any slot, through the owner's
+  // staging area and uffd. The fault handler never takes it.
+  std::atomic<bool> staging_busy{false};
+  char* scratch = nullptr;
+  char* handler_scratch = nullptr;
+  CompactCounters compact_counters;
 };
 
 struct StackRuntime {
@@ -236,6 +281,7 @@ struct StackRuntime {
   // grows on the node it runs on. Where there is more than one node, unless
   // Options::stack_place says otherwise.
   bool place_for_faulter = false;
+  bool compact = false;         // idle-stack compaction is on (uffd mode with UFFDIO_MOVE)
   WorkerStacks* w = nullptr;
 };
 
@@ -262,6 +308,17 @@ bool uffd_map_top_page(WorkerStacks& w, char* page) noexcept;
 // already exist are skipped). Returns the pages it mapped.
 unsigned uffd_populate(WorkerStacks& w, char* lo, unsigned pages) noexcept;
 bool handler_start(WorkerStacks& w, unsigned index) noexcept;
+// Compaction's userfaultfd operations (fault_handler.cpp). Moves `pages`
+// pages at src (a slot of w's arenas) to w's staging area; returns the pages
+// moved (a prefix).
+unsigned uffd_move_to_staging(WorkerStacks& w, char* src, unsigned pages) noexcept;
+// Moves them back (a compaction that gave up before anyone could see it).
+void uffd_move_from_staging(WorkerStacks& w, char* dst, unsigned pages) noexcept;
+// Installs `pages` pages at dst from src (UFFDIO_COPY through `uffd`); waits
+// out ENOMEM like a fault does, and aborts if the content cannot be put back.
+void uffd_install_pages(int uffd, char* dst, const char* src, unsigned pages) noexcept;
+// Rebuilds the compacted run of `c` into `scratch` (zeros, then the buffer).
+void compact_rebuild(const SlotCompact& c, char* scratch) noexcept;
 void handler_stop(WorkerStacks& w) noexcept;
 void handler_place_like_current_thread(WorkerStacks& w) noexcept;
 bool pool_create(PagePool& p) noexcept;

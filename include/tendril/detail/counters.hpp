@@ -34,3 +34,15 @@
   X(prepared, stacks_prepared, "fresh stacks idle workers mapped ahead for a busy spawner")             \
   X(pages_moved, stack_pages_moved,                                                                     \
     "pages of stolen fibers' stacks moved to the thief's NUMA node (remote steals only)")
+
+// Idle-stack compaction counters (uffd mode, Options::compact_after): summed
+// over the workers and their fault handlers into StackCounters and Stats.
+// X(storage name, StackCounters and Stats field, what it counts). Gauges are
+// kept as deltas per worker; only their sum means something.
+#define TENDRIL_STACK_COMPACT_COUNTERS(X)                                                             \
+  X(compactions, compactions, "parked fibers whose stack pages were copied out and given back")        \
+  X(restores, restores, "compacted stacks put back (at switch-in, or by the fault handler on a touch)") \
+  X(touch_restores, restores_on_touch,                                                                 \
+    "of the restores, those the fault handler made: something touched the stack before its fiber ran") \
+  X(compacted, fibers_compacted, "gauge: fibers whose stack is held in a compaction buffer now")      \
+  X(compact_bytes, compact_bytes, "gauge: bytes held in compaction buffers now")
