@@ -132,6 +132,11 @@ class Pool {
       if (head_ == nullptr) tail_ = nullptr;
       ++running_;
       lk.unlock();
+      // fn starts once its caller is parked (the caller lets the lock go only
+      // after its switch), so what fn sees of the runtime (a fiber dump run
+      // off the workers) shows the caller waiting for it, not running.
+      c->lock.lock();
+      c->lock.unlock();
       if (!abandoned(c)) c->fn(c->arg);  // cancelled before it started: nothing to run
       finish(c);
       lk.lock();
