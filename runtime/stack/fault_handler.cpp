@@ -291,9 +291,11 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
         if (s == kStaged) {
           uffd_install_pages(w.uffd, run_lo, w.staging, c.pages);  // the compactor reads staging until it sees kResident
         } else {
+          // Counted before the install wakes the toucher, like the pages
+          // above: it may read stats() at once.
+          add_single_writer(w.handler_counters.restores, 1);
           compact_rebuild(c, w.handler_scratch);
           uffd_install_pages(w.uffd, run_lo, w.handler_scratch, c.pages);
-          add_single_writer(w.handler_counters.restores, 1);
         }
         c.state.store(kResident, std::memory_order_release);
         return true;
