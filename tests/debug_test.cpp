@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "tests/capture_stderr.hpp"
 #include "tests/scale.hpp"
 
 using namespace std::chrono_literals;
@@ -51,40 +52,7 @@ bool has_frame(const tendril::FiberInfo& f, const std::string& function_part) {
   return false;
 }
 
-// Redirects fd 2 into a file for the lifetime of the object.
-class CaptureStderr {
- public:
-  CaptureStderr() {
-    std::fflush(stderr);
-    char path[] = "/tmp/tendril-debug-test-XXXXXX";
-    fd_ = mkstemp(path);
-    unlink(path);
-    saved_ = dup(2);
-    dup2(fd_, 2);
-  }
-  ~CaptureStderr() { restore(); close(fd_); }
-  void restore() {
-    if (saved_ < 0) return;
-    std::fflush(stderr);
-    dup2(saved_, 2);
-    close(saved_);
-    saved_ = -1;
-  }
-  std::string text() const {
-    std::string s;
-    char buf[4096];
-    for (off_t off = 0;;) {
-      const ssize_t n = pread(fd_, buf, sizeof buf, off);
-      if (n <= 0) break;
-      s.append(buf, std::size_t(n));
-      off += n;
-    }
-    return s;
-  }
-
- private:
-  int fd_ = -1, saved_ = -1;
-};
+using tendril_test::CaptureStderr;
 
 std::size_t count_of(const std::string& text, const std::string& what) {
   std::size_t n = 0;

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "runtime/sched/compact_testing.hpp"
+#include "tests/capture_stderr.hpp"
 
 using namespace std::chrono_literals;
 
@@ -106,43 +107,7 @@ class UnsetEnv {
   std::string saved_;
 };
 
-// Redirects fd 2 into a file for the lifetime of the object.
-class CaptureStderr {
- public:
-  CaptureStderr() {
-    std::fflush(stderr);
-    char path[] = "/tmp/tendril-compact-test-XXXXXX";
-    fd_ = mkstemp(path);
-    unlink(path);
-    saved_ = dup(2);
-    dup2(fd_, 2);
-  }
-  ~CaptureStderr() {
-    restore();
-    close(fd_);
-  }
-  void restore() {
-    if (saved_ < 0) return;
-    std::fflush(stderr);
-    dup2(saved_, 2);
-    close(saved_);
-    saved_ = -1;
-  }
-  std::string text() const {
-    std::string s;
-    char buf[4096];
-    for (off_t off = 0;;) {
-      const ssize_t n = pread(fd_, buf, sizeof buf, off);
-      if (n <= 0) break;
-      s.append(buf, std::size_t(n));
-      off += n;
-    }
-    return s;
-  }
-
- private:
-  int fd_ = -1, saved_ = -1;
-};
+using tendril_test::CaptureStderr;
 
 }  // namespace
 
