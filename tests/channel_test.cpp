@@ -330,6 +330,72 @@ TEST(Channel, StressMixedTryAndBlockingExact) {
   }
 }
 
+// A receiver that registers in a cell and withdraws (here a select whose
+// case_after fires) ends that cell's lap; the lap's sender, if it looked at
+// the cell before the registration, draws again. A sender delayed between
+// looking at the cell and writing its value there must not write into the
+// cell once the lap has gone on to the next sender (that sender's value
+// would be overwritten, and the late one delivered twice). The value's move
+// constructor now and then pauses before it writes, which is where such a
+// sender is delayed; plain threads, more than there are CPUs.
+namespace {
+struct SlowMove {
+  int v = -1;
+  explicit SlowMove(int x) : v(x) {}
+  SlowMove(SlowMove&& o) noexcept {
+    thread_local unsigned moves = 0;
+    if (++moves % 16 == 0) std::this_thread::sleep_for(std::chrono::microseconds(300));
+    v = o.v;
+  }
+  SlowMove& operator=(SlowMove&& o) noexcept {
+    v = o.v;
+    return *this;
+  }
+};
+}  // namespace
+
+TEST(Channel, StressDelayedSendersWhileReceiversWithdraw) {
+  for (std::size_t capacity : {std::size_t{0}, std::size_t{1}, std::size_t{4}}) {
+    const int per_sender = static_cast<int>(stress_count(3000, 500));
+    constexpr int kSenders = 3, kReceivers = 3;
+    std::vector<std::atomic<int>> received(static_cast<std::size_t>(per_sender * kSenders));
+    tendril::Channel<SlowMove> ch(capacity);
+    std::atomic<int> senders_left{kSenders};
+    std::vector<std::thread> threads;
+    for (int p = 0; p < kSenders; ++p) {
+      threads.emplace_back([&, p] {
+        for (int i = 0; i < per_sender; ++i) EXPECT_TRUE(ch.send(SlowMove(p * per_sender + i)));
+        if (senders_left.fetch_sub(1) == 1) ch.close();
+      });
+    }
+    for (int r = 0; r < kReceivers; ++r) {
+      threads.emplace_back([&] {
+        for (;;) {
+          std::optional<SlowMove> m;
+          bool open = true;
+          tendril::select(tendril::case_recv(ch, [&](std::optional<SlowMove> x) { open = x.has_value(); m = std::move(x); }),
+                          tendril::case_after(std::chrono::microseconds(5), [] {}));
+          if (m) {
+            received[static_cast<std::size_t>(m->v)].fetch_add(1);
+          } else if (!open) {
+            // Closed: what is still in flight comes out of a blocking recv.
+            while (std::optional<SlowMove> w = ch.recv()) received[static_cast<std::size_t>(w->v)].fetch_add(1);
+            return;
+          }
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    int lost = 0, duplicated = 0;
+    for (const auto& n : received) {
+      lost += n.load() == 0;
+      duplicated += n.load() > 1;
+    }
+    EXPECT_EQ(lost, 0) << "capacity " << capacity;
+    EXPECT_EQ(duplicated, 0) << "capacity " << capacity;
+  }
+}
+
 // With capacity C exactly C try_sends succeed on an idle channel, whatever
 // failed try_ operations came before, and values come out in order.
 TEST(Channel, TryOperationsKeepExactCapacity) {

@@ -57,7 +57,8 @@
 //   select send-wait / select recv-wait
 //               a select registered a case here (its SelectReg, which points
 //               at the select's shared waiter)
-//   resuming    someone claimed a parked waiter and is finishing the hand-off
+//   resuming    someone claimed a parked waiter and is finishing the hand-off,
+//               or claimed the empty cell to write into it (below)
 //   recv-broke  the receiver gave up on this cell (its sender was too slow,
 //               in an in-buffer or closing cell)
 //   send-cancel the sender withdrew (try_send in an in-buffer cell, or the
@@ -80,11 +81,23 @@
 // (the receiver stays parked until woken); the other claims go through
 // resuming.
 //
+// Nobody writes into a cell (the value, or the Waiter / registration a
+// wait state publishes) without owning it: a sender leaving its value, and
+// any party about to park or register, first CASes the empty cell to
+// resuming, writes, and then publishes the new state. Letting the publishing
+// CAS check the lap after the write is not enough: a party preempted between
+// looking at the cell and writing to it may find, when it runs again, that
+// its other party withdrew, the lap ended, and the next lap's party filled
+// the cell; the late write would land in that party's value (delivering one
+// value twice and losing the other). A party that claimed a cell and finds
+// the channel closed before it publishes a wait puts the cell back and looks
+// again (close() passes over claimed cells).
+//
 // Who may CAS what:
-//   empty/in-buffer  the cell's sender (buffered, send-wait, select
-//                    send-wait, send-cancel, or lap+1), its receiver
-//                    (recv-wait, select recv-wait, recv-broke, or lap+1),
-//                    the expander (in-buffer), close (the closed bit)
+//   empty/in-buffer  the cell's sender (resuming to write, send-cancel, or
+//                    lap+1), its receiver (resuming to write, recv-broke,
+//                    or lap+1), the expander (in-buffer), close (the closed
+//                    bit)
 //   send-wait        the receiver or the expander (-> resuming), close
 //                    (-> resuming), the parked sender's Interrupt (-> lap+1)
 //   recv-wait        the sender (-> lap+1), close (-> resuming), the parked

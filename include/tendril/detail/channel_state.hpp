@@ -116,12 +116,11 @@ template <class T>
 struct Cell {
   std::atomic<u64> word{0};
   // Published by a wait state: send-wait / recv-wait (a detail::Waiter) or
-  // select send-wait / recv-wait (a SelectReg). Written (relaxed) before the
-  // CAS that installs that state, read (relaxed) after the CAS or acquire
-  // load that saw it. One field per side, because the other side may be
-  // writing its own while it loses the race to park; atomic because a
-  // party that loses the race to park rewrites its field while it is not
-  // published, which must not count as a data race.
+  // select send-wait / recv-wait (a SelectReg). Written (relaxed) by the
+  // party that claimed the empty cell (kResuming), before the store that
+  // publishes the wait state; read (relaxed) after the CAS or acquire load
+  // that saw that state. Atomic because a party of an earlier lap may still
+  // read its own registration there while it finishes with the cell.
   std::atomic<void*> sender{nullptr};
   std::atomic<void*> receiver{nullptr};
   detail::TurnWaiters turn;          // operations whose lap has not come yet
@@ -186,6 +185,30 @@ struct State : std::enable_shared_from_this<State<T>> {
   static bool cas_state(Cell& c, u64& seen, u64 to) noexcept {
     return c.word.compare_exchange_strong(seen, seen - state_of(seen) + to, std::memory_order_seq_cst,
                                           std::memory_order_acquire);
+  }
+  // Writing into a cell (its value, or the sender / receiver field a wait
+  // state publishes) takes the cell first: the CAS from the empty state seen
+  // (kEmpty or kInBuffer) to kResuming, then the write, then the state that
+  // publishes it. Writing first and letting the publishing CAS validate the
+  // lap is not enough: an operation that looked at the cell may be preempted
+  // while its other party leaves and ends the lap, and the next lap's party
+  // fills the cell; the late write would then land in that party's value or
+  // field, and only the CAS after it would fail.
+  static bool claim_empty_cell(Cell& c, u64& seen) noexcept { return cas_state(c, seen, kResuming); }
+  // Publishes wait state `to` in a cell claimed from state `from`. If the
+  // channel closed meanwhile (close() passes over a claimed cell) the cell
+  // goes back to `from` and this returns false: the caller looks at it again
+  // and handles the close the usual way.
+  static bool publish_claimed_wait(Cell& c, u64 from, u64 to) noexcept {
+    u64 w = c.word.load(std::memory_order_acquire);
+    for (;;) {
+      if ((w & kCellClosed) != 0) {
+        set_owned_state(c, kResuming, from);
+        return false;
+      }
+      if (c.word.compare_exchange_weak(w, w - kResuming + to, std::memory_order_seq_cst, std::memory_order_acquire))
+        return true;
+    }
   }
   // A party that gives its ticket up in a cell the other party has not
   // reached: an empty open cell skips the lap (the other party finds it
@@ -382,11 +405,12 @@ struct State : std::enable_shared_from_this<State<T>> {
   };
   static bool publish_cell_waiter(void* arg) noexcept {
     auto* a = static_cast<CellWait*>(arg);
+    Cell& c = *a->c;
     u64 seen = a->seen;
-    const u64 to = seen - state_of(seen) + a->to;
-    a->parked = true;  // before the CAS: afterwards `a` may be gone
-    if (a->c->word.compare_exchange_strong(seen, to, std::memory_order_seq_cst, std::memory_order_relaxed))
-      return true;
+    if (!claim_empty_cell(c, seen)) return false;
+    (a->to == kSendWait ? c.sender : c.receiver).store(a->me, std::memory_order_relaxed);
+    a->parked = true;  // before the publish: afterwards `a` may be gone
+    if (publish_claimed_wait(c, state_of(a->seen), a->to)) return true;
     a->parked = false;
     return false;
   }
@@ -425,9 +449,6 @@ struct State : std::enable_shared_from_this<State<T>> {
   // Parks in `c` if its word is still `seen`. kRetry: it changed first;
   // kDone: a party (or close) resumed us; kInterrupted: our scope did.
   static Outcome park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
-    // Only this operation writes its side's field during this lap, and the
-    // CAS in publish_cell_waiter publishes it.
-    (to == kSendWait ? c.sender : c.receiver).store(&me, std::memory_order_relaxed);
     CellWait a{&c, seen, to, &me};
     CellInterrupt interrupt(c, lap_bits(seen) | to, me);
     detail::park_committed(me, to == kSendWait ? WaitReason::channel_send : WaitReason::channel_recv,
@@ -474,14 +495,13 @@ struct State : std::enable_shared_from_this<State<T>> {
 
   // ---- sending
 
-  // Leaves `value` in an empty cell; on a lost race moves it back.
+  // Leaves `value` in an empty cell (claimed first: see claim_empty_cell).
+  // False if the cell changed since `seen`; `value` is then untouched.
   static bool leave_value(Cell& c, u64& seen, T& value) noexcept {
-    T* p = ::new (static_cast<void*>(c.value)) T(std::move(value));
-    if (cas_state(c, seen, kBuffered)) return true;
-    value.~T();
-    ::new (static_cast<void*>(&value)) T(std::move(*p));
-    p->~T();
-    return false;
+    if (!claim_empty_cell(c, seen)) return false;
+    ::new (static_cast<void*>(c.value)) T(std::move(value));
+    set_owned_state(c, kResuming, kBuffered);
+    return true;
   }
 
   // `reg`: the select registration to publish where a blocking send would
@@ -538,8 +558,9 @@ struct State : std::enable_shared_from_this<State<T>> {
             continue;
           }
           if (mode == Mode::kSelect) {
+            if (!claim_empty_cell(c, w)) continue;
             c.sender.store(reg, std::memory_order_relaxed);
-            if (cas_state(c, w, kSelSendWait)) return Outcome::kRegistered;
+            if (publish_claimed_wait(c, state_of(w), kSelSendWait)) return Outcome::kRegistered;
             continue;
           }
           detail::Waiter me;
@@ -738,8 +759,9 @@ struct State : std::enable_shared_from_this<State<T>> {
             }
           }
           if (mode == Mode::kSelect) {
+            if (!claim_empty_cell(c, w)) continue;
             c.receiver.store(reg, std::memory_order_relaxed);
-            if (cas_state(c, w, kSelRecvWait)) return Outcome::kRegistered;
+            if (publish_claimed_wait(c, state_of(w), kSelRecvWait)) return Outcome::kRegistered;
             continue;
           }
           alignas(T) unsigned char storage[sizeof(T)];
