@@ -129,6 +129,30 @@ void channel_ping_pong(benchmark::State& st, unsigned workers, bool pinned) {
 
 void BM_TendrilChannelPingPong(benchmark::State& st) { channel_ping_pong(st, unsigned(st.range(0)), false); }
 
+// ---- buffered channel stream -------------------------------------------
+// The main fiber sends into a channel of capacity 64 that a partner drains:
+// mostly values left in the buffer and taken from it, with a park when one
+// side runs ahead. Per value sent.
+
+void BM_TendrilChannelBuffered(benchmark::State& st) {
+  in_tendril(unsigned(st.range(0)), [&] {
+    tendril::Channel<int> ch(64);
+    tendril::Fiber partner = tendril::spawn([ch]() mutable {
+      long sum = 0;
+      while (std::optional<int> v = ch.recv()) sum += *v;
+      benchmark::DoNotOptimize(sum);
+    });
+    for (int i = 0; i < 1000; ++i) ch.send(i);
+    const tendril::Stats a = tendril::stats();
+    for (auto _ : st) ch.send(1);
+    const tendril::Stats b = tendril::stats();
+    ch.close();
+    partner.join();
+    set_unit_counters(st, 1);
+    set_stats_counters(st, a, b, 1);
+  });
+}
+
 // ---- select: the ping-pong above with the reply taken by select ------------
 // Arg 1: channels in the select (1: the reply channel only; 2: also one that
 // never has a value). Same round trip as BM_TendrilChannelPingPong.
@@ -378,6 +402,7 @@ void BM_NoMigrateEnterExit(benchmark::State& st) {
 TENDRIL_BM(BM_TendrilYield)->ArgName("workers")->Arg(1)->Arg(2);
 BENCHMARK(BM_PthreadSchedYield)->UseRealTime()->Unit(benchmark::kNanosecond);
 TENDRIL_BM(BM_TendrilChannelPingPong)->ArgName("workers")->Arg(1)->Arg(2);
+TENDRIL_BM(BM_TendrilChannelBuffered)->ArgName("workers")->Arg(1)->Arg(2);
 TENDRIL_BM(BM_TendrilSelectPingPong)->ArgNames({"workers", "channels"})->ArgsProduct({{1, 2}, {1, 2}});
 TENDRIL_BM(BM_TendrilMutexCondVarPingPong)->ArgName("workers")->Arg(1)->Arg(2);
 TENDRIL_BM(BM_TendrilMutexCondVarPingPongInScope)->ArgNames({"workers", "deadline"})->ArgsProduct({{1, 2}, {0, 1}});

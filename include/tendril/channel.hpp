@@ -89,9 +89,10 @@
 // looking at the cell and writing to it may find, when it runs again, that
 // its other party withdrew, the lap ended, and the next lap's party filled
 // the cell; the late write would land in that party's value (delivering one
-// value twice and losing the other). A party that claimed a cell and finds
-// the channel closed before it publishes a wait puts the cell back and looks
-// again (close() passes over claimed cells).
+// value twice and losing the other). The claim is the one read-modify-write
+// of the step: the new state is published with a plain store, since nobody
+// else changes a claimed cell's word (close() and the abandoned-ticket mark
+// wait the few instructions until it is published before they set a flag).
 //
 // Who may CAS what:
 //   empty/in-buffer  the cell's sender (resuming to write, send-cancel, or

@@ -188,26 +188,33 @@ struct State : std::enable_shared_from_this<State<T>> {
   }
   // Writing into a cell (its value, or the sender / receiver field a wait
   // state publishes) takes the cell first: the CAS from the empty state seen
-  // (kEmpty or kInBuffer) to kResuming, then the write, then the state that
-  // publishes it. Writing first and letting the publishing CAS validate the
-  // lap is not enough: an operation that looked at the cell may be preempted
-  // while its other party leaves and ends the lap, and the next lap's party
-  // fills the cell; the late write would then land in that party's value or
-  // field, and only the CAS after it would fail.
+  // (kEmpty or kInBuffer) to kResuming, then the write, then a store of the
+  // state that publishes it. Writing first and letting the publishing CAS
+  // check the lap is not enough: an operation that looked at the cell may be
+  // preempted while its other party leaves and ends the lap, and the next
+  // lap's party fills the cell; the late write would then land in that
+  // party's value or field, and only the CAS after it would fail.
   static bool claim_empty_cell(Cell& c, u64& seen) noexcept { return cas_state(c, seen, kResuming); }
-  // Publishes wait state `to` in a cell claimed from state `from`. If the
-  // channel closed meanwhile (close() passes over a claimed cell) the cell
-  // goes back to `from` and this returns false: the caller looks at it again
-  // and handles the close the usual way.
-  static bool publish_claimed_wait(Cell& c, u64 from, u64 to) noexcept {
+  // The owner of a claimed cell (`claimed`: the word its claim installed)
+  // publishes `to`. A plain store: nobody else changes a claimed cell's word,
+  // not even its flags (see set_cell_flags).
+  static void publish_claimed(Cell& c, u64 claimed, u64 to) noexcept {
+    c.word.store(claimed - kResuming + to, std::memory_order_release);
+  }
+  // Sets and clears flag bits (closed, abandoned) of a cell's word; returns
+  // the word before. Waits while the cell is claimed (kResuming: one move of
+  // a T or a few stores), so that its owner may publish with a plain store.
+  static u64 set_cell_flags(Cell& c, u64 set, u64 clear) noexcept {
+    detail::Backoff backoff;
     u64 w = c.word.load(std::memory_order_acquire);
     for (;;) {
-      if ((w & kCellClosed) != 0) {
-        set_owned_state(c, kResuming, from);
-        return false;
+      if (state_of(w) == kResuming) {
+        backoff.pause();
+        w = c.word.load(std::memory_order_acquire);
+        continue;
       }
-      if (c.word.compare_exchange_weak(w, w - kResuming + to, std::memory_order_seq_cst, std::memory_order_acquire))
-        return true;
+      if (c.word.compare_exchange_weak(w, (w | set) & ~clear, std::memory_order_seq_cst, std::memory_order_acquire))
+        return w;
     }
   }
   // A party that gives its ticket up in a cell the other party has not
@@ -322,7 +329,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     abandon_lock.lock();
     rec->next = abandoned;
     abandoned = rec;
-    const u64 w = c.word.fetch_or(kAbandoned, std::memory_order_seq_cst);
+    const u64 w = set_cell_flags(c, kAbandoned, 0);
     abandon_lock.unlock();
     if (lap_bits(w) < lap) return Outcome::kInterrupted;  // whoever begins our lap settles it
     abandon_lock.lock();
@@ -370,7 +377,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     for (const Abandoned* a = abandoned; a != nullptr; a = a->next) {
       if (a->c == &c) return;
     }
-    c.word.fetch_and(~kAbandoned, std::memory_order_seq_cst);
+    set_cell_flags(c, 0, kAbandoned);
   }
   bool unlink_abandoned(Abandoned* rec) noexcept {
     for (Abandoned** p = &abandoned; *p != nullptr; p = &(*p)->next) {
@@ -409,10 +416,10 @@ struct State : std::enable_shared_from_this<State<T>> {
     u64 seen = a->seen;
     if (!claim_empty_cell(c, seen)) return false;
     (a->to == kSendWait ? c.sender : c.receiver).store(a->me, std::memory_order_relaxed);
+    const u64 to = a->to;
     a->parked = true;  // before the publish: afterwards `a` may be gone
-    if (publish_claimed_wait(c, state_of(a->seen), a->to)) return true;
-    a->parked = false;
-    return false;
+    publish_claimed(c, seen - state_of(seen) + kResuming, to);
+    return true;
   }
   // Withdraws a waiter (or select registration) published as `parked`
   // (its lap | its wait state) with one CAS that also ends the lap: the other
@@ -500,7 +507,7 @@ struct State : std::enable_shared_from_this<State<T>> {
   static bool leave_value(Cell& c, u64& seen, T& value) noexcept {
     if (!claim_empty_cell(c, seen)) return false;
     ::new (static_cast<void*>(c.value)) T(std::move(value));
-    set_owned_state(c, kResuming, kBuffered);
+    publish_claimed(c, seen - state_of(seen) + kResuming, kBuffered);
     return true;
   }
 
@@ -560,8 +567,8 @@ struct State : std::enable_shared_from_this<State<T>> {
           if (mode == Mode::kSelect) {
             if (!claim_empty_cell(c, w)) continue;
             c.sender.store(reg, std::memory_order_relaxed);
-            if (publish_claimed_wait(c, state_of(w), kSelSendWait)) return Outcome::kRegistered;
-            continue;
+            publish_claimed(c, w - state_of(w) + kResuming, kSelSendWait);
+            return Outcome::kRegistered;
           }
           detail::Waiter me;
           me.slot = &value;
@@ -761,8 +768,8 @@ struct State : std::enable_shared_from_this<State<T>> {
           if (mode == Mode::kSelect) {
             if (!claim_empty_cell(c, w)) continue;
             c.receiver.store(reg, std::memory_order_relaxed);
-            if (publish_claimed_wait(c, state_of(w), kSelRecvWait)) return Outcome::kRegistered;
-            continue;
+            publish_claimed(c, w - state_of(w) + kResuming, kSelRecvWait);
+            return Outcome::kRegistered;
           }
           alignas(T) unsigned char storage[sizeof(T)];
           detail::Waiter me;
@@ -969,7 +976,7 @@ struct State : std::enable_shared_from_this<State<T>> {
                                             std::memory_order_relaxed));
     for (std::size_t i = 0; i <= mask; ++i) {
       Cell& c = cells[i];
-      c.word.fetch_or(kCellClosed, std::memory_order_seq_cst);
+      set_cell_flags(c, kCellClosed, 0);
       settle_on_close(c, s);
       c.turn.wake_all();
     }
