@@ -22,9 +22,12 @@
 // (VmRSS + VmPTE) from before the spawns, divided by N, and the bytes held in
 // compaction buffers per fiber. A compacted fiber woken by a channel send is
 // put back by the fault handler (the sender writes the Waiter in the recv's
-// frame, below the top page); one woken by socket data with io_uring by the
-// handler too (the kernel's copy into the read buffer on the stack), with
-// epoll at switch-in (the eager UFFDIO_COPY).
+// frame, below the top page); one woken by socket data too, with io_uring
+// (the kernel's copy into the read buffer on the stack) and with epoll (the
+// readiness wake-up writes the Waiter of the read's park, below the top
+// page): "touch restores/fiber" counts them, 1 per wake. TENDRIL_IO=epoll
+// picks the epoll backend. Socket fibers take two descriptors each: their
+// count is capped by RLIMIT_NOFILE (raised to its hard limit here).
 #include <tendril/tendril.hpp>
 
 #include <algorithm>
