@@ -194,7 +194,7 @@
 // the same run: channel send 21-28 us against 0.6-0.9 us (30-46x) at 1k,
 // 10k and 100k fibers; socket data 32-44 us against 14-17 us (2.4-2.7x,
 // io_uring) and 36-38 us against 7.3-7.6 us (5x, epoll); a whole batch
-// 30-54x (channel) and 4-6x (socket) the resident one per fiber. The
+// 28-54x (channel) and 4-6x (socket) the resident one per fiber. The
 // restore is a fault round trip plus a UFFDIO_COPY (bench/results/
 // compact-resume.md): cheap beside a connection's idle time, not beside a
 // channel hand-off, hence compact_after stays off by default.
