@@ -191,13 +191,14 @@
 // kernel's copy into the read buffer with io_uring, the readiness wake-up's
 // write of the read's Waiter with epoll). bench/compact_resume, one worker,
 // 6 KiB of stack per fiber, one at a time (p50) against a resident fiber in
-// the same run: channel send 21-28 us against 0.6-0.9 us (30-46x) at 1k,
+// the same run: channel send 21-31 us against 0.6-0.95 us (30-46x) at 1k,
 // 10k and 100k fibers; socket data 32-44 us against 14-17 us (2.4-2.7x,
 // io_uring) and 36-38 us against 7.3-7.6 us (5x, epoll); a whole batch
 // 28-54x (channel) and 4-6x (socket) the resident one per fiber. The
 // restore is a fault round trip plus a UFFDIO_COPY (bench/results/
 // compact-resume.md): cheap beside a connection's idle time, not beside a
-// channel hand-off, hence compact_after stays off by default.
+// channel hand-off, so compact_after belongs well above the park times of
+// fibers that are woken often.
 //
 // Buffers: glibc malloc, by the worker that compacts; freed only by
 // workers (compact_run when the move fails or the handler took the pages
