@@ -46,8 +46,10 @@ tendril_require(URING_FOUND "liburing" liburing-dev)
 pkg_check_modules(DW QUIET IMPORTED_TARGET libdw)
 tendril_require(DW_FOUND "libdw (elfutils)" libdw-dev)
 
-pkg_check_modules(JEMALLOC QUIET IMPORTED_TARGET jemalloc)
-tendril_require(JEMALLOC_FOUND "jemalloc" libjemalloc-dev)
+# No jemalloc: the one candidate use, idle-stack compaction buffers, is
+# better served by glibc malloc (its size classes cost ~470 B more per
+# compacted fiber; see the stack design comment in runtime/stack/arena.cpp).
+# bench/compact_alloc links it when its development files are installed.
 
 find_library(NUMA_LIBRARY numa)
 find_path(NUMA_INCLUDE_DIR numa.h)

@@ -181,11 +181,44 @@
 // from a ring's wait for completions or an io-wq thread (worker.cpp): the
 // kernel's copy into a missing page is a fault the handler serves like a
 // waker's. Not compacted: runs longer than 64 pages, runs with a
-// never-touched page in them, pages pinned for I/O (EBUSY). The
-// buffers come from malloc, not jemalloc. The fault handler restores a
-// compacted fiber whose Waiter lies below the top page on every wake (a
-// fault round trip instead of the eager copy). gdb cannot read a compacted
-// frame (a remote access to a missing page of a uffd range fails).
+// never-touched page in them, pages pinned for I/O (EBUSY). gdb cannot
+// read a compacted frame (a remote access to a missing page of a uffd range
+// fails).
+//
+// Resume latency. The fault handler restores a compacted fiber whose Waiter
+// lies below the top page on every wake (a fault round trip instead of the
+// eager copy): a channel send, and socket data with either I/O backend (the
+// kernel's copy into the read buffer with io_uring, the readiness wake-up's
+// write of the read's Waiter with epoll). bench/compact_resume, one worker,
+// 6 KiB of stack per fiber, one at a time (p50) against a resident fiber in
+// the same run: channel send 21-31 us against 0.6-0.95 us (30-46x) at 1k,
+// 10k and 100k fibers; socket data 32-44 us against 14-17 us (2.4-2.7x,
+// io_uring) and 36-38 us against 7.3-7.6 us (5x, epoll); a whole batch
+// 28-54x (channel) and 4-6x (socket) the resident one per fiber. The
+// restore is a fault round trip plus a UFFDIO_COPY (bench/results/
+// compact-resume.md): cheap beside a connection's idle time, not beside a
+// channel hand-off, so compact_after belongs well above the park times of
+// fibers that are woken often.
+//
+// Buffers: glibc malloc, by the worker that compacts; freed only by
+// workers (compact_run when the move fails or the handler took the pages
+// back, stack_restore after the install, compact_free_buffers at shutdown);
+// the fault handler only reads them. jemalloc was measured for them and
+// dropped, with the build's dependency on it (bench/compact_alloc, A/B in
+// one run, and bench/compact_resume with jemalloc preloaded; figures in
+// bench/results/compact-alloc.md). Its size classes (four per doubling)
+// cost 400-500 B more per buffer than glibc's 16-byte headers on live
+// sizes spread over 256-8192 B (3,120 B: +470 B): 8,378 B per compacted
+// 6 KiB fiber against 8,110 with glibc, 17,172 against 16,280 for 10 KiB
+// (the whole gain of compacting it). Sized frees from its thread cache are
+// faster (0.4-1.7 us against 1.4-4.4 us per free + malloc + copy), a
+// dedicated arena without the cache (what a per-node arena would be) less
+// so (0.7-5 us), all noise beside the tens of microseconds of a UFFDIO_MOVE
+// and of a restore. Once a random half of the buffers is freed (half the
+// fibers woke), glibc after malloc_trim holds 1,900 B per live buffer
+// beyond its size, jemalloc after a purge 3,150-4,100 (its slabs stay
+// partly used). And Debian's jemalloc has no symbol prefix: linking it
+// would replace malloc in every program that links tendril.
 //
 // # Invariants
 //  - A slot from the arena has only its top page resident when handed out
