@@ -50,8 +50,9 @@ inline constexpr std::uintptr_t kInterruptBusy = 1, kInterruptPending = 2;  // I
 //   the scheduler or a joiner touches for a parked fiber is in this block and
 //   none of it in the frames below, which is what let the block move off the
 //   stack page into the dense per-worker cache without changing any park.
-//   (The Waiter a park links into a queue is still a local of the parking
-//   frame, on the stack.)
+//   The Waiter a wait links into a queue is the fiber's own, in this block
+//   (OwnWaiter), where the wait allows it; the others are locals of the
+//   parking frame, on the stack.
 struct ParkRecord {
   std::atomic<std::uint64_t> wait{0};
   std::int64_t since = 0;  // CLOCK_MONOTONIC_COARSE, ns
@@ -85,6 +86,9 @@ std::int64_t park_clock_ns() noexcept;
 struct alignas(64) FiberCtl {
   Context ctx;
   FiberCtl* next = nullptr;  // intrusive link for the global queue
+  // The Waiter of the fiber's common waits (OwnWaiter in park.hpp): here
+  // rather than on the stack, so a waker touches only this block.
+  Waiter waiter{this};
   FiberId id = 0;
   StackSlot stack;
 
