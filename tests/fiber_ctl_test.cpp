@@ -82,6 +82,10 @@ TEST(FiberCtl, ParkedFibersControlBlockIsOffItsStackAndFoundFromItsSlot) {
     EXPECT_TRUE(td::current_scheduler()->ctl_cache(c->home).owns(c));
     EXPECT_EQ(c->home, 0u);
     EXPECT_EQ(slot.ctl, c);
+    // The Waiter the WaitGroup queued is the fiber's own, in that block: a
+    // wake touches nothing on the parked fiber's stack.
+    EXPECT_TRUE(c->waiter.linked);
+    EXPECT_EQ(c->waiter.fiber, c);
 
     bool listed = false;
     for (const tendril::FiberInfo& f : tendril::fibers()) {
