@@ -86,9 +86,6 @@ std::int64_t park_clock_ns() noexcept;
 struct alignas(64) FiberCtl {
   Context ctx;
   FiberCtl* next = nullptr;  // intrusive link for the global queue
-  // The Waiter of the fiber's common waits (OwnWaiter in park.hpp): here
-  // rather than on the stack, so a waker touches only this block.
-  Waiter waiter{this};
   FiberId id = 0;
   StackSlot stack;
 
@@ -149,6 +146,11 @@ struct alignas(64) FiberCtl {
   std::uint32_t pin_depth = 0;               // nested NoMigrate guards alive
   std::atomic<Worker*> pin_home{nullptr};  // the worker it must run on, or nullptr
   FiberCtl* pin_next = nullptr;              // link in pin_home's pinned inbox
+
+  // The Waiter of the fiber's common waits (OwnWaiter in park.hpp): here
+  // rather than on the stack, so a waker touches only this block. Last, so
+  // that the lines the switch path reads stay as they were.
+  Waiter waiter{this};
 };
 
 // Gives f's stack back (the last reference is gone): on this worker, or, if
