@@ -173,13 +173,12 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   if (Worker* w = current_worker()) {
     // The common case, kept free of locks: the worker's own stack index and
     // id block, and the child runs next here.
-    FiberCtlCache& cache = w->ctl_cache();
-    void* record = cache.take();
-    StackSlot slot;
+    const StackSlot slot = stack_allocate(w->index(), limit, site);
+    void* record;
     try {
-      slot = stack_allocate(w->index(), limit, site);
+      record = w->ctl_cache().take();
     } catch (...) {
-      cache.put(record);
+      stack_release(w->index(), slot);
       throw;
     }
     FiberCtl* f = place_fiber(record, w->index(), slot, w->next_fiber_id(), options, ops, closure);
@@ -191,13 +190,12 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   {
     std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
     const unsigned home = s->external_stack_index();
-    FiberCtlCache& cache = s->ctl_cache(home);
-    void* record = cache.take();
-    StackSlot slot;
+    const StackSlot slot = stack_allocate(home, limit, site);
+    void* record;
     try {
-      slot = stack_allocate(home, limit, site);
+      record = s->ctl_cache(home).take();
     } catch (...) {
-      cache.put_remote(record);
+      stack_release(home, slot);
       throw;
     }
     f = place_fiber(record, home, slot, s->allocate_id_block(1), options, ops, closure);

@@ -4,13 +4,14 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdint>
 #include <system_error>
 
 namespace tendril::detail {
 
 static_assert(FiberCtlCache::kRecordBytes % alignof(FiberCtl) == 0);
-static_assert(FiberCtlCache::kFirstChunkBytes % 4096 == 0 && FiberCtlCache::kMaxChunkBytes % 4096 == 0);
+static_assert(FiberCtlCache::kRegionBytes % FiberCtlCache::kHugeBytes == 0);
 
 namespace {
 
@@ -18,33 +19,25 @@ namespace {
 #define MADV_POPULATE_WRITE 23  // Linux 5.14
 #endif
 
-// `bytes` of zeroed memory, aligned to `bytes` when that is a huge page.
-void* map_populated(std::size_t bytes) {
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  if (bytes < kHuge) {
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
-    return p == MAP_FAILED ? nullptr : p;
-  }
-  void* raw = mmap(nullptr, bytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+// kRegionBytes of address space aligned to a huge page, nothing committed.
+char* reserve_region() {
+  constexpr std::size_t kHuge = FiberCtlCache::kHugeBytes, kBytes = FiberCtlCache::kRegionBytes;
+  void* raw = mmap(nullptr, kBytes + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (raw == MAP_FAILED) return nullptr;
   const auto r = reinterpret_cast<std::uintptr_t>(raw);
   const std::uintptr_t a = (r + kHuge - 1) & ~(kHuge - 1);
   if (a > r) munmap(raw, a - r);
-  if (r + bytes + kHuge > a + bytes) munmap(reinterpret_cast<void*>(a + bytes), r + bytes + kHuge - (a + bytes));
-  void* p = reinterpret_cast<void*>(a);
-  madvise(p, bytes, MADV_HUGEPAGE);        // where THP is "madvise"; harmless where it is "never"
-  madvise(p, bytes, MADV_POPULATE_WRITE);  // older kernels: faulted in on first use instead
+  if (a + kBytes < r + kBytes + kHuge) munmap(reinterpret_cast<void*>(a + kBytes), r + kBytes + kHuge - (a + kBytes));
+  char* p = reinterpret_cast<char*>(a);
+  madvise(p, kHuge, MADV_NOHUGEPAGE);                 // the small chunks
+  madvise(p + kHuge, kBytes - kHuge, MADV_HUGEPAGE);  // where THP is "madvise"; harmless where it is "never"
   return p;
 }
 
 }  // namespace
 
 FiberCtlCache::~FiberCtlCache() {
-  for (Chunk* c = chunks_; c != nullptr;) {
-    Chunk* next = c->next;
-    munmap(c, c->bytes);
-    c = next;
-  }
+  for (unsigned i = 0; i < nregions_; ++i) munmap(regions_[i], kRegionBytes);
 }
 
 void FiberCtlCache::put_remote(void* record) noexcept {
@@ -55,18 +48,20 @@ void FiberCtlCache::put_remote(void* record) noexcept {
   } while (!remote_.compare_exchange_weak(head, f, std::memory_order_release, std::memory_order_relaxed));
 }
 
-void FiberCtlCache::map_chunk() {
-  const std::size_t bytes = next_chunk_bytes_;
-  void* p = map_populated(bytes);
-  if (p == nullptr) throw std::system_error(errno, std::generic_category(), "tendril::spawn: mapping fiber control blocks");
-  auto* c = static_cast<Chunk*>(p);
-  c->next = chunks_;
-  c->bytes = bytes;
-  chunks_ = c;
-  // The chunk's first record slot holds the chunk list link.
-  bump_ = static_cast<char*>(p) + kRecordBytes;
-  end_ = static_cast<char*>(p) + bytes;
-  if (next_chunk_bytes_ < kMaxChunkBytes) next_chunk_bytes_ *= 2;
+void FiberCtlCache::grow() {
+  if (region_ == nullptr || end_ == region_ + kRegionBytes) {
+    char* r = nregions_ < kMaxRegions ? reserve_region() : nullptr;
+    if (r == nullptr)
+      throw std::system_error(nregions_ < kMaxRegions ? errno : ENOMEM, std::generic_category(),
+                              "tendril::spawn: reserving memory for fiber control blocks");
+    regions_[nregions_++] = r;
+    region_ = bump_ = end_ = r;
+  }
+  // 64 KiB, 128 KiB, ... while in the first huge page, then huge pages.
+  const std::size_t used = std::size_t(end_ - region_);
+  const std::size_t chunk = used < kHugeBytes ? std::min(std::max(kFirstChunkBytes, used), kHugeBytes - used) : kHugeBytes;
+  madvise(end_, chunk, MADV_POPULATE_WRITE);  // older kernels: faulted in on first use instead
+  end_ += chunk;
 }
 
 void* FiberCtlCache::take_slow() {
@@ -75,7 +70,12 @@ void* FiberCtlCache::take_slow() {
     local_ = f->next;
     return f;
   }
-  if (bump_ == nullptr || std::size_t(end_ - bump_) < kRecordBytes) map_chunk();
+  if (std::size_t(end_ - bump_) < kRecordBytes) {
+    // A record never straddles two reservations: the tail of a full one stays unused.
+    if (region_ != nullptr && end_ == region_ + kRegionBytes) bump_ = end_;
+    grow();
+    if (std::size_t(end_ - bump_) < kRecordBytes) grow();  // a new reservation's first chunk
+  }
   void* r = bump_;
   bump_ += kRecordBytes;
   carved_.store(carved_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // one writer
@@ -84,10 +84,8 @@ void* FiberCtlCache::take_slow() {
 
 bool FiberCtlCache::owns(const void* p) const noexcept {
   const char* q = static_cast<const char*>(p);
-  for (const Chunk* c = chunks_; c != nullptr; c = c->next) {
-    const char* lo = reinterpret_cast<const char*>(c);
-    if (q >= lo && q < lo + c->bytes) return true;
-  }
+  for (unsigned i = 0; i < nregions_; ++i)
+    if (q >= regions_[i] && q < regions_[i] + kRegionBytes) return true;
   return false;
 }
 
