@@ -38,7 +38,7 @@
 //    stale FiberCtl pointer readable: the fiber dump and gdb read control
 //    blocks of fibers that may end meanwhile and validate what they read by
 //    the fiber id, which needs the memory to stay mapped. A burst of a
-//    million fibers leaves its records cached, about 0.3 KiB each.
+//    million fibers leaves its records cached, 384 B each.
 //  - A record's state is built by place_fiber (placement new) and torn down
 //    by release_fiber; the cache holds raw storage, linked through its first
 //    word.
