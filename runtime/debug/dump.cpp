@@ -174,8 +174,8 @@ void for_each_fiber(Scheduler& s, void (*fn)(FiberInfo& info, void* arg), void* 
   std::sort(live.begin(), live.end(), [](const LiveStack& a, const LiveStack& b) { return a.fiber_id < b.fiber_id; });
   Unwinder u;
   for (const LiveStack& ls : live) {
-    if (ls.fiber_id == 0) continue;  // being spawned
-    FiberCtl* f = fiber_ctl_of(ls.slot);
+    FiberCtl* f = fiber_ctl_of(ls);
+    if (ls.fiber_id == 0 || f == nullptr) continue;  // being spawned
     Snapshot snap = read_ctl(f);
     if (snap.id != ls.fiber_id) continue;  // spawned or finished meanwhile
     // Finished, its stack kept only for a Fiber handle not joined yet.

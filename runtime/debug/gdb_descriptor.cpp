@@ -70,8 +70,9 @@ struct tendril_debug_descriptor {
   std::uint64_t slot_live;             // SlotMeta::state of a live slot
   std::uint64_t page_size;
 
-  // The fiber control block at the top of each slot: at
-  // (slot_hi - fiberctl_size) & ~(fiberctl_align - 1).
+  // The fiber control block of a live slot: the pointer at subarena_ctl's
+  // table entry for the slot (appended below). Before that field existed,
+  // the block was at (slot_hi - fiberctl_size) & ~(fiberctl_align - 1).
   std::uint64_t fiberctl_size;
   std::uint64_t fiberctl_align;
   std::uint64_t fiberctl_fctx;       // saved context (void*): null while it runs
@@ -94,6 +95,11 @@ struct tendril_debug_descriptor {
   // callee-saved register and the resume address lie above the saved sp, and
   // the caller's sp (saved sp + fctx_size).
   std::uint64_t fctx_r12, fctx_r13, fctx_r14, fctx_r15, fctx_rbx, fctx_rbp, fctx_rip, fctx_size;
+
+  // Appended: offsetof(SubArena, ctl), a table of `carved` pointers, one per
+  // slot, to the slot owner's control block (0 until a fiber has used it; the
+  // block may belong to a previous owner: check its id).
+  std::uint64_t subarena_ctl;
 };
 
 #define TENDRIL_OFF(type, field) std::uint64_t(offsetof(type, field))
@@ -146,6 +152,8 @@ __attribute__((used)) const tendril_debug_descriptor tendril_debug = {
 #else
     0, 0, 0, 0, 0, 0, 0, 0,  // fctx_size 0: the script cannot unwind a saved context here
 #endif
+
+    TENDRIL_OFF(si::SubArena, ctl),
 };
 
 }  // extern "C"
@@ -157,5 +165,6 @@ static_assert(sizeof(si::StackRuntime::workers) == 4 && sizeof(si::SubArena::car
 static_assert(sizeof(si::SlotMeta::limit_pages) == 4 && sizeof(si::SlotMeta::state) == 2);
 static_assert(sizeof(si::SlotMeta::fiber_id) == 8 && sizeof(FiberCtl::id) == 8);
 static_assert(sizeof(si::WorkerStacks::tid) == 4 && sizeof(si::SubArena::stride) == 8);
+static_assert(sizeof(std::atomic<const void*>) == 8);
 static_assert(sizeof(tendril::detail::ParkRecord::wait) == 8);
 static_assert(WaitFor(WaitReason::none, 0x12345678).fd() == 0x12345678, "descriptor bits 8-39");

@@ -12,10 +12,12 @@
 
 namespace tendril::detail {
 
-// Where place_fiber builds a fiber's control block: at the top of its stack.
-inline FiberCtl* fiber_ctl_of(const StackSlot& slot) noexcept {
-  const std::uintptr_t top = reinterpret_cast<std::uintptr_t>(slot.hi) - sizeof(FiberCtl);
-  return reinterpret_cast<FiberCtl*>(top & ~(std::uintptr_t{alignof(FiberCtl)} - 1));
+// The control block of the fiber on a live stack, as place_fiber recorded it
+// in the stack side table (the block lives in a FiberCtlCache, off the
+// stack). It may belong to a fiber that ended meanwhile (the memory stays
+// mapped until the runtime ends): check its id against ls.fiber_id.
+inline FiberCtl* fiber_ctl_of(const LiveStack& ls) noexcept {
+  return const_cast<FiberCtl*>(static_cast<const FiberCtl*>(ls.ctl));
 }
 
 // Calls `fn(info)` for every live fiber of `s`, in id order, with frames for

@@ -37,16 +37,22 @@ void release_fiber(FiberCtl* f) noexcept {
     }
   }
   const StackSlot slot = f->stack;
+  const unsigned home = f->home;
   context_destroy(f->ctx);
   f->~FiberCtl();
   if (w != nullptr) {
     stack_release(w->index(), slot);
+    if (home == w->index()) w->ctl_cache().put(f);
+    else w->scheduler().ctl_cache(home).put_remote(f);
     return;
   }
   Scheduler* s = current_scheduler();
-  if (s == nullptr) return;  // runtime gone: the arena went with it
-  std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
-  stack_release(s->external_stack_index(), slot);
+  if (s == nullptr) return;  // runtime gone: the arena and the records went with it
+  {
+    std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
+    stack_release(s->external_stack_index(), slot);
+  }
+  s->ctl_cache(home).put_remote(f);
 }
 
 namespace {
@@ -117,32 +123,33 @@ std::size_t validate_stack_limit(std::size_t requested, const ClosureOps& ops) {
     throw std::invalid_argument("tendril::spawn: stack_limit " + std::to_string(requested) +
                                 " is outside [16 KiB, 1 GiB]");
   const std::size_t limit = (requested + kPage - 1) & ~(kPage - 1);
-  // The control block and the callable sit at the top of the stack; leave
-  // most of it for frames.
-  if (sizeof(FiberCtl) + ops.size + ops.align > limit / 4)
+  // The callable sits at the top of the stack; leave most of it for frames.
+  if (ops.size + ops.align > limit / 4)
     throw std::length_error("tendril::spawn: the callable (" + std::to_string(ops.size) +
                             " bytes) does not fit in a quarter of the stack limit");
   return limit;
 }
 
-// Builds the fiber in its fresh stack: control block at the top, the callable
-// just below it, the first frame below that.
-FiberCtl* place_fiber(const StackSlot& slot, FiberId id, const SpawnOptions& options,
-                      const ClosureOps& ops, void* closure) noexcept {
+// Builds the fiber: its control block in `record` (from a FiberCtlCache,
+// whose index is `home`), the callable at the top of its fresh stack, the
+// first frame below that.
+FiberCtl* place_fiber(void* record, unsigned home, const StackSlot& slot, FiberId id,
+                      const SpawnOptions& options, const ClosureOps& ops, void* closure) noexcept {
 #if TENDRIL_ASAN
   // The top of a reused stack may still carry the poison of frames that never
   // returned (a fiber abandoned parked); context_make clears only the part
   // below the callable.
-  const std::size_t top = sizeof(FiberCtl) + alignof(FiberCtl) + ops.size + ops.align + 64;
+  const std::size_t top = ops.size + ops.align + 64;
   __asan_unpoison_memory_region(slot.hi - top, top);
 #endif
-  auto* f = ::new (align_down(slot.hi - sizeof(FiberCtl), alignof(FiberCtl))) FiberCtl;
-  char* cl = align_down(reinterpret_cast<char*>(f) - ops.size, ops.align);
+  auto* f = ::new (record) FiberCtl;
+  char* cl = align_down(slot.hi - ops.size, ops.align);
   ops.move_construct(cl, closure);  // nothrow for the closures spawn() builds from movable args
   f->ops = &ops;
   f->closure = cl;
   f->stack = slot;
   f->id = id;
+  f->home = std::uint16_t(home);
   const char* name = nullptr;
   if (!options.name.empty()) {
     const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
@@ -150,7 +157,7 @@ FiberCtl* place_fiber(const StackSlot& slot, FiberId id, const SpawnOptions& opt
     name = f->name;
   }
   context_make(f->ctx, slot.lo, align_down(cl, 64), fiber_entry);
-  stack_set_owner(slot, id, name);
+  stack_set_owner(slot, id, name, f);
   return f;
 }
 
@@ -166,7 +173,15 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   if (Worker* w = current_worker()) {
     // The common case, kept free of locks: the worker's own stack index and
     // id block, and the child runs next here.
-    FiberCtl* f = place_fiber(stack_allocate(w->index(), limit, site), w->next_fiber_id(), options, ops, closure);
+    const StackSlot slot = stack_allocate(w->index(), limit, site);
+    void* record;
+    try {
+      record = w->ctl_cache().take();
+    } catch (...) {
+      stack_release(w->index(), slot);
+      throw;
+    }
+    FiberCtl* f = place_fiber(record, w->index(), slot, w->next_fiber_id(), options, ops, closure);
     WorkerCounters::bump(w->counters().spawned);
     w->push_runnext(f);
     return f;
@@ -174,8 +189,16 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   FiberCtl* f;
   {
     std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
-    f = place_fiber(stack_allocate(s->external_stack_index(), limit, site), s->allocate_id_block(1), options,
-                    ops, closure);
+    const unsigned home = s->external_stack_index();
+    const StackSlot slot = stack_allocate(home, limit, site);
+    void* record;
+    try {
+      record = s->ctl_cache(home).take();
+    } catch (...) {
+      stack_release(home, slot);
+      throw;
+    }
+    f = place_fiber(record, home, slot, s->allocate_id_block(1), options, ops, closure);
   }
   s->external_spawned.fetch_add(1, std::memory_order_relaxed);
   s->ready(f, /*handoff=*/true);

@@ -1,5 +1,10 @@
-// The fiber control block. It lives at the top of the fiber's own stack (in the
-// page that is mapped at spawn), so spawning allocates nothing but the stack.
+// The fiber control block. It lives in a dense per-worker cache of records
+// (fiber_ctl_cache.hpp), not on the fiber's stack: wakers, the scheduler and
+// joiners touch it for parked fibers, and stacks are far apart. Spawning
+// takes a cached record (no malloc); the callable sits at the top of the
+// stack, the only part of the fiber that only the fiber itself touches.
+// Tools that start from a stack slot find the block through the stack side
+// table (stack_set_owner's `ctl`, LiveStack::ctl).
 #pragma once
 
 #include <atomic>
@@ -43,8 +48,11 @@ inline constexpr std::uintptr_t kInterruptBusy = 1, kInterruptPending = 2;  // I
 //   stack from outside.
 // - Where it lives: in the FiberCtl, beside the context. Everything a waker,
 //   the scheduler or a joiner touches for a parked fiber is in this block and
-//   none of it in the frames below, so the block can move off the stack page
-//   (a dense per-worker slab of FiberCtls) without changing any park.
+//   none of it in the frames below, which is what let the block move off the
+//   stack page into the dense per-worker cache without changing any park.
+//   The Waiter a wait links into a queue is the fiber's own, in this block
+//   (OwnWaiter), where the wait allows it; the others are locals of the
+//   parking frame, on the stack.
 struct ParkRecord {
   std::atomic<std::uint64_t> wait{0};
   std::int64_t since = 0;  // CLOCK_MONOTONIC_COARSE, ns
@@ -126,6 +134,7 @@ struct alignas(64) FiberCtl {
   std::atomic<std::uintptr_t> interrupt{0};
 
   std::uint16_t finished_on = 0;    // the worker it ended on (whose node holds its pages)
+  std::uint16_t home = 0;           // the FiberCtlCache it came from (Scheduler::ctl_cache)
 
   char name[32] = {};
 
@@ -137,6 +146,11 @@ struct alignas(64) FiberCtl {
   std::uint32_t pin_depth = 0;               // nested NoMigrate guards alive
   std::atomic<Worker*> pin_home{nullptr};  // the worker it must run on, or nullptr
   FiberCtl* pin_next = nullptr;              // link in pin_home's pinned inbox
+
+  // The Waiter of the fiber's common waits (OwnWaiter in park.hpp): here
+  // rather than on the stack, so a waker touches only this block. Last, so
+  // that the lines the switch path reads stay as they were.
+  Waiter waiter{this};
 };
 
 // Gives f's stack back (the last reference is gone): on this worker, or, if

@@ -46,6 +46,7 @@
 #include "runtime/context/switch.hpp"
 #include "tendril/detail/counters.hpp"
 #include "runtime/sched/fiber_ctl.hpp"
+#include "runtime/sched/fiber_ctl_cache.hpp"
 #include "runtime/sched/run_queue.hpp"
 #include "runtime/sched/timer_heap.hpp"
 #include "tendril/options.hpp"
@@ -120,6 +121,9 @@ class Worker {
   bool switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) noexcept;
 
   FiberId next_fiber_id() noexcept;
+  // Where this worker's spawns take their control blocks from (owner thread;
+  // other threads only put_remote).
+  FiberCtlCache& ctl_cache() noexcept { return ctl_cache_; }
 
   // Wakes this worker's thread if it is parked.
   void unpark() noexcept;
@@ -202,6 +206,7 @@ class Worker {
   RunQueue runq_;
   TimerHeap timers_;
   WorkerCounters counters_;
+  FiberCtlCache ctl_cache_;
   bool in_idle_list_ = false;  // guarded by Scheduler::idle_mu_
   // The worker stack of this_fiber::on_worker_stack (mapped on first use) and
   // whether the running fiber is on it now: a switch then is a fatal error.
@@ -304,6 +309,12 @@ class Scheduler {
   // stack-subsystem index, serialised by this mutex.
   unsigned external_stack_index() const noexcept { return worker_count(); }
   std::mutex& external_mutex() noexcept { return external_mu_; }
+  // The control-block cache FiberCtl::home names: worker `home`'s, or, for
+  // home == external_stack_index(), the one of plain threads (take under
+  // external_mutex(); give back with put_remote).
+  FiberCtlCache& ctl_cache(unsigned home) noexcept {
+    return home < worker_count() ? workers_[home]->ctl_cache() : external_ctl_cache_;
+  }
 
   Stats snapshot() const;
 
@@ -344,6 +355,7 @@ class Scheduler {
   std::atomic<int> nspinning_{0};
 
   std::mutex external_mu_;
+  FiberCtlCache external_ctl_cache_;
   // Counted down by each worker once its thread is set up (stack signal stack,
   // I/O ring): a worker set up late could otherwise fail for want of
   // descriptors the program has used up by then.

@@ -576,8 +576,8 @@ void Worker::release_deferred() noexcept {
 // ---- idle-stack compaction ----------------------------------------------------
 //
 // A fiber that parks on this worker (not in descriptor I/O, see below) is
-// listed here once, with a reference so that its FiberCtl (on its stack's
-// top page) stays valid, and with its park word. When the worker is in its
+// listed here once, with a reference so that its FiberCtl (and the stack the
+// compaction works on) stays valid, and with its park word. When the worker is in its
 // scheduler context (its own thread stack, never a fiber stack: the stack
 // side's moves must not fault on a registered page; see stack_compact), it
 // walks the list: a fiber whose park word changed ran since (dropped; it
@@ -608,7 +608,8 @@ void Worker::release_deferred() noexcept {
 // compaction gives up (stack_compact).
 //
 // Not compacted (left for later): stacks deeper than kMaxCompactPages, and
-// the top page (FiberCtl, usually the Waiter).
+// the top page (the callable and the first frames, usually the Waiter; the
+// FiberCtl lives off the stack, see fiber_ctl_cache.hpp).
 namespace {
 constexpr std::int64_t kCompactRetryNs = 1000000;  // 1 ms
 

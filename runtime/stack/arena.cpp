@@ -45,7 +45,9 @@
 // arena. Fiber names sit in a third table (SlotName, 32 B) written only for
 // named fibers: every byte of per-slot metadata a fiber touches is a byte of
 // each idle fiber's footprint (a parked fiber is about one page of RSS plus
-// its share of a page-table page).
+// its share of a page-table page, plus its control block, which lives off
+// the stack in runtime/sched/fiber_ctl_cache.hpp). A fourth table (8 B)
+// holds each slot's owner control block pointer, for the debug tools.
 //
 // # Growth in uffd mode (default)
 //
@@ -149,9 +151,9 @@
 // UFFDIO_COPY wakes any thread that faulted meanwhile), and a worker that
 // loses waits for kResident before it frees the buffer.
 //
-// No write is lost. Who may write a parked fiber's stack: wakers (its
-// FiberCtl on the top page, which is never compacted, and Waiters in its
-// park frames, which may lie below it), fibers or threads it lent a pointer
+// No write is lost. Who may write a parked fiber's stack: wakers (Waiters
+// in its park frames, on the top page, which is never compacted, or below
+// it; its FiberCtl is not on the stack), fibers or threads it lent a pointer
 // to its locals (children filling a parent's array, blocking() calls), and
 // the kernel (an io_uring read into a buffer on the stack). UFFDIO_MOVE
 // takes each page out of the arena atomically (under its page table lock,
@@ -171,9 +173,9 @@
 // before anyone could see it, and the fiber stays as it was.
 //
 // Limits of this first step: the top page is
-// never compacted (it holds the FiberCtl and usually the Waiter, which
-// wakers touch: it can go only once that hot state lives in a dense
-// per-worker slab), so a fiber whose stack fits in one page gains nothing,
+// never compacted (it usually holds the Waiter, which wakers touch; the
+// FiberCtl moved to a dense per-worker cache of records, fiber_ctl_cache.hpp,
+// so the top page can go once the Waiter lives off the stack too), so a fiber whose stack fits in one page gains nothing,
 // and the gain of a deeper one is the unused part of its lowest page minus
 // the buffer's malloc overhead (bench/stack_compact: 6 KiB used, the page
 // below the top 3.1 KiB live: no gain; see stack-design.md). Fibers parked
@@ -367,7 +369,9 @@ void unmap_side_tables(SubArena& a) {
   if (a.cmeta) munmap(a.cmeta, std::size_t(a.capacity) * sizeof(SlotCacheMeta));
   if (a.names) munmap(a.names, std::size_t(a.capacity) * sizeof(SlotName));
   if (a.compact) munmap(a.compact, std::size_t(a.capacity) * sizeof(SlotCompact));
+  if (a.ctl) munmap(a.ctl, std::size_t(a.capacity) * sizeof(*a.ctl));
   a.compact = nullptr;
+  a.ctl = nullptr;
   a.meta = nullptr;
   a.cmeta = nullptr;
   a.names = nullptr;
@@ -387,7 +391,8 @@ void reserve_arena(WorkerStacks& w, SubArena& a, unsigned cls) {
   a.cmeta = static_cast<SlotCacheMeta*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCacheMeta)));
   a.names = static_cast<SlotName*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotName)));
   if (g_stacks.compact) a.compact = static_cast<SlotCompact*>(map_noreserve(std::size_t(a.capacity) * sizeof(SlotCompact)));
-  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && (!g_stacks.compact || a.compact != nullptr) && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
+  a.ctl = static_cast<std::atomic<const void*>*>(map_noreserve(std::size_t(a.capacity) * sizeof(*a.ctl)));
+  bool ok = a.meta != nullptr && a.cmeta != nullptr && a.names != nullptr && a.ctl != nullptr && (!g_stacks.compact || a.compact != nullptr) && (g_stacks.mode != Mode::uffd || uffd_register_range(w, base, a.bytes));
   if (!ok) {
     int err = errno;
     munmap(base, a.bytes);
@@ -1046,10 +1051,13 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept {
   drop_released_slot(releaser, r, resident, extent);
 }
 
-void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name) noexcept {
+void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name, const void* ctl) noexcept {
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
-  m.fiber_id.store(fiber_id, std::memory_order_relaxed);
+  // Before the id: a reader that sees the new id sees this block's pointer
+  // (and validates the block by its id anyway).
+  r.arena->ctl[r.slot].store(ctl, std::memory_order_relaxed);
+  m.fiber_id.store(fiber_id, std::memory_order_release);
   // Unnamed fibers (most) never touch the names table: its pages stay unmapped.
   // strnlen + memcpy: no byte-at-a-time strncpy padding on the spawn path.
   const std::size_t n = name != nullptr ? strnlen(name, kSlotNameBytes - 1) : 0;
@@ -1138,7 +1146,7 @@ CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* 
   char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
   if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return CompactResult::skipped;
   char* const live = std::max(stack_pointer - kRedZone, slot.lo);
-  char* const run_hi = slot.hi - kPage;  // the top page (FiberCtl, usually the Waiter) stays
+  char* const run_hi = slot.hi - kPage;  // the top page (usually the Waiter) stays
   char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
   if (run_lo >= run_hi) return CompactResult::skipped;
   const unsigned pages = unsigned((run_hi - run_lo) / kPage);
@@ -1277,7 +1285,8 @@ void stack_for_each_live(void (*fn)(const LiveStack& s, void* arg), void* arg) n
         char* hi = a.slot_hi(s);
         const std::size_t bytes = std::size_t(m.limit_pages.load(std::memory_order_relaxed)) * kPage;
         ls.slot = StackSlot{hi - bytes, hi, bytes, std::uint32_t(i) << kSlotBits | s};
-        ls.fiber_id = m.fiber_id.load(std::memory_order_relaxed);
+        ls.fiber_id = m.fiber_id.load(std::memory_order_acquire);
+        ls.ctl = a.ctl[s].load(std::memory_order_relaxed);
         if (g_stacks.mode == Mode::uffd) {
           ls.mapped_pages = m.mapped_pages.load(std::memory_order_relaxed);
           ls.high_water = std::size_t(std::max(1u, m.deepest_fault.load(std::memory_order_relaxed))) * kPage;

@@ -17,7 +17,7 @@ namespace tendril::detail {
 
 // One fiber stack. The usable range is [lo, hi); stacks grow down from hi. At
 // least the page just below hi is mapped when allocate() returns, so the
-// scheduler may put the fiber's control block and first frame there.
+// scheduler may put the fiber's callable and first frame there.
 struct StackSlot {
   char* lo = nullptr;
   char* hi = nullptr;
@@ -104,8 +104,11 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site);
 void stack_release(unsigned worker, const StackSlot& slot) noexcept;
 
 // Records who owns a slot so that an overflow diagnostic can name the fiber
-// without reading the stack itself (the name is copied, truncated to 31 chars).
-void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name) noexcept;
+// without reading the stack itself (the name is copied, truncated to 31 chars),
+// and where its control block is (`ctl`, opaque here), so that the debug tools
+// that walk live slots find it (LiveStack::ctl, the gdb extension).
+void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name,
+                     const void* ctl = nullptr) noexcept;
 
 // Called by worker `worker` on every switch, just before it resumes the fiber on
 // `next` (nullptr when it switches to its own scheduler context). `parking` is
@@ -151,6 +154,7 @@ StackCounters stack_counters();
 struct LiveStack {
   StackSlot slot;
   std::uint64_t fiber_id = 0;    // as stack_set_owner recorded it; 0 until then
+  const void* ctl = nullptr;     // as stack_set_owner recorded it (may be a previous owner's)
   std::uint32_t mapped_pages = 0;
   std::size_t high_water = 0;    // bytes from hi: deepest fault (uffd) or lowest resident page (kernel)
 };

@@ -107,6 +107,10 @@ struct SubArena {
   SlotCacheMeta* cmeta = nullptr;    // capacity entries, MAP_NORESERVE
   SlotName* names = nullptr;         // capacity entries, MAP_NORESERVE; touched by named fibers only
   SlotCompact* compact = nullptr;    // capacity entries, MAP_NORESERVE; touched by compacted slots only
+  // The owner's control block (stack_set_owner's ctl), capacity entries,
+  // MAP_NORESERVE: how the fiber dump and gdb get from a live slot to its
+  // FiberCtl, which lives off the stack.
+  std::atomic<const void*>* ctl = nullptr;
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
   std::uint32_t local_count = 0;

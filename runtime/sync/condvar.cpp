@@ -8,7 +8,10 @@ bool CondVar::wait_until_steady(std::unique_lock<Mutex>& lock, const detail::Dea
   if (!lock.owns_lock())
     throw std::system_error(std::make_error_code(std::errc::operation_not_permitted),
                             "tendril::CondVar::wait: the lock is not held");
-  detail::Waiter w;
+  // Unlinked (by a notify, or below) before the mutex is taken again, which
+  // may park on this same Waiter.
+  detail::OwnWaiter own;
+  detail::Waiter& w = *own;
   queue_lock_.lock();
   waiters_.push_back(w);
   // Enqueued before the mutex is released, so a notify that follows a state

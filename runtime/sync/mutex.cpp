@@ -16,7 +16,8 @@ void Mutex::lock_slow() {
     queue_lock_.unlock();
     return;
   }
-  detail::Waiter w;
+  detail::OwnWaiter own;  // unlinked by unlock_slow before it wakes us
+  detail::Waiter& w = *own;
   waiters_.push_back(w);
   detail::park(w, queue_lock_, WaitReason::mutex, nullptr, detail::Cancellable::no);
   // unlock_slow handed the lock to us.

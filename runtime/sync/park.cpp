@@ -276,6 +276,20 @@ bool park(Waiter& waiter, SpinLock& lock, WaitFor what, const Deadline* deadline
   return park_thread(waiter, lock, deadline);
 }
 
+Waiter* fiber_waiter() noexcept {
+  FiberCtl* f = current_fiber();
+  if (f == nullptr) return nullptr;
+  Waiter& w = f->waiter;
+  w.state.store(Waiter::kWaiting, std::memory_order_relaxed);
+  w.woken.store(0, std::memory_order_relaxed);
+  w.next = w.prev = nullptr;
+  w.linked = false;
+  w.slot = nullptr;
+  w.ok = false;
+  w.count = 0;
+  return &w;
+}
+
 void wake(Waiter& waiter) noexcept {
   if (FiberCtl* f = waiter.fiber) {
     Scheduler* s = current_scheduler();

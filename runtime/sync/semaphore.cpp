@@ -26,7 +26,8 @@ bool Semaphore::acquire_until(const detail::Deadline* deadline) {
     lock_.unlock();
     return true;
   }
-  detail::Waiter w;
+  detail::OwnWaiter own;  // unlinked by release(), or below before anything else
+  detail::Waiter& w = *own;
   waiters_.push_back(w);
   if (detail::park(w, lock_, WaitReason::semaphore, deadline)) return true;  // release() gave us a unit
   lock_.lock();

@@ -42,7 +42,8 @@ void WaitGroup::wait() const {
     s.lock.unlock();
     return;
   }
-  detail::Waiter w;
+  detail::OwnWaiter own;  // unlinked by the waker, or below before anything else
+  detail::Waiter& w = *own;
   s.waiters.push_back(w);
   if (detail::park(w, s.lock, WaitReason::wait_group)) return;
   s.lock.lock();  // interrupted by the fiber's scope

@@ -39,6 +39,10 @@ _FIELDS = (
     "reason_fd_first reason_fd_last "
     "fctx_r12 fctx_r13 fctx_r14 fctx_r15 fctx_rbx fctx_rbp fctx_rip fctx_size"
 ).split()
+# Appended later; a descriptor from an older libtendril lacks them.
+_OPTIONAL_FIELDS = (
+    "subarena_ctl"
+).split()
 
 _MAX_FRAMES = 256
 
@@ -75,9 +79,12 @@ def _descriptor():
                            "use the tendril-gdb.py installed with this libtendril" % (head[1], _VERSION))
     if head[2] < 8 * len(_FIELDS):
         raise gdb.GdbError("tendril: descriptor too short (%d bytes)" % head[2])
-    words = struct.unpack("<%dQ" % len(_FIELDS), _mem(addr, 8 * len(_FIELDS)))
+    names = _FIELDS + [f for i, f in enumerate(_OPTIONAL_FIELDS) if head[2] >= 8 * (len(_FIELDS) + i + 1)]
+    words = struct.unpack("<%dQ" % len(names), _mem(addr, 8 * len(names)))
     d = _Descriptor()
-    for name, value in zip(_FIELDS, words):
+    for name in _OPTIONAL_FIELDS:
+        setattr(d, name, None)
+    for name, value in zip(names, words):
         setattr(d, name, value)
     d.reasons = [_cstr(_u(_mem(d.reason_names + 8 * i, 8), 0, 8)) for i in range(d.reason_count)]
     return d
@@ -122,7 +129,8 @@ def _live_fibers(d):
     fibers = []
     if nworkers == 0 or warray == 0:
         return fibers  # the runtime is not running
-    end_of_arena = max(d.subarena_base + 8, d.subarena_stride + 8, d.subarena_carved + 4, d.subarena_meta + 8)
+    end_of_arena = max(d.subarena_base + 8, d.subarena_stride + 8, d.subarena_carved + 4, d.subarena_meta + 8,
+                       (d.subarena_ctl or 0) + 8)
     for w in range(nworkers):
         for c in range(d.num_classes):
             a = warray + w * d.worker_size + d.worker_arenas + c * d.subarena_size
@@ -133,10 +141,14 @@ def _live_fibers(d):
             stride = _u(sa, d.subarena_stride, 8)
             carved = _u(sa, d.subarena_carved, 4)
             meta = _u(sa, d.subarena_meta, 8)
+            # Each slot's control block pointer (the blocks live off the
+            # stacks); older libraries kept the block at the top of the slot.
+            ctls = _u(sa, d.subarena_ctl, 8) if d.subarena_ctl is not None else 0
             chunk = 4096
             for first in range(0, carved, chunk):
                 n = min(chunk, carved - first)
                 m = _mem(meta + first * d.slotmeta_size, n * d.slotmeta_size)
+                cp = _mem(ctls + first * 8, n * 8) if ctls else None
                 for i in range(n):
                     off = i * d.slotmeta_size
                     if _u(m, off + d.slotmeta_state, 2) != d.slot_live:
@@ -147,7 +159,12 @@ def _live_fibers(d):
                     slot = first + i
                     hi = base + (slot + 1) * stride
                     lo = hi - _u(m, off + d.slotmeta_limit_pages, 4) * d.page_size
-                    ctl = (hi - d.fiberctl_size) & ~(d.fiberctl_align - 1)
+                    if cp is not None:
+                        ctl = _u(cp, i * 8, 8)
+                        if ctl == 0:
+                            continue
+                    else:
+                        ctl = (hi - d.fiberctl_size) & ~(d.fiberctl_align - 1)
                     try:
                         cb = _mem(ctl, d.fiberctl_size)
                     except gdb.MemoryError:

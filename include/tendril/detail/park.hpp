@@ -16,6 +16,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <optional>
 
 #include "tendril/detail/wait_reason.hpp"
 
@@ -57,6 +58,7 @@ struct Waiter {
   std::int64_t count = 0;               // what a semaphore waiter asks for
 
   Waiter() noexcept;                    // binds to the calling fiber or thread
+  explicit Waiter(FiberCtl* f) noexcept : fiber(f) {}  // bound to `f` (a fiber's own, see OwnWaiter)
   Waiter(const Waiter&) = delete;
   Waiter& operator=(const Waiter&) = delete;
 };
@@ -175,5 +177,30 @@ inline bool claim(Waiter& w) noexcept {
 // fiber runs next on the waker's worker (or goes to the run queues when the
 // waker is not a fiber).
 void wake(Waiter& w) noexcept;
+
+// The calling fiber's own Waiter, reset for a new wait, or nullptr on a plain
+// thread. It lives in the fiber's control block, with the rest of what a
+// waker touches (dense, off the stack), so a wake does not touch the parked
+// fiber's stack page. A fiber has one: only a wait that unlinks it before
+// anything else it does can park may use it (a primitive's queue, park, the
+// timed-out unlink); a wait that links several Waiters (select) or parks
+// while one is still linked keeps its own on its stack.
+Waiter* fiber_waiter() noexcept;
+
+// The Waiter of one such wait of the caller: the fiber's own, or one on this
+// frame for a plain thread.
+class OwnWaiter {
+ public:
+  OwnWaiter() noexcept : w_(fiber_waiter()) {
+    if (w_ == nullptr) w_ = &thread_.emplace();
+  }
+  OwnWaiter(const OwnWaiter&) = delete;
+  OwnWaiter& operator=(const OwnWaiter&) = delete;
+  Waiter& operator*() const noexcept { return *w_; }
+
+ private:
+  Waiter* w_;
+  std::optional<Waiter> thread_;
+};
 
 }  // namespace tendril::detail
