@@ -111,7 +111,7 @@ TEST(Fiber, ExceptionStateFollowsTheFiberAcrossSwitchesAndWorkers) {
   int rounds = 0;
   // Rounds until the fibers were seen on both workers (a loaded machine may
   // keep one round on one worker); every round checks every fiber.
-  for (; rounds < 20 && (rounds == 0 || __builtin_popcount(cpus.load()) < 2); ++rounds)
+  for (; rounds < 100 && (rounds == 0 || __builtin_popcount(cpus.load()) < 2); ++rounds)
   tendril::run(two_workers(), [&] {
     std::vector<tendril::Fiber> fs;
     for (int i = 0; i < kFibers; ++i) {
