@@ -237,7 +237,7 @@ struct State : std::enable_shared_from_this<State<T>> {
   struct TurnWait {
     State* st;
     Cell* c;
-    u64 lap;
+    u64 seen;  // the cell's word the waiter decided to park on
     detail::Waiter* me;
   };
   static bool publish_turn_waiter(void* arg) noexcept {
@@ -246,10 +246,14 @@ struct State : std::enable_shared_from_this<State<T>> {
     // before this returns: keep the channel (and our cell) alive.
     std::shared_ptr<State> keep = a->st->shared_from_this();
     Cell& c = *a->c;
-    const u64 lap = a->lap;
+    const u64 seen_lap = lap_bits(a->seen);
     c.turn.push(*a->me);
+    // Raced with a waker: any lap that began since we looked (ours, or an
+    // earlier one that abandoned tickets may leave for us to settle: its
+    // parties may all be gone, and the one who began it woke the list
+    // before we were on it), or the close.
     const u64 w = c.word.load(std::memory_order_seq_cst);
-    if (lap_bits(w) >= lap || (w & kCellClosed) != 0) c.turn.wake_all();  // raced with the waker
+    if (lap_bits(w) != seen_lap || (w & kCellClosed) != 0) c.turn.wake_all();
     return true;
   }
   // The Interrupt of a turn wait wakes every turn waiter of the cell (ours
@@ -282,7 +286,7 @@ struct State : std::enable_shared_from_this<State<T>> {
         // No memory for the record: wait for the lap as before.
       }
       detail::Waiter me;
-      TurnWait a{this, &c, lap, &me};
+      TurnWait a{this, &c, w, &me};
       TurnInterrupt interrupt(c);
       detail::park_committed(me, why, publish_turn_waiter, &a,
                              cancellable && detail::interrupt_error(nullptr) == 0 ? &interrupt : nullptr);
