@@ -133,7 +133,9 @@ TEST(MisuseDeathTest, ParkingOnTheWorkerStackAborts) {
   EXPECT_DEATH(tendril::run([] {
                  tendril::spawn({.name = "sleeper"}, [] {
                    tendril::this_fiber::on_worker_stack(
-                       [] { tendril::this_fiber::sleep_for(std::chrono::milliseconds(1)); });
+                       // Long enough that it cannot have passed before the
+                       // sleep parks (a passed deadline only yields).
+                       [] { tendril::this_fiber::sleep_for(std::chrono::hours(1)); });
                  }).join();
                }),
                "fiber [0-9]+ 'sleeper' tried to park inside this_fiber::on_worker_stack");
