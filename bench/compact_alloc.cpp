@@ -42,6 +42,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/report/in_child.hpp"
 #include "samples/common/proc_status.hpp"
 
 extern "C" void* __libc_malloc(std::size_t);
@@ -165,22 +166,7 @@ Result measure(Alloc kind, std::size_t n, std::size_t fixed) {
 }
 
 Result in_child(Alloc kind, std::size_t n, std::size_t fixed) {
-  int fd[2];
-  if (pipe(fd) != 0) std::abort();
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fd[0]);
-    const Result r = measure(kind, n, fixed);
-    (void)!write(fd[1], &r, sizeof r);
-    _exit(0);
-  }
-  close(fd[1]);
-  Result r;
-  if (read(fd[0], &r, sizeof r) != ssize_t(sizeof r)) std::fprintf(stderr, "child failed\n");
-  close(fd[0]);
-  waitpid(pid, nullptr, 0);
-  return r;
+  return bench::measure_in_child<Result>([&] { return measure(kind, n, fixed); });
 }
 
 }  // namespace

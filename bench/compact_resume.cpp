@@ -47,6 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/report/in_child.hpp"
 #include "samples/common/proc_status.hpp"
 
 namespace {
@@ -209,22 +210,7 @@ Result measure(const Config& cfg) {
 }
 
 Result in_child(const Config& cfg) {
-  int fd[2];
-  if (pipe(fd) != 0) std::abort();
-  std::fflush(stdout);
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fd[0]);
-    const Result r = measure(cfg);
-    (void)!write(fd[1], &r, sizeof r);
-    _exit(0);
-  }
-  close(fd[1]);
-  Result r;
-  if (read(fd[0], &r, sizeof r) != ssize_t(sizeof r)) std::fprintf(stderr, "child failed\n");
-  close(fd[0]);
-  waitpid(pid, nullptr, 0);
-  return r;
+  return bench::measure_in_child<Result>([&] { return measure(cfg); });
 }
 
 std::vector<std::string> split(const std::string& s) {

@@ -27,6 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/report/in_child.hpp"
 #include "samples/common/proc_status.hpp"
 
 namespace {
@@ -101,21 +102,7 @@ Result measure(std::size_t fibers, std::size_t used, bool compact, unsigned work
 }
 
 Result in_child(std::size_t fibers, std::size_t used, bool compact, unsigned workers) {
-  int fd[2];
-  if (pipe(fd) != 0) std::abort();
-  const pid_t pid = fork();
-  if (pid == 0) {
-    close(fd[0]);
-    const Result r = measure(fibers, used, compact, workers);
-    (void)!write(fd[1], &r, sizeof r);
-    _exit(0);
-  }
-  close(fd[1]);
-  Result r;
-  if (read(fd[0], &r, sizeof r) != ssize_t(sizeof r)) std::fprintf(stderr, "child failed\n");
-  close(fd[0]);
-  waitpid(pid, nullptr, 0);
-  return r;
+  return bench::measure_in_child<Result>([&] { return measure(fibers, used, compact, workers); });
 }
 
 }  // namespace
