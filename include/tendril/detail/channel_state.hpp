@@ -195,11 +195,11 @@ struct State : std::enable_shared_from_this<State<T>> {
   // lap's party fills the cell; the late write would then land in that
   // party's value or field, and only the CAS after it would fail.
   static bool claim_empty_cell(Cell& c, u64& seen) noexcept { return cas_state(c, seen, kResuming); }
-  // The owner of a claimed cell (`claimed`: the word its claim installed)
-  // publishes `to`. A plain store: nobody else changes a claimed cell's word,
-  // not even its flags (see set_cell_flags).
-  static void publish_claimed(Cell& c, u64 claimed, u64 to) noexcept {
-    c.word.store(claimed - kResuming + to, std::memory_order_release);
+  // The owner of a cell it claimed from the word `seen` publishes state `to`.
+  // A plain store: nobody else changes a claimed cell's word, not even its
+  // flags (see set_cell_flags).
+  static void publish_claimed(Cell& c, u64 seen, u64 to) noexcept {
+    c.word.store(seen - state_of(seen) + to, std::memory_order_release);
   }
   // Sets and clears flag bits (closed, abandoned) of a cell's word; returns
   // the word before. Waits while the cell is claimed (kResuming: one move of
@@ -422,7 +422,7 @@ struct State : std::enable_shared_from_this<State<T>> {
     (a->to == kSendWait ? c.sender : c.receiver).store(a->me, std::memory_order_relaxed);
     const u64 to = a->to;
     a->parked = true;  // before the publish: afterwards `a` may be gone
-    publish_claimed(c, seen - state_of(seen) + kResuming, to);
+    publish_claimed(c, seen, to);
     return true;
   }
   // Withdraws a waiter (or select registration) published as `parked`
@@ -511,7 +511,7 @@ struct State : std::enable_shared_from_this<State<T>> {
   static bool leave_value(Cell& c, u64& seen, T& value) noexcept {
     if (!claim_empty_cell(c, seen)) return false;
     ::new (static_cast<void*>(c.value)) T(std::move(value));
-    publish_claimed(c, seen - state_of(seen) + kResuming, kBuffered);
+    publish_claimed(c, seen, kBuffered);
     return true;
   }
 
@@ -571,7 +571,7 @@ struct State : std::enable_shared_from_this<State<T>> {
           if (mode == Mode::kSelect) {
             if (!claim_empty_cell(c, w)) continue;
             c.sender.store(reg, std::memory_order_relaxed);
-            publish_claimed(c, w - state_of(w) + kResuming, kSelSendWait);
+            publish_claimed(c, w, kSelSendWait);
             return Outcome::kRegistered;
           }
           detail::Waiter me;
@@ -772,7 +772,7 @@ struct State : std::enable_shared_from_this<State<T>> {
           if (mode == Mode::kSelect) {
             if (!claim_empty_cell(c, w)) continue;
             c.receiver.store(reg, std::memory_order_relaxed);
-            publish_claimed(c, w - state_of(w) + kResuming, kSelRecvWait);
+            publish_claimed(c, w, kSelRecvWait);
             return Outcome::kRegistered;
           }
           alignas(T) unsigned char storage[sizeof(T)];
