@@ -11,7 +11,12 @@
 // for both servers except for the thread stacks. The client is a tendril
 // program (fibers), the same for both servers.
 //
-//   idle_conns [--conns N] [--markdown FILE] [--quick]
+// A third row runs the tendril server with idle-stack compaction
+// (TENDRIL_COMPACT_MS, --compact-ms, default 200; 0 leaves the row out): its
+// RSS is taken once the connections have been idle past compact_after and
+// the server's RSS has stopped falling.
+//
+//   idle_conns [--conns N] [--compact-ms MS] [--markdown FILE] [--quick]
 //
 // N defaults to 10,000 and is capped by RLIMIT_NOFILE (the client and the
 // server each need one descriptor per connection).
@@ -53,10 +58,14 @@ std::string exe_dir() {
 
 // Starts bin --port 0 and reads its port from "... listening on host:port";
 // its later output is not read (it goes to a closed pipe).
-std::unique_ptr<sample::ChildProcess> start_server(const std::string& bin, std::uint16_t* port) {
+std::unique_ptr<sample::ChildProcess> start_server(const std::string& bin, std::uint16_t* port, int compact_ms) {
+  // The child inherits the variable; this process's own runtime is already
+  // running and does not read it again.
+  if (compact_ms > 0) setenv("TENDRIL_COMPACT_MS", std::to_string(compact_ms).c_str(), 1);
   auto srv = std::make_unique<sample::ChildProcess>(std::vector<std::string>{bin, "--port", "0", "--idle-timeout-ms", "0"});
   const std::string line = srv->read_line().value_or("");
   const auto p = sample::listening_port(line);
+  if (compact_ms > 0) unsetenv("TENDRIL_COMPACT_MS");
   if (!p) throw std::runtime_error(bin + " did not start (it printed '" + line + "')");
   srv->close_stdout();
   *port = *p;
@@ -81,12 +90,25 @@ struct Result {
   }
 };
 
-Result measure(const std::string& name, const std::string& bin, int conns) {
+// The server's RSS once it stops falling (compaction on: every idle fiber
+// compacted), sampled every 250 ms for at most 20 s.
+long settled_rss_kib(pid_t pid) {
+  long last = status_kib(pid, "VmRSS");
+  for (int i = 0; i < 80; ++i) {
+    tendril::this_fiber::sleep_for(250ms);
+    const long now = status_kib(pid, "VmRSS");
+    if (now >= last - last / 200) return now;  // fell by less than 0.5%
+    last = now;
+  }
+  return last;
+}
+
+Result measure(const std::string& name, const std::string& bin, int conns, int compact_ms) {
   Result r;
   r.server = name;
   r.conns = conns;
   std::uint16_t port = 0;
-  const auto srv = start_server(bin, &port);
+  const auto srv = start_server(bin, &port, compact_ms);
   std::this_thread::sleep_for(200ms);
   r.rss0_kib = status_kib(srv->pid(), "VmRSS");
   const long kstack0 = meminfo_kib("KernelStack");
@@ -132,7 +154,8 @@ Result measure(const std::string& name, const std::string& bin, int conns) {
     }
     ready.wait();
     tendril::this_fiber::sleep_for(300ms);  // let the server settle (thread stacks, buffers)
-    r.rss_kib = status_kib(srv->pid(), "VmRSS");
+    if (compact_ms > 0) tendril::this_fiber::sleep_for(std::chrono::milliseconds(compact_ms));
+    r.rss_kib = compact_ms > 0 ? settled_rss_kib(srv->pid()) : status_kib(srv->pid(), "VmRSS");
     r.threads = static_cast<long>(sample::proc_status_field("Threads", srv->pid()).value_or(0));
     r.kstack_delta_kib = meminfo_kib("KernelStack") - kstack0;
     release.close();
@@ -148,21 +171,28 @@ Result measure(const std::string& name, const std::string& bin, int conns) {
 
 int main(int argc, char** argv) {
   int conns = 10000;
+  int compact_ms = 200;
   std::string markdown;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--conns") && i + 1 < argc) {
       conns = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--compact-ms") && i + 1 < argc) {
+      compact_ms = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--markdown") && i + 1 < argc) {
       markdown = argv[++i];
     } else if (!std::strcmp(argv[i], "--quick")) {
       conns = 2000;
     } else {
-      std::fprintf(stderr, "usage: %s [--conns N] [--markdown FILE] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--conns N] [--compact-ms MS] [--markdown FILE] [--quick]\n", argv[0]);
       return 2;
     }
   }
   if (conns < 1) {
     std::fprintf(stderr, "idle_conns: --conns must be at least 1\n");
+    return 2;
+  }
+  if (compact_ms < 0) {
+    std::fprintf(stderr, "idle_conns: --compact-ms must be 0 (no compacted row) or more\n");
     return 2;
   }
   const std::uint64_t nofile = sample::raise_fd_limit();  // the servers inherit it too
@@ -173,12 +203,18 @@ int main(int argc, char** argv) {
     conns = fit;
   }
   const std::string dir = exe_dir() + "/../samples/";
+  struct Server {
+    std::string name, bin;
+    int compact_ms;
+  };
+  std::vector<Server> servers{{"tendril", dir + "http", 0}, {"pthread", dir + "http-pthread", 0}};
+  if (compact_ms > 0)
+    servers.push_back({"tendril, compacted after " + std::to_string(compact_ms) + " ms", dir + "http", compact_ms});
   std::vector<Result> rs;
-  for (const auto& [name, bin] : {std::pair<std::string, std::string>{"tendril", dir + "http"},
-                                  {"pthread", dir + "http-pthread"}}) {
+  for (const auto& [name, bin, ms] : servers) {
     std::fprintf(stderr, "[idle_conns] %s: opening %d idle keep-alive connections...\n", name.c_str(), conns);
     try {
-      rs.push_back(measure(name, bin, conns));
+      rs.push_back(measure(name, bin, conns, ms));
     } catch (const std::exception& e) {
       Result r;
       r.server = name;
@@ -207,11 +243,17 @@ int main(int argc, char** argv) {
     }
     table += row;
   }
-  if (rs.size() == 2 && rs[0].opened && rs[1].opened) {
+  if (rs.size() >= 2 && rs[0].opened && rs[1].opened) {
     char line[256];
     std::snprintf(line, sizeof line, "\npthread/tendril memory per idle connection: %.1fx (RSS), %.1fx (with kernel stacks)\n",
                   rs[1].user_bytes_per_conn() / std::max(1.0, rs[0].user_bytes_per_conn()),
                   rs[1].all_bytes_per_conn() / std::max(1.0, rs[0].all_bytes_per_conn()));
+    table += line;
+  }
+  if (rs.size() == 3 && rs[0].opened && rs[2].opened) {
+    char line[256];
+    std::snprintf(line, sizeof line, "tendril without/with compaction, memory per idle connection: %.1fx (RSS)\n",
+                  rs[0].user_bytes_per_conn() / std::max(1.0, rs[2].user_bytes_per_conn()));
     table += line;
   }
   std::fputs(table.c_str(), stdout);

@@ -1,6 +1,6 @@
 // Idle-stack compaction (Options::compact_after, userfaultfd mode): a fiber
-// parked longer than compact_after has the used pages of its stack below the
-// top page copied into a buffer and given back; they come back, with every
+// parked longer than compact_after has the used part of its stack (its top
+// page included) copied into a buffer and its pages given back; they come back, with every
 // byte, when the fiber runs again or when anything touches them first.
 //
 // ctest runs these once as is (uffd) and once with TENDRIL_STACK_MODE=kernel,
@@ -154,6 +154,88 @@ TEST(StackCompact, EveryByteSurvivesAcrossThousandsOfFibers) {
     EXPECT_EQ(after.compactions, 0u);
     EXPECT_EQ(after.restores, 0u);
   }
+}
+
+// A fiber whose whole stack fits in its top page gives that page back too:
+// once every such fiber is compacted, the live stacks hold far fewer pages
+// than there are fibers (one each before compaction), and the buffers hold
+// the few hundred live bytes of each, not a page. The fibers park on a
+// WaitGroup, whose Waiter is in the fiber's control block, so nothing
+// touches their stacks until they run again.
+TEST(StackCompact, TopPageOfAShallowFiberIsGivenBack) {
+  constexpr int kFibers = 1000;
+  constexpr std::size_t kSmall = 512;
+  std::atomic<std::size_t> bad{0};
+  std::atomic<int> checked{0};
+  tendril::Stats parked, compacted, after;
+  tendril::run(compacting(), [&] {
+    tendril::WaitGroup gate;
+    gate.add(1);
+    std::vector<tendril::Fiber> fibers;
+    for (int i = 0; i < kFibers; ++i)
+      fibers.push_back(tendril::spawn([&, i] {
+        unsigned char buf[kSmall];
+        for (std::size_t k = 0; k < kSmall; ++k) buf[k] = pattern(std::uint64_t(i), k);
+        asm volatile("" : : "r"(buf) : "memory");
+        gate.wait();
+        asm volatile("" : : "r"(buf) : "memory");
+        std::size_t wrong = 0;
+        for (std::size_t k = 0; k < kSmall; ++k) wrong += buf[k] != pattern(std::uint64_t(i), k);
+        bad += wrong;
+        checked.fetch_add(1);
+      }));
+    parked = tendril::stats();
+    if (compaction_on()) {
+      EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= std::uint64_t(kFibers); }))
+          << tendril::stats().fibers_compacted << " compacted";
+      compacted = tendril::stats();
+    }
+    gate.done();
+    for (auto& f : fibers) f.join();
+    after = tendril::stats();
+  });
+  EXPECT_EQ(checked.load(), kFibers);
+  EXPECT_EQ(bad.load(), 0u);
+  if (after.stack_compaction) {
+    // Without the top page each compacted fiber would still hold one page.
+    EXPECT_LT(compacted.stack_pages_mapped, std::uint64_t(kFibers) / 2)
+        << "parked: " << parked.stack_pages_mapped << " pages";
+    EXPECT_LT(compacted.compact_bytes, std::uint64_t(kFibers) * 4096 / 2);
+    EXPECT_GE(compacted.compact_bytes, std::uint64_t(kFibers) * kSmall);
+    EXPECT_EQ(after.fibers_compacted, 0u);
+    EXPECT_EQ(after.compact_bytes, 0u);
+  }
+}
+
+// A fiber that parks, is woken and parks again before its worker looks at
+// its list (a connection that answers a request and waits for the next) is
+// compacted at its last park: it is listed once, and the later park replaces
+// the one it was listed with.
+TEST(StackCompact, AFiberThatParksAgainSoonIsCompactedAtItsLastPark) {
+  constexpr int kFibers = 100;
+  std::atomic<int> done{0};
+  tendril::Stats compacted;
+  // Long enough that each fiber's second park comes before the first is due.
+  tendril::run(compacting(300ms), [&] {
+    if (!compaction_on()) return;
+    std::vector<tendril::Channel<int>> chans;
+    for (int i = 0; i < kFibers; ++i) chans.emplace_back(0);
+    tendril::WaitGroup gate;
+    gate.add(1);
+    std::vector<tendril::Fiber> fibers;
+    for (int i = 0; i < kFibers; ++i)
+      fibers.push_back(tendril::spawn([&, i] {
+        chans[std::size_t(i)].recv();  // the first park
+        gate.wait();                   // the one that lasts
+        done.fetch_add(1);
+      }));
+    for (int i = 0; i < kFibers; ++i) chans[std::size_t(i)].send(i);
+    EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= std::uint64_t(kFibers); }))
+        << tendril::stats().fibers_compacted << " compacted";
+    gate.done();
+    for (auto& f : fibers) f.join();
+    EXPECT_EQ(done.load(), kFibers);
+  });
 }
 
 // Receivers park over and over with a buffer on their stacks; senders on

@@ -96,8 +96,8 @@ struct Options {
   // std::system_error if the pipe or the thread behind it cannot be made.
   int dump_signal = 0;
   // Idle-stack compaction (userfaultfd stack mode only): a fiber parked this
-  // long has the used part of its stack below the top page copied into a
-  // buffer sized to it and those pages given back; they come back with their
+  // long has the used part of its stack copied into a buffer sized to it
+  // and all of its pages given back; they come back with their
   // content when the fiber next runs, or when anything touches them first
   // (stats().compactions, restores, fibers_compacted, compact_bytes).
   // 0: off. Ignored (off) in kernel stack mode.

@@ -121,6 +121,12 @@ struct alignas(64) FiberCtl {
   std::atomic<std::uint8_t> compact{kCompactNone};
   // A worker's compaction list holds it (and a reference to it).
   std::atomic<bool> compact_listed{false};
+  // Its latest park that a worker noted for compaction (the park word, and
+  // when it parked), written by the worker it parked on after the switch
+  // out, read by the worker whose list holds it: the word equals `park.wait`
+  // while that park lasts.
+  std::atomic<std::uint64_t> compact_wait{0};
+  std::atomic<std::int64_t> compact_since{0};
 
   ParkRecord park;
 

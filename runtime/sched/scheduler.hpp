@@ -244,8 +244,7 @@ class Worker {
   // (the switch path's and the thieves' lines).
   struct CompactCandidate {
     FiberCtl* f;
-    std::uint64_t wait;  // its park word when listed: unchanged = not run since
-    std::int64_t since;  // when it parked (park clock)
+    std::uint64_t wait;  // in a batch: the park word it is compacted at
   };
   void init_compaction() noexcept;
   // Out of line and cold: the switch path only tests a flag before each.

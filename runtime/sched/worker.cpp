@@ -607,9 +607,10 @@ void Worker::release_deferred() noexcept {
 // A page pinned for I/O (registered buffers, O_DIRECT) cannot move: the
 // compaction gives up (stack_compact).
 //
-// Not compacted (left for later): stacks deeper than kMaxCompactPages, and
-// the top page (the callable and the first frames, usually the Waiter; the
-// FiberCtl lives off the stack, see fiber_ctl_cache.hpp).
+// Not compacted (left for later): stacks deeper than kMaxCompactPages. The
+// top page goes with the rest: the FiberCtl and the Waiter of the common
+// waits live off the stack (fiber_ctl_cache.hpp), so a wake through them
+// touches no stack page and the fiber comes back by the eager copy.
 namespace {
 constexpr std::int64_t kCompactRetryNs = 1000000;  // 1 ms
 
@@ -639,18 +640,29 @@ bool Worker::compaction_due() noexcept {
   return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() && steady_ticks() >= compact_due_;
 }
 
+// A fiber that parks again while it is still listed (it parked, woke and
+// parked again between two walks of the list, the common case of a
+// connection that answers a request and waits for the next) is not listed
+// twice: its park word and time are updated in its FiberCtl, and the walk
+// compacts it at that park. The walk drops it only when it finds it running
+// or runnable (or finished). One window stays: a fiber listed here that is
+// dropped by this walk while another worker notes its next park keeps that
+// park unlisted (no compaction until it parks again); nothing is lost but the
+// saving.
 void Worker::note_parked(FiberCtl* f) noexcept {
   const std::uint64_t w = f->park.wait.load(std::memory_order_relaxed);
   const WaitReason r = WaitReason(w & WaitFor::kReasonMask);
   if (r == WaitReason::none) return;  // a yield: runnable already
   if (names_fd(r) && !compact_io_) return;
+  f->compact_since.store(f->park.since, std::memory_order_relaxed);
+  f->compact_wait.store(w, std::memory_order_release);  // after the switch out: its context is saved
+  compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
   if (f->compact_listed.load(std::memory_order_relaxed)) return;
   f->compact_listed.store(true, std::memory_order_relaxed);
   // Not yet published to any waker (its park's action has not run): it
   // still holds its running reference.
   f->refs.fetch_add(1, std::memory_order_relaxed);
-  compact_list_.push_back(CompactCandidate{f, w, f->park.since});
-  compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
+  compact_list_.push_back(CompactCandidate{f, 0});
 }
 
 void Worker::drop_compact_candidate(FiberCtl* f) noexcept {
@@ -669,13 +681,24 @@ void Worker::compact_idle_fibers() noexcept {
   std::size_t keep = 0;
   for (const CompactCandidate& e : compact_list_) {
     FiberCtl* f = e.f;
-    if (f->park.wait.load(std::memory_order_acquire) != e.wait) {
-      drop_compact_candidate(f);  // it ran since
+    const std::uint64_t noted = f->compact_wait.load(std::memory_order_acquire);
+    const std::uint64_t now_wait = f->park.wait.load(std::memory_order_acquire);
+    if (now_wait != noted) {
+      const WaitReason r = WaitReason(now_wait & WaitFor::kReasonMask);
+      if (r == WaitReason::none || (names_fd(r) && !compact_io_)) {
+        drop_compact_candidate(f);  // running, runnable or done, or parked where it is not compacted
+        continue;
+      }
+      // Parked again and not yet noted (its worker is switching it out):
+      // look again at the next walk.
+      compact_list_[keep++] = e;
+      due = std::min(due, now + compact_after_ns_);
       continue;
     }
-    if (now - e.since < compact_after_ns_) {
+    const std::int64_t since = f->compact_since.load(std::memory_order_relaxed);
+    if (now - since < compact_after_ns_) {
       compact_list_[keep++] = e;
-      due = std::min(due, e.since + compact_after_ns_);
+      due = std::min(due, since + compact_after_ns_);
       continue;
     }
     std::uint8_t none = FiberCtl::kCompactNone;
@@ -683,7 +706,7 @@ void Worker::compact_idle_fibers() noexcept {
       drop_compact_candidate(f);
       continue;
     }
-    compact_batch_.push_back(e);
+    compact_batch_.push_back(CompactCandidate{f, noted});
   }
   compact_list_.resize(keep);
   compact_due_ = due;

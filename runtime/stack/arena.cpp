@@ -125,11 +125,11 @@
 // # Idle-stack compaction (uffd mode, Options::compact_after; off by default)
 //
 // A fiber parked longer than compact_after has the used part of its stack
-// below the top page copied into a buffer sized to it (from its saved stack
-// pointer minus the 128-byte red zone up to the top page) and those pages
-// given back; the scheduler decides who and when (worker.cpp), this side
+// copied into a buffer sized to it (from its saved stack pointer minus the
+// 128-byte red zone up to the top of the slot) and all of its pages given
+// back, the top page too; the scheduler decides who and when (worker.cpp), this side
 // does it (stack_compact, stack_restore). Mechanics:
-//  - Out: UFFDIO_MOVE of the run [page of sp-128, hi - kPage) into the
+//  - Out: UFFDIO_MOVE of the run [page of sp-128, hi) into the
 //    staging area of the slot's owner (64 pages, registered with the
 //    owner's uffd: UFFDIO_MOVE wants a destination registered with the uffd
 //    it is issued on; any worker may compact any slot and takes the owner's
@@ -140,7 +140,7 @@
 //    in its scratch area (zeros below sp-128, then the buffer) and installs
 //    it with one UFFDIO_COPY before the fiber runs, then frees the buffer.
 //  - Back, on a touch: a fault on a page of the run (a waker writing a
-//    Waiter that lies below the top page, a fiber writing into a parked
+//    Waiter that lies on the stack, a fiber writing into a parked
 //    parent's array, the fiber dump) reaches the slot owner's handler, which
 //    rebuilds the whole run from the buffer in its own scratch area and
 //    installs it. It reads only the side table (SlotCompact, outside the
@@ -151,9 +151,10 @@
 // UFFDIO_COPY wakes any thread that faulted meanwhile), and a worker that
 // loses waits for kResident before it frees the buffer.
 //
-// No write is lost. Who may write a parked fiber's stack: wakers (Waiters
-// in its park frames, on the top page, which is never compacted, or below
-// it; its FiberCtl is not on the stack), fibers or threads it lent a pointer
+// No write is lost. Who may write a parked fiber's stack: wakers (a Waiter
+// in its park frames, where the wait keeps one there: select, and the waits
+// listed in park.hpp's fiber_waiter; its FiberCtl and own Waiter are not on
+// the stack), fibers or threads it lent a pointer
 // to its locals (children filling a parent's array, blocking() calls), and
 // the kernel (an io_uring read into a buffer on the stack). UFFDIO_MOVE
 // takes each page out of the arena atomically (under its page table lock,
@@ -172,13 +173,12 @@
 // shared with a fork child: EBUSY) stops the move; what moved is moved back
 // before anyone could see it, and the fiber stays as it was.
 //
-// Limits of this first step: the top page is
-// never compacted (it usually holds the Waiter, which wakers touch; the
-// FiberCtl moved to a dense per-worker cache of records, fiber_ctl_cache.hpp,
-// so the top page can go once the Waiter lives off the stack too), so a fiber whose stack fits in one page gains nothing,
-// and the gain of a deeper one is the unused part of its lowest page minus
-// the buffer's malloc overhead (bench/stack_compact: 6 KiB used, the page
-// below the top 3.1 KiB live: no gain; see stack-design.md). Fibers parked
+// The top page goes too: the FiberCtl lives in a dense per-worker cache of
+// records (fiber_ctl_cache.hpp) and the common waits park on the Waiter
+// embedded in it, so what a waker, the scheduler or a joiner touches for a
+// parked fiber is off the stack, and a fiber whose stack fits in one page
+// (most idle ones: a few hundred bytes to 2 KiB live) is left holding only
+// its buffer. Fibers parked
 // in descriptor I/O are compacted where the kernel writes their buffers only
 // from a ring's wait for completions or an io-wq thread (worker.cpp): the
 // kernel's copy into a missing page is a fault the handler serves like a
@@ -1099,7 +1099,6 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
   SlotCompact& c = r.arena->compact[r.slot];
   SlotMeta& m = r.arena->meta[r.slot];
   c.pages = pages;
-  c.top_depth = 1;
   c.skip = std::uint32_t(skip);
   c.buf = nullptr;
   c.state.store(kMoving, std::memory_order_seq_cst);
@@ -1146,7 +1145,7 @@ CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* 
   char* const stack_pointer = static_cast<char*>(const_cast<void*>(sp));
   if (stack_pointer <= slot.lo || stack_pointer > slot.hi) return CompactResult::skipped;
   char* const live = std::max(stack_pointer - kRedZone, slot.lo);
-  char* const run_hi = slot.hi - kPage;  // the top page (usually the Waiter) stays
+  char* const run_hi = slot.hi;  // the whole used stack, top page included
   char* const run_lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(live) & ~(kPage - 1));
   if (run_lo >= run_hi) return CompactResult::skipped;
   const unsigned pages = unsigned((run_hi - run_lo) / kPage);
@@ -1175,8 +1174,7 @@ void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
       m.mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
       add_single_writer(w.counters.live_pages, c.pages);
       compact_rebuild(c, w.scratch);
-      char* run_hi = slot.hi - std::size_t(c.top_depth) * kPage;
-      uffd_install_pages(r.owner->uffd, run_hi - std::size_t(c.pages) * kPage, w.scratch, c.pages);
+      uffd_install_pages(r.owner->uffd, slot.hi - std::size_t(c.pages) * kPage, w.scratch, c.pages);
       c.state.store(kResident, std::memory_order_release);
       add_single_writer(w.compact_counters.restores, 1);
       break;

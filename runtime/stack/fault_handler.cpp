@@ -260,8 +260,9 @@ struct HandlerPolicy {
   }
 };
 
-// A fault on a page of a compacted run (a waker writing a Waiter below the
-// top page, a fiber writing into a parked parent's array, a debugger): the
+// A fault on a page of a compacted run (a waker writing a Waiter on the
+// parked fiber's stack, a fiber writing into a parked parent's array, a
+// debugger): the
 // whole run comes back with its content. True if the fault is dealt with.
 // The only wait is for the compactor's kMoving step, which is one
 // UFFDIO_MOVE ioctl and a store by a worker on its own thread stack: it never
@@ -273,9 +274,8 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
   for (;;) {
     std::uint32_t s = c.state.load(std::memory_order_acquire);
     if (s == kResident) return false;
-    char* run_hi = loc.hi - std::size_t(c.top_depth) * kPage;
-    char* run_lo = run_hi - std::size_t(c.pages) * kPage;
-    if (page < run_lo || page >= run_hi) return false;  // growth below the run, or an old message
+    char* run_lo = loc.hi - std::size_t(c.pages) * kPage;
+    if (page < run_lo) return false;  // growth below the run, or an old message
     switch (s) {
       case kMoving:
         sched_yield();  // the compactor may share our CPU

@@ -131,8 +131,8 @@ void stack_follow_to_node(unsigned worker, const StackSlot& slot, const void* sp
 bool stack_compaction_enabled() noexcept;
 // Called by worker `worker` for a fiber that is parked and switched out (its
 // saved stack pointer is `sp`) and that no worker can switch into until this
-// returns: copies the used bytes below the slot's top page into a buffer
-// sized to them and gives those pages back. `compacted` if it did; `retry`
+// returns: copies the used bytes of the slot (its top page included) into a
+// buffer sized to them and gives those pages back. `compacted` if it did; `retry`
 // if it could not right now (another worker is compacting a stack of the
 // same owner); `skipped` if there is nothing worth doing or it cannot (pages
 // not resident or pinned, out of memory). The stack is untouched unless

@@ -57,7 +57,7 @@ struct SlotName {
 
 // Per-slot state of idle-stack compaction, a side table next to SlotMeta
 // that only compacted slots touch (MAP_NORESERVE). The compacted run is
-// [hi - (top_depth + pages) * kPage, hi - top_depth * kPage); the buffer holds
+// [hi - pages * kPage, hi), the top page included; the buffer holds
 // its bytes from `skip` on (what lies below the fiber's stack pointer minus
 // the red zone is dead and comes back as zeros). `state` is the one word the
 // worker that compacts, the worker that restores and the fault handler
@@ -72,7 +72,6 @@ enum CompactState : std::uint32_t { kResident = 0, kMoving, kStaged, kCompacted,
 struct SlotCompact {
   std::atomic<std::uint32_t> state;
   std::uint32_t pages;      // pages in the compacted run
-  std::uint32_t top_depth;  // pages between the run and hi (1: the top page stays)
   std::uint32_t skip;       // bytes at the bottom of the run not saved
   char* buf;                // (pages * kPage - skip) bytes, malloc'd by a worker
 };

@@ -92,6 +92,11 @@ std::string stats_json(const Counters& counters) {
   j.add("pages_trimmed", s.pages_trimmed);
   j.add("stack_cache_pages", s.stack_cache_pages);
   j.add("stacks_prepared", s.stacks_prepared);
+  j.add("stack_compaction", s.stack_compaction);
+  j.add("compactions", s.compactions);
+  j.add("restores", s.restores);
+  j.add("fibers_compacted", s.fibers_compacted);
+  j.add("compact_bytes", s.compact_bytes);
   j.add("io_backend", s.io_backend);
 #endif
   j.add("threads", thread_count());
