@@ -3,7 +3,7 @@
 // child of its own, alternating compaction off / on, so they do not see each
 // other's pages.
 //
-//   build/bench/stack_compact [fibers=100000] [rounds=2] [workers=1]
+//   build/bench/stack_compact [fibers=100000] [rounds=2] [workers=1] [used=0,2048,6144]
 //
 // Each fiber writes `used` bytes of its stack (a buffer below its first
 // frame: 0 = the top page only, 2 KiB, 6 KiB) and parks on one WaitGroup.
@@ -111,11 +111,28 @@ int main(int argc, char** argv) {
   const std::size_t fibers = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 100000;
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 2;
   const unsigned workers = argc > 3 ? unsigned(std::atoi(argv[3])) : 1;
+  std::vector<std::size_t> sizes{0, 2048, 6144};
+  if (argc > 4) {
+    sizes.clear();
+    for (const char* p = argv[4]; *p != 0;) {
+      char* end = nullptr;
+      sizes.push_back(std::strtoull(p, &end, 10));
+      if (end == p || sizes.back() > 64 * 1024) {
+        std::fprintf(stderr, "stack_compact: used must be a comma-separated list of byte counts up to 65536\n");
+        return 2;
+      }
+      p = *end == ',' ? end + 1 : end;
+    }
+  }
+  if (fibers == 0 || rounds < 1 || workers < 1) {
+    std::fprintf(stderr, "usage: %s [fibers>0] [rounds>0] [workers>0] [used,...]\n", argv[0]);
+    return 2;
+  }
   std::printf("# %zu parked fibers, %u worker(s), compact_after 50 ms when on; per fiber: VmRSS+VmPTE delta\n", fibers,
               workers);
   std::printf("| stack used | compaction | B/fiber | buffer B/fiber | stack pages/fiber | compacted | spawn+park s | wake ns/fiber |\n");
   std::printf("|---|---|---|---|---|---|---|---|\n");
-  for (std::size_t used : {std::size_t(0), std::size_t(2048), std::size_t(6144)})
+  for (std::size_t used : sizes)
     for (int round = 0; round < rounds; ++round)
       for (bool compact : {false, true}) {
         const Result r = in_child(fibers, used, compact, workers);
