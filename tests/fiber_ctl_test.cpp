@@ -5,9 +5,13 @@
 #include <tendril/tendril.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <string>
+#include <system_error>
 #include <vector>
+
+#include <tendril/select.hpp>
 
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack.hpp"
@@ -53,6 +57,25 @@ void park_and_release(int n) {
   tendril::this_fiber::yield();
   gate.done();
   for (auto& f : fibers) f.join();
+}
+
+// Yields until the fiber dump shows fiber `id` parked for `why` (the caller
+// shares its worker, so each yield lets the fiber run on to its park).
+void yield_until_parked(std::uint64_t id, tendril::WaitReason why) {
+  for (;;) {
+    for (const tendril::FiberInfo& f : tendril::fibers()) {
+      if (f.id == id && f.state == tendril::FiberState::parked && f.reason == why) return;
+    }
+    tendril::this_fiber::yield();
+  }
+}
+
+// Whether `p` lies in the stack slot of fiber `id`.
+bool on_stack_of(std::uint64_t id, const void* p) {
+  FoundSlot slot{id};
+  td::stack_for_each_live(find_slot, &slot);
+  const char* c = static_cast<const char*>(p);
+  return slot.found && c >= slot.lo && c < slot.hi;
 }
 
 }  // namespace
@@ -150,5 +173,83 @@ TEST(FiberCtl, RecordsFreedOnAnotherWorkerGoBackToTheirCache) {
       total += c;
     }
     EXPECT_LE(total, 3 * (peak + 64));
+  });
+}
+
+TEST(FiberCtl, ParkedChannelOperationsWaitOnTheFibersOwnWaiter) {
+  tendril::run(tendril_test::workers(1), [] {
+    tendril::Channel<int> ch;
+    std::atomic<td::FiberCtl*> seen{nullptr};
+    tendril::Fiber receiver = tendril::spawn([&] {
+      seen.store(td::current_fiber());
+      EXPECT_EQ(ch.recv(), 7);
+    });
+    while (seen.load() == nullptr) tendril::this_fiber::yield();
+    td::FiberCtl* c = seen.load();
+    yield_until_parked(c->id, tendril::WaitReason::channel_recv);
+
+    // The cell the receiver parked in publishes the Waiter in its control
+    // block: the sender claims and wakes it without touching the receiver's
+    // stack (only the storage the value goes to is there).
+    auto* st = td::channel::Access::state(ch);
+    auto& cell = st->cell(0);
+    EXPECT_EQ(td::channel::state_of(cell.word.load()), td::channel::kRecvWait);
+    EXPECT_EQ(cell.receiver.load(), &c->waiter);
+    EXPECT_EQ(c->waiter.fiber, c);
+    EXPECT_FALSE(on_stack_of(c->id, &c->waiter));
+    EXPECT_TRUE(on_stack_of(c->id, c->waiter.slot));
+    EXPECT_TRUE(ch.send(7));
+    receiver.join();
+
+    // The same for a sender parked on an unbuffered channel.
+    seen.store(nullptr);
+    tendril::Fiber sender = tendril::spawn([&] {
+      seen.store(td::current_fiber());
+      EXPECT_TRUE(ch.send(8));
+    });
+    while (seen.load() == nullptr) tendril::this_fiber::yield();
+    c = seen.load();
+    yield_until_parked(c->id, tendril::WaitReason::channel_send);
+    auto& next = st->cell(1);
+    EXPECT_EQ(td::channel::state_of(next.word.load()), td::channel::kSendWait);
+    EXPECT_EQ(next.sender.load(), &c->waiter);
+    EXPECT_EQ(ch.recv(), 8);
+    sender.join();
+  });
+}
+
+TEST(FiberCtl, SleepingFibersWaitOnNothingOnTheirStack) {
+  using namespace std::chrono_literals;
+  tendril::run(tendril_test::workers(1), [] {
+    // An interruptible sleep (in a Scope) parks on the fiber's own Waiter,
+    // which the timer or a cancel claims.
+    std::atomic<td::FiberCtl*> seen{nullptr};
+    tendril::Scope scope;
+    scope.spawn([&] {
+      seen.store(td::current_fiber());
+      try {
+        tendril::this_fiber::sleep_for(1h);
+      } catch (const std::system_error&) {
+      }
+    });
+    while (seen.load() == nullptr) tendril::this_fiber::yield();
+    td::FiberCtl* c = seen.load();
+    yield_until_parked(c->id, tendril::WaitReason::sleep);
+    EXPECT_EQ(c->timer_waiter, &c->waiter);
+    EXPECT_EQ(c->waiter.state.load(), td::Waiter::kWaiting);
+    scope.cancel();
+    scope.join();
+
+    // A plain sleep links no Waiter at all: only the timer wakes it.
+    seen.store(nullptr);
+    tendril::Fiber plain = tendril::spawn([&] {
+      seen.store(td::current_fiber());
+      tendril::this_fiber::sleep_for(1h);
+    });
+    while (seen.load() == nullptr) tendril::this_fiber::yield();
+    c = seen.load();
+    yield_until_parked(c->id, tendril::WaitReason::sleep);
+    EXPECT_EQ(c->timer_waiter, nullptr);
+    plain.detach();  // the run ends without waiting for an hour
   });
 }

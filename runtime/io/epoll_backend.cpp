@@ -247,7 +247,10 @@ void epoll_wake(EpollWorker* e) noexcept {
 long epoll_wait_ready(EpollWorker* e, int fd, short events, WaitFor what, const Deadline* deadline) noexcept {
   FdEntry* ent = fd_entry(fd);
   if (ent == nullptr) return -EBADF;
-  Waiter w;
+  // Unlinked under ent->lock by the dispatcher that claims it (before its
+  // wake) or below once the park timed out: the fiber's own will do.
+  OwnWaiter own;
+  Waiter& w = *own;
   WaitQueue& q = (events & POLLIN) ? ent->readers : ent->writers;
   ent->lock.lock();
   q.push_back(w);

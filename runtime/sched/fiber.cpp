@@ -347,10 +347,13 @@ void arm_timer(detail::FiberCtl* from, void*) noexcept {
 }
 
 // A sleep that the fiber's scope may cut short: a park on a Waiter nobody
-// else knows, so only the timer and a cancel can claim it.
+// else knows, so only the timer and a cancel can claim it. It is the fiber's
+// own: both claim it before they ready the fiber, and the park returns only
+// after the timer is disarmed and the Interrupt unpublished.
 void sleep_interruptibly(std::chrono::steady_clock::time_point t) {
   detail::SpinLock nobody;
-  detail::Waiter waiter;
+  detail::OwnWaiter own;
+  detail::Waiter& waiter = *own;
   nobody.lock();
   detail::park(waiter, nobody, WaitReason::sleep, &t);
   detail::throw_if_interrupted(&t, "tendril::this_fiber::sleep");

@@ -50,9 +50,14 @@ inline constexpr std::uintptr_t kInterruptBusy = 1, kInterruptPending = 2;  // I
 //   the scheduler or a joiner touches for a parked fiber is in this block and
 //   none of it in the frames below, which is what let the block move off the
 //   stack page into the dense per-worker cache without changing any park.
-//   The Waiter a wait links into a queue is the fiber's own, in this block
-//   (OwnWaiter), where the wait allows it; the others are locals of the
-//   parking frame, on the stack.
+//   The Waiter a wait links into a queue or a channel cell is the fiber's
+//   own, in this block (OwnWaiter), where the wait allows it: every wait
+//   that links one Waiter at a time (see park.hpp, "Where Waiters live").
+//   What stays on the stack: a select's shared Waiter and its per-case
+//   registrations, a non-interruptible blocking() call's record, the
+//   Interrupt a park publishes (the canceller reads it; it is not touched
+//   by a plain wake), and whatever a waiter's `slot` points at (a channel
+//   value or a receiver's storage).
 struct ParkRecord {
   std::atomic<std::uint64_t> wait{0};
   std::int64_t since = 0;  // CLOCK_MONOTONIC_COARSE, ns

@@ -54,7 +54,8 @@ void unlink_child(ScopeState& s, FiberCtl* f) noexcept {
 void join_all_children(ScopeState& s) noexcept {
   s.lock.lock();
   while (s.live != 0) {
-    Waiter w;
+    OwnWaiter own;  // cleared from s.joiner under the lock before its wake
+    Waiter& w = *own;
     s.joiner = &w;
     park(w, s.lock, WaitReason::join, nullptr, Cancellable::no);
     s.lock.lock();
@@ -103,7 +104,10 @@ void scope_cancel(ScopeState& s) noexcept {
 void scope_join(ScopeState& s) {
   s.lock.lock();
   while (s.live != 0) {
-    Waiter w;
+    // Cleared from s.joiner under the lock: by the child that claims it
+    // before its wake, or below if the park was interrupted.
+    OwnWaiter own;
+    Waiter& w = *own;
     s.joiner = &w;
     if (!park(w, s.lock, WaitReason::join)) {
       s.lock.lock();

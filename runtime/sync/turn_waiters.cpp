@@ -18,7 +18,9 @@ void TurnWaiters::push(Waiter& w) noexcept {
 void TurnWaiters::wake_all_slow() noexcept {
   Waiter* w = head_.exchange(nullptr, std::memory_order_seq_cst);
   while (w != nullptr) {
-    Waiter* next = w->next;  // read before wake: a woken waiter may vanish
+    // Read before the claim: once woken, a waiter may vanish or (a fiber's
+    // own) be pushed again, here or on another list.
+    Waiter* next = w->next;
     if (claim(*w)) wake(*w);
     w = next;
   }

@@ -285,7 +285,10 @@ struct State : std::enable_shared_from_this<State<T>> {
         if (o != Outcome::kRetry) return o;
         // No memory for the record: wait for the lap as before.
       }
-      detail::Waiter me;
+      // The fiber's own Waiter (see park_in_cell): the walk that wakes it
+      // took the whole list off the cell and read our link before its claim.
+      detail::OwnWaiter own;
+      detail::Waiter& me = *own;
       TurnWait a{this, &c, w, &me};
       TurnInterrupt interrupt(c);
       detail::park_committed(me, why, publish_turn_waiter, &a,
@@ -459,6 +462,21 @@ struct State : std::enable_shared_from_this<State<T>> {
   };
   // Parks in `c` if its word is still `seen`. kRetry: it changed first;
   // kDone: a party (or close) resumed us; kInterrupted: our scope did.
+  //
+  // `me` is the fiber's own Waiter (OwnWaiter), so a party that meets a
+  // parked operation touches its control block, not its stack page (only
+  // the value or storage `slot` points at). That is safe because nobody
+  // touches `me` after the wake() that resumes us, and nothing else of ours
+  // holds it meanwhile: every party that reaches it (the other side of the
+  // lap, the buffer expander, close(), our CellInterrupt) first takes the
+  // cell's wait state with one CAS, so exactly one does, and its wake() is
+  // its last touch; the Interrupt ends before we get past unpublish. The
+  // cell's sender / receiver field keeps the stale pointer, but it is
+  // dereferenced only by the party whose CAS took this lap's wait state. A turn wait
+  // (await_turn) uses the same Waiter only before this one: it is resumed
+  // by the wake-all walk that unlinked it, never by a timer or claim
+  // elsewhere (its Interrupt runs that walk), so it is off every list when
+  // we park here.
   static Outcome park_in_cell(Cell& c, u64 seen, u64 to, detail::Waiter& me) {
     CellWait a{&c, seen, to, &me};
     CellInterrupt interrupt(c, lap_bits(seen) | to, me);
@@ -574,7 +592,8 @@ struct State : std::enable_shared_from_this<State<T>> {
             publish_claimed(c, w, kSelSendWait);
             return Outcome::kRegistered;
           }
-          detail::Waiter me;
+          detail::OwnWaiter own;  // see park_in_cell
+          detail::Waiter& me = *own;
           me.slot = &value;
           switch (park_in_cell(c, w, kSendWait, me)) {
             case Outcome::kRetry: continue;
@@ -776,7 +795,8 @@ struct State : std::enable_shared_from_this<State<T>> {
             return Outcome::kRegistered;
           }
           alignas(T) unsigned char storage[sizeof(T)];
-          detail::Waiter me;
+          detail::OwnWaiter own;  // see park_in_cell
+          detail::Waiter& me = *own;
           me.slot = storage;
           switch (park_in_cell(c, w, kRecvWait, me)) {
             case Outcome::kRetry: continue;

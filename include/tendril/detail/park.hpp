@@ -2,15 +2,27 @@
 // Not part of the public API; included by public templates such as Channel<T>.
 //
 // A primitive keeps its waiters in a WaitQueue guarded by its own SpinLock.
-// A caller that must wait links a Waiter (on its own stack) into the queue and
-// calls park(), which gives the lock up only once it is safe to be woken: for a
-// fiber, after its context has been saved (so a waker on another worker cannot
-// resume a half-switched fiber); for a plain OS thread, before it sleeps on a
-// futex. A waker claims a waiter (claim() fails if the waiter has already timed
-// out), hands it whatever it waits for, and then wakes it.
+// A caller that must wait links a Waiter into the queue (the fiber's own, in
+// its control block, where the wait allows it: see fiber_waiter(); otherwise
+// one on the caller's stack) and calls park(), which gives the lock up only
+// once it is safe to be woken: for a fiber, after its context has been saved
+// (so a waker on another worker cannot resume a half-switched fiber); for a
+// plain OS thread, before it sleeps on a futex. A waker claims a waiter
+// (claim() fails if the waiter has already timed out), hands it whatever it
+// waits for, and then wakes it.
 //
 // Channel<T> takes no lock: a waiter is published by the one CAS that puts it
 // into a ring cell, as park_committed's commit step (see channel.hpp).
+//
+// Where Waiters live: the fiber's own (FiberCtl::waiter) for every wait that
+// links one Waiter at a time: WaitGroup, Mutex, Semaphore, CondVar, Scope
+// join, interruptible sleep, the epoll readiness wait, and Channel send /
+// recv (parked in a cell or waiting for a cell's lap). A fiber's join and a
+// plain sleep link none (the FiberCtl itself is published). On the stack:
+// select (one Waiter that all its cases' registrations reach at once), a
+// plain thread's waits (OwnWaiter), and blocking(), whose call record (with
+// its Waiter) is on the stack or, when interruptible, on the heap, where the
+// pool thread may still claim it after the fiber stopped waiting.
 #pragma once
 
 #include <atomic>
@@ -181,10 +193,14 @@ void wake(Waiter& w) noexcept;
 // The calling fiber's own Waiter, reset for a new wait, or nullptr on a plain
 // thread. It lives in the fiber's control block, with the rest of what a
 // waker touches (dense, off the stack), so a wake does not touch the parked
-// fiber's stack page. A fiber has one: only a wait that unlinks it before
-// anything else it does can park may use it (a primitive's queue, park, the
-// timed-out unlink); a wait that links several Waiters (select) or parks
-// while one is still linked keeps its own on its stack.
+// fiber's stack page. A fiber has one, and the next wait resets it, so a wait
+// may use it only if, when its park returns, nobody links, claims or writes it
+// any more: every waker, timer and Interrupt that can reach it has made its
+// last touch (wake(), or a claim that failed under the primitive's lock)
+// before the fiber gets past the park and its timed-out cleanup. A wait that
+// links several Waiters (select), or one that another party may still claim
+// after the fiber stopped waiting (an abandoned blocking() call), keeps its
+// own.
 Waiter* fiber_waiter() noexcept;
 
 // The Waiter of one such wait of the caller: the fiber's own, or one on this

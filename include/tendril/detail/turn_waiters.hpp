@@ -8,6 +8,12 @@
 // and no lock. Woken waiters re-check their own condition and park again if it
 // still does not hold; this path only runs when more operations are in flight
 // on one channel than its ring has cells.
+//
+// A fiber's waiter here is its own (OwnWaiter, in its control block), which
+// it parks on again right after it is woken. That is safe because a waiter
+// is woken only by the walk that took it off the list (an interrupt runs a
+// walk too; no timer claims it), and the walk reads the waiter's link
+// before its claim and wake, its last touches.
 #pragma once
 
 #include <atomic>
