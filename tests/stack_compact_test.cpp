@@ -238,6 +238,26 @@ TEST(StackCompact, AFiberThatParksAgainSoonIsCompactedAtItsLastPark) {
   });
 }
 
+// Fibers that park once and end do not keep their stacks until their
+// listing worker's next compaction (an hour away here): the list lets go of
+// ended fibers once they are half of it, or before the worker sleeps.
+TEST(StackCompact, EndedFibersDoNotWaitForTheNextCompactionToLetGoOfTheirStacks) {
+  constexpr int kFibers = 1000;
+  tendril::run(compacting(std::chrono::hours(1)), [&] {
+    if (!compaction_on()) return;
+    const std::uint64_t base = tendril::stats().stack_pages_mapped;
+    std::vector<tendril::Channel<int>> chans;
+    for (int i = 0; i < kFibers; ++i) chans.emplace_back(0);
+    std::vector<tendril::Fiber> fibers;
+    for (int i = 0; i < kFibers; ++i) fibers.push_back(tendril::spawn([&, i] { chans[std::size_t(i)].recv(); }));
+    for (int i = 0; i < kFibers; ++i) chans[std::size_t(i)].send(i);  // each parked once: listed
+    for (auto& f : fibers) f.join();
+    // Some pages may stay with fibers still on their way out; not one each.
+    EXPECT_TRUE(eventually([&] { return tendril::stats().stack_pages_mapped < base + kFibers / 10; }))
+        << tendril::stats().stack_pages_mapped << " pages mapped in live stacks, " << base << " before the spawns";
+  });
+}
+
 // Receivers park over and over with a buffer on their stacks; senders on
 // both workers wake them at random moments, many right while a worker
 // compacts them (the delay is 0: a parked fiber is compacted at the first

@@ -103,9 +103,8 @@ struct Options {
   // Compacting costs the worker tens of microseconds per fiber and a resume
   // about as much again (a page copy), once per idle period: nothing beside a
   // second of idleness, so 1000 is a good value for servers with many idle
-  // connections. While it is on, a fiber that parked keeps its stack and
-  // control block for up to this long after it ends (its worker's
-  // compaction list holds them until its next look). 0: off (the default).
+  // connections; a burst of fibers that park for longer pays it all at once
+  // (a million: tens of seconds of worker time). 0: off (the default).
   // Needs Linux 6.8+ (UFFDIO_MOVE); ignored (off) in kernel stack mode.
   std::chrono::milliseconds compact_after{0};
 

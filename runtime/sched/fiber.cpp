@@ -95,6 +95,7 @@ void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
     wake(*reinterpret_cast<Waiter*>(old));  // a plain thread's join
   }
   WorkerCounters::bump(w->counters().finished);
+  w->note_compact_candidate_ended(self);
   w->switch_out(self, drop_running_ref, nullptr, /*finished=*/true);
   __builtin_unreachable();
 }

@@ -124,8 +124,11 @@ struct alignas(64) FiberCtl {
   // padding, so that no field of the block moves.
   static constexpr std::uint8_t kCompactNone = 0, kCompacting = 1, kCompacted = 2;
   std::atomic<std::uint8_t> compact{kCompactNone};
-  // A worker's compaction list holds it (and a reference to it).
+  // A worker's compaction list holds it (and a reference to it), and which
+  // worker's: the fiber tells that worker when it ends, so the list lets go
+  // of its stack and record without waiting for the next compaction.
   std::atomic<bool> compact_listed{false};
+  std::uint16_t compact_lister = 0;
   // Its latest park that a worker noted for compaction (the park word, and
   // when it parked), written by the worker it parked on after the switch
   // out, read by the worker whose list holds it: the word equals `park.wait`

@@ -250,12 +250,23 @@ class Worker {
   // Out of line and cold: the switch path only tests a flag before each.
   __attribute__((noinline, cold)) bool compaction_due() noexcept;
   __attribute__((noinline, cold)) void note_parked(FiberCtl* f) noexcept;
-  void compact_idle_fibers() noexcept;
+  void compact_idle_fibers(bool idle = false) noexcept;
   void drop_compact_candidate(FiberCtl* f) noexcept;
+  // Whether enough listed fibers have ended to walk the list for them alone
+  // (half of it, or any when the worker is about to sleep).
+  bool ended_candidates_due(bool idle) const noexcept;
   __attribute__((noinline, cold)) void restore_compacted(FiberCtl* f) noexcept;
+
+ public:
+  // Called by the worker a listed fiber ends on (compaction on): counts it
+  // on the worker whose list holds it.
+  void note_compact_candidate_ended(const FiberCtl* f) noexcept;
+
+ private:
   alignas(64) bool compact_on_ = false;
   bool compact_io_ = false;  // fibers parked in descriptor I/O too (see init_compaction)
   std::uint32_t compact_tick_ = 0;
+  std::atomic<std::uint32_t> compact_ended_{0};  // listed fibers that ended since the last walk
   std::int64_t compact_after_ns_ = 0;
   std::int64_t compact_due_ = INT64_MAX;  // park clock: when the oldest candidate becomes due
   std::vector<CompactCandidate> compact_list_;

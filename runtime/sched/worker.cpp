@@ -637,7 +637,28 @@ void Worker::init_compaction() noexcept {
 }
 
 bool Worker::compaction_due() noexcept {
-  return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() && steady_ticks() >= compact_due_;
+  return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() &&
+         (steady_ticks() >= compact_due_ || ended_candidates_due(false));
+}
+
+// A listed fiber that ends keeps its stack and record until the list lets
+// go of its reference, at the next walk. Walks come when an entry becomes
+// due (up to compact_after away), so ended fibers are also counted on the
+// listing worker, which walks for them alone once they are half its list
+// (amortized: each walk drops at least as many entries as it keeps) and
+// before it sleeps (an idle worker has time, and nothing else would wake it).
+// A fiber that ends on another worker while its lister sleeps waits for the
+// lister's next wake-up.
+bool Worker::ended_candidates_due(bool idle) const noexcept {
+  const std::uint32_t ended = compact_ended_.load(std::memory_order_relaxed);
+  return ended != 0 && (idle || std::size_t(ended) * 2 >= compact_list_.size());
+}
+
+void Worker::note_compact_candidate_ended(const FiberCtl* f) noexcept {
+  if (!compact_on_ || !f->compact_listed.load(std::memory_order_relaxed)) return;
+  const unsigned lister = f->compact_lister;
+  if (lister < sched_.worker_count())
+    sched_.worker(lister).compact_ended_.fetch_add(1, std::memory_order_relaxed);
 }
 
 // A fiber that parks again while it is still listed (it parked, woke and
@@ -658,6 +679,7 @@ void Worker::note_parked(FiberCtl* f) noexcept {
   f->compact_wait.store(w, std::memory_order_release);  // after the switch out: its context is saved
   compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
   if (f->compact_listed.load(std::memory_order_relaxed)) return;
+  f->compact_lister = std::uint16_t(index_);
   f->compact_listed.store(true, std::memory_order_relaxed);
   // Not yet published to any waker (its park's action has not run): it
   // still holds its running reference.
@@ -670,13 +692,14 @@ void Worker::drop_compact_candidate(FiberCtl* f) noexcept {
   if (f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) release_fiber(f);
 }
 
-void Worker::compact_idle_fibers() noexcept {
+void Worker::compact_idle_fibers(bool idle) noexcept {
   if (compact_list_.empty()) return;
   // The precise clock: the coarse one the parks stamp can lag by more than a
   // tick on an idle CPU (no tick), and the wake-up deadline is on this one.
   // A park stamped late by that lag is only compacted that much sooner.
   const std::int64_t now = steady_ticks();
-  if (now < compact_due_) return;
+  if (now < compact_due_ && !ended_candidates_due(idle)) return;
+  compact_ended_.store(0, std::memory_order_relaxed);  // an end counted during the walk only makes the next one sooner
   std::int64_t due = INT64_MAX;
   std::size_t keep = 0;
   for (const CompactCandidate& e : compact_list_) {
@@ -751,6 +774,7 @@ void Worker::loop() {
     if (f == nullptr) {
       // Idle: a good moment to give cached stacks back (batched trims, and
       // shrinking the cache when churn has stopped).
+      if (compact_on_) compact_idle_fibers(/*idle=*/true);  // let ended fibers go before sleeping
       release_deferred();
       maintenance_due_ns_ = stack_maintain(index_);
       woke_unwatched = park_thread();
