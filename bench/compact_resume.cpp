@@ -21,11 +21,12 @@
 // Also the memory per parked fiber once parked (and compacted): delta
 // (VmRSS + VmPTE) from before the spawns, divided by N, and the bytes held in
 // compaction buffers per fiber. A compacted fiber woken by a channel send is
-// put back by the fault handler (the sender writes the Waiter in the recv's
-// frame, below the top page); one woken by socket data too, with io_uring
-// (the kernel's copy into the read buffer on the stack) and with epoll (the
-// readiness wake-up writes the Waiter of the read's park, below the top
-// page): "touch restores/fiber" counts them, 1 per wake. TENDRIL_IO=epoll
+// put back by the fault handler (the sender writes the value into the
+// receiver's storage, on its stack; the Waiter is in its FiberCtl); one
+// woken by socket data too with io_uring (the kernel's copy into the read
+// buffer on the stack), not with epoll (the readiness wake-up touches only
+// the FiberCtl's Waiter; the fiber reads after its worker put the stack
+// back): "touch restores/fiber" counts them, 1 per wake. TENDRIL_IO=epoll
 // picks the epoll backend. Socket fibers take two descriptors each: their
 // count is capped by RLIMIT_NOFILE (raised to its hard limit here).
 #include <tendril/tendril.hpp>

@@ -199,16 +199,19 @@
 // read a compacted frame (a remote access to a missing page of a uffd range
 // fails).
 //
-// Resume latency. The fault handler restores a compacted fiber whose Waiter
-// lies on its stack on every wake (a fault round trip instead of the eager
-// copy): a select, and socket data with either I/O backend (the
-// kernel's copy into the read buffer with io_uring, the readiness wake-up's
-// write of the read's Waiter with epoll). bench/compact_resume, one worker,
-// 6 KiB of stack per fiber, one at a time (p50) against a resident fiber in
-// the same run: channel send 21-31 us against 0.6-0.95 us (30-46x) at 1k,
+// Resume latency. A wake that writes into the parked fiber's stack goes
+// through the fault handler (a fault round trip instead of the eager copy):
+// a select's Waiter, a channel value handed into the receiver's storage,
+// the kernel's copy into a read buffer with io_uring. A wake through the
+// FiberCtl's own Waiter alone (WaitGroup, Mutex, Semaphore, CondVar, sleep,
+// join, Scope join, epoll readiness) touches no stack page; the worker
+// puts the stack back with one copy at switch-in. bench/compact_resume, one
+// worker, 6 KiB of stack per fiber, one at a time (p50) against a resident
+// fiber in the same run: channel send 21-31 us against 0.4-0.95 us at 1k,
 // 10k and 100k fibers; socket data 32-44 us against 14-17 us (2.4-2.7x,
-// io_uring) and 36-38 us against 7.3-7.6 us (5x, epoll); a whole batch
-// 28-54x (channel) and 4-6x (socket) the resident one per fiber. The
+// io_uring) and, with the epoll wait on the FiberCtl's Waiter, 22 us against
+// 8 us (2.7x; 36-38 us, 5x, while that Waiter was on the stack); a whole
+// batch 28-54x (channel) and 4-6x (socket) the resident one per fiber. The
 // restore is a fault round trip plus a UFFDIO_COPY (bench/results/
 // compact-resume.md): cheap beside a connection's idle time, not beside a
 // channel hand-off, so compact_after belongs well above the park times of
