@@ -102,10 +102,7 @@ void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
 
 void fiber_entry(transfer_t t) noexcept {
   FiberCtl* self = current_fiber();
-  context_resumed(self->ctx);
-  auto* rec = static_cast<SwitchRecord*>(t.data);
-  rec->from_ctx->fctx = t.fctx;
-  if (rec->action != nullptr) rec->action(rec->from, rec->arg);
+  complete_first_switch(self->ctx, t);
   try {
     self->ops->invoke(self->closure);
   } catch (...) {

@@ -129,9 +129,9 @@ struct alignas(64) FiberCtl {
   // of its stack and record without waiting for the next compaction.
   std::atomic<bool> compact_listed{false};
   std::uint16_t compact_lister = 0;
-  // Its latest park that a worker noted for compaction (the park word, and
-  // when it parked), written by the worker it parked on after the switch
-  // out, read by the worker whose list holds it: the word equals `park.wait`
+  // Its latest park noted for compaction (the park word, and when it
+  // parked), written by the worker it parked on once its context is saved,
+  // read by the worker whose list holds it: the word equals `park.wait`
   // while that park lasts.
   std::atomic<std::uint64_t> compact_wait{0};
   std::atomic<std::int64_t> compact_since{0};

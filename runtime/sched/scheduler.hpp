@@ -66,6 +66,7 @@ struct SwitchRecord {
   Context* from_ctx = nullptr;
   SwitchAction action = nullptr;
   void* arg = nullptr;
+  bool note_park = false;         // compaction on: note `from`'s park once its context is saved
 };
 
 // One worker's counters: those of TENDRIL_SCHEDULER_COUNTERS, plus `finished`
@@ -249,7 +250,6 @@ class Worker {
   void init_compaction() noexcept;
   // Out of line and cold: the switch path only tests a flag before each.
   __attribute__((noinline, cold)) bool compaction_due() noexcept;
-  __attribute__((noinline, cold)) void note_parked(FiberCtl* f) noexcept;
   void compact_idle_fibers(bool idle = false) noexcept;
   void drop_compact_candidate(FiberCtl* f) noexcept;
   // Whether enough listed fibers have ended to walk the list for them alone
@@ -261,6 +261,9 @@ class Worker {
   // Called by the worker a listed fiber ends on (compaction on): counts it
   // on the worker whose list holds it.
   void note_compact_candidate_ended(const FiberCtl* f) noexcept;
+  // Lists (or updates the listing of) a fiber that just switched out of a
+  // park on this worker, its context saved (complete_switch).
+  __attribute__((noinline, cold)) void note_parked(FiberCtl* f) noexcept;
 
  private:
   alignas(64) bool compact_on_ = false;
@@ -378,6 +381,9 @@ void set_current_scheduler(Scheduler* s) noexcept;
 // The worker the calling thread is, or nullptr. Not inlined, and re-read after
 // every switch: a fiber may resume on another thread.
 Worker* current_worker() noexcept;
+// The first thing a new fiber does (fiber_entry): what every switch does
+// once it lands, for the context the switch left.
+void complete_first_switch(Context& self, transfer_t t) noexcept;
 FiberCtl* current_fiber() noexcept;
 
 std::int64_t steady_ticks() noexcept;

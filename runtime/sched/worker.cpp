@@ -38,9 +38,14 @@ inline void complete_switch(Context& self, transfer_t t) noexcept {
   context_resumed(self);
   auto* rec = static_cast<SwitchRecord*>(t.data);
   rec->from_ctx->fctx = t.fctx;
+  // Compaction reads the saved context: a park is noted only now, and
+  // before its action publishes the fiber to wakers.
+  if (__builtin_expect(rec->note_park, false)) tls_worker->note_parked(rec->from);
   if (rec->action != nullptr) rec->action(rec->from, rec->arg);
 }
 }  // namespace
+
+void complete_first_switch(Context& self, transfer_t t) noexcept { complete_switch(self, t); }
 
 __attribute__((noinline)) Worker* current_worker() noexcept {
   Worker* w = tls_worker;
@@ -160,7 +165,7 @@ void Worker::push_runnext(FiberCtl* f) noexcept {
 __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Context& from_ctx, FiberCtl* next, SwitchAction action,
                        void* arg, bool finished) noexcept {
   if (__builtin_expect(on_worker_stack_, false)) die_blocked_on_worker_stack(from);
-  record_ = SwitchRecord{from, &from_ctx, action, arg};
+  record_ = SwitchRecord{from, &from_ctx, action, arg, compact_on_ && from != nullptr && !finished};
   current_.store(next, std::memory_order_relaxed);
   Context& to = next != nullptr ? next->ctx : sched_ctx_;
   if (next != nullptr) {
@@ -172,7 +177,6 @@ __attribute__((always_inline)) inline void Worker::switch_to(FiberCtl* from, Con
     if (__builtin_expect(next->compact.load(std::memory_order_acquire) != FiberCtl::kCompactNone, false))
       restore_compacted(next);
   }
-  if (__builtin_expect(compact_on_, false) && from != nullptr && !finished) note_parked(from);
   stack_on_switch(index_, from != nullptr && !finished ? &from->stack : nullptr,
                   next != nullptr ? &next->stack : nullptr);
   const transfer_t t = context_jump(from_ctx, to, &record_, finished);
@@ -583,9 +587,11 @@ void Worker::release_deferred() noexcept {
 // walks the list: a fiber whose park word changed ran since (dropped; it
 // will be listed again when it next parks), one parked for compact_after is
 // compacted. Cost on the switch path while compaction is on: the listing
-// (a few loads and stores, an atomic increment once per listed park); while
-// it is off, one flag test. Every switch into a fiber tests one byte of its
-// FiberCtl, beside the park word it writes anyway.
+// (a few loads and stores, an atomic increment once per listed park), done
+// once the switch has saved the fiber's context (complete_switch); while it
+// is off, a byte of the switch record tested there. Every switch into a
+// fiber tests one byte of its FiberCtl, beside the park word it writes
+// anyway.
 //
 // Excluding a concurrent switch-in without a locked instruction on the
 // switch path: the compactor sets FiberCtl::compact (CAS), then runs
@@ -666,17 +672,17 @@ void Worker::note_compact_candidate_ended(const FiberCtl* f) noexcept {
 // connection that answers a request and waits for the next) is not listed
 // twice: its park word and time are updated in its FiberCtl, and the walk
 // compacts it at that park. The walk drops it only when it finds it running
-// or runnable (or finished). One window stays: a fiber listed here that is
-// dropped by this walk while another worker notes its next park keeps that
-// park unlisted (no compaction until it parks again); nothing is lost but the
-// saving.
+// or runnable (or finished).
 void Worker::note_parked(FiberCtl* f) noexcept {
   const std::uint64_t w = f->park.wait.load(std::memory_order_relaxed);
   const WaitReason r = WaitReason(w & WaitFor::kReasonMask);
   if (r == WaitReason::none) return;  // a yield: runnable already
   if (names_fd(r) && !compact_io_) return;
+  // After the switch (complete_switch): the release store below publishes
+  // the saved context with the word to the lister, which may be another
+  // worker and reads the context once it finds the word in place.
   f->compact_since.store(f->park.since, std::memory_order_relaxed);
-  f->compact_wait.store(w, std::memory_order_release);  // after the switch out: its context is saved
+  f->compact_wait.store(w, std::memory_order_release);
   compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
   if (f->compact_listed.load(std::memory_order_relaxed)) return;
   f->compact_lister = std::uint16_t(index_);
