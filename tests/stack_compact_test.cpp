@@ -200,7 +200,9 @@ TEST(StackCompact, TopPageOfAShallowFiberIsGivenBack) {
     // Without the top page each compacted fiber would still hold one page.
     EXPECT_LT(compacted.stack_pages_mapped, std::uint64_t(kFibers) / 2)
         << "parked: " << parked.stack_pages_mapped << " pages";
-    EXPECT_LT(compacted.compact_bytes, std::uint64_t(kFibers) * 4096 / 2);
+    // The live bytes, not pages: about 670 B each in Release, 2.3 KiB under
+    // ASan (its frames are bigger).
+    EXPECT_LT(compacted.compact_bytes, std::uint64_t(kFibers) * 3072);
     EXPECT_GE(compacted.compact_bytes, std::uint64_t(kFibers) * kSmall);
     EXPECT_EQ(after.fibers_compacted, 0u);
     EXPECT_EQ(after.compact_bytes, 0u);
