@@ -135,7 +135,9 @@
 //    it is issued on; any worker may compact any slot and takes the owner's
 //    staging with a try-lock, skipping the fiber if it is busy), memcpy of
 //    the live bytes from staging into a malloc'd buffer, MADV_DONTNEED of
-//    staging.
+//    staging. Resident pages below the run (dead: the fiber went deeper
+//    before it parked) go with one MADV_DONTNEED; the deepest fault, and so
+//    stack_high_water, stays.
 //  - Back, eagerly: the worker that switches into the fiber rebuilds the run
 //    in its scratch area (zeros below sp-128, then the buffer) and installs
 //    it with one UFFDIO_COPY before the fiber runs, then frees the buffer.
