@@ -136,8 +136,7 @@
 //    staging with a try-lock, skipping the fiber if it is busy), memcpy of
 //    the live bytes from staging into a malloc'd buffer, MADV_DONTNEED of
 //    staging. Resident pages below the run (dead: the fiber went deeper
-//    before it parked) go with one MADV_DONTNEED; the deepest fault, and so
-//    stack_high_water, stays.
+//    before it parked) stay resident.
 //  - Back, eagerly: the worker that switches into the fiber rebuilds the run
 //    in its scratch area (zeros below sp-128, then the buffer) and installs
 //    it with one UFFDIO_COPY before the fiber runs, then frees the buffer.
@@ -1153,34 +1152,6 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
 
 }  // namespace
 
-namespace {
-
-// Pages below a compacted run are dead (below the saved stack pointer and
-// its red zone) but may be resident: the fiber went deeper before it parked.
-// They go too, as written garbage nobody reads; the deepest fault, and so
-// stack_high_water, stays. The fiber cannot run (its compaction flag is
-// set) and nothing writes below its stack pointer, so no write is lost.
-void drop_dead_pages_below(WorkerStacks& w, const SlotRef& r, const StackSlot& slot, char* run_lo) noexcept {
-  char* const bottom = std::max(slot.lo, run_lo - std::size_t(64) * kPage);
-  if (bottom >= run_lo) return;
-  unsigned char vec[64];
-  const std::size_t n = std::size_t(run_lo - bottom) / kPage;
-  if (mincore(bottom, n * kPage, vec) != 0) return;
-  std::size_t first = n, resident = 0;
-  for (std::size_t i = 0; i < n; ++i)
-    if (vec[i] & 1) {
-      first = std::min(first, i);
-      ++resident;
-    }
-  if (resident == 0) return;
-  if (madvise(bottom + first * kPage, (n - first) * kPage, MADV_DONTNEED) != 0) return;
-  r.arena->meta[r.slot].mapped_pages.fetch_sub(std::uint32_t(resident), std::memory_order_relaxed);
-  add_single_writer(w.counters.live_pages, -std::int64_t(resident));
-  add_single_writer(w.cache.counters.pages_trimmed, std::int64_t(resident));
-}
-
-}  // namespace
-
 CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
   if (!g_stacks.compact || worker >= g_stacks.workers) return CompactResult::skipped;
   WorkerStacks& w = g_stacks.w[worker];
@@ -1203,7 +1174,6 @@ CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* 
   if (owner.staging_busy.load(std::memory_order_relaxed) || owner.staging_busy.exchange(true, std::memory_order_acquire))
     return CompactResult::retry;
   const bool done = compact_run(w, r, run_lo, pages, std::size_t(live - run_lo));
-  if (done) drop_dead_pages_below(w, r, slot, run_lo);
   owner.staging_busy.store(false, std::memory_order_release);
   return done ? CompactResult::compacted : CompactResult::skipped;
 }
