@@ -581,10 +581,11 @@ void Worker::release_deferred() noexcept {
 //
 // A fiber that parks on this worker (not in descriptor I/O, see below) is
 // listed here once, with a reference so that its FiberCtl (and the stack the
-// compaction works on) stays valid, and with its park word. When the worker is in its
+// compaction works on) stays valid; its latest park word is kept in the
+// FiberCtl (note_parked). When the worker is in its
 // scheduler context (its own thread stack, never a fiber stack: the stack
 // side's moves must not fault on a registered page; see stack_compact), it
-// walks the list: a fiber whose park word changed ran since (dropped; it
+// walks the list: a fiber found running, runnable or ended is dropped (it
 // will be listed again when it next parks), one parked for compact_after is
 // compacted. Cost on the switch path while compaction is on: the listing
 // (a few loads and stores, an atomic increment once per listed park), done
