@@ -20,6 +20,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -31,6 +32,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/sched/compact_policy.hpp"
 #include "runtime/sched/compact_testing.hpp"
 #include "tests/capture_stderr.hpp"
 
@@ -242,6 +244,44 @@ TEST(StackCompact, AFiberThatParksAgainSoonIsCompactedAtItsLastPark) {
     for (auto& f : fibers) f.join();
     EXPECT_EQ(done.load(), kFibers);
   });
+}
+
+// While its worker has other work, compaction takes only a share of it, in
+// batches: the one fiber that keeps running (yielding) on the only worker
+// sees the count of compactions grow by at most one batch between two of
+// its turns, and every parked fiber is compacted all the same. Without the
+// batches one walk would compact all of them between two turns.
+TEST(StackCompact, ABurstOfParkedFibersIsCompactedInBatchesBetweenTheTurnsOfARunningFiber) {
+  const CompactAtOnce at_once;
+#if defined(__SANITIZE_THREAD__)
+  constexpr std::uint64_t kParked = 300;
+#else
+  constexpr std::uint64_t kParked = 2000;
+#endif
+  tendril::Options o = compacting();
+  o.workers = 1;
+  std::uint64_t compactions = 0, largest_step = 0;
+  bool on = false;
+  tendril::run(o, [&] {
+    on = compaction_on();
+    tendril::WaitGroup gate;
+    gate.add(1);
+    std::vector<tendril::Fiber> fibers;
+    for (std::uint64_t i = 0; i < kParked; ++i) fibers.push_back(tendril::spawn([&] { gate.wait(); }));
+    const auto give_up = std::chrono::steady_clock::now() + 60s;  // a bound, not a measurement
+    while (on && compactions < kParked && std::chrono::steady_clock::now() < give_up) {
+      tendril::this_fiber::yield();
+      const std::uint64_t now = tendril::stats().compactions;
+      largest_step = std::max(largest_step, now - compactions);
+      compactions = now;
+    }
+    gate.done();
+    for (auto& f : fibers) f.join();
+  });
+  if (!on) return;
+  EXPECT_EQ(compactions, kParked);
+  EXPECT_GT(largest_step, 0u);
+  EXPECT_LE(largest_step, tendril::detail::kCompactBatch);
 }
 
 // Fibers that park once and end do not keep their stacks until their

@@ -250,7 +250,9 @@ class Worker {
   void init_compaction() noexcept;
   // Out of line and cold: the switch path only tests a flag before each.
   __attribute__((noinline, cold)) bool compaction_due() noexcept;
-  void compact_idle_fibers(bool idle = false) noexcept;
+  // One walk of the list, if one is due; true when it stopped at a full
+  // batch with entries left to look at.
+  bool compact_idle_fibers(bool idle = false) noexcept;
   void drop_compact_candidate(FiberCtl* f) noexcept;
   // Whether enough listed fibers have ended to walk the list for them alone
   // (half of it, or any when the worker is about to sleep).
@@ -272,7 +274,9 @@ class Worker {
   std::atomic<std::uint32_t> compact_ended_{0};  // listed fibers that ended since the last walk
   std::int64_t compact_after_ns_ = 0;
   std::int64_t compact_due_ = INT64_MAX;  // park clock: when the oldest candidate becomes due
-  std::vector<CompactCandidate> compact_list_;
+  std::int64_t compact_resume_at_ = 0;  // no walk before this while there is other work
+  std::vector<CompactCandidate> compact_list_;  // entries from compact_head_ on
+  std::size_t compact_head_ = 0;
   std::vector<CompactCandidate> compact_batch_;
 };
 

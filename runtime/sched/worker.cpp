@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "runtime/io/poller.hpp"
+#include "runtime/sched/compact_policy.hpp"
 #include "runtime/sched/compact_testing.hpp"
 #include "runtime/sched/scheduler.hpp"
 #include "runtime/sched/interrupt.hpp"
@@ -196,7 +197,10 @@ void Worker::switch_out(FiberCtl* self, SwitchAction action, void* arg, bool fin
 bool Worker::switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) noexcept {
   if (__builtin_expect(forked_, false)) die_blocked_on_worker_stack(self);
   FiberCtl* next = pick_next();
-  if (next == nullptr) return false;
+  // Nothing else to run, but (now and then) parked fibers are due for
+  // compaction: a fiber that only yields must not hold that off for good;
+  // it goes through the scheduler context, which compacts and runs it again.
+  if (next == nullptr && !(__builtin_expect(compact_on_, false) && compaction_due())) return false;
   switch_to(self, self->ctx, next, action, arg, false);
   return true;
 }
@@ -644,8 +648,9 @@ void Worker::init_compaction() noexcept {
 }
 
 bool Worker::compaction_due() noexcept {
-  return (++compact_tick_ & 1023) == 0 && !compact_list_.empty() &&
-         (steady_ticks() >= compact_due_ || ended_candidates_due(false));
+  if ((++compact_tick_ & 1023) != 0 || compact_head_ == compact_list_.size()) return false;
+  const std::int64_t now = steady_ticks();
+  return now >= compact_resume_at_ && (now >= compact_due_ || ended_candidates_due(false));
 }
 
 // A listed fiber that ends keeps its stack and record until the list lets
@@ -658,7 +663,7 @@ bool Worker::compaction_due() noexcept {
 // lister's next wake-up.
 bool Worker::ended_candidates_due(bool idle) const noexcept {
   const std::uint32_t ended = compact_ended_.load(std::memory_order_relaxed);
-  return ended != 0 && (idle || std::size_t(ended) * 2 >= compact_list_.size());
+  return ended != 0 && (idle || std::size_t(ended) * 2 >= compact_list_.size() - compact_head_);
 }
 
 void Worker::note_compact_candidate_ended(const FiberCtl* f) noexcept {
@@ -699,17 +704,24 @@ void Worker::drop_compact_candidate(FiberCtl* f) noexcept {
   if (f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) release_fiber(f);
 }
 
-void Worker::compact_idle_fibers(bool idle) noexcept {
-  if (compact_list_.empty()) return;
+// A walk examines at most the entries listed when it starts, from where the
+// last one stopped (compact_head_; kept entries go to the back), so its cost
+// stays proportional to what it does; how many it compacts and how often
+// while the worker is busy: compact_policy.hpp.
+bool Worker::compact_idle_fibers(bool idle) noexcept {
+  if (compact_head_ == compact_list_.size()) return false;
   // The precise clock: the coarse one the parks stamp can lag by more than a
   // tick on an idle CPU (no tick), and the wake-up deadline is on this one.
   // A park stamped late by that lag is only compacted that much sooner.
   const std::int64_t now = steady_ticks();
-  if (now < compact_due_ && !ended_candidates_due(idle)) return;
+  if (!idle && now < compact_resume_at_) return false;
+  if (now < compact_due_ && !ended_candidates_due(idle)) return false;
   compact_ended_.store(0, std::memory_order_relaxed);  // an end counted during the walk only makes the next one sooner
   std::int64_t due = INT64_MAX;
-  std::size_t keep = 0;
-  for (const CompactCandidate& e : compact_list_) {
+  const std::size_t listed = compact_list_.size() - compact_head_;
+  std::size_t examined = 0;
+  for (; examined < listed && compact_batch_.size() < kCompactBatch; ++examined) {
+    const CompactCandidate e = compact_list_[compact_head_++];
     FiberCtl* f = e.f;
     const std::uint64_t noted = f->compact_wait.load(std::memory_order_acquire);
     const std::uint64_t now_wait = f->park.wait.load(std::memory_order_acquire);
@@ -721,13 +733,13 @@ void Worker::compact_idle_fibers(bool idle) noexcept {
       }
       // Parked again and not yet noted (its worker is switching it out):
       // look again at the next walk.
-      compact_list_[keep++] = e;
+      compact_list_.push_back(e);
       due = std::min(due, now + compact_after_ns_);
       continue;
     }
     const std::int64_t since = f->compact_since.load(std::memory_order_relaxed);
     if (now - since < compact_after_ns_) {
-      compact_list_[keep++] = e;
+      compact_list_.push_back(e);
       due = std::min(due, since + compact_after_ns_);
       continue;
     }
@@ -738,9 +750,15 @@ void Worker::compact_idle_fibers(bool idle) noexcept {
     }
     compact_batch_.push_back(CompactCandidate{f, noted});
   }
-  compact_list_.resize(keep);
-  compact_due_ = due;
-  if (compact_batch_.empty()) return;
+  const bool more = examined < listed;  // stopped at a full batch: the rest is unexamined
+  compact_due_ = more ? now : due;
+  // The examined entries are gone from the front (kept ones went to the
+  // back): reclaim that space once it is half the vector.
+  if (compact_head_ >= 4096 && compact_head_ * 2 >= compact_list_.size()) {
+    compact_list_.erase(compact_list_.begin(), compact_list_.begin() + std::ptrdiff_t(compact_head_));
+    compact_head_ = 0;
+  }
+  if (compact_batch_.empty()) return more;
   const bool fenced = syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
   for (const CompactCandidate& e : compact_batch_) {
     FiberCtl* f = e.f;
@@ -757,6 +775,10 @@ void Worker::compact_idle_fibers(bool idle) noexcept {
     }
   }
   compact_batch_.clear();
+  stack_release_staged_pages();
+  const std::int64_t end = steady_ticks();
+  compact_resume_at_ = end + (end - now) * (kCompactBusyShare - 1);
+  return more;
 }
 
 void Worker::restore_compacted(FiberCtl* f) noexcept {
@@ -781,7 +803,12 @@ void Worker::loop() {
     if (f == nullptr) {
       // Idle: a good moment to give cached stacks back (batched trims, and
       // shrinking the cache when churn has stopped).
-      if (compact_on_) compact_idle_fibers(/*idle=*/true);  // let ended fibers go before sleeping
+      // Idle time is compaction's: a batch, then look for work again (no
+      // spin), until nothing is due; ended fibers are let go before sleeping.
+      if (compact_on_ && compact_idle_fibers(/*idle=*/true)) {
+        just_parked = true;
+        continue;
+      }
       release_deferred();
       maintenance_due_ns_ = stack_maintain(index_);
       woke_unwatched = park_thread();
@@ -797,8 +824,9 @@ void Worker::loop() {
     park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
   }
-  for (const CompactCandidate& e : compact_list_) drop_compact_candidate(e.f);
+  for (std::size_t i = compact_head_; i < compact_list_.size(); ++i) drop_compact_candidate(compact_list_[i].f);
   compact_list_.clear();
+  compact_head_ = 0;
   release_deferred();
 }
 

@@ -739,21 +739,23 @@ void apply_tuning(const StackConfig& config) {
 // The staging area (registered: UFFDIO_MOVE's destination) and the two
 // scratch areas (not registered) of one worker's compactions.
 bool compact_areas_create(WorkerStacks& w) {
-  const std::size_t bytes = std::size_t(kMaxCompactPages) * kPage;
-  w.staging = static_cast<char*>(map_noreserve(bytes));
-  w.scratch = static_cast<char*>(map_noreserve(bytes));
-  w.handler_scratch = static_cast<char*>(map_noreserve(bytes));
+  const std::size_t staging_bytes = std::size_t(kStagingPages) * kPage;
+  const std::size_t scratch_bytes = std::size_t(kMaxCompactPages) * kPage;
+  w.staging = static_cast<char*>(map_noreserve(staging_bytes));
+  w.scratch = static_cast<char*>(map_noreserve(scratch_bytes));
+  w.handler_scratch = static_cast<char*>(map_noreserve(scratch_bytes));
+  w.staging_used = 0;
   if (!w.staging || !w.scratch || !w.handler_scratch) return false;
-  madvise(w.staging, bytes, MADV_NOHUGEPAGE);  // UFFDIO_MOVE moves small pages only
-  return uffd_register_range(w, w.staging, bytes);
+  madvise(w.staging, staging_bytes, MADV_NOHUGEPAGE);  // UFFDIO_MOVE moves small pages only
+  return uffd_register_range(w, w.staging, staging_bytes);
 }
 
 void compact_areas_destroy(WorkerStacks& w) {
-  const std::size_t bytes = std::size_t(kMaxCompactPages) * kPage;
-  for (char** p : {&w.staging, &w.scratch, &w.handler_scratch}) {
-    if (*p) munmap(*p, bytes);
-    *p = nullptr;
-  }
+  if (w.staging) munmap(w.staging, std::size_t(kStagingPages) * kPage);
+  for (char** p : {&w.scratch, &w.handler_scratch})
+    if (*p) munmap(*p, std::size_t(kMaxCompactPages) * kPage);
+  w.staging = w.scratch = w.handler_scratch = nullptr;
+  w.staging_used = 0;
 }
 
 // Buffers of fibers still compacted when the runtime stops.
@@ -1105,6 +1107,14 @@ constexpr std::size_t kRedZone = 128;  // x86-64 SysV: leaf code may use 128 byt
 
 namespace {
 
+// Gives back the pages of the runs already copied out of w's staging area
+// (held by the caller): one MADV_DONTNEED, one TLB shootdown for all of them.
+void give_back_staged_pages(WorkerStacks& w) noexcept {
+  if (w.staging_used == 0) return;
+  madvise(w.staging, std::size_t(w.staging_used) * kPage, MADV_DONTNEED);
+  w.staging_used = 0;
+}
+
 // Compacts the run [run_lo, run_lo + pages * kPage) of slot r through its
 // owner's staging area (held by the caller). Counts on worker w.
 bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages, std::size_t skip) noexcept {
@@ -1112,19 +1122,23 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
   const std::size_t bytes = std::size_t(pages) * kPage - skip;
   char* buf = static_cast<char*>(std::malloc(bytes));
   if (buf == nullptr) return false;
+  if (owner.staging_used + pages > kStagingPages) give_back_staged_pages(owner);
+  const unsigned at = owner.staging_used;
+  char* const staged = owner.staging + std::size_t(at) * kPage;
   SlotCompact& c = r.arena->compact[r.slot];
   SlotMeta& m = r.arena->meta[r.slot];
   c.pages = pages;
   c.skip = std::uint32_t(skip);
+  c.staged_at = at;
   c.buf = nullptr;
   c.state.store(kMoving, std::memory_order_seq_cst);
   // Atomic per page: a write lands before the move (and is moved with the
   // page) or faults after it (and waits for the handler): none is lost.
-  const unsigned moved = uffd_move_to_staging(owner, run_lo, pages);
+  const unsigned moved = uffd_move_to_staging(owner, at, run_lo, pages);
   m.mapped_pages.fetch_sub(moved, std::memory_order_relaxed);
   add_single_writer(w.counters.live_pages, -std::int64_t(moved));
   if (moved < pages) {  // pinned or shared page: put back what moved, before anyone could look
-    uffd_move_from_staging(owner, run_lo, moved);
+    uffd_move_from_staging(owner, at, run_lo, moved);
     m.mapped_pages.fetch_add(moved, std::memory_order_relaxed);
     add_single_writer(w.counters.live_pages, moved);
     c.state.store(kResident, std::memory_order_release);
@@ -1132,17 +1146,19 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
     return false;
   }
   c.state.store(kStaged, std::memory_order_release);
-  std::memcpy(buf, owner.staging + skip, bytes);  // staging is ours: nobody writes it
+  std::memcpy(buf, staged + skip, bytes);  // staging is ours: nobody writes it
   c.buf = buf;
-  std::uint32_t staged = kStaged;
-  const bool published = c.state.compare_exchange_strong(staged, kCompacted, std::memory_order_acq_rel);
+  std::uint32_t was_staged = kStaged;
+  const bool published = c.state.compare_exchange_strong(was_staged, kCompacted, std::memory_order_acq_rel);
   if (!published) {
     // Touched meanwhile: the handler is copying the pages back from staging.
     while (c.state.load(std::memory_order_acquire) != kResident) sched_yield();
     c.buf = nullptr;
     std::free(buf);
   }
-  madvise(owner.staging, std::size_t(pages) * kPage, MADV_DONTNEED);
+  // The staged pages are dead either way (copied out, or copied back by the
+  // handler's UFFDIO_COPY); they go with the next give-back.
+  owner.staging_used = at + pages;
   if (!published) return false;
   add_single_writer(w.compact_counters.compactions, 1);
   add_single_writer(w.compact_counters.compacted, 1);
@@ -1151,6 +1167,20 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
 }
 
 }  // namespace
+
+void stack_release_staged_pages() noexcept {
+  if (!g_stacks.compact) return;
+  for (unsigned i = 0; i < g_stacks.workers; ++i) {
+    WorkerStacks& owner = g_stacks.w[i];
+    // A worker that holds it gives its pages back when it is done (it calls
+    // this too); never wait for it.
+    if (owner.staging == nullptr || owner.staging_busy.load(std::memory_order_relaxed) ||
+        owner.staging_busy.exchange(true, std::memory_order_acquire))
+      continue;
+    give_back_staged_pages(owner);
+    owner.staging_busy.store(false, std::memory_order_release);
+  }
+}
 
 CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
   if (!g_stacks.compact || worker >= g_stacks.workers) return CompactResult::skipped;

@@ -289,7 +289,7 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
         loc.arena->meta[loc.slot].mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
         add_single_writer(w.handler_counters.live_pages, c.pages);
         if (s == kStaged) {
-          uffd_install_pages(w.uffd, run_lo, w.staging, c.pages);  // the compactor reads staging until it sees kResident
+          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, c.pages);  // the compactor reads staging until it sees kResident
         } else {
           // Counted before the install wakes the toucher, like the pages
           // above: it may read stats() at once.
@@ -389,14 +389,15 @@ bool uffd_register_range(WorkerStacks& w, char* base, std::size_t bytes) noexcep
   return (reg.ioctls & (1ull << _UFFDIO_COPY)) != 0;
 }
 
-unsigned uffd_move_to_staging(WorkerStacks& w, char* src, unsigned pages) noexcept {
+unsigned uffd_move_to_staging(WorkerStacks& w, unsigned at, char* src, unsigned pages) noexcept {
+  char* const dst = w.staging + std::size_t(at) * kPage;
   struct uffdio_move m {};
-  m.dst = reinterpret_cast<std::uintptr_t>(w.staging);
+  m.dst = reinterpret_cast<std::uintptr_t>(dst);
   m.src = reinterpret_cast<std::uintptr_t>(src);
   m.len = std::size_t(pages) * kPage;
   unsigned moved = 0;
   for (int tries = 0; moved < pages && tries < 8; ++tries) {
-    m.dst = reinterpret_cast<std::uintptr_t>(w.staging + std::size_t(moved) * kPage);
+    m.dst = reinterpret_cast<std::uintptr_t>(dst + std::size_t(moved) * kPage);
     m.src = reinterpret_cast<std::uintptr_t>(src + std::size_t(moved) * kPage);
     m.len = std::size_t(pages - moved) * kPage;
     m.move = 0;
@@ -407,19 +408,20 @@ unsigned uffd_move_to_staging(WorkerStacks& w, char* src, unsigned pages) noexce
   return moved;
 }
 
-void uffd_move_from_staging(WorkerStacks& w, char* dst, unsigned pages) noexcept {
+void uffd_move_from_staging(WorkerStacks& w, unsigned at, char* dst, unsigned pages) noexcept {
+  char* const src = w.staging + std::size_t(at) * kPage;
   unsigned moved = 0;
   while (moved < pages) {
     struct uffdio_move m {};
     m.dst = reinterpret_cast<std::uintptr_t>(dst + std::size_t(moved) * kPage);
-    m.src = reinterpret_cast<std::uintptr_t>(w.staging + std::size_t(moved) * kPage);
+    m.src = reinterpret_cast<std::uintptr_t>(src + std::size_t(moved) * kPage);
     m.len = std::size_t(pages - moved) * kPage;
     const int r = ioctl(w.uffd, UFFDIO_MOVE, &m);
     if (m.move > 0) moved += unsigned(m.move / kPage);
     if (r != 0 && errno != EAGAIN) {
       // The destination was free a moment ago and only we fill it: copy what
       // is left instead of losing it.
-      uffd_install_pages(w.uffd, dst + std::size_t(moved) * kPage, w.staging + std::size_t(moved) * kPage,
+      uffd_install_pages(w.uffd, dst + std::size_t(moved) * kPage, src + std::size_t(moved) * kPage,
                          pages - moved);
       return;
     }

@@ -139,6 +139,11 @@ bool stack_compaction_enabled() noexcept;
 // `compacted`.
 enum class CompactResult { compacted, retry, skipped };
 CompactResult stack_compact(unsigned worker, const StackSlot& slot, const void* sp) noexcept;
+// Called by a worker after a batch of stack_compact: gives back the pages
+// the batch's compactions left in the staging areas (copied out, dead), one
+// MADV_DONTNEED per staging area instead of one per compaction. An area
+// another worker holds is left to it (it calls this after its own batch).
+void stack_release_staged_pages() noexcept;
 // Called by worker `worker` before it switches into a fiber whose stack
 // stack_compact compacted: puts the pages back with their content (or waits
 // for the fault handler that is already doing so) and frees the buffer.

@@ -73,11 +73,17 @@ struct SlotCompact {
   std::atomic<std::uint32_t> state;
   std::uint32_t pages;      // pages in the compacted run
   std::uint32_t skip;       // bytes at the bottom of the run not saved
+  std::uint32_t staged_at;  // first page of the run in the owner's staging area (while kMoving / kStaged)
   char* buf;                // (pages * kPage - skip) bytes, malloc'd by a worker
 };
 static_assert(sizeof(SlotCompact) == 24);
-// Longest run one compaction handles (a worker's staging area).
+// Longest run one compaction handles.
 constexpr unsigned kMaxCompactPages = 64;
+// A worker's staging area: compactions of its slots move their runs to
+// successive places in it and leave them there once copied, so that one
+// MADV_DONTNEED (one TLB shootdown) gives back the pages of many of them
+// (stack_release_staged_pages).
+constexpr unsigned kStagingPages = 4 * kMaxCompactPages;
 
 // Per-slot state of the free-stack cache, a second side table next
 // to SlotMeta (so SlotMeta keeps its 32 bytes). Touched only by the thread that
@@ -255,16 +261,19 @@ struct alignas(64) WorkerStacks {
   // fiber did not use when it parks (see trim_unwritten_below_sp).
   std::atomic<int> tid{0};
   std::atomic<bool> trim_on_park{false};
-  // Compaction: kMaxCompactPages each. `staging` is registered with this
-  // worker's uffd (UFFDIO_MOVE needs a registered destination) and holds
-  // pages only while a compaction of one of this worker's slots runs; the scratch
-  // areas are not registered: the worker's and the handler's, to rebuild
-  // pages for UFFDIO_COPY.
+  // Compaction. `staging` (kStagingPages) is registered with this worker's
+  // uffd (UFFDIO_MOVE needs a registered destination); its first
+  // `staging_used` pages hold runs already copied out (dead, given back
+  // together) and the run of a compaction under way. The scratch areas
+  // (kMaxCompactPages) are not registered: the worker's and the handler's,
+  // to rebuild pages for UFFDIO_COPY.
   char* staging = nullptr;
   // Held (try-lock only) by whichever worker is compacting a slot of this
-  // worker's arenas: any worker may compact any slot, through the owner's
-  // staging area and uffd. The fault handler never takes it.
+  // worker's arenas or giving back its staged pages: any worker may compact
+  // any slot, through the owner's staging area and uffd. The fault handler
+  // never takes it. staging_used is read and written only under it.
   std::atomic<bool> staging_busy{false};
+  std::uint32_t staging_used = 0;
   char* scratch = nullptr;
   char* handler_scratch = nullptr;
   CompactCounters compact_counters;
@@ -312,11 +321,11 @@ bool uffd_map_top_page(WorkerStacks& w, char* page) noexcept;
 unsigned uffd_populate(WorkerStacks& w, char* lo, unsigned pages) noexcept;
 bool handler_start(WorkerStacks& w, unsigned index) noexcept;
 // Compaction's userfaultfd operations (fault_handler.cpp). Moves `pages`
-// pages at src (a slot of w's arenas) to w's staging area; returns the pages
-// moved (a prefix).
-unsigned uffd_move_to_staging(WorkerStacks& w, char* src, unsigned pages) noexcept;
+// pages at src (a slot of w's arenas) to w's staging area from its page
+// `at` on; returns the pages moved (a prefix).
+unsigned uffd_move_to_staging(WorkerStacks& w, unsigned at, char* src, unsigned pages) noexcept;
 // Moves them back (a compaction that gave up before anyone could see it).
-void uffd_move_from_staging(WorkerStacks& w, char* dst, unsigned pages) noexcept;
+void uffd_move_from_staging(WorkerStacks& w, unsigned at, char* dst, unsigned pages) noexcept;
 // Installs `pages` pages at dst from src (UFFDIO_COPY through `uffd`); waits
 // out ENOMEM like a fault does, and aborts if the content cannot be put back.
 void uffd_install_pages(int uffd, char* dst, const char* src, unsigned pages) noexcept;
