@@ -304,6 +304,60 @@ TEST(StackCompact, EndedFibersDoNotWaitForTheNextCompactionToLetGoOfTheirStacks)
   });
 }
 
+// A listed fiber that ends gives its stack back like any other, even while
+// its listing worker is busy and nowhere near a walk of its list (compaction
+// an hour away, a fiber that keeps yielding, and the ended fibers too few of
+// the list to call for a walk of their own). Before, the list held a
+// reference to each listed fiber, so their stacks waited for a walk. (One
+// that ends on another worker than its lister: FaultInjection.ArenaFull...,
+// whose slots must come back once its fibers are joined.)
+TEST(StackCompact, AListedFiberThatEndsGivesItsStackBackAtOnce) {
+  constexpr int kStaying = 1500, kEnding = 500;
+  std::uint64_t base = 0, with_all = 0, after_ends = 0;
+  bool on = false, released = false;
+  tendril::Options o = compacting(std::chrono::hours(1));
+  o.workers = 1;
+  tendril::run(o, [&] {
+    on = compaction_on();
+    std::atomic<bool> stop{false};
+    std::vector<tendril::Fiber> busy;
+    busy.push_back(tendril::spawn([&] {
+      while (!stop.load(std::memory_order_relaxed)) tendril::this_fiber::yield();
+    }));
+    base = tendril::stats().stack_pages_mapped;
+    tendril::WaitGroup stay;
+    stay.add(1);
+    std::vector<tendril::Channel<int>> chans;
+    for (int i = 0; i < kEnding; ++i) chans.emplace_back(0);
+    std::atomic<int> parked{0};
+    std::vector<tendril::Fiber> staying, ending;
+    for (int i = 0; i < kStaying; ++i) staying.push_back(tendril::spawn([&] {
+      parked.fetch_add(1);
+      stay.wait();
+    }));
+    for (int i = 0; i < kEnding; ++i) ending.push_back(tendril::spawn([&, i] {
+      parked.fetch_add(1);
+      chans[std::size_t(i)].recv();  // parks once: listed
+    }));
+    eventually([&] { return parked.load() == kStaying + kEnding; });
+    tendril::this_fiber::sleep_for(20ms);  // every one switched out and listed
+    with_all = tendril::stats().stack_pages_mapped;
+    for (int i = 0; i < kEnding; ++i) chans[std::size_t(i)].send(i);
+    for (auto& f : ending) f.join();
+    released = eventually(
+        [&] { return tendril::stats().stack_pages_mapped < with_all - std::uint64_t(kEnding) * 9 / 10; }, 10s);
+    after_ends = tendril::stats().stack_pages_mapped;
+    stay.done();
+    for (auto& f : staying) f.join();
+    stop = true;
+    for (auto& f : busy) f.join();
+  });
+  if (!on) return;
+  EXPECT_GE(with_all, base + kStaying + kEnding);
+  EXPECT_TRUE(released) << after_ends << " pages mapped in live stacks after the ends, " << with_all
+                        << " with all parked, " << base << " before the spawns";
+}
+
 // Receivers park over and over with a buffer on their stacks; senders on
 // both workers wake them at random moments, many right while a worker
 // compacts them (the delay is 0: a parked fiber is compacted at the first

@@ -39,6 +39,19 @@ void release_fiber(FiberCtl* f) noexcept {
   const StackSlot slot = f->stack;
   const unsigned home = f->home;
   context_destroy(f->ctx);
+  std::uint8_t listed = FiberCtl::kListed;
+  if (f->compact_listed.load(std::memory_order_relaxed) == FiberCtl::kListed &&
+      f->compact_listed.compare_exchange_strong(listed, FiberCtl::kReleasedListed, std::memory_order_acq_rel)) {
+    // A compaction list still points at the record: it stays as it is until
+    // the list lets go (release_listed_fiber_record); the stack goes now.
+    if (w != nullptr) {
+      stack_release(w->index(), slot);
+    } else if (Scheduler* s = current_scheduler()) {
+      std::lock_guard<std::mutex> lock(s->external_mutex());
+      stack_release(s->external_stack_index(), slot);
+    }
+    return;
+  }
   f->~FiberCtl();
   if (w != nullptr) {
     stack_release(w->index(), slot);
@@ -53,6 +66,14 @@ void release_fiber(FiberCtl* f) noexcept {
     stack_release(s->external_stack_index(), slot);
   }
   s->ctl_cache(home).put_remote(f);
+}
+
+void release_listed_fiber_record(FiberCtl* f) noexcept {
+  Worker* w = current_worker();
+  const unsigned home = f->home;
+  f->~FiberCtl();
+  if (w != nullptr && home == w->index()) w->ctl_cache().put(f);
+  else if (Scheduler* s = current_scheduler()) s->ctl_cache(home).put_remote(f);
 }
 
 namespace {

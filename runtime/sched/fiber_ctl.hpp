@@ -124,11 +124,15 @@ struct alignas(64) FiberCtl {
   // padding, so that no field of the block moves.
   static constexpr std::uint8_t kCompactNone = 0, kCompacting = 1, kCompacted = 2;
   std::atomic<std::uint8_t> compact{kCompactNone};
-  // A worker's compaction list holds it (and a reference to it), and which
-  // worker's: the fiber tells that worker when it ends, so the list lets go
-  // of its stack and record without waiting for the next compaction.
-  std::atomic<bool> compact_listed{false};
+  // Whether a worker's compaction list holds it, and which worker's. The
+  // list holds no reference: a fiber that ends while listed gives its stack
+  // back as usual, but its record stays out of the cache (kReleasedListed)
+  // until the list lets go of it (release_listed_fiber_record), so that the
+  // list never reads a record that holds another fiber.
+  static constexpr std::uint8_t kNotListed = 0, kListed = 1, kReleasedListed = 2;
+  std::atomic<std::uint8_t> compact_listed{kNotListed};
   std::uint16_t compact_lister = 0;
+  std::uint32_t compact_pos = 0;  // where in that list (lister only; see Worker::list_compact_candidate)
   // Its latest park noted for compaction (the park word, and when it
   // parked), written by the worker it parked on once its context is saved,
   // read by the worker whose list holds it: the word equals `park.wait`
@@ -170,6 +174,10 @@ struct alignas(64) FiberCtl {
 // Gives f's stack back (the last reference is gone): on this worker, or, if
 // f ended on a worker of another NUMA node, through that worker.
 void release_fiber(FiberCtl* f) noexcept;
+// The rest of release_fiber for a fiber released while a compaction list
+// held it (kReleasedListed): destroys the record and returns it to its
+// cache. Called by the worker whose list let go of it.
+void release_listed_fiber_record(FiberCtl* f) noexcept;
 
 static_assert(alignof(Waiter) >= 8 && alignof(FiberCtl) > FiberCtl::kJoinerIsFiber,
               "join_state tags a joining fiber's pointer with kJoinerIsFiber");

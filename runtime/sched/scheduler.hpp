@@ -254,15 +254,20 @@ class Worker {
   // batch with entries left to look at.
   bool compact_idle_fibers(bool idle = false) noexcept;
   void drop_compact_candidate(FiberCtl* f) noexcept;
+  // Appends to the list and notes the entry's place in the fiber
+  // (FiberCtl::compact_pos = compact_base_ + index), so that a fiber ending
+  // on this worker can take its entry out at once.
+  void list_compact_candidate(const CompactCandidate& e);
   // Whether enough listed fibers have ended to walk the list for them alone
   // (half of it, or any when the worker is about to sleep).
   bool ended_candidates_due(bool idle) const noexcept;
   __attribute__((noinline, cold)) void restore_compacted(FiberCtl* f) noexcept;
 
  public:
-  // Called by the worker a listed fiber ends on (compaction on): counts it
-  // on the worker whose list holds it.
-  void note_compact_candidate_ended(const FiberCtl* f) noexcept;
+  // Called by the worker a listed fiber ends on (compaction on): takes its
+  // entry out of the list if that is this worker's, else counts it on the
+  // worker whose list holds it.
+  void note_compact_candidate_ended(FiberCtl* f) noexcept;
   // Lists (or updates the listing of) a fiber that just switched out of a
   // park on this worker, its context saved (complete_switch).
   __attribute__((noinline, cold)) void note_parked(FiberCtl* f) noexcept;
@@ -277,6 +282,7 @@ class Worker {
   std::int64_t compact_resume_at_ = 0;  // no walk before this while there is other work
   std::vector<CompactCandidate> compact_list_;  // entries from compact_head_ on
   std::size_t compact_head_ = 0;
+  std::uint32_t compact_base_ = 0;  // compact_pos of compact_list_[0]
   std::vector<CompactCandidate> compact_batch_;
 };
 

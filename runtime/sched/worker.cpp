@@ -584,15 +584,18 @@ void Worker::release_deferred() noexcept {
 // ---- idle-stack compaction ----------------------------------------------------
 //
 // A fiber that parks on this worker (not in descriptor I/O, see below) is
-// listed here once, with a reference so that its FiberCtl (and the stack the
-// compaction works on) stays valid; its latest park word is kept in the
-// FiberCtl (note_parked). When the worker is in its
+// listed here once; its latest park word is kept in the FiberCtl
+// (note_parked). The list holds no reference: a listed fiber that ends gives
+// its stack back at once, and only its record waits for the list to let go
+// (FiberCtl::compact_listed), so the list never reads a record reused by
+// another fiber, and a fiber it compacts is parked (it cannot end while
+// kCompacting keeps it from running). When the worker is in its
 // scheduler context (its own thread stack, never a fiber stack: the stack
 // side's moves must not fault on a registered page; see stack_compact), it
 // walks the list: a fiber found running, runnable or ended is dropped (it
 // will be listed again when it next parks), one parked for compact_after is
 // compacted. Cost on the switch path while compaction is on: the listing
-// (a few loads and stores, an atomic increment once per listed park), done
+// (a few loads and stores once per listed park), done
 // once the switch has saved the fiber's context (complete_switch); while it
 // is off, a byte of the switch record tested there. Every switch into a
 // fiber tests one byte of its FiberCtl, beside the park word it writes
@@ -650,27 +653,40 @@ void Worker::init_compaction() noexcept {
 bool Worker::compaction_due() noexcept {
   if ((++compact_tick_ & 1023) != 0 || compact_head_ == compact_list_.size()) return false;
   const std::int64_t now = steady_ticks();
-  return now >= compact_resume_at_ && (now >= compact_due_ || ended_candidates_due(false));
+  return (now >= compact_resume_at_ && now >= compact_due_) || ended_candidates_due(false);
 }
 
-// A listed fiber that ends keeps its stack and record until the list lets
-// go of its reference, at the next walk. Walks come when an entry becomes
-// due (up to compact_after away), so ended fibers are also counted on the
-// listing worker, which walks for them alone once they are half its list
-// (amortized: each walk drops at least as many entries as it keeps) and
-// before it sleeps (an idle worker has time, and nothing else would wake it).
-// A fiber that ends on another worker while its lister sleeps waits for the
-// lister's next wake-up.
+// A listed fiber that ends gives its stack back as any other; its record
+// (384 B) waits until the list lets go of it. One that ends on the worker
+// that lists it (the common case) has its entry taken out at once (the
+// fiber knows where it is, FiberCtl::compact_pos). One that ends on another
+// worker is counted on the lister, which walks for such fibers alone once
+// they are half its list (amortized: each walk drops at least as many
+// entries as it keeps) and before it sleeps (an idle worker has time, and
+// nothing else would wake it). A fiber that ends on another worker while its
+// lister sleeps waits for the lister's next wake-up.
 bool Worker::ended_candidates_due(bool idle) const noexcept {
   const std::uint32_t ended = compact_ended_.load(std::memory_order_relaxed);
   return ended != 0 && (idle || std::size_t(ended) * 2 >= compact_list_.size() - compact_head_);
 }
 
-void Worker::note_compact_candidate_ended(const FiberCtl* f) noexcept {
-  if (!compact_on_ || !f->compact_listed.load(std::memory_order_relaxed)) return;
+void Worker::note_compact_candidate_ended(FiberCtl* f) noexcept {
+  if (!compact_on_ || f->compact_listed.load(std::memory_order_relaxed) != FiberCtl::kListed) return;
   const unsigned lister = f->compact_lister;
+  if (lister == index_) {
+    // Ending where it is listed (the common case): its entry goes at once,
+    // and its record will go back to the cache with its stack.
+    compact_list_[f->compact_pos - compact_base_].f = nullptr;
+    f->compact_listed.store(FiberCtl::kNotListed, std::memory_order_relaxed);
+    return;
+  }
   if (lister < sched_.worker_count())
     sched_.worker(lister).compact_ended_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void Worker::list_compact_candidate(const CompactCandidate& e) {
+  e.f->compact_pos = compact_base_ + std::uint32_t(compact_list_.size());
+  compact_list_.push_back(e);
 }
 
 // A fiber that parks again while it is still listed (it parked, woke and
@@ -690,18 +706,17 @@ void Worker::note_parked(FiberCtl* f) noexcept {
   f->compact_since.store(f->park.since, std::memory_order_relaxed);
   f->compact_wait.store(w, std::memory_order_release);
   compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
-  if (f->compact_listed.load(std::memory_order_relaxed)) return;
+  if (f->compact_listed.load(std::memory_order_relaxed) != FiberCtl::kNotListed) return;
   f->compact_lister = std::uint16_t(index_);
-  f->compact_listed.store(true, std::memory_order_relaxed);
-  // Not yet published to any waker (its park's action has not run): it
-  // still holds its running reference.
-  f->refs.fetch_add(1, std::memory_order_relaxed);
-  compact_list_.push_back(CompactCandidate{f, 0});
+  // Not yet published to any waker (its park's action has not run), so not
+  // released either.
+  f->compact_listed.store(FiberCtl::kListed, std::memory_order_relaxed);
+  list_compact_candidate(CompactCandidate{f, 0});
 }
 
 void Worker::drop_compact_candidate(FiberCtl* f) noexcept {
-  f->compact_listed.store(false, std::memory_order_relaxed);
-  if (f->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) release_fiber(f);
+  if (f->compact_listed.exchange(FiberCtl::kNotListed, std::memory_order_acq_rel) == FiberCtl::kReleasedListed)
+    release_listed_fiber_record(f);
 }
 
 // A walk examines at most the entries listed when it starts, from where the
@@ -714,8 +729,10 @@ bool Worker::compact_idle_fibers(bool idle) noexcept {
   // tick on an idle CPU (no tick), and the wake-up deadline is on this one.
   // A park stamped late by that lag is only compacted that much sooner.
   const std::int64_t now = steady_ticks();
-  if (!idle && now < compact_resume_at_) return false;
-  if (now < compact_due_ && !ended_candidates_due(idle)) return false;
+  // Letting go of ended fibers is not held back by the busy budget (it is
+  // cheap, and their records and stacks are wanted by the next spawns).
+  const bool may_compact = idle || now >= compact_resume_at_;
+  if (!(may_compact && now >= compact_due_) && !ended_candidates_due(idle)) return false;
   compact_ended_.store(0, std::memory_order_relaxed);  // an end counted during the walk only makes the next one sooner
   std::int64_t due = INT64_MAX;
   const std::size_t listed = compact_list_.size() - compact_head_;
@@ -723,6 +740,11 @@ bool Worker::compact_idle_fibers(bool idle) noexcept {
   for (; examined < listed && compact_batch_.size() < kCompactBatch; ++examined) {
     const CompactCandidate e = compact_list_[compact_head_++];
     FiberCtl* f = e.f;
+    if (f == nullptr) continue;  // ended here (note_compact_candidate_ended)
+    if (f->compact_listed.load(std::memory_order_acquire) == FiberCtl::kReleasedListed) {
+      drop_compact_candidate(f);  // ended and released elsewhere: only its record waited for us
+      continue;
+    }
     const std::uint64_t noted = f->compact_wait.load(std::memory_order_acquire);
     const std::uint64_t now_wait = f->park.wait.load(std::memory_order_acquire);
     if (now_wait != noted) {
@@ -733,13 +755,13 @@ bool Worker::compact_idle_fibers(bool idle) noexcept {
       }
       // Parked again and not yet noted (its worker is switching it out):
       // look again at the next walk.
-      compact_list_.push_back(e);
+      list_compact_candidate(e);
       due = std::min(due, now + compact_after_ns_);
       continue;
     }
     const std::int64_t since = f->compact_since.load(std::memory_order_relaxed);
-    if (now - since < compact_after_ns_) {
-      compact_list_.push_back(e);
+    if (now - since < compact_after_ns_ || !may_compact) {
+      list_compact_candidate(e);
       due = std::min(due, since + compact_after_ns_);
       continue;
     }
@@ -756,6 +778,7 @@ bool Worker::compact_idle_fibers(bool idle) noexcept {
   // back): reclaim that space once it is half the vector.
   if (compact_head_ >= 4096 && compact_head_ * 2 >= compact_list_.size()) {
     compact_list_.erase(compact_list_.begin(), compact_list_.begin() + std::ptrdiff_t(compact_head_));
+    compact_base_ += std::uint32_t(compact_head_);
     compact_head_ = 0;
   }
   if (compact_batch_.empty()) return more;
@@ -768,7 +791,7 @@ bool Worker::compact_idle_fibers(bool idle) noexcept {
     f->compact.store(r == CompactResult::compacted ? FiberCtl::kCompacted : FiberCtl::kCompactNone,
                      std::memory_order_release);
     if (r == CompactResult::retry) {  // another worker held the staging area: again soon
-      compact_list_.push_back(e);
+      list_compact_candidate(e);
       compact_due_ = std::min(compact_due_, now + kCompactRetryNs);
     } else {
       drop_compact_candidate(f);
@@ -824,7 +847,8 @@ void Worker::loop() {
     park_backoff_ns_ = kMinParkBackoffNs;
     switch_to(nullptr, sched_ctx_, f, nullptr, nullptr, false);
   }
-  for (std::size_t i = compact_head_; i < compact_list_.size(); ++i) drop_compact_candidate(compact_list_[i].f);
+  for (std::size_t i = compact_head_; i < compact_list_.size(); ++i)
+    if (compact_list_[i].f != nullptr) drop_compact_candidate(compact_list_[i].f);
   compact_list_.clear();
   compact_head_ = 0;
   release_deferred();
