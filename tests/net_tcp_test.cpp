@@ -541,6 +541,54 @@ TEST_P(Net, ReadWithErrorCodeReportsInsteadOfThrowing) {
   });
 }
 
+// wait_readable: returns once a read would not wait, consuming nothing (the
+// bytes are all there for the read after it); reports the timeout, end of
+// stream as readable, close() from another fiber as a cancel, and a stream
+// that is not connected, all in ec.
+TEST_P(Net, WaitReadableWaitsForDataAndConsumesNothing) {
+  tendril::run(opts(), [&] {
+    auto l = TcpListener::bind("127.0.0.1", 0);
+    auto c = TcpStream::connect("127.0.0.1", l.local_port());
+    TcpStream s = l.accept();
+    std::error_code ec = std::make_error_code(std::errc::io_error);  // cleared on success
+    std::atomic<bool> woke{false};
+    tendril::Fiber waiter = tendril::spawn([&] {
+      c.wait_readable(ec);
+      woke = true;
+    });
+    tendril::this_fiber::sleep_for(20ms);
+    EXPECT_FALSE(woke.load());  // nothing sent yet
+    s.write_all("hello", 5);
+    waiter.join();
+    EXPECT_FALSE(ec) << ec.message();
+    char b[8] = {};
+    EXPECT_EQ(c.read(b, sizeof b), 5u);  // every byte still there
+    EXPECT_EQ(std::string(b, 5), "hello");
+
+    c.set_timeout(20ms);  // nothing to read: times out
+    c.wait_readable(ec);
+    EXPECT_EQ(ec, std::errc::timed_out);
+    c.set_timeout(std::chrono::nanoseconds(0));
+
+    s.shutdown_write();  // end of stream is readable: the read returns 0
+    c.wait_readable(ec);
+    EXPECT_FALSE(ec) << ec.message();
+    EXPECT_EQ(c.read(b, sizeof b), 0u);
+
+    auto c2 = TcpStream::connect("127.0.0.1", l.local_port());
+    TcpStream s2 = l.accept();
+    tendril::Fiber closed_under = tendril::spawn([&] { c2.wait_readable(ec); });
+    tendril::this_fiber::sleep_for(20ms);
+    c2.close();
+    closed_under.join();
+    EXPECT_EQ(ec, std::errc::operation_canceled);
+
+    TcpStream never;  // not connected
+    never.wait_readable(ec);
+    EXPECT_EQ(ec, std::errc::bad_file_descriptor);
+  });
+}
+
 TEST_P(Net, HalfCloseLetsThePeerReplyAfterEndOfStream) {
   tendril::run(opts(), [&] {
     auto l = TcpListener::bind("127.0.0.1", 0);

@@ -133,6 +133,16 @@ class TcpStream {
   // Unwinding an exception takes several KiB of stack, which each of
   // thousands of connection fibers would then keep mapped.
   std::size_t read(void* buf, std::size_t n, std::error_code& ec) noexcept;
+  // Waits until a read would not wait (data, end of stream, an error, or
+  // close() from another fiber), consuming nothing; the timeout and errors
+  // are reported in `ec` as for read(). For a server loop over many idle
+  // connections: a connection that waits here, outside the frame that holds
+  // its read buffer, keeps less of its stack live while it is idle, which is
+  // what idle-stack compaction keeps (Options::compact_after):
+  //
+  //   for (std::error_code ec; s.wait_readable(ec), !ec;)
+  //     if (!serve_what_arrived(s)) break;  // reads into its own buffer
+  void wait_readable(std::error_code& ec) noexcept;
   // Writes up to n bytes, at least one, and returns how many.
   std::size_t write(const void* buf, std::size_t n);
   void read_exact(void* buf, std::size_t n);

@@ -6,6 +6,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -295,6 +296,16 @@ std::size_t TcpStream::read(void* buf, std::size_t n, std::error_code& ec) noexc
   if (res >= 0) return static_cast<std::size_t>(res);
   ec = std::error_code(static_cast<int>(-res), std::generic_category());
   return 0;
+}
+
+void TcpStream::wait_readable(std::error_code& ec) noexcept {
+  ec.clear();
+  rt::IoRequest r;
+  r.kind = rt::OpKind::poll;
+  r.events = POLLIN | POLLRDHUP;
+  r.reason = WaitReason::net_read;  // what the fiber dump shows: it waits to read
+  const long res = perform_on_socket(sock_, r, timeout_ns_, nullptr);
+  if (res < 0) ec = std::error_code(static_cast<int>(-res), std::generic_category());
 }
 
 std::size_t TcpStream::write(const void* buf, std::size_t n) {

@@ -39,8 +39,10 @@ void release_fiber(FiberCtl* f) noexcept {
   const StackSlot slot = f->stack;
   const unsigned home = f->home;
   context_destroy(f->ctx);
+  // Acquire: a list that let go of the record (kNotListed, stored with
+  // release after its last read of it) is done with it before it is reused.
   std::uint8_t listed = FiberCtl::kListed;
-  if (f->compact_listed.load(std::memory_order_relaxed) == FiberCtl::kListed &&
+  if (f->compact_listed.load(std::memory_order_acquire) == FiberCtl::kListed &&
       f->compact_listed.compare_exchange_strong(listed, FiberCtl::kReleasedListed, std::memory_order_acq_rel)) {
     // A compaction list still points at the record: it stays as it is until
     // the list lets go (release_listed_fiber_record); the stack goes now.

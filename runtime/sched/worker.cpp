@@ -677,7 +677,7 @@ void Worker::note_compact_candidate_ended(FiberCtl* f) noexcept {
     // Ending where it is listed (the common case): its entry goes at once,
     // and its record will go back to the cache with its stack.
     compact_list_[f->compact_pos - compact_base_].f = nullptr;
-    f->compact_listed.store(FiberCtl::kNotListed, std::memory_order_relaxed);
+    f->compact_listed.store(FiberCtl::kNotListed, std::memory_order_release);  // after the walks' reads (release_fiber)
     return;
   }
   if (lister < sched_.worker_count())

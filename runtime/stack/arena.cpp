@@ -122,7 +122,7 @@
 // drop_released_slot (everything below the top page goes with one
 // MADV_DONTNEED) and a push; the top page stays so reuse costs no fault.
 //
-// # Idle-stack compaction (uffd mode, Options::compact_after; off by default)
+// # Idle-stack compaction (uffd mode, Options::compact_after; 1 s by default)
 //
 // A fiber parked longer than compact_after has the used part of its stack
 // copied into a buffer sized to it (from its saved stack pointer minus the
@@ -185,13 +185,18 @@
 // its 272 KiB slot, which giving the pages back does not free) against
 // 5,164 B resident and Go's 2,722 B per parked goroutine; an idle http
 // keep-alive connection 3,930 B against 5,891 B. The cost is the worker's:
-// 27-36 us per compaction here (a UFFDIO_MOVE and a MADV_DONTNEED of the
-// staging page, each a TLB shootdown by IPI on this guest) and 13-20 us per
-// resume in a mass wake (one UFFDIO_COPY) against 1-7 us resident, once per
-// idle period: a second of idleness pays for it. It stays off by default
-// for now: a burst of a million fibers that stay parked pays 27 s more of
-// worker time at once (spawn+park 48 s against 21 s), and the test suite
-// has not been qualified with it on. Fibers parked
+// 27-36 us per compaction here (mostly the TLB shootdown by IPI that
+// UFFDIO_MOVE makes for each page it takes out of a multi-threaded process;
+// the staging area's give-back is shared by a batch) and 12-20 us per
+// resume in a mass wake (a UFFDIO_COPY) against 1-7 us resident, once per
+// idle period: a second of idleness pays for it. So the
+// scheduler (worker.cpp, compact_policy.hpp) compacts in a worker's idle
+// time and, while it has other work, gives compaction at most a tenth of
+// it: a burst of a million fibers that all park at once is compacted over
+// the idle time that follows. Spawning and parking a million fibers with
+// compaction at 1 s took 14.4 s and 13.9 s against 12.7 s and 12.3 s
+// without, and 81 s and 78 s when compaction took what it needed
+// (skynet --only park_spawn_1m, bench/results/compact-memory.md). Fibers parked
 // in descriptor I/O are compacted where the kernel writes their buffers only
 // from a ring's wait for completions or an io-wq thread (worker.cpp): the
 // kernel's copy into a missing page is a fault the handler serves like a

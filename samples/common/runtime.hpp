@@ -61,6 +61,11 @@ class Stream {
   // The same, with errors (reset, timeout, shutdown) in ec instead of thrown:
   // a connection loop ends on them without unwinding, which takes KiB of stack.
   std::size_t read(void* buf, std::size_t n, std::error_code& ec) noexcept;
+  // Until a read would not wait (data, end of stream, an error), consuming
+  // nothing; the timeout and errors in ec, as for read. A connection loop
+  // that waits here, outside the frame of its read buffer, keeps less stack
+  // live while idle (tendril compacts idle stacks to what is live).
+  void wait_readable(std::error_code& ec) noexcept;
   void write_all(const void* buf, std::size_t n);
   // For later reads and writes; zero means none.
   void set_timeout(Millis timeout);

@@ -96,6 +96,18 @@ std::size_t Stream::read(void* buf, std::size_t n, std::error_code& ec) noexcept
   }
 }
 
+void Stream::wait_readable(std::error_code& ec) noexcept {
+  ec.clear();
+  for (;;) {
+    char c;
+    // A peek waits as a read does (SO_RCVTIMEO, shutdown) and takes nothing.
+    if (::recv(fd_, &c, 1, MSG_PEEK) >= 0) return;
+    if (errno == EINTR) continue;
+    ec = std::error_code(errno == EAGAIN || errno == EWOULDBLOCK ? ETIMEDOUT : errno, std::generic_category());
+    return;
+  }
+}
+
 void Stream::write_all(const void* buf, std::size_t n) {
   const char* p = static_cast<const char*>(buf);
   while (n > 0) {

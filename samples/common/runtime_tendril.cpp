@@ -30,6 +30,7 @@ Stream Stream::connect(const std::string& host, std::uint16_t port, Millis timeo
 }
 std::size_t Stream::read(void* buf, std::size_t n) { return s_.read(buf, n); }
 std::size_t Stream::read(void* buf, std::size_t n, std::error_code& ec) noexcept { return s_.read(buf, n, ec); }
+void Stream::wait_readable(std::error_code& ec) noexcept { s_.wait_readable(ec); }
 void Stream::write_all(const void* buf, std::size_t n) { s_.write_all(buf, n); }
 void Stream::set_timeout(Millis timeout) { s_.set_timeout(timeout); }
 void Stream::set_nodelay() { s_.set_nodelay(true); }
