@@ -106,7 +106,7 @@ struct Options {
   // other work, so a burst of fibers that all park at once is compacted
   // over the following idle time, not at the cost of the fibers that run.
   // An idle fiber then costs about 1.8 KiB instead of 5 KiB (a parked
-  // connection about 3.9 KiB instead of 5.9 KiB). 0: off. Needs Linux 6.8+
+  // connection about 2.9 KiB instead of 5.9 KiB). 0: off. Needs Linux 6.8+
   // (UFFDIO_MOVE); ignored (off) in kernel stack mode.
   std::chrono::milliseconds compact_after{1000};
 

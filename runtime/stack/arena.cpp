@@ -184,8 +184,10 @@
 // 672 B buffer, the 384 B FiberCtl record, and the ~545 B of page tables of
 // its 272 KiB slot, which giving the pages back does not free) against
 // 5,164 B resident and Go's 2,722 B per parked goroutine; an idle http
-// keep-alive connection 3,930 B against 5,891 B. The cost is the worker's:
-// 27-36 us per compaction here (mostly the TLB shootdown by IPI that
+// keep-alive connection 2,888 B against 5,880 B (it waits in
+// TcpStream::wait_readable, its read buffer out of the live frames). The
+// cost is the worker's: 27-36 us per compaction here (mostly the TLB
+// shootdown by IPI that
 // UFFDIO_MOVE makes for each page it takes out of a multi-threaded process;
 // the staging area's give-back is shared by a batch) and 12-20 us per
 // resume in a mass wake (a UFFDIO_COPY) against 1-7 us resident, once per
