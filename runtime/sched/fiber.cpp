@@ -23,6 +23,26 @@ char* align_down(char* p, std::size_t a) noexcept {
   return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{a} - 1));
 }
 
+// A released fiber's stack slot, into the cache of this worker, or of the
+// plain threads' index (which they share under a lock).
+void release_fiber_stack(Worker* w, const StackSlot& slot) noexcept {
+  if (w != nullptr) {
+    stack_release(w->index(), slot);
+  } else if (Scheduler* s = current_scheduler()) {
+    std::lock_guard<std::mutex> lock(s->external_mutex());
+    stack_release(s->external_stack_index(), slot);
+  }  // else the runtime is gone: the arena went with it
+}
+
+// A released fiber's record, destroyed and given back to the cache that
+// carved it (the runtime gone: the records went with it).
+void release_fiber_record(Worker* w, FiberCtl* f) noexcept {
+  const unsigned home = f->home;
+  f->~FiberCtl();
+  if (w != nullptr && home == w->index()) w->ctl_cache().put(f);
+  else if (Scheduler* s = current_scheduler()) s->ctl_cache(home).put_remote(f);
+}
+
 }  // namespace
 
 void release_fiber(FiberCtl* f) noexcept {
@@ -36,47 +56,20 @@ void release_fiber(FiberCtl* f) noexcept {
       return;
     }
   }
-  const StackSlot slot = f->stack;
-  const unsigned home = f->home;
   context_destroy(f->ctx);
-  // Acquire: a list that let go of the record (kNotListed, stored with
-  // release after its last read of it) is done with it before it is reused.
+  release_fiber_stack(w, f->stack);
+  // A compaction list still points at the record: it stays as it is until
+  // the list lets go (release_listed_fiber_record). Acquire: a list that
+  // let go of it (kNotListed, stored with release after its last read of
+  // it) is done with it before it is reused.
   std::uint8_t listed = FiberCtl::kListed;
   if (f->compact_listed.load(std::memory_order_acquire) == FiberCtl::kListed &&
-      f->compact_listed.compare_exchange_strong(listed, FiberCtl::kReleasedListed, std::memory_order_acq_rel)) {
-    // A compaction list still points at the record: it stays as it is until
-    // the list lets go (release_listed_fiber_record); the stack goes now.
-    if (w != nullptr) {
-      stack_release(w->index(), slot);
-    } else if (Scheduler* s = current_scheduler()) {
-      std::lock_guard<std::mutex> lock(s->external_mutex());
-      stack_release(s->external_stack_index(), slot);
-    }
+      f->compact_listed.compare_exchange_strong(listed, FiberCtl::kReleasedListed, std::memory_order_acq_rel))
     return;
-  }
-  f->~FiberCtl();
-  if (w != nullptr) {
-    stack_release(w->index(), slot);
-    if (home == w->index()) w->ctl_cache().put(f);
-    else w->scheduler().ctl_cache(home).put_remote(f);
-    return;
-  }
-  Scheduler* s = current_scheduler();
-  if (s == nullptr) return;  // runtime gone: the arena and the records went with it
-  {
-    std::lock_guard<std::mutex> lock(s->external_mutex());  // plain threads share one stack index
-    stack_release(s->external_stack_index(), slot);
-  }
-  s->ctl_cache(home).put_remote(f);
+  release_fiber_record(w, f);
 }
 
-void release_listed_fiber_record(FiberCtl* f) noexcept {
-  Worker* w = current_worker();
-  const unsigned home = f->home;
-  f->~FiberCtl();
-  if (w != nullptr && home == w->index()) w->ctl_cache().put(f);
-  else if (Scheduler* s = current_scheduler()) s->ctl_cache(home).put_remote(f);
-}
+void release_listed_fiber_record(FiberCtl* f) noexcept { release_fiber_record(current_worker(), f); }
 
 namespace {
 
