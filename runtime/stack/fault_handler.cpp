@@ -289,7 +289,8 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
         loc.arena->meta[loc.slot].mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
         add_single_writer(w.handler_counters.live_pages, c.pages);
         if (s == kStaged) {
-          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, c.pages);  // the compactor reads staging until it sees kResident
+          // The compactor reads staging until it sees kResident.
+          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, c.pages);
         } else {
           // Counted before the install wakes the toucher, like the pages
           // above: it may read stats() at once.
