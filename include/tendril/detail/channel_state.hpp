@@ -977,11 +977,17 @@ struct State : std::enable_shared_from_this<State<T>> {
       if (!cas_state(c, w, kResuming)) continue;
       if (st == kSelSendWait || st == kSelRecvWait) {
         auto* g = static_cast<SelectReg*>((st == kSelSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
-        const bool won = claim_select(*g, nullptr) == Claim::kWon;
+        // Only a party that won may read the registration after the claim:
+        // one that lost it to a select still registering has told that
+        // select to register the case again, which rewrites it.
+        if (claim_select(*g, nullptr) != Claim::kWon) {
+          set_owned_state(c, kResuming, cancelled);
+          return;
+        }
         detail::Waiter* sel = g->sel;
-        if (won) g->ok = false;
+        g->ok = false;
         set_owned_state(c, kResuming, cancelled);
-        if (won) detail::wake(*sel);
+        detail::wake(*sel);
         return;
       }
       auto* x = static_cast<detail::Waiter*>((st == kSendWait ? c.sender : c.receiver).load(std::memory_order_relaxed));
