@@ -195,17 +195,37 @@ TEST(FiberCtl, ParkedChannelOperationsWaitOnTheFibersOwnWaiter) {
     yield_until_parked(c->id, tendril::WaitReason::channel_recv);
 
     // The cell the receiver parked in publishes the Waiter in its control
-    // block: the sender claims and wakes it without touching the receiver's
-    // stack (only the storage the value goes to is there).
+    // block, and the value goes to the Waiter's hand-off buffer: the sender
+    // claims, fills and wakes it without touching the receiver's stack.
     auto* st = td::channel::Access::state(ch);
     auto& cell = st->cell(0);
     EXPECT_EQ(td::channel::state_of(cell.word.load()), td::channel::kRecvWait);
     EXPECT_EQ(cell.receiver.load(), &c->waiter);
     EXPECT_EQ(c->waiter.fiber, c);
     EXPECT_FALSE(on_stack_of(c->id, &c->waiter));
-    EXPECT_TRUE(on_stack_of(c->id, c->waiter.slot));
+    EXPECT_EQ(c->waiter.slot, static_cast<void*>(c->waiter.handoff));
     EXPECT_TRUE(ch.send(7));
     receiver.join();
+
+    // A value too big for the hand-off buffer is built on the receiver's
+    // stack instead.
+    struct Wide {
+      char bytes[td::Waiter::kHandoffBytes + 1];
+    };
+    tendril::Channel<Wide> wide;
+    seen.store(nullptr);
+    tendril::Fiber wide_receiver = tendril::spawn([&] {
+      seen.store(td::current_fiber());
+      const std::optional<Wide> got = wide.recv();
+      EXPECT_TRUE(got.has_value() && got->bytes[0] == 'w');
+    });
+    while (seen.load() == nullptr) tendril::this_fiber::yield();
+    c = seen.load();
+    yield_until_parked(c->id, tendril::WaitReason::channel_recv);
+    EXPECT_EQ(td::channel::Access::state(wide)->cell(0).receiver.load(), &c->waiter);
+    EXPECT_TRUE(on_stack_of(c->id, c->waiter.slot));
+    EXPECT_TRUE(wide.send(Wide{{'w'}}));
+    wide_receiver.join();
 
     // The same for a sender parked on an unbuffered channel.
     seen.store(nullptr);

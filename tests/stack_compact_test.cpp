@@ -361,9 +361,15 @@ TEST(StackCompact, AListedFiberThatEndsGivesItsStackBackAtOnce) {
 // Receivers park over and over with a buffer on their stacks; senders on
 // both workers wake them at random moments, many right while a worker
 // compacts them (the delay is 0: a parked fiber is compacted at the first
-// look; senders pause now and then). The channel writes each value into the
-// receiver's stack (its Waiter's storage), so wakers also touch compacted
-// pages through the fault handler.
+// look; senders pause now and then). The values are too big for the
+// receiver's Waiter (Waiter::kHandoffBytes), so the channel builds each one
+// on the receiver's stack, and wakers also touch compacted pages through the
+// fault handler.
+struct WideValue {
+  std::uint64_t words[8];  // 64 B: more than a Waiter's hand-off buffer
+};
+static_assert(!tendril::detail::channel::handoff_fits<WideValue>);
+
 TEST(StackCompact, WakersRacingCompactionLoseNothing) {
   CompactAtOnce at_once;
   constexpr int kReceivers = 200;
@@ -372,16 +378,16 @@ TEST(StackCompact, WakersRacingCompactionLoseNothing) {
   std::atomic<int> done{0};
   tendril::Stats after;
   tendril::run(compacting(), [&] {
-    std::vector<tendril::Channel<std::uint64_t>> chans;
+    std::vector<tendril::Channel<WideValue>> chans;
     for (int i = 0; i < kReceivers; ++i) chans.emplace_back(0);
     std::vector<tendril::Fiber> fibers;
     for (int i = 0; i < kReceivers; ++i)
       fibers.push_back(tendril::spawn([&, i] {
         for (int r = 0; r < kRounds; ++r) {
-          std::uint64_t got = 0;
+          WideValue got{};
           const std::uint64_t seed = std::uint64_t(i) * 1000 + std::uint64_t(r);
           bad += fill_park_check(seed, [&] { got = *chans[std::size_t(i)].recv(); });
-          if (got != seed + 1) bad += 1;
+          for (std::size_t k = 0; k < 8; ++k) bad += got.words[k] != seed + 1 + k;
         }
         done.fetch_add(1);
       }));
@@ -393,7 +399,9 @@ TEST(StackCompact, WakersRacingCompactionLoseNothing) {
           for (int i = s; i < kReceivers; i += 2) {
             rng = rng * 1103515245u + 12345u;
             if ((rng >> 16) % 64 == 0) tendril::this_fiber::sleep_for(std::chrono::microseconds((rng >> 8) % 3000));
-            chans[std::size_t(i)].send(std::uint64_t(i) * 1000 + std::uint64_t(r) + 1);
+            WideValue v;
+            for (std::size_t k = 0; k < 8; ++k) v.words[k] = std::uint64_t(i) * 1000 + std::uint64_t(r) + 1 + k;
+            chans[std::size_t(i)].send(v);
           }
       }));
     for (auto& f : senders) f.join();
@@ -404,11 +412,49 @@ TEST(StackCompact, WakersRacingCompactionLoseNothing) {
   EXPECT_EQ(bad.load(), 0u);
   if (after.stack_compaction) {
     EXPECT_GT(after.compactions, 0u);
-    EXPECT_GT(after.restores_on_touch, 0u);  // a sender wrote a compacted receiver's Waiter
+    EXPECT_GT(after.restores_on_touch, 0u);  // a sender built a value on a compacted receiver's stack
     EXPECT_EQ(after.fibers_compacted, 0u);
     EXPECT_EQ(after.compact_bytes, 0u);
   } else {
     EXPECT_EQ(after.compactions, 0u);
+  }
+}
+
+// A value that fits in the receiver's Waiter (a std::string, whose
+// characters live on the heap) is built there, in the fiber's control
+// block: a send to a compacted receiver touches nothing on its stack, and
+// the receiver's worker puts the stack back when it switches to it, with no
+// fault. Without the hand-off buffer every send here is a restore on touch.
+TEST(StackCompact, ASendToACompactedReceiverDoesNotTouchItsStack) {
+  static_assert(tendril::detail::channel::handoff_fits<std::string>);
+  constexpr int kReceivers = 300;
+  std::atomic<std::size_t> bad{0};
+  tendril::Stats compacted, after;
+  tendril::run(compacting(), [&] {
+    std::vector<tendril::Channel<std::string>> chans;
+    for (int i = 0; i < kReceivers; ++i) chans.emplace_back(0);
+    std::vector<tendril::Fiber> fibers;
+    for (int i = 0; i < kReceivers; ++i)
+      fibers.push_back(tendril::spawn([&, i] {
+        std::string got;
+        bad += fill_park_check(std::uint64_t(i), [&] { got = *chans[std::size_t(i)].recv(); });
+        if (got != std::string(100, char('a' + i % 26)) + std::to_string(i)) bad += 1;
+      }));
+    if (compaction_on()) {
+      EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= std::uint64_t(kReceivers); }))
+          << tendril::stats().fibers_compacted << " compacted";
+    }
+    compacted = tendril::stats();
+    for (int i = 0; i < kReceivers; ++i)
+      chans[std::size_t(i)].send(std::string(100, char('a' + i % 26)) + std::to_string(i));
+    for (auto& f : fibers) f.join();
+    after = tendril::stats();
+  });
+  EXPECT_EQ(bad.load(), 0u);
+  if (after.stack_compaction) {
+    EXPECT_EQ(after.restores_on_touch, compacted.restores_on_touch);
+    EXPECT_GE(after.restores - compacted.restores, std::uint64_t(kReceivers));
+    EXPECT_EQ(after.fibers_compacted, 0u);
   }
 }
 

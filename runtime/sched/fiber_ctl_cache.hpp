@@ -26,7 +26,7 @@
 //    few pages); past it they are 2 MiB, MADV_HUGEPAGE, so a million control
 //    blocks take about 190 huge pages, i.e. TLB entries, not 94,000 small
 //    ones. A full reservation is followed by another (two VMAs more per
-//    kRegionBytes / 384 B = 2.8 M records).
+//    kRegionBytes / 448 B = 2.4 M records).
 //  - put(): a record whose owner frees it goes on the owner's list (a plain
 //    push). put_remote(): any other thread pushes it onto the owner's
 //    push-only Treiber stack (one CAS); the owner takes the whole stack at
@@ -38,7 +38,7 @@
 //    stale FiberCtl pointer readable: the fiber dump and gdb read control
 //    blocks of fibers that may end meanwhile and validate what they read by
 //    the fiber id, which needs the memory to stay mapped. A burst of a
-//    million fibers leaves its records cached, 384 B each.
+//    million fibers leaves its records cached, 448 B each.
 //  - A record's state is built by place_fiber (placement new) and torn down
 //    by release_fiber; the cache holds raw storage, linked through its first
 //    word.

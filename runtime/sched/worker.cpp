@@ -657,7 +657,7 @@ bool Worker::compaction_due() noexcept {
 }
 
 // A listed fiber that ends gives its stack back as any other; its record
-// (384 B) waits until the list lets go of it. One that ends on the worker
+// (448 B) waits until the list lets go of it. One that ends on the worker
 // that lists it (the common case) has its entry taken out at once (the
 // fiber knows where it is, FiberCtl::compact_pos). One that ends on another
 // worker is counted on the lister, which walks for such fibers alone once

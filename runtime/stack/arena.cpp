@@ -181,7 +181,7 @@
 // (most idle ones: a few hundred bytes to 2 KiB live) is left holding only
 // its buffer. Memory per parked fiber at 1M (bench/stack_compact, VmRSS +
 // VmPTE, one run; bench/results/compact-memory.md): 1,782 B compacted (a
-// 672 B buffer, the 384 B FiberCtl record, and the ~545 B of page tables of
+// 672 B buffer, the 448 B FiberCtl record, and the ~545 B of page tables of
 // its 272 KiB slot, which giving the pages back does not free) against
 // 5,164 B resident and Go's 2,722 B per parked goroutine; an idle http
 // keep-alive connection 2,888 B against 5,880 B (it waits in

@@ -76,6 +76,12 @@ enum : std::uint32_t {
 };
 inline constexpr std::size_t kMaxSelectCases = 31;
 
+// Whether a value handed to a parked receiver is built in its Waiter
+// (Waiter::handoff) rather than on its stack.
+template <class T>
+inline constexpr bool handoff_fits =
+    sizeof(T) <= detail::Waiter::kHandoffBytes && alignof(T) <= detail::Waiter::kHandoffAlign;
+
 // One case's registration in a cell, on the select's stack. A party that
 // claimed the cell (kResuming) and won claim_select() fills `slot` (receive:
 // a std::optional<T> to emplace; send: the T to move from) and `ok`, ends
@@ -794,17 +800,19 @@ struct State : std::enable_shared_from_this<State<T>> {
             publish_claimed(c, w, kSelRecvWait);
             return Outcome::kRegistered;
           }
-          alignas(T) unsigned char storage[sizeof(T)];
+          // The sender constructs the value in our waiter if it fits there,
+          // else on our stack.
+          alignas(T) unsigned char spill[handoff_fits<T> ? 1 : sizeof(T)];
           detail::OwnWaiter own;  // see park_in_cell
           detail::Waiter& me = *own;
-          me.slot = storage;
+          me.slot = handoff_fits<T> ? static_cast<void*>(me.handoff) : static_cast<void*>(spill);
           switch (park_in_cell(c, w, kRecvWait, me)) {
             case Outcome::kRetry: continue;
             case Outcome::kInterrupted: return Outcome::kInterrupted;
             default: break;
           }
           if (!me.ok) return Outcome::kFailed;
-          T* p = std::launder(reinterpret_cast<T*>(storage));
+          T* p = std::launder(static_cast<T*>(me.slot));
           out.emplace(std::move(*p));
           p->~T();
           return Outcome::kDone;

@@ -27,6 +27,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 
@@ -68,6 +69,13 @@ struct Waiter {
   void* slot = nullptr;                 // what a channel hands over
   bool ok = false;                      // outcome a waker reports (channel: value delivered)
   std::int64_t count = 0;               // what a semaphore waiter asks for
+  // Where a sender constructs the value for a parked receiver whose type
+  // fits (channel_state.hpp: handoff_fits): in the waiter, not on the
+  // receiver's stack, so that the sender touches only the dense record and
+  // never brings back the page of a compacted stack. Part of what was the
+  // record's padding (see the size check in runtime/sched/fiber_ctl.hpp).
+  static constexpr std::size_t kHandoffBytes = 32, kHandoffAlign = 16;
+  alignas(kHandoffAlign) unsigned char handoff[kHandoffBytes];
 
   Waiter() noexcept;                    // binds to the calling fiber or thread
   explicit Waiter(FiberCtl* f) noexcept : fiber(f) {}  // bound to `f` (a fiber's own, see OwnWaiter)
