@@ -21,9 +21,10 @@
 // Also the memory per parked fiber once parked (and compacted): delta
 // (VmRSS + VmPTE) from before the spawns, divided by N, and the bytes held in
 // compaction buffers per fiber. A compacted fiber woken by a channel send is
-// put back by the fault handler (the sender writes the value into the
-// receiver's storage, on its stack; the Waiter is in its FiberCtl); one
-// woken by socket data too with io_uring (the kernel's copy into the read
+// put back by its worker when it switches to it, with no fault (the sender
+// builds the value in the Waiter's hand-off buffer, in the receiver's
+// FiberCtl, when it fits there, as the 8-byte stamp does); one woken by
+// socket data is put back by the fault handler with io_uring (the kernel's copy into the read
 // buffer on the stack), not with epoll (the readiness wake-up touches only
 // the FiberCtl's Waiter; the fiber reads after its worker put the stack
 // back): "touch restores/fiber" counts them, 1 per wake. TENDRIL_IO=epoll
