@@ -32,6 +32,13 @@
 //    2 MiB / stride slots, about 160 B of page table per idle 64 KiB slot and
 //    545 B per 256 KiB slot; a 2 MiB class costs a whole page-table page per
 //    slot, and mixing it into the small classes' range would make them pay it.
+//  - The spacing is also what touching many parked fibers costs: a mass
+//    wake of a million reaches a million top pages. On this paravirtualized
+//    guest, 272 KiB apart (the default 256 KiB limit) makes a wake 6x Go's,
+//    48 KiB apart (32 KiB limit) 1.4-1.5x (bench/results/stack-density.md).
+//    The default stays 256 KiB: a stack cannot outgrow its class once it
+//    runs, so a small default would abort deep but correct code. A server
+//    of a million shallow fibers sets the limit; nothing here guesses it.
 //  - Per-worker reservations route a slot's faults to its owner's uffd, whose
 //    handler thread sits on the owner's CPU (see below).
 //  - The reservation size is min(1 TiB, 16 TiB / workers) per (worker, class),
