@@ -182,6 +182,77 @@ TEST(Channel, MoveOnlyAndNonTrivialValues) {
   });
 }
 
+namespace {
+
+// A value that counts its live copies; Pad makes it wider than a Waiter's
+// hand-off buffer, so both ways a parked operation holds a value are seen.
+std::atomic<int> g_live{0};
+template <std::size_t Pad>
+struct Counted {
+  int v = 0;
+  char pad[Pad] = {};
+  explicit Counted(int x) : v(x) { ++g_live; }
+  Counted(Counted&& o) noexcept : v(o.v) { ++g_live; }
+  Counted& operator=(Counted&& o) noexcept {
+    v = o.v;
+    return *this;
+  }
+  ~Counted() { --g_live; }
+};
+
+// Parked senders whose value is taken, parked senders the close turns away,
+// parked receivers that get a value: every value is destroyed once, and
+// each receiver gets what was sent.
+template <class T>
+void parked_values_destroyed_once() {
+  g_live = 0;
+  tendril::run(two_workers(), [] {
+    tendril::Channel<T> ch(0);
+    std::vector<tendril::Fiber> fibers;
+    std::atomic<int> delivered{0}, refused{0}, received_sum{0};
+    for (int i = 0; i < 20; ++i)
+      fibers.push_back(tendril::spawn([&, ch, i]() mutable { (ch.send(T(i)) ? delivered : refused)++; }));
+    for (int i = 0; i < 10; ++i) {
+      std::optional<T> got = ch.recv();
+      ASSERT_TRUE(got.has_value());
+      received_sum += got->v;
+    }
+    // Until the other 10 senders are parked in the channel (the fiber dump
+    // says so), so that the close turns parked sends away.
+    for (;;) {
+      int parked = 0;
+      for (const tendril::FiberInfo& f : tendril::fibers())
+        parked += f.state == tendril::FiberState::parked && f.reason == tendril::WaitReason::channel_send;
+      if (parked == 10) break;
+      tendril::this_fiber::sleep_for(std::chrono::milliseconds(1));
+    }
+    ch.close();
+    for (auto& f : fibers) f.join();
+    EXPECT_EQ(delivered.load(), 10);
+    EXPECT_EQ(refused.load(), 10);
+    fibers.clear();
+
+    tendril::Channel<T> back(0);
+    for (int i = 0; i < 10; ++i)
+      fibers.push_back(tendril::spawn([&, back, i]() mutable {
+        std::optional<T> got = back.recv();
+        EXPECT_TRUE(got.has_value() && got->v >= 100);
+      }));
+    for (int i = 0; i < 10; ++i) EXPECT_TRUE(back.send(T(100 + i)));
+    for (auto& f : fibers) f.join();
+  });
+  EXPECT_EQ(g_live.load(), 0);
+}
+
+}  // namespace
+
+TEST(Channel, ValuesOfParkedOperationsAreDestroyedOnce) {
+  static_assert(tendril::detail::channel::handoff_fits_send<Counted<8>>);
+  static_assert(!tendril::detail::channel::handoff_fits<Counted<64>>);
+  parked_values_destroyed_once<Counted<8>>();   // held in the parked fiber's Waiter
+  parked_values_destroyed_once<Counted<64>>();  // held on the parked fiber's stack
+}
+
 TEST(Channel, PlainThreadsAndFibersTalk) {
   tendril::run(two_workers(), [] {
     tendril::Channel<int> to_thread(0), to_fiber(2);

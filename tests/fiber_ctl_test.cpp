@@ -239,6 +239,7 @@ TEST(FiberCtl, ParkedChannelOperationsWaitOnTheFibersOwnWaiter) {
     auto& next = st->cell(1);
     EXPECT_EQ(td::channel::state_of(next.word.load()), td::channel::kSendWait);
     EXPECT_EQ(next.sender.load(), &c->waiter);
+    EXPECT_EQ(c->waiter.slot, static_cast<void*>(c->waiter.handoff));  // the value waits there
     EXPECT_EQ(ch.recv(), 8);
     sender.join();
   });

@@ -458,6 +458,49 @@ TEST(StackCompact, ASendToACompactedReceiverDoesNotTouchItsStack) {
   }
 }
 
+// The other direction: a parked sender moves its value into its Waiter, so
+// a receiver that takes it from a compacted sender touches nothing on the
+// sender's stack. Without that every receive here is a restore on touch.
+TEST(StackCompact, ARecvFromACompactedSenderDoesNotTouchItsStack) {
+  static_assert(tendril::detail::channel::handoff_fits_send<std::string>);
+  constexpr int kSenders = 300;
+  std::atomic<std::size_t> bad{0};
+  std::atomic<int> sent{0};
+  std::size_t wrong_values = 0;
+  tendril::Stats compacted, after;
+  tendril::run(compacting(), [&] {
+    std::vector<tendril::Channel<std::string>> chans;
+    for (int i = 0; i < kSenders; ++i) chans.emplace_back(0);
+    std::vector<tendril::Fiber> fibers;
+    for (int i = 0; i < kSenders; ++i)
+      fibers.push_back(tendril::spawn([&, i] {
+        bool ok = false;
+        bad += fill_park_check(std::uint64_t(i), [&] {
+          ok = chans[std::size_t(i)].send(std::string(100, char('a' + i % 26)) + std::to_string(i));
+        });
+        if (ok) sent.fetch_add(1);
+      }));
+    if (compaction_on()) {
+      EXPECT_TRUE(eventually([&] { return tendril::stats().fibers_compacted >= std::uint64_t(kSenders); }))
+          << tendril::stats().fibers_compacted << " compacted";
+    }
+    compacted = tendril::stats();
+    for (int i = 0; i < kSenders; ++i) {
+      const std::optional<std::string> got = chans[std::size_t(i)].recv();
+      if (got != std::string(100, char('a' + i % 26)) + std::to_string(i)) ++wrong_values;
+    }
+    for (auto& f : fibers) f.join();
+    after = tendril::stats();
+  });
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_EQ(wrong_values, 0u);
+  EXPECT_EQ(sent.load(), kSenders);
+  if (after.stack_compaction) {
+    EXPECT_EQ(after.restores_on_touch, compacted.restores_on_touch);
+    EXPECT_GE(after.restores - compacted.restores, std::uint64_t(kSenders));
+  }
+}
+
 namespace {
 
 // A fiber parked inside a catch block, with a buffer on its stack: what it

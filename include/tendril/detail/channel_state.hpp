@@ -81,6 +81,11 @@ inline constexpr std::size_t kMaxSelectCases = 31;
 template <class T>
 inline constexpr bool handoff_fits =
     sizeof(T) <= detail::Waiter::kHandoffBytes && alignof(T) <= detail::Waiter::kHandoffAlign;
+// A parked sender moves its value into its Waiter, and back if no receiver
+// took it, so only where neither move can throw.
+template <class T>
+inline constexpr bool handoff_fits_send =
+    handoff_fits<T> && std::is_nothrow_move_constructible_v<T> && std::is_nothrow_move_assignable_v<T>;
 
 // One case's registration in a cell, on the select's stack. A party that
 // claimed the cell (kResuming) and won claim_select() fills `slot` (receive:
@@ -600,8 +605,20 @@ struct State : std::enable_shared_from_this<State<T>> {
           }
           detail::OwnWaiter own;  // see park_in_cell
           detail::Waiter& me = *own;
-          me.slot = &value;
-          switch (park_in_cell(c, w, kSendWait, me)) {
+          Outcome parked;
+          if constexpr (handoff_fits_send<T>) {
+            // The receiver moves the value out of our waiter, not out of our
+            // stack; one not taken comes back to `value`.
+            T* held = ::new (static_cast<void*>(me.handoff)) T(std::move(value));
+            me.slot = held;
+            parked = park_in_cell(c, w, kSendWait, me);
+            if (parked != Outcome::kDone || !me.ok) value = std::move(*held);
+            held->~T();
+          } else {
+            me.slot = &value;
+            parked = park_in_cell(c, w, kSendWait, me);
+          }
+          switch (parked) {
             case Outcome::kRetry: continue;
             case Outcome::kInterrupted: return Outcome::kInterrupted;
             default: return me.ok ? Outcome::kDone : Outcome::kFailed;

@@ -69,11 +69,13 @@ struct Waiter {
   void* slot = nullptr;                 // what a channel hands over
   bool ok = false;                      // outcome a waker reports (channel: value delivered)
   std::int64_t count = 0;               // what a semaphore waiter asks for
-  // Where a sender constructs the value for a parked receiver whose type
-  // fits (channel_state.hpp: handoff_fits): in the waiter, not on the
-  // receiver's stack, so that the sender touches only the dense record and
-  // never brings back the page of a compacted stack. Part of what was the
-  // record's padding (see the size check in runtime/sched/fiber_ctl.hpp).
+  // Where a channel value waits for the other party when its type fits
+  // (channel_state.hpp: handoff_fits): a sender builds it here for a parked
+  // receiver, and a parked sender moves its own here for the receiver to
+  // take. Not on the parked fiber's stack, so the other party touches only
+  // the dense record and never brings back the pages of a compacted stack.
+  // Part of what was the record's padding (see the size check in
+  // runtime/sched/fiber_ctl.hpp).
   static constexpr std::size_t kHandoffBytes = 32, kHandoffAlign = 16;
   alignas(kHandoffAlign) unsigned char handoff[kHandoffBytes];
 
