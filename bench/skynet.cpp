@@ -27,6 +27,8 @@
 //   skynet_peak          most skynet fibers alive at once, spawned and not yet
 //                        finished, queued or running (one extra, untimed, counted
 //                        run of the channel variant); tasks
+//   skynet_peak_started  of those, most that had begun to run at once (the
+//                        rest were queued, not started); tasks
 //   maxrss               peak resident memory of the process (after skynet); MiB
 //   park_spawn_100k/_1m  N fibers spawned, each counts itself and parks in
 //                        WaitGroup::wait() on one gate; from the first spawn
@@ -146,20 +148,31 @@ double spawn_join_ns(unsigned workers, long n) {
 // running) until its body returns.
 std::atomic<long> g_alive{0};
 std::atomic<long> g_peak{0};
+// Of those, the ones whose body has begun (they hold a stack page of their
+// own in any runtime that gives a task its stack when it first runs).
+std::atomic<long> g_started{0};
+std::atomic<long> g_started_peak{0};
+
+void raise_peak(std::atomic<long>& peak, long now) {
+  long p = peak.load(std::memory_order_relaxed);
+  while (now > p && !peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
+  }
+}
 
 template <bool Count>
 void note_spawn() {
-  if constexpr (Count) {
-    const long now = g_alive.fetch_add(1, std::memory_order_relaxed) + 1;
-    long p = g_peak.load(std::memory_order_relaxed);
-    while (now > p && !g_peak.compare_exchange_weak(p, now, std::memory_order_relaxed)) {
-    }
-  }
+  if constexpr (Count) raise_peak(g_peak, g_alive.fetch_add(1, std::memory_order_relaxed) + 1);
 }
 template <bool Count>
 struct ExitNote {
+  ExitNote() {
+    if constexpr (Count) raise_peak(g_started_peak, g_started.fetch_add(1, std::memory_order_relaxed) + 1);
+  }
   ~ExitNote() {
-    if constexpr (Count) g_alive.fetch_sub(1, std::memory_order_relaxed);
+    if constexpr (Count) {
+      g_started.fetch_sub(1, std::memory_order_relaxed);
+      g_alive.fetch_sub(1, std::memory_order_relaxed);
+    }
   }
 };
 
@@ -398,11 +411,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "tendril: skynet_peak, 1 counted run\n");
     g_alive = 0;
     g_peak = 0;
+    g_started = 0;
+    g_started_peak = 0;
     skynet_chan_ms(true);
     ok = check_total("skynet_peak") && ok;
     std::printf("tendril %-20s %-58s %10ld fibers\n", "skynet_peak", "most skynet fibers spawned, not finished (counted run)",
                 g_peak.load());
     std::printf("RESULT skynet_peak %ld tasks\n", g_peak.load());
+    std::printf("tendril %-20s %-58s %10ld fibers\n", "skynet_peak_started",
+                "most skynet fibers begun, not finished (same run)", g_started_peak.load());
+    std::printf("RESULT skynet_peak_started %ld tasks\n", g_started_peak.load());
     const double n = double(g_stats.fibers_spawned);
     std::printf("tendril counted run: %.0f fibers spawned, stack faults %.3f/fiber, stack cache hits %.0f%%, "
                 "%.3g steals/fiber, %llu stack pages mapped + %llu cached at the end\n",
