@@ -229,8 +229,13 @@ TEST(FaultInjection, UffdCopyEnomemAtSpawnThrows) {
     if (tendril::stats().stack_mode != "uffd") GTEST_SKIP() << "stack mode is not uffd";
     {
       Inject inj(FaultPoint::uffd_copy, ENOMEM, 1);
+      // A callable too big to wait in the fiber's record: its stack is
+      // made at spawn, which reports the failure.
+      struct Big {
+        char bytes[512] = {};
+      } big;
       try {
-        tendril::spawn([] {}).join();
+        tendril::spawn([big] { (void)big; }).join();
         ADD_FAILURE() << "spawn succeeded";
       } catch (const std::system_error& e) {
         EXPECT_EQ(e.code().value(), ENOMEM);
@@ -239,6 +244,43 @@ TEST(FaultInjection, UffdCopyEnomemAtSpawnThrows) {
     }
     runtime_still_works();
   });
+}
+
+// A fiber whose stack is made at its first run (deferred at spawn) meets
+// the failure there: out of memory is waited out as a fault waits it out.
+TEST(FaultInjection, UffdCopyEnomemAtFirstRunIsWaitedOut) {
+  tendril::Options o = small_options();
+  o.stack_cache_bytes = 0;
+  tendril::run(o, [] {
+    if (tendril::stats().stack_mode != "uffd") GTEST_SKIP() << "stack mode is not uffd";
+    bool ran = false;
+    {
+      Inject inj(FaultPoint::uffd_copy, ENOMEM, 3);
+      tendril::spawn([&ran] { ran = true; }).join();
+      EXPECT_EQ(Inject::hits(), 3);
+    }
+    EXPECT_TRUE(ran);
+    runtime_still_works();
+  });
+}
+
+// Any other failure there has nobody to report to: the process stops and
+// says why.
+TEST(FaultInjectionDeathTest, NoStackAtFirstRunStopsWithAMessage) {
+  std::string mode;
+  tendril::run(small_options(), [&mode] { mode = tendril::stats().stack_mode; });
+  if (mode != "uffd") GTEST_SKIP() << "stack mode is not uffd";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        tendril::Options o = small_options();
+        o.stack_cache_bytes = 0;
+        tendril::run(o, [] {
+          Inject inj(FaultPoint::uffd_copy, EIO, 1);
+          tendril::spawn([] {}).join();
+        });
+      },
+      "no stack for a fiber at its first run");
 }
 
 // The arena of a size class full (every slot held by a live fiber): spawn

@@ -260,6 +260,10 @@ TEST(StackCompact, ABurstOfParkedFibersIsCompactedInBatchesBetweenTheTurnsOfARun
 #endif
   tendril::Options o = compacting();
   o.workers = 1;
+  // Stacks at spawn: with deferred stacks the fibers would get theirs between
+  // the running fiber's turns, and those turns would be further apart than
+  // the pacing of batches assumes (it is paced by time, not by turns).
+  o.stack_defer = false;
   std::uint64_t compactions = 0, largest_step = 0;
   bool on = false;
   tendril::run(o, [&] {

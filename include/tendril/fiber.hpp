@@ -23,7 +23,11 @@
 // fiber.
 //
 // The callable and its arguments are moved (decay-copied) onto the fiber's own
-// stack: spawning from the stack cache does not allocate.
+// stack: spawning from the stack cache does not allocate. A fiber spawned on
+// a worker whose callable is small (up to 96 bytes, moved without throwing)
+// gets its stack only when it first runs, from the stacks that fibers which
+// ended gave back; until then the callable waits in its control block and the
+// fiber holds no stack page (Options::stack_defer; Stats::fibers_unstarted).
 //
 // Exceptions: an exception escaping a fiber is kept and rethrown by join(). If
 // the fiber was detached, it stops the process (std::terminate) after printing
@@ -66,6 +70,7 @@ struct ClosureOps {
   void (*move_construct)(void* dst, void* src);
   void (*invoke)(void* self);
   void (*destroy)(void* self) noexcept;
+  bool nothrow_move;  // move_construct cannot throw: it may wait in the fiber's record
 };
 // Allocates a stack, moves the closure onto it and makes the fiber runnable.
 FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* closure);
@@ -83,6 +88,7 @@ inline constexpr ClosureOps closure_ops = {
     [](void* dst, void* src) { ::new (dst) C(std::move(*static_cast<C*>(src))); },
     [](void* self) { (*static_cast<C*>(self))(); },
     [](void* self) noexcept { static_cast<C*>(self)->~C(); },
+    std::is_nothrow_move_constructible_v<C>,
 };
 }  // namespace detail
 
@@ -126,7 +132,11 @@ class Fiber {
 // Starts f(args...) as a new fiber. Must be called inside tendril::run() (from a
 // fiber or from any thread while run() is in progress); otherwise throws
 // std::logic_error. Throws std::system_error / std::bad_alloc if no stack can be
-// had, and std::length_error if the callable is too large for the stack.
+// had, and std::length_error if the callable is too large for the stack. A
+// stack given at the first run was promised at spawn: a full stack arena
+// still makes spawn throw; running out of memory for its first page then is
+// waited out like a page fault (ten seconds), and then stops the process
+// with a message.
 template <class F, class... Args>
 Fiber spawn(const SpawnOptions& options, F&& f, Args&&... args) {
   auto closure = [fn = std::forward<F>(f),

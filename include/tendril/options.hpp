@@ -23,6 +23,7 @@
 // | stack_grow_pages | TENDRIL_STACK_GROW       | 16 (1..16)                       |
 // | stack_burst      | TENDRIL_STACK_BURST_US   | 1000 microseconds; 0: no bursts  |
 // | stack_learn_depth| TENDRIL_STACK_LEARN      | true (1/0, true/false)           |
+// | stack_defer      | TENDRIL_STACK_DEFER      | true (1/0, true/false)           |
 // | stack_numa_check | TENDRIL_STACK_NUMA_CHECK | false (1/0, true/false)          |
 // | stack_place      | TENDRIL_STACK_PLACE      | "" (faulter with several nodes, else owner) |
 // | blocking_threads | TENDRIL_BLOCKING_THREADS | 64 (1..4096)                     |
@@ -74,6 +75,13 @@ struct Options {
   // Remember per spawn site how deep its stacks grew and hand out stacks
   // already mapped that deep.
   bool stack_learn_depth = true;
+  // Give a fiber spawned on a worker its stack when it first runs, not at
+  // spawn, when its callable fits in its control block (96 bytes, moved
+  // without throwing): fibers queued behind a spawner hold no pages. Spawn
+  // still throws when the stack arena is full. Such a fiber is in the fiber
+  // dump (runnable, no frames) but not in the gdb script's list until it
+  // runs; false gives every fiber its stack at spawn. Both stack modes.
+  bool stack_defer = true;
   // Check which NUMA node a released stack's pages are on even on a machine
   // with one node (the check always runs with several nodes).
   bool stack_numa_check = false;

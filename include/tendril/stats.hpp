@@ -25,6 +25,7 @@ struct Stats {
 #define TENDRIL_STATS_FIELD(storage, field, doc) std::uint64_t field = 0;
   TENDRIL_SCHEDULER_COUNTERS(TENDRIL_STATS_FIELD)
   std::uint64_t fibers_live = 0;       // spawned and not yet finished
+  std::uint64_t fibers_unstarted = 0;  // gauge: of those, not run yet; they get their stack when they first run
   std::uint64_t stalls = 0;            // fibers the stall watchdog caught holding a worker too long (not per worker)
 
   // Stacks (see <tendril/fiber.hpp> for the stack model).

@@ -166,48 +166,126 @@ std::string spawn_site_of(Unwinder& u, const void* ops) {
   return sym.empty() ? "?" : sym;
 }
 
+// A fiber spawned with a deferred stack that has not run yet: no stack, so
+// the walk of live stacks does not see it (see FiberCtl::start_closure).
+// A freed record keeps its last tenant's stack (or, for one that never
+// ran, had it cleared), so only a live unstarted fiber matches; one that
+// binds its stack while we look may be listed twice, which the caller undoes.
+TENDRIL_RACY_READER bool looks_unstarted(const FiberCtl* f) noexcept {
+  return *static_cast<void* const volatile*>(static_cast<const void*>(&f->ctx.fctx)) == nullptr &&
+         *static_cast<char* const volatile*>(&f->stack.lo) == nullptr &&
+         *static_cast<const volatile std::size_t*>(&f->stack.limit) != 0 &&
+         *static_cast<const volatile FiberId*>(&f->id) != 0;
+}
+
+struct Unstarted {
+  const FiberCtl* f;
+  FiberId id;
+};
+
+std::vector<Unstarted> collect_unstarted(Scheduler& s) {
+  std::vector<Unstarted> out;
+  for (unsigned home = 0; home <= s.external_stack_index(); ++home) {
+    s.ctl_cache(home).for_each_carved(
+        [](const FiberCtl* f, void* v) {
+          if (!looks_unstarted(f)) return;
+          static_cast<std::vector<Unstarted>*>(v)->push_back({f, *static_cast<const volatile FiberId*>(&f->id)});
+        },
+        &out);
+  }
+  return out;
+}
+
+// What the dump says of the fiber whose stack `ls` is; false if there is
+// nothing to say (being spawned, finished, or not the fiber `ls` names).
+bool describe_fiber(Scheduler& s, Unwinder& u, const LiveStack& ls, FiberInfo* out) {
+  FiberCtl* f = fiber_ctl_of(ls);
+  if (ls.fiber_id == 0 || f == nullptr) return false;  // being spawned
+  Snapshot snap = read_ctl(f);
+  if (snap.id != ls.fiber_id) return false;  // spawned or finished meanwhile
+  // Finished, its stack kept only for a Fiber handle not joined yet.
+  if (f->join_state.load(std::memory_order_acquire) == FiberCtl::kDone) return false;
+  FiberInfo& info = *out;
+  info.id = snap.id;
+  info.name = snap.name;
+  info.stack_mapped = std::size_t(ls.mapped_pages) * 4096;
+  info.stack_high_water = ls.high_water;
+  info.spawn_site = spawn_site_of(u, snap.ops);
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    const WaitFor what(snap.wait, 0);
+    info.worker = running_worker(s, f);
+    if (what.reason() != WaitReason::none) {
+      info.state = FiberState::parked;
+      info.reason = what.reason();
+      info.fd = names_fd(what.reason()) ? what.fd() : -1;
+      info.worker = int((snap.wait >> WaitFor::kWorkerShift) & 0xff);
+      info.parked_for = std::chrono::nanoseconds(std::max<std::int64_t>(0, park_clock_ns() - snap.since));
+      if (!frames_of_parked(u, f, ls.slot, snap, &info.frames)) {
+        info.frames.clear();
+        snap = read_ctl(f);
+        if (snap.id != ls.fiber_id) break;
+        continue;  // it ran meanwhile: look again
+      }
+    } else {
+      info.state = info.worker >= 0 ? FiberState::running : FiberState::runnable;
+    }
+    break;
+  }
+  return true;
+}
+
+// A fiber the walk of records found without a stack and the walk of live
+// stacks did not list: still waiting for its first run (runnable, no frames),
+// or, if it has got its stack since, described as the others are.
+TENDRIL_RACY_READER bool describe_unstarted(Scheduler& s, Unwinder& u, const Unstarted& c, FiberInfo* out) {
+  if (*static_cast<const volatile FiberId*>(&c.f->id) != c.id) return false;  // ended meanwhile
+  if (!looks_unstarted(c.f)) {
+    LiveStack ls;
+    ls.slot.lo = *static_cast<char* const volatile*>(&c.f->stack.lo);
+    ls.slot.hi = *static_cast<char* const volatile*>(&c.f->stack.hi);
+    ls.slot.limit = *static_cast<const volatile std::size_t*>(&c.f->stack.limit);
+    ls.fiber_id = c.id;
+    ls.ctl = c.f;
+    return ls.slot.lo != nullptr && describe_fiber(s, u, ls, out);
+  }
+  const Snapshot snap = read_ctl(c.f);
+  if (snap.id != c.id) return false;
+  out->id = snap.id;
+  out->name = snap.name;
+  out->state = FiberState::runnable;
+  out->spawn_site = spawn_site_of(u, snap.ops);
+  return true;
+}
+
 void for_each_fiber(Scheduler& s, void (*fn)(FiberInfo& info, void* arg), void* arg) {
   std::lock_guard<std::mutex> lock(g_dump_mu);
+  // First the fibers without stacks: one that gets its stack after this
+  // look is still found below, by one walk or the other.
+  const std::vector<Unstarted> unstarted = collect_unstarted(s);
   std::vector<LiveStack> live;
   stack_for_each_live([](const LiveStack& ls, void* v) { static_cast<std::vector<LiveStack>*>(v)->push_back(ls); },
                       &live);
   std::sort(live.begin(), live.end(), [](const LiveStack& a, const LiveStack& b) { return a.fiber_id < b.fiber_id; });
   Unwinder u;
+  std::vector<FiberInfo> infos;
   for (const LiveStack& ls : live) {
-    FiberCtl* f = fiber_ctl_of(ls);
-    if (ls.fiber_id == 0 || f == nullptr) continue;  // being spawned
-    Snapshot snap = read_ctl(f);
-    if (snap.id != ls.fiber_id) continue;  // spawned or finished meanwhile
-    // Finished, its stack kept only for a Fiber handle not joined yet.
-    if (f->join_state.load(std::memory_order_acquire) == FiberCtl::kDone) continue;
     FiberInfo info;
-    info.id = snap.id;
-    info.name = snap.name;
-    info.stack_mapped = std::size_t(ls.mapped_pages) * 4096;
-    info.stack_high_water = ls.high_water;
-    info.spawn_site = spawn_site_of(u, snap.ops);
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      const WaitFor what(snap.wait, 0);
-      info.worker = running_worker(s, f);
-      if (what.reason() != WaitReason::none) {
-        info.state = FiberState::parked;
-        info.reason = what.reason();
-        info.fd = names_fd(what.reason()) ? what.fd() : -1;
-        info.worker = int((snap.wait >> WaitFor::kWorkerShift) & 0xff);
-        info.parked_for = std::chrono::nanoseconds(std::max<std::int64_t>(0, park_clock_ns() - snap.since));
-        if (!frames_of_parked(u, f, ls.slot, snap, &info.frames)) {
-          info.frames.clear();
-          snap = read_ctl(f);
-          if (snap.id != ls.fiber_id) break;
-          continue;  // it ran meanwhile: look again
-        }
-      } else {
-        info.state = info.worker >= 0 ? FiberState::running : FiberState::runnable;
-      }
-      break;
-    }
-    fn(info, arg);
+    if (describe_fiber(s, u, ls, &info)) infos.push_back(std::move(info));
   }
+  const std::size_t with_stacks = infos.size();
+  for (const Unstarted& c : unstarted) {
+    const bool listed = std::binary_search(infos.begin(), infos.begin() + std::ptrdiff_t(with_stacks), c.id,
+                                           [](const auto& a, const auto& b) {
+                                             if constexpr (std::is_same_v<std::decay_t<decltype(a)>, FiberInfo>)
+                                               return a.id < b;
+                                             else
+                                               return a < b.id;
+                                           });
+    FiberInfo info;
+    if (!listed && describe_unstarted(s, u, c, &info)) infos.push_back(std::move(info));
+  }
+  std::sort(infos.begin(), infos.end(), [](const FiberInfo& a, const FiberInfo& b) { return a.id < b.id; });
+  for (FiberInfo& info : infos) fn(info, arg);
 }
 
 }  // namespace tendril::detail

@@ -25,7 +25,11 @@ char* align_down(char* p, std::size_t a) noexcept {
 
 // A released fiber's stack slot, into the cache of this worker, or of the
 // plain threads' index (which they share under a lock).
-void release_fiber_stack(Worker* w, const StackSlot& slot) noexcept {
+void release_fiber_stack(Worker* w, const StackSlot& slot, unsigned home) noexcept {
+  if (slot.lo == nullptr) {  // it never ran: the room kept for its stack goes back
+    if (current_scheduler() != nullptr) stack_cancel_deferred(home, slot.limit);
+    return;
+  }
   if (w != nullptr) {
     stack_release(w->index(), slot);
   } else if (Scheduler* s = current_scheduler()) {
@@ -57,7 +61,13 @@ void release_fiber(FiberCtl* f) noexcept {
     }
   }
   context_destroy(f->ctx);
-  release_fiber_stack(w, f->stack);
+  release_fiber_stack(w, f->stack, f->home);
+  if (f->stack.lo == nullptr) {  // it never ran
+    f->ops->destroy(f->start_closure);
+    // The fiber dump tells an unstarted fiber's record by its limit without
+    // a stack (looks_unstarted): a freed one must not look like it.
+    *static_cast<volatile std::size_t*>(&f->stack.limit) = 0;
+  }
   // A compaction list still points at the record: it stays as it is until
   // the list lets go (release_listed_fiber_record). Acquire: a list that
   // let go of it (kNotListed, stored with release after its last read of
@@ -144,11 +154,25 @@ std::size_t validate_stack_limit(std::size_t requested, const ClosureOps& ops) {
   return limit;
 }
 
-// Builds the fiber: its control block in `record` (from a FiberCtlCache,
-// whose index is `home`), the callable at the top of its fresh stack, the
-// first frame below that.
-FiberCtl* place_fiber(void* record, unsigned home, const StackSlot& slot, FiberId id,
-                      const SpawnOptions& options, const ClosureOps& ops, void* closure) noexcept {
+// The control block of a new fiber in `record` (from a FiberCtlCache, whose
+// index is `home`), without its stack.
+FiberCtl* place_record(void* record, unsigned home, FiberId id, const SpawnOptions& options,
+                       const ClosureOps& ops) noexcept {
+  auto* f = ::new (record) FiberCtl;
+  f->ops = &ops;
+  f->id = id;
+  f->home = std::uint16_t(home);
+  if (!options.name.empty()) {
+    const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
+    std::memcpy(f->name, options.name.data(), n);
+  }
+  return f;
+}
+
+// Gives f the stack in `slot`: the callable moved from `closure` to its top,
+// the first frame below that.
+void place_on_stack(FiberCtl* f, const StackSlot& slot, void* closure) noexcept {
+  const ClosureOps& ops = *f->ops;
 #if TENDRIL_ASAN
   // The top of a reused stack may still carry the poison of frames that never
   // returned (a fiber abandoned parked); context_make clears only the part
@@ -156,24 +180,33 @@ FiberCtl* place_fiber(void* record, unsigned home, const StackSlot& slot, FiberI
   const std::size_t top = ops.size + ops.align + 64;
   __asan_unpoison_memory_region(slot.hi - top, top);
 #endif
-  auto* f = ::new (record) FiberCtl;
   char* cl = align_down(slot.hi - ops.size, ops.align);
   ops.move_construct(cl, closure);  // nothrow for the closures spawn() builds from movable args
-  f->ops = &ops;
   f->closure = cl;
   f->stack = slot;
-  f->id = id;
-  f->home = std::uint16_t(home);
-  const char* name = nullptr;
-  if (!options.name.empty()) {
-    const std::size_t n = std::min(options.name.size(), sizeof(f->name) - 1);
-    std::memcpy(f->name, options.name.data(), n);
-    name = f->name;
-  }
   context_make(f->ctx, slot.lo, align_down(cl, 64), fiber_entry);
-  stack_set_owner(slot, id, name, f);
-  return f;
+  stack_set_owner(slot, f->id, f->name[0] != '\0' ? f->name : nullptr, f);
 }
+
+// Whether a fiber spawned with these may wait for its first run without a
+// stack: its callable fits where the record keeps it (see
+// FiberCtl::start_closure) and moves without throwing.
+bool may_defer_stack(const ClosureOps& ops) noexcept {
+  return ops.nothrow_move && ops.size <= sizeof(FiberCtl::start_closure) && ops.align <= 16;
+}
+
+}  // namespace
+
+bool bind_unstarted_fiber(FiberCtl* f, unsigned worker, bool cache_only) noexcept {
+  StackSlot slot;
+  if (!stack_allocate_deferred(worker, f->home, f->stack.limit, f->closure, cache_only, &slot)) return false;
+  place_on_stack(f, slot, f->start_closure);
+  f->ops->destroy(f->start_closure);  // moved from
+  ::new (&f->waiter) Waiter(f);
+  return true;
+}
+
+namespace {
 
 }  // namespace
 
@@ -186,16 +219,36 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
   const void* site = options.site != nullptr ? options.site : &ops;
   if (Worker* w = current_worker()) {
     // The common case, kept free of locks: the worker's own stack index and
-    // id block, and the child runs next here.
-    const StackSlot slot = stack_allocate(w->index(), limit, site);
-    void* record;
-    try {
-      record = w->ctl_cache().take();
-    } catch (...) {
-      stack_release(w->index(), slot);
-      throw;
+    // id block, and the child runs next here. Its stack is bound when it
+    // first runs (Worker::pick_next), from the cache of the worker that
+    // runs it: a spawner that runs ahead of its children (skynet's parents
+    // spawn ten, then wait) holds no page for each child still queued, and
+    // the children that run take the stacks those that ended gave back.
+    FiberCtl* f;
+    if (may_defer_stack(ops) && stack_defer(w->index(), limit)) {
+      void* record;
+      try {
+        record = w->ctl_cache().take();
+      } catch (...) {
+        stack_cancel_deferred(w->index(), limit);
+        throw;
+      }
+      f = place_record(record, w->index(), w->next_fiber_id(), options, ops);
+      ops.move_construct(f->start_closure, closure);
+      f->closure = const_cast<void*>(site);
+      f->stack.limit = limit;
+    } else {
+      const StackSlot slot = stack_allocate(w->index(), limit, site);
+      void* record;
+      try {
+        record = w->ctl_cache().take();
+      } catch (...) {
+        stack_release(w->index(), slot);
+        throw;
+      }
+      f = place_record(record, w->index(), w->next_fiber_id(), options, ops);
+      place_on_stack(f, slot, closure);
     }
-    FiberCtl* f = place_fiber(record, w->index(), slot, w->next_fiber_id(), options, ops, closure);
     WorkerCounters::bump(w->counters().spawned);
     w->push_runnext(f);
     return f;
@@ -212,7 +265,8 @@ FiberCtl* spawn_fiber(const SpawnOptions& options, const ClosureOps& ops, void* 
       stack_release(home, slot);
       throw;
     }
-    f = place_fiber(record, home, slot, s->allocate_id_block(1), options, ops, closure);
+    f = place_record(record, home, s->allocate_id_block(1), options, ops);
+    place_on_stack(f, slot, closure);
   }
   s->external_spawned.fetch_add(1, std::memory_order_relaxed);
   s->ready(f, /*handoff=*/true);

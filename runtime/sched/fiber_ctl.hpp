@@ -89,12 +89,14 @@ struct FiberLocalTable;  // include/tendril/fiber_local.hpp
 std::int64_t park_clock_ns() noexcept;
 
 struct alignas(64) FiberCtl {
+  FiberCtl() noexcept : waiter(this) {}
+
   Context ctx;
   FiberCtl* next = nullptr;  // intrusive link for the global queue
   FiberId id = 0;
   StackSlot stack;
 
-  // The callable, moved onto the stack just below this block.
+  // The callable, moved onto the top of the stack.
   const ClosureOps* ops = nullptr;
   void* closure = nullptr;
 
@@ -165,15 +167,29 @@ struct alignas(64) FiberCtl {
   std::atomic<Worker*> pin_home{nullptr};  // the worker it must run on, or nullptr
   FiberCtl* pin_next = nullptr;              // link in pin_home's pinned inbox
 
-  // The Waiter of the fiber's common waits (OwnWaiter in park.hpp): here
-  // rather than on the stack, so a waker touches only this block. Last, so
-  // that the lines the switch path reads stay as they were.
-  Waiter waiter{this};
+  union {
+    // The Waiter of the fiber's common waits (OwnWaiter in park.hpp): here
+    // rather than on the stack, so a waker touches only this block. Last, so
+    // that the lines the switch path reads stay as they were.
+    Waiter waiter;
+    // A fiber spawned with a deferred stack (ctx.fctx == nullptr: it has not
+    // run, and has no stack) keeps its callable here until it first runs:
+    // nobody waits on a fiber's own Waiter before then. Binding its stack
+    // moves the callable onto the stack and builds the Waiter (see
+    // bind_unstarted_fiber); until then `closure` holds its spawn site and
+    // `stack` only the limit.
+    alignas(16) unsigned char start_closure[sizeof(Waiter)];
+  };
 };
 
 // Gives f's stack back (the last reference is gone): on this worker, or, if
 // f ended on a worker of another NUMA node, through that worker.
 void release_fiber(FiberCtl* f) noexcept;
+// Gives f, spawned with a deferred stack and about to run for the first time
+// on `worker`, its stack: from `worker`'s cache or arena, else false when that
+// arena is full and `worker` is not f's home, which kept room for it. With
+// `cache_only`, false when the cache has none (see stack_allocate_deferred).
+bool bind_unstarted_fiber(FiberCtl* f, unsigned worker, bool cache_only) noexcept;
 // The rest of release_fiber for a fiber released while a compaction list
 // held it (kReleasedListed): destroys the record and returns it to its
 // cache. Called by the worker whose list let go of it.

@@ -78,8 +78,22 @@ void* FiberCtlCache::take_slow() {
   }
   void* r = bump_;
   bump_ += kRecordBytes;
-  carved_.store(carved_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // one writer
+  // One writer. Release: a reader that sees the count sees the reservation
+  // the record is in (for_each_carved).
+  carved_.store(carved_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
   return r;
+}
+
+void FiberCtlCache::for_each_carved(void (*fn)(const FiberCtl*, void*), void* arg) const noexcept {
+  // Records are carved in order, region after region, and a full region's
+  // tail (less than a record) stays unused.
+  constexpr std::size_t kPerRegion = kRegionBytes / kRecordBytes;
+  const std::size_t n = carved_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < n; ++i) {
+    const char* region = *static_cast<char* const volatile*>(&regions_[i / kPerRegion]);
+    if (region == nullptr) return;
+    fn(reinterpret_cast<const FiberCtl*>(region + (i % kPerRegion) * kRecordBytes), arg);
+  }
 }
 
 bool FiberCtlCache::owns(const void* p) const noexcept {

@@ -85,6 +85,10 @@ class FiberCtlCache {
 
   // Records carved so far (in use, cached, or on their way home). Any thread.
   std::size_t carved() const noexcept { return carved_.load(std::memory_order_relaxed); }
+  // Calls fn on every record carved so far (in use, cached or on its way
+  // home), in the order carved. Any thread: what it finds there is read
+  // racily, and the debug tools that call it check what they read.
+  void for_each_carved(void (*fn)(const FiberCtl* record, void* arg), void* arg) const noexcept;
   // Whether `p` lies in one of this cache's reservations. Owner only (tests).
   bool owns(const void* p) const noexcept;
 

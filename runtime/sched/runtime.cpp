@@ -184,6 +184,7 @@ Options Options::with_environment() const {
   if (const char* v = std::getenv("TENDRIL_STACK_BURST_US"))
     o.stack_burst = std::chrono::microseconds(parse_at_most("TENDRIL_STACK_BURST_US", v, kMaxBurstUs));
   if (const char* v = std::getenv("TENDRIL_STACK_LEARN")) o.stack_learn_depth = parse_bool("TENDRIL_STACK_LEARN", v);
+  if (const char* v = std::getenv("TENDRIL_STACK_DEFER")) o.stack_defer = parse_bool("TENDRIL_STACK_DEFER", v);
   if (const char* v = std::getenv("TENDRIL_STACK_NUMA_CHECK"))
     o.stack_numa_check = parse_bool("TENDRIL_STACK_NUMA_CHECK", v);
   if (const char* v = std::getenv("TENDRIL_STACK_PLACE")) o.stack_place = parse_choice("TENDRIL_STACK_PLACE", v, "owner", "faulter");

@@ -185,6 +185,7 @@ Stats Scheduler::snapshot() const {
   }
   s.fibers_live = s.fibers_spawned > finished ? s.fibers_spawned - finished : 0;
   s.stalls = stalls.load(std::memory_order_relaxed);
+  s.fibers_unstarted = stack_deferred_count();
   const StackCounters st = stack_counters();
   s.stack_mode = st.mode;
   s.stack_faults = st.stack_faults;

@@ -198,6 +198,9 @@ class Worker {
   std::atomic<FiberCtl*> releases_{nullptr};  // defer_release's list, linked through FiberCtl::next
   void release_deferred() noexcept;
   std::uint32_t runnext_streak_ = 0;
+  // Picked on a fiber's switch with no stack yet and none cached: runs next,
+  // once the scheduler context has bound it a fresh one (see pick_next).
+  FiberCtl* unbound_next_ = nullptr;
   std::uint32_t tick_ = 0;
   std::uint32_t steal_seed_ = 0;
   // NUMA node of the CPU this worker's thread runs on (set once it is

@@ -200,7 +200,8 @@ bool Worker::switch_if_runnable(FiberCtl* self, SwitchAction action, void* arg) 
   // Nothing else to run, but (now and then) parked fibers are due for
   // compaction: a fiber that only yields must not hold that off for good;
   // it goes through the scheduler context, which compacts and runs it again.
-  if (next == nullptr && !(__builtin_expect(compact_on_, false) && compaction_due())) return false;
+  if (next == nullptr && unbound_next_ == nullptr && !(__builtin_expect(compact_on_, false) && compaction_due()))
+    return false;
   switch_to(self, self->ctx, next, action, arg, false);
   return true;
 }
@@ -219,10 +220,31 @@ FiberCtl* Worker::pick_local() noexcept {
 }
 
 FiberCtl* Worker::pick_next() noexcept {
-  FiberCtl* f = pick_any();
-  if (__builtin_expect(sched_.pinned_fibers.load(std::memory_order_relaxed) != 0, false))
-    f = send_pinned_home(f);
-  return f;
+  // On a fiber's switch (it may hold the lock its park releases once the
+  // switch is done) a fiber that has not run yet gets a cached stack, or
+  // waits in unbound_next_ for the scheduler context, which may make one.
+  const bool on_fiber = current_.load(std::memory_order_relaxed) != nullptr;
+  for (;;) {
+    FiberCtl* f;
+    if (__builtin_expect(unbound_next_ != nullptr, false)) {
+      if (on_fiber) return nullptr;
+      f = unbound_next_;
+      unbound_next_ = nullptr;
+    } else {
+      f = pick_any();
+      if (__builtin_expect(sched_.pinned_fibers.load(std::memory_order_relaxed) != 0, false))
+        f = send_pinned_home(f);
+      if (f == nullptr || __builtin_expect(f->ctx.fctx != nullptr, true)) return f;
+    }
+    // It gets its stack here, where it will run.
+    if (bind_unstarted_fiber(f, index_, /*cache_only=*/on_fiber)) return f;
+    if (on_fiber) {
+      unbound_next_ = f;
+      return nullptr;
+    }
+    // This worker's arena is full: its home kept room for its stack.
+    sched_.worker(f->home).push_pinned(f);
+  }
 }
 
 FiberCtl* Worker::send_pinned_home(FiberCtl* f) noexcept {

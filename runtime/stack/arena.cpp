@@ -129,6 +129,40 @@
 // drop_released_slot (everything below the top page goes with one
 // MADV_DONTNEED) and a push; the top page stays so reuse costs no fault.
 //
+// # Deferred stacks: a fiber gets its stack when it first runs
+//
+// A fiber spawned on a worker whose callable fits in its control block
+// (FiberCtl::start_closure, 96 B, which the fiber's own Waiter uses once it
+// runs) and moves without throwing has no stack until a worker picks it to
+// run: the callable waits in the record, and Worker::pick_next binds a stack
+// from the cache of the worker that runs it. A spawner that runs ahead of its
+// children holds no page per queued child: in skynet five in six of the
+// fibers alive at the peak had not begun (bench/results/stack-density.md),
+// and each held a page from its spawn; now the children that run take the
+// stacks those that ended gave back, from the top of the cache.
+//  - Spawn still fails when the arena is full, never the first run: spawn
+//    promises the fiber a slot of its class in the spawner's arena
+//    (stack_defer), and a carve keeps as many slots uncarved as are promised
+//    (SubArena::deferred; preparers on other workers keep a margin beyond,
+//    since they read the count racily). The promise counts are written with
+//    plain stores by the owner, and with a locked add only when another
+//    worker runs the fiber or it is dropped unstarted. A thief whose own
+//    arena is full sends the fiber to its home's inbox, where the slot is.
+//  - A switch may take a cached stack in passing, lock-free, but not make a
+//    fresh one: the fiber switching away may still hold the lock its park
+//    releases once the switch is done, and a fresh slot is system calls
+//    (UFFDIO_COPY, on this guest microseconds). Such a fiber waits in
+//    Worker::unbound_next_ for the scheduler context, which makes it one and
+//    runs it next. Binding fresh slots inside the switch made a 100k-waiter
+//    WaitGroup's lock holders starve the other worker for 100 ms.
+//  - Out of memory for the top page at the first run is waited out as a
+//    fault waits it out (10 s), then the process stops with a message: the
+//    spawn has returned, there is nobody left to throw to.
+//  - Spawns from plain threads, and callables that do not fit, get their
+//    stack at spawn as before. Stats::fibers_unstarted counts the rest; the
+//    fiber dump lists them (runnable, no frames) from the record caches; the
+//    gdb script, which reads only the stack arena, does not.
+//
 // # Idle-stack compaction (uffd mode, Options::compact_after; 1 s by default)
 //
 // A fiber parked longer than compact_after has the used part of its stack
@@ -484,10 +518,11 @@ bool pop_free(SubArena& a, std::uint32_t* slot) {
 
 // The owner carves on its spawn path, and an idle worker of its node may carve
 // from the same arena to prepare stacks ahead for it (cache_prepare_ahead).
-bool try_carve_slot(SubArena& a, std::uint32_t* slot) noexcept {
+// `keep` slots must stay uncarved: those promised to deferred fibers.
+bool try_carve_slot(SubArena& a, std::uint32_t* slot, std::uint32_t keep) noexcept {
   std::uint32_t n = a.carved.load(std::memory_order_relaxed);
   do {
-    if (n >= a.capacity) return false;
+    if (std::uint64_t(n) + keep >= a.capacity) return false;
   } while (!a.carved.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel, std::memory_order_relaxed));
   *slot = n;
   return true;
@@ -509,7 +544,7 @@ class StackArenaFull : public std::bad_alloc {
 
 std::uint32_t carve_slot(SubArena& a) {
   std::uint32_t n;
-  if (!try_carve_slot(a, &n)) throw StackArenaFull(a.class_bytes, a.capacity);
+  if (!try_carve_slot(a, &n, a.deferred())) throw StackArenaFull(a.class_bytes, a.capacity);
   return n;
 }
 
@@ -748,6 +783,7 @@ void apply_tuning(const StackConfig& config) {
   g_stacks.burst_ns = config.burst_ns;
   g_stacks.learn_depth = config.learn_depth;
   g_stacks.compact = config.compact;
+  g_stacks.defer = config.defer;
 }
 
 // The staging area (registered: UFFDIO_MOVE's destination) and the two
@@ -879,7 +915,12 @@ bool arena_prepare_fresh_slot(WorkerStacks& preparer, WorkerStacks& owner, unsig
                               CacheEntry* entry) noexcept {
   SubArena& a = owner.arenas[cls];
   std::uint32_t slot;
-  if (a.base.load(std::memory_order_acquire) == nullptr || !try_carve_slot(a, &slot)) return false;
+  // The owner's deferrals are not ordered with this carve: keep a margin
+  // beyond them, so that racing preparers never eat a promised slot.
+  constexpr std::uint32_t kPreparerMargin = 64;
+  if (a.base.load(std::memory_order_acquire) == nullptr ||
+      !try_carve_slot(a, &slot, a.deferred() + kPreparerMargin))
+    return false;
   try {
     init_fresh_slot(owner, a, slot, limit_pages);
   } catch (...) {
@@ -968,7 +1009,11 @@ void stack_shutdown() noexcept {
 
 StackSlot stack_allocate(unsigned worker, std::size_t limit) { return stack_allocate(worker, limit, nullptr); }
 
-StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
+namespace {
+
+// stack_allocate; with `cache_only`, false instead of a slot from the arena
+// when the cache has none (nothing but the cache's lock-free take then).
+bool allocate_stack(unsigned worker, std::size_t limit, const void* site, bool cache_only, StackSlot* out) {
   if (!g_initialized || worker >= g_stacks.workers) throw std::system_error(EINVAL, std::generic_category(), "tendril: stack_allocate");
   std::size_t bytes = round_up_pages(std::max<std::size_t>(limit, kPage));
   unsigned cls = class_for(bytes);
@@ -988,6 +1033,7 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
     resident = prepare_cached_slot(w, r, limit_pages, e);
     extent = r.arena->cmeta[r.slot].extent_pages;
   } else {
+    if (cache_only) return false;
     add_single_writer(w.cache.counters.misses, 1);
     SubArena& a = arena_for(w, cls);
     std::uint32_t slot;
@@ -1013,11 +1059,105 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
   TENDRIL_ASSERT(resident >= 1, "a slot handed out has its top page resident");
   r.arena->meta[r.slot].state.store(kLive, std::memory_order_release);
   char* hi = r.arena->slot_hi(r.slot);
-  return StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot};
+  *out = StackSlot{hi - bytes, hi, bytes, std::uint32_t(r.owner - g_stacks.w) << kSlotBits | r.slot};
+  return true;
+}
+
+}  // namespace
+
+StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site) {
+  StackSlot slot;
+  allocate_stack(worker, limit, site, /*cache_only=*/false, &slot);
+  return slot;
+}
+
+namespace {
+
+// As long as a fault waits for a page before the process stops.
+constexpr unsigned kDeferredOutOfMemoryWaitMs = 10000;
+
+[[noreturn]] void die_no_deferred_stack(const char* why) noexcept {
+  char msg[320];
+  const int n = std::snprintf(msg, sizeof msg,
+                              "tendril: no stack for a fiber at its first run, on the worker that kept room for it: "
+                              "%s\n", why);
+  (void)!::write(STDERR_FILENO, msg, n > 0 ? std::min(std::size_t(n), sizeof msg - 1) : 0);
+  std::abort();
+}
+
+SubArena& deferral_arena(unsigned worker, std::size_t limit) {
+  return arena_for(g_stacks.w[worker], class_for(round_up_pages(std::max<std::size_t>(limit, kPage))));
+}
+
+}  // namespace
+
+bool stack_defer(unsigned worker, std::size_t limit) {
+  if (!g_initialized || !g_stacks.defer || worker >= g_stacks.workers) return false;
+  SubArena& a = deferral_arena(worker, limit);
+  // Only the owner promises, and only the owner carves without a margin:
+  // this check races with no other promise and with no carve of its own.
+  if (std::uint64_t(a.carved.load(std::memory_order_relaxed)) + a.deferred() + 1 > a.capacity) return false;
+  bump_single_writer(a.deferred_promised);
+  return true;
+}
+
+void stack_cancel_deferred(unsigned reserved_on, std::size_t limit) noexcept {
+  deferral_arena(reserved_on, limit).deferred_kept_away.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool stack_allocate_deferred(unsigned worker, unsigned reserved_on, std::size_t limit, const void* site,
+                             bool cache_only, StackSlot* out) noexcept {
+  SubArena& promised = deferral_arena(reserved_on, limit);
+  if (cache_only) {
+    // No carve, so the room kept is not needed for it: settled after.
+    bool got = false;
+    try {
+      got = allocate_stack(worker, limit, site, /*cache_only=*/true, out);
+    } catch (...) {
+    }
+    if (got) {
+      if (worker == reserved_on) bump_single_writer(promised.deferred_kept_here);
+      else promised.deferred_kept_away.fetch_add(1, std::memory_order_relaxed);
+    }
+    return got;
+  }
+  if (worker == reserved_on) {
+    // The promise is settled first: the carve below keeps room only for the
+    // other deferred fibers, so it finds the slot kept for this one.
+    bump_single_writer(promised.deferred_kept_here);
+    // Out of memory for its top page: wait as a fault does (the fiber has
+    // been spawned; there is nobody to hand the error to), then stop.
+    for (unsigned waited_ms = 0;; ++waited_ms) {
+      try {
+        *out = stack_allocate(worker, limit, site);
+        return true;
+      } catch (const std::system_error& e) {
+        if (e.code().value() != ENOMEM || waited_ms == kDeferredOutOfMemoryWaitMs) die_no_deferred_stack(e.what());
+      } catch (const std::exception& e) {
+        die_no_deferred_stack(e.what());
+      }
+      const timespec ms{0, 1000000};
+      nanosleep(&ms, nullptr);
+    }
+  }
+  try {
+    *out = stack_allocate(worker, limit, site);
+  } catch (...) {
+    return false;  // this worker's arena is full: the room is on the fiber's home worker
+  }
+  promised.deferred_kept_away.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+std::uint64_t stack_deferred_count() noexcept {
+  std::uint64_t n = 0;
+  for (unsigned i = 0; g_initialized && i < g_stacks.workers; ++i)
+    for (const SubArena& a : g_stacks.w[i].arenas) n += a.deferred();
+  return n;
 }
 
 void stack_follow_to_node(unsigned worker, const StackSlot& slot, const void* sp) noexcept {
-  if (cache_nodes() < 2) return;
+  if (cache_nodes() < 2 || slot.lo == nullptr) return;  // no stack yet: it gets one where it first runs
   WorkerStacks& w = g_stacks.w[worker];
   const int node = w.cache.node();
   const SlotRef r = decode_ref(slot.index, class_for(slot.limit));
@@ -1248,6 +1388,7 @@ void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
 }
 
 std::size_t stack_high_water(const StackSlot& slot) noexcept {
+  if (slot.lo == nullptr) return 0;  // a fiber that has not run yet has no stack
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];
   char* lowest = lowest_resident_page(slot.lo, slot.hi);

@@ -45,6 +45,7 @@ struct StackConfig {
   bool numa_check = false;                 // Options::stack_numa_check
   std::string place;                       // Options::stack_place: "", "owner" or "faulter"
   bool compact = false;                    // Options::compact_after != 0 (uffd mode only)
+  bool defer = true;                       // Options::stack_defer
 };
 
 // The stack subsystem's part of `options` (already validated, environment
@@ -62,6 +63,7 @@ inline StackConfig stack_config(const Options& options, unsigned workers) {
   c.numa_check = options.stack_numa_check;
   c.place = options.stack_place;
   c.compact = options.compact_after.count() > 0;
+  c.defer = options.stack_defer;
   return c;
 }
 
@@ -99,6 +101,29 @@ StackSlot stack_allocate(unsigned worker, std::size_t limit);
 // ClosureOps). The subsystem remembers how deep stacks from each site grew and
 // hands out a stack already mapped that deep. site == nullptr: no learning.
 StackSlot stack_allocate(unsigned worker, std::size_t limit, const void* site);
+// Deferred stacks: a fiber spawned on a worker may get its stack only when
+// it first runs, so that the fibers queued behind a busy spawner hold no
+// pages (skynet's parents spawn ten children each and most of them wait).
+// stack_defer, on worker `worker`, promises such a fiber a slot of `limit`'s
+// class in that worker's arena: false (nothing promised) when the arena has
+// no room to keep, in which case the spawn allocates now and fails there if
+// the arena is full. stack_allocate_deferred, on the worker that runs the
+// fiber first, allocates from its own cache and arena as stack_allocate does
+// and settles the promise made on `reserved_on`; false (the promise stands)
+// when its own arena is full and it is not `reserved_on` (the fiber goes
+// home, where the kept room is), or, with `cache_only`, when the cache has no
+// stack: a switch may take a cached stack in passing, but a fresh slot costs
+// system calls that must not run while the fiber switching away still holds
+// the lock its park releases. On `reserved_on`, a stack that cannot be had
+// (out of memory for ten seconds) stops the process with a message. A fiber
+// that never runs gives its promise back with stack_cancel_deferred.
+bool stack_defer(unsigned worker, std::size_t limit);
+bool stack_allocate_deferred(unsigned worker, unsigned reserved_on, std::size_t limit, const void* site,
+                             bool cache_only, StackSlot* out) noexcept;
+void stack_cancel_deferred(unsigned reserved_on, std::size_t limit) noexcept;
+// Fibers promised a stack and not yet given one (the gauge fibers_unstarted).
+std::uint64_t stack_deferred_count() noexcept;
+
 // Called on worker `worker` after the fiber using `slot` has switched away for
 // the last time; nothing runs on it any more.
 void stack_release(unsigned worker, const StackSlot& slot) noexcept;

@@ -117,6 +117,22 @@ struct SubArena {
   // FiberCtl, which lives off the stack.
   std::atomic<const void*>* ctl = nullptr;
   std::atomic<std::uint32_t> carved{0};  // slots handed out at least once (bump pointer)
+  // Fibers spawned on the owner that get their stack when they first run
+  // (stack_defer): the arena keeps that many slots uncarved for them, so
+  // carved + deferred() <= capacity. Three counts so that the owner's spawn
+  // and bind, the common pair, write with plain stores; only a fiber bound
+  // or dropped on another worker pays a locked add.
+  std::atomic<std::uint32_t> deferred_promised{0};    // owner only
+  std::atomic<std::uint32_t> deferred_kept_here{0};   // owner only
+  std::atomic<std::uint32_t> deferred_kept_away{0};   // other workers
+  std::uint32_t deferred() const noexcept {
+    // Read on another thread the counts may disagree for a moment (a kept
+    // promise seen before it was made): never below zero.
+    const auto d = std::int32_t(deferred_promised.load(std::memory_order_relaxed) -
+                                deferred_kept_here.load(std::memory_order_relaxed) -
+                                deferred_kept_away.load(std::memory_order_relaxed));
+    return d > 0 ? std::uint32_t(d) : 0;
+  }
   std::uint32_t local_free = 0;      // owner-only free list (slot + 1)
   std::uint32_t local_count = 0;
   std::atomic<std::uint32_t> remote_free{0};  // push-only Treiber stack fed by other workers
@@ -162,6 +178,9 @@ struct alignas(64) CompactCounters {  // written by the worker (TENDRIL_STACK_CO
 
 inline void add_single_writer(std::atomic<std::int64_t>& c, std::int64_t delta) noexcept {
   c.store(c.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
+inline void bump_single_writer(std::atomic<std::uint32_t>& c) noexcept {
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
 }
 
 // ---- the free-stack cache (cache.cpp) ----------------------------------------
@@ -294,6 +313,7 @@ struct StackRuntime {
   // Options::stack_place says otherwise.
   bool place_for_faulter = false;
   bool compact = false;         // idle-stack compaction is on (uffd mode with UFFDIO_MOVE)
+  bool defer = true;            // stacks may be bound at a fiber's first run (Options::stack_defer)
   WorkerStacks* w = nullptr;
 };
 
