@@ -17,6 +17,9 @@
 # the caller of the selected thread's innermost frame, so frame 1 onwards is
 # the fiber. No register is written, which is what makes it work on cores.
 # A running fiber is on some thread's stack: the commands name that thread.
+# A fiber that has not run yet has no stack (Options::stack_defer) and is not
+# listed: only the in-process fiber dump, which walks the control-block
+# caches, sees it.
 
 import struct
 import time
