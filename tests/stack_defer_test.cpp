@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <new>
 #include <cstdint>
 #include <set>
 #include <stdexcept>
@@ -144,6 +146,90 @@ TEST(StackDefer, StolenUnstartedFibersGetTheirStacksWhereTheyRun) {
     EXPECT_EQ(tendril::stats().fibers_unstarted, 0u);
     if (on_worker[0].load() == 0 || on_worker[1].load() == 0)
       GTEST_SKIP() << "every fiber ran on one worker: nothing was stolen";
+  });
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define TENDRIL_HUGE_STACK_ARENAS 0  // 1 GiB stacks: ASan poisons them whole, TSan has no room for the arenas
+#else
+#define TENDRIL_HUGE_STACK_ARENAS 1
+#endif
+
+unsigned worker_index() { return tendril::detail::current_worker()->index(); }
+
+// Spins (without yielding: this worker stays busy, the other may take what
+// is queued here) until `done` or a while has passed.
+void spin_until(const std::atomic<bool>& done, std::chrono::milliseconds at_most) {
+  const auto until = std::chrono::steady_clock::now() + at_most;
+  while (!done.load() && std::chrono::steady_clock::now() < until) {
+  }
+}
+
+// A thief whose own arena is full cannot bind a stolen fiber a stack: it
+// sends the fiber home, where the spawn kept room for it, and it runs there.
+TEST(StackDefer, AThiefWithAFullArenaSendsTheFiberHome) {
+  if (!TENDRIL_HUGE_STACK_ARENAS) GTEST_SKIP() << "needs 1 GiB stack arenas";
+  tendril::Options o;
+  o.workers = 2;
+  o.pin_workers = false;
+  o.stack_cache_bytes = 0;
+  o.stall_threshold = std::chrono::milliseconds(0);  // this worker spins on purpose
+  tendril::run(o, [] {
+    tendril::this_fiber::NoMigrate stay;
+    const unsigned home = worker_index(), thief = 1 - home;
+    tendril::SpawnOptions big;
+    big.stack_limit = std::size_t(1) << 30;  // the class with fewest slots
+    // The filler is taken by the other worker while this one spins, and
+    // there fills that worker's arena for the class (a big callable: its
+    // fibers get their stacks at spawn, from that arena).
+    tendril::Semaphore release(0);
+    std::vector<tendril::Fiber> fillers;
+    std::atomic<bool> filled{false};
+    bool filled_on_thief = false;
+    tendril::Fiber filler = tendril::spawn([&] {
+      filled_on_thief = worker_index() == thief;
+      tendril::this_fiber::NoMigrate there;
+      struct Padding {
+        char bytes[200] = {};
+      } pad;
+      try {
+        for (int i = 0; i < 100000; ++i)
+          fillers.push_back(tendril::spawn(big, [&release, pad] {
+            (void)pad;
+            release.acquire();
+          }));
+      } catch (const std::bad_alloc&) {
+      }
+      filled = true;
+    });
+    spin_until(filled, std::chrono::seconds(30));
+    filler.join();
+    if (!filled_on_thief) GTEST_SKIP() << "the other worker never took the filler";
+    ASSERT_FALSE(fillers.empty());
+    // Small fibers of the same class, spawned here: deferred, with room kept
+    // in this worker's arena. The thief takes some while this one spins.
+    constexpr int kDeferred = 64;
+    std::atomic<int> ran{0}, ran_on_thief{0};
+    tendril::WaitGroup all_ran;
+    all_ran.add(kDeferred);
+    const std::uint64_t steals_before = tendril::stats().steals;
+    for (int i = 0; i < kDeferred; ++i)
+      tendril::spawn(big, [&] {
+        ran_on_thief.fetch_add(worker_index() == thief ? 1 : 0);
+        ran.fetch_add(1);
+        all_ran.done();
+      }).detach();
+    EXPECT_EQ(tendril::stats().fibers_unstarted, std::uint64_t(kDeferred));
+    const std::atomic<bool> never{false};
+    spin_until(never, std::chrono::milliseconds(200));
+    const std::uint64_t steals = tendril::stats().steals - steals_before;
+    all_ran.wait();
+    EXPECT_EQ(ran.load(), kDeferred);
+    EXPECT_EQ(ran_on_thief.load(), 0) << "a fiber got a stack on the worker whose arena is full";
+    EXPECT_GT(steals, 0u) << "the thief took none: nothing was tested";
+    EXPECT_EQ(tendril::stats().fibers_unstarted, 0u);
+    release.release(static_cast<std::int64_t>(fillers.size()));
+    for (auto& f : fillers) f.join();
   });
 }
 
