@@ -310,13 +310,17 @@ TEST(FiberDump, CompleteWithManyFibersWhileWorkersRun) {
     tendril::WaitGroup gate;
     gate.add(1);
     tendril::WaitGroup done;
+    tendril::WaitGroup arrived;  // each waiter is about to park on the gate
     for (long i = 0; i < n; ++i) {
       done.add(1);
+      arrived.add(1);
       tendril::spawn([=]() mutable {
+        arrived.done();
         gate.wait();
         done.done();
       }).detach();
     }
+    arrived.wait();
     std::atomic<bool> stop{false};
     std::atomic<std::uint64_t> ticks{0};
     auto ticker = tendril::spawn([&] {

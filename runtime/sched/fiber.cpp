@@ -1,6 +1,7 @@
 // Spawning, running, finishing and joining fibers.
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -173,6 +174,11 @@ FiberCtl* place_record(void* record, unsigned home, FiberId id, const SpawnOptio
 // the first frame below that.
 void place_on_stack(FiberCtl* f, const StackSlot& slot, void* closure) noexcept {
   const ClosureOps& ops = *f->ops;
+  // The slot names its owner before the record names its stack: the fiber
+  // dump, which looks at records for fibers without a stack and then at the
+  // slots, finds a fiber getting its stack meanwhile in one or the other.
+  stack_set_owner(slot, f->id, f->name[0] != '\0' ? f->name : nullptr, f);
+  std::atomic_thread_fence(std::memory_order_release);
 #if TENDRIL_ASAN
   // The top of a reused stack may still carry the poison of frames that never
   // returned (a fiber abandoned parked); context_make clears only the part
@@ -185,7 +191,6 @@ void place_on_stack(FiberCtl* f, const StackSlot& slot, void* closure) noexcept 
   f->closure = cl;
   f->stack = slot;
   context_make(f->ctx, slot.lo, align_down(cl, 64), fiber_entry);
-  stack_set_owner(slot, f->id, f->name[0] != '\0' ? f->name : nullptr, f);
 }
 
 // Whether a fiber spawned with these may wait for its first run without a
