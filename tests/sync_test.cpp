@@ -138,17 +138,27 @@ TEST(CondVar, NotifyAllWakesEveryWaiterAndNotifyOneWakesOne) {
     tendril::Mutex m;
     tendril::CondVar cv;
     int generation = 0;
+    int waiting = 0;  // under m: waiters that read generation 0
     std::atomic<int> woke{0};
     std::vector<tendril::Fiber> fs;
     for (int i = 0; i < 10; ++i) {
       fs.push_back(tendril::spawn([&] {
         std::unique_lock<tendril::Mutex> lk(m);
         const int g = generation;
+        ++waiting;
         cv.wait(lk, [&] { return generation != g; });
         ++woke;
       }));
     }
-    tendril::this_fiber::sleep_for(10ms);
+    // Every waiter has read generation 0 (and, holding m until it waits,
+    // is in the wait) before the generation moves on.
+    for (;;) {
+      {
+        std::lock_guard<tendril::Mutex> g(m);
+        if (waiting == 10) break;
+      }
+      tendril::this_fiber::sleep_for(1ms);
+    }
     {
       std::lock_guard<tendril::Mutex> g(m);
       ++generation;
@@ -159,17 +169,26 @@ TEST(CondVar, NotifyAllWakesEveryWaiterAndNotifyOneWakesOne) {
 
     // notify_one wakes exactly one of two waiters.
     std::atomic<int> returned{0};
+    waiting = 0;
     auto w1 = tendril::spawn([&] {
       std::unique_lock<tendril::Mutex> lk(m);
+      ++waiting;
       cv.wait(lk);
       ++returned;
     });
     auto w2 = tendril::spawn([&] {
       std::unique_lock<tendril::Mutex> lk(m);
+      ++waiting;
       cv.wait(lk);
       ++returned;
     });
-    tendril::this_fiber::sleep_for(10ms);
+    for (;;) {
+      {
+        std::lock_guard<tendril::Mutex> g(m);
+        if (waiting == 2) break;
+      }
+      tendril::this_fiber::sleep_for(1ms);
+    }
     cv.notify_one();
     tendril::this_fiber::sleep_for(20ms);
     EXPECT_EQ(returned.load(), 1);
