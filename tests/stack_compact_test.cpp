@@ -526,6 +526,10 @@ ParkedInCatch park_in_catch(std::chrono::milliseconds compact_after) {
   // the other worker's loop) varies with timing, and so does how deep the
   // resumption's own frames reach below the park.
   o.workers = 1;
+  // Its stack at spawn, for the same reason: a deferred stack is bound on
+  // the spawner's switch or on the scheduler context, depending on what the
+  // cache holds, and the first switch's frames on the new stack differ.
+  o.stack_defer = false;
   tendril::run(o, [&] {
     r.compaction = compaction_on();
     tendril::Channel<int> ch(0);
