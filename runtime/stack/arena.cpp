@@ -158,6 +158,12 @@
 //  - Out of memory for the top page at the first run is waited out as a
 //    fault waits it out (10 s), then the process stops with a message: the
 //    spawn has returned, there is nobody left to throw to.
+//  - Measured (bench/results/stack-defer.md, A/B and Go in one run):
+//    skynet at the default limit 716-794 ms and 161-183 MiB peak, against
+//    1,550-1,673 ms and 418-456 MiB with stacks at spawn and Go's
+//    1,068-1,171 ms and 221-227 MiB. Spawn+join from the cache: within
+//    noise of stacks at spawn, perhaps a few percent dearer (the callable
+//    moves twice).
 //  - Spawns from plain threads, and callables that do not fit, get their
 //    stack at spawn as before. Stats::fibers_unstarted counts the rest; the
 //    fiber dump lists them (runnable, no frames) from the record caches; the
