@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 
+#include "tests/park_probe.hpp"
 #include "tests/scale.hpp"
 #include <netinet/in.h>
 #include <poll.h>
@@ -578,7 +579,7 @@ TEST_P(Net, WaitReadableWaitsForDataAndConsumesNothing) {
     auto c2 = TcpStream::connect("127.0.0.1", l.local_port());
     TcpStream s2 = l.accept();
     tendril::Fiber closed_under = tendril::spawn([&] { c2.wait_readable(ec); });
-    tendril::this_fiber::sleep_for(20ms);
+    tendril_test::wait_until_parked(closed_under.id(), tendril::WaitReason::net_read);
     c2.close();
     closed_under.join();
     EXPECT_EQ(ec, std::errc::operation_canceled);
@@ -760,7 +761,7 @@ TEST_P(Net, CloseCancelsAReadInAnotherFiber) {
       char b;
       EXPECT_EQ(code_of([&] { c.read(&b, 1); }), std::errc::operation_canceled);
     });
-    tendril::this_fiber::sleep_for(20ms);
+    tendril_test::wait_until_parked(reader.id(), tendril::WaitReason::net_read);
     c.close();
     reader.join();
     EXPECT_FALSE(c.is_open());
@@ -768,7 +769,7 @@ TEST_P(Net, CloseCancelsAReadInAnotherFiber) {
     tendril::Fiber acceptor = tendril::spawn([&] {
       EXPECT_EQ(code_of([&] { l.accept(); }), std::errc::operation_canceled);
     });
-    tendril::this_fiber::sleep_for(20ms);
+    tendril_test::wait_until_parked(acceptor.id(), tendril::WaitReason::net_accept);
     l.close();
     acceptor.join();
   });

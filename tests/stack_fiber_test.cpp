@@ -174,6 +174,9 @@ struct DeepArgs {
   std::size_t deepest_hw = 0;
   const void* deepest_frame = nullptr;
   long min_frames = 0;            // recurse at least this deep, whatever the high water says
+  std::size_t min_depth = 0;      // and at least this many bytes below the first frame
+  std::uintptr_t first_frame = 0;  // set by deep() at depth 0
+  std::size_t deepest_depth = 0;  // bytes from the first frame to the deepest
 };
 
 // Recurses until the fiber's high-water mark reaches the target, then checks
@@ -184,10 +187,13 @@ __attribute__((noinline)) long deep(DeepArgs& a, long depth) {
   asm volatile("" : : "r"(frame) : "memory");
   long below;
   std::size_t hw = tendril::this_fiber::stack_high_water();
+  if (depth == 0) a.first_frame = reinterpret_cast<std::uintptr_t>(frame);
+  const std::size_t below_first = a.first_frame - reinterpret_cast<std::uintptr_t>(frame);
   // A stack reused from the free-stack cache still holds its previous user's
   // frames (and may be premapped to its spawn site's learned depth), so its
-  // high water can start out deep: min_frames forces real recursion there.
-  if (hw < a.target_high_water || depth + 1 < a.min_frames) {
+  // high water can start out deep: min_frames and min_depth force real
+  // recursion there.
+  if (hw < a.target_high_water || depth + 1 < a.min_frames || below_first < a.min_depth) {
     if (a.yield_every != 0 && depth % a.yield_every == 0) {
       note_cpu(*a.st);
       tendril::this_fiber::yield();  // may move to the other worker mid-recursion
@@ -196,6 +202,7 @@ __attribute__((noinline)) long deep(DeepArgs& a, long depth) {
   } else {
     a.deepest_hw = hw;
     a.deepest_frame = frame;
+    a.deepest_depth = below_first;
     if (a.at_bottom != nullptr) a.at_bottom(a);
     below = 0;
   }
@@ -232,6 +239,7 @@ TEST(StackFiber, DeepRecursionNearTheLimitInManyFibersOnBothWorkers) {
   DeepStats st;
   std::vector<std::size_t> deepest(kFibers);
   std::vector<long> frames(kFibers);
+  std::vector<std::size_t> depth(kFibers);
   std::string mode;
   tendril::run(two_workers(), [&] {
     mode = tendril::stats().stack_mode;
@@ -241,8 +249,14 @@ TEST(StackFiber, DeepRecursionNearTheLimitInManyFibersOnBothWorkers) {
           tendril::SpawnOptions{"deep-" + std::to_string(i), kLimit},
           [&, i] {
             DeepArgs a{unsigned(i) + 1, kLimit - 16 * kKiB, 32, &st, yield_until_both_cpus_seen};
+            // Fibers that start after others have ended run on their cached
+            // stacks, whose high water is deep already: recurse for real
+            // (measured by frame addresses, which ASan may move to its fake
+            // stack).
+            if (!kAsan) a.min_depth = kLimit - 32 * kKiB;
             frames[i] = deep(a, 0);
             deepest[i] = a.deepest_hw;
+            depth[i] = a.deepest_depth;
           }));
     }
     for (auto& f : fibers) f.join();
@@ -252,9 +266,10 @@ TEST(StackFiber, DeepRecursionNearTheLimitInManyFibersOnBothWorkers) {
   for (int i = 0; i < kFibers; ++i) {
     EXPECT_GE(deepest[i], kLimit - 16 * kKiB) << "fiber " << i;
     EXPECT_LE(deepest[i], kLimit) << "fiber " << i;
-    // ~1 KiB frames: about 240 of them to reach 240 KiB.
+    // ~1 KiB frames: at least half as many as KiB of depth.
     if (!kAsan) {
-      EXPECT_GE(frames[i], long((kLimit - 32 * kKiB) / kKiB)) << "fiber " << i;
+      EXPECT_GE(depth[i], kLimit - 32 * kKiB) << "fiber " << i;
+      EXPECT_GE(frames[i], long((kLimit - 32 * kKiB) / (2 * kKiB))) << "fiber " << i;
     }
   }
   if (cpus_available() >= 2) {

@@ -728,7 +728,9 @@ void Worker::note_parked(FiberCtl* f) noexcept {
   f->compact_since.store(f->park.since, std::memory_order_relaxed);
   f->compact_wait.store(w, std::memory_order_release);
   compact_due_ = std::min(compact_due_, f->park.since + compact_after_ns_);
-  if (f->compact_listed.load(std::memory_order_relaxed) != FiberCtl::kNotListed) return;
+  // Acquire: the lister that last let go of it (another worker's walk) wrote
+  // its compact_pos before its release of kNotListed.
+  if (f->compact_listed.load(std::memory_order_acquire) != FiberCtl::kNotListed) return;
   f->compact_lister = std::uint16_t(index_);
   // Not yet published to any waker (its park's action has not run), so not
   // released either.
