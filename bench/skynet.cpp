@@ -43,6 +43,10 @@
 //                        in a fresh process (this binary with --park-child N),
 //                        so no earlier case's pages are counted or reused.
 //                        --quick leaves the 1M rounds out unless --only names them.
+//                        TENDRIL_BENCH_PERF_CTL=<fifo>: the round writes
+//                        "enable" to it as the wake starts and "disable" as
+//                        it ends, for `perf record -D -1 --control fifo:<fifo>`
+//                        to profile only the wake.
 //
 // Stacks: default settings (Options::stack_limit 256 KiB reserved per fiber,
 // one page resident to start). The tree is spawned as written, ten children at
@@ -257,6 +261,14 @@ struct ParkRound {
   double pages = 0;     // stats().stack_pages_mapped, all fibers parked
 };
 
+// Writes a command to perf's control fifo (perf record --control fifo:...).
+void perf_control(const char* fifo, const char* cmd) {
+  if (FILE* f = std::fopen(fifo, "w")) {
+    std::fputs(cmd, f);
+    std::fclose(f);
+  }
+}
+
 double status_bytes(const char* key) { return double(sample::proc_status_field(key).value_or(0)); }
 
 int park_child(long n) {
@@ -288,10 +300,20 @@ int park_child(long n) {
     r.rss = status_bytes("VmRSS") - rss0;
     r.pte = status_bytes("VmPTE") - pte0;
     r.pages = double(tendril::stats().stack_pages_mapped);
+    const char* perf_ctl = std::getenv("TENDRIL_BENCH_PERF_CTL");
+    if (perf_ctl != nullptr) perf_control(perf_ctl, "enable\n");
+    const tendril::Stats s0 = tendril::stats();
     const auto t1 = Clock::now();
     gate.done();
     done.wait();
     r.wake_ns = ns_since(t1);
+    const tendril::Stats s1 = tendril::stats();
+    if (s1.stack_compaction)
+      std::fprintf(stderr, "  compacted when the wake began %llu; during the wake: compactions %llu, restores %llu (on touch %llu)\n",
+                   (unsigned long long)s0.fibers_compacted, (unsigned long long)(s1.compactions - s0.compactions),
+                   (unsigned long long)(s1.restores - s0.restores),
+                   (unsigned long long)(s1.restores_on_touch - s0.restores_on_touch));
+    if (perf_ctl != nullptr) perf_control(perf_ctl, "disable\n");
   });
   std::printf("PARK %.0f %.0f %.0f %.0f %.0f\n", r.spawn_ns, r.wake_ns, r.rss, r.pte, r.pages);
   return 0;

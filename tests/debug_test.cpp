@@ -275,6 +275,37 @@ TEST(FiberDump, StateIsRunningOrRunnableOnceResumed) {
   });
 }
 
+// Woken but not run yet (the only worker is busy with the waker): the park
+// is over as soon as the fiber is made runnable, for the dump and for the
+// compactor, which reads the same word and would otherwise compact a fiber
+// that only waits for its turn in a run queue.
+TEST(FiberDump, AWokenFiberIsRunnableBeforeItRuns) {
+  tendril::Options o = two_workers();
+  o.workers = 1;
+  tendril::run(o, [] {
+    tendril::WaitGroup gate;
+    gate.add(1);
+    auto f = tendril::spawn([&] { gate.wait(); });
+    await_parked(f.id(), tendril::WaitReason::wait_group);
+    gate.done();  // f is queued on this worker, which does not yield below
+    // The snapshot is taken on a plain thread: the worker must not run f
+    // meanwhile, and fibers() may park its calling fiber.
+    std::optional<tendril::FiberInfo> info;
+    std::atomic<bool> taken{false};
+    std::thread reader([&] {
+      info = info_of(f.id());
+      taken = true;
+    });
+    while (!taken.load()) {
+    }
+    reader.join();
+    ASSERT_TRUE(info);
+    EXPECT_EQ(info->state, tendril::FiberState::runnable) << tendril::format_fiber(*info);
+    EXPECT_EQ(info->reason, tendril::WaitReason::none);
+    f.join();
+  });
+}
+
 TEST(FiberDump, DumpNamesFibersSitesAndFrames) {
   CaptureStderr cap;
   tendril::run(two_workers(), [] {

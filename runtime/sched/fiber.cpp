@@ -117,7 +117,9 @@ void drop_running_ref(FiberCtl* from, void*) noexcept { drop_ref(from); }
   if (old == FiberCtl::kDetached) {
     if (self->error) die_with_escaped_exception(self);
   } else if (old & FiberCtl::kJoinerIsFiber) {
-    w->push_runnext(reinterpret_cast<FiberCtl*>(old & ~FiberCtl::kJoinerIsFiber));  // runs next, here
+    FiberCtl* joiner = reinterpret_cast<FiberCtl*>(old & ~FiberCtl::kJoinerIsFiber);
+    joiner->park.readied();
+    w->push_runnext(joiner);  // runs next, here
   } else if (old != FiberCtl::kRunning) {
     wake(*reinterpret_cast<Waiter*>(old));  // a plain thread's join
   }

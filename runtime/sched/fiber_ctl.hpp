@@ -71,6 +71,19 @@ struct ParkRecord {
                    (seq << WaitFor::kSeqShift),
                std::memory_order_release);
   }
+  // The waker's path, as it makes the parked fiber runnable (it is the only
+  // writer between the park's publication and the resume): for whoever reads
+  // the word (the compactor, the dump) the park is over now, not when the
+  // fiber next runs, which after a mass wake is seconds later; the compactor
+  // would otherwise compact fibers that sit in a run queue, only to restore
+  // them when they run. The switch-in's end() then finds the word clear.
+  // Its handshake with the compactor holds either way: the worker that
+  // switches the fiber in took it from a queue after this store.
+  void readied() noexcept {
+    const std::uint64_t w = wait.load(std::memory_order_relaxed);
+    if ((w & WaitFor::kReasonMask) == 0) return;
+    wait.store(w & ~WaitFor::kReasonMask, std::memory_order_relaxed);
+  }
   // The resume path, before the first instruction of the fiber runs again.
   // The fence keeps the fiber's later stack writes after the clear for a
   // reader that validates with `wait` (a compiler barrier on x86).

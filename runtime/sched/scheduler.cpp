@@ -79,6 +79,7 @@ void Scheduler::stop() noexcept {
 void Scheduler::ready(FiberCtl* f, bool handoff) noexcept {
   TENDRIL_ASSERT(f->join_state.load(std::memory_order_relaxed) != FiberCtl::kDone,
                  "a fiber that finished is never made runnable again");
+  f->park.readied();
   Worker* w = current_worker();
   if (__builtin_expect(w == nullptr || &w->sched_ != this, false)) {
     ready_from_outside(f);
@@ -105,6 +106,7 @@ void Scheduler::ready_from_outside(FiberCtl* f) noexcept {
   // Counted before the fiber is visible to any worker: whoever lets run()
   // end has seen it queued, so stop() sees the count.
   external_wakers_.fetch_add(1, std::memory_order_seq_cst);
+  f->park.readied();
   Worker* home = pinned_fibers.load(std::memory_order_relaxed) != 0 ? f->pin_home.load(std::memory_order_relaxed)
                                                                      : nullptr;
   if (home != nullptr) {

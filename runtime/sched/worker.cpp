@@ -488,7 +488,10 @@ void Worker::fire_timers(Worker& into, std::int64_t now, bool may_block) noexcep
     }
   }
   timers_.lock.unlock();
-  for (std::uint32_t i = 0; i < n; ++i) into.push_local(expired[i]);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    expired[i]->park.readied();
+    into.push_local(expired[i]);
+  }
 }
 
 FiberCtl* Worker::spin_for_work() noexcept {
