@@ -242,7 +242,13 @@
 // scheduler (worker.cpp, compact_policy.hpp) compacts in a worker's idle
 // time and, while it has other work, gives compaction at most a tenth of
 // it: a burst of a million fibers that all park at once is compacted over
-// the idle time that follows. Spawning and parking a million fibers with
+// the idle time that follows. A fiber stops being a candidate as soon as a
+// waker makes it runnable (ParkRecord::readied), not when it next runs:
+// after a mass wake the fibers wait seconds in run queues, and compacting
+// them then only costs a compaction and a restore each. Waking a million
+// fibers parked past compact_after took 4.8-9.2 s when the compactor still
+// took queued fibers and 2.9-3.9 s after, against 2.7-3.1 s with compaction
+// off (one run, bench/results/wake-compaction.md). Spawning and parking a million fibers with
 // compaction at 1 s took 14.4 s and 13.9 s against 12.7 s and 12.3 s
 // without, and 81 s and 78 s when compaction took what it needed
 // (skynet --only park_spawn_1m, bench/results/compact-memory.md). Fibers parked
