@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/park_probe.hpp"
 #include "tests/scale.hpp"
 
 #include <algorithm>
@@ -844,7 +845,8 @@ TEST(ChannelCancel, SendersWaitingForTheirTurnThrowAndDeliverNothing) {
         tendril::Channel<int> ch(cap);
         std::vector<tendril::Fiber> holders;  // not in the scope: never cancelled
         for (int i = 0; i < kCells; ++i) holders.push_back(tendril::spawn([ch, i]() mutable { ASSERT_TRUE(ch.send(1000 + i)); }));
-        tendril::this_fiber::sleep_for(10ms);  // let the rest park in their cells
+        // The rest park in their cells before the scope's senders come.
+        tendril_test::wait_until_parked_count(tendril::WaitReason::channel_send, kCells - cap);
         EXPECT_EQ(interrupted_in_flight(ch, kSenders, deadline, [&](int i) { ch.send(i); }), kSenders)
             << "capacity " << cap << (deadline ? ", deadline" : ", cancel");
         // The holders' values, then fresh ones, each exactly once: the
@@ -892,7 +894,7 @@ TEST(ChannelCancel, ReceiversWaitingForTheirTurnThrowAndTakeNothing) {
             got[static_cast<std::size_t>(*v)]++;
           }));
         }
-        tendril::this_fiber::sleep_for(10ms);
+        tendril_test::wait_until_parked_count(tendril::WaitReason::channel_recv, kCells);
         std::atomic<int> took{0};
         EXPECT_EQ(interrupted_in_flight(ch, kReceivers, deadline,
                                         [&](int) {

@@ -7,6 +7,8 @@
 #include <unistd.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/park_probe.hpp"
+
 #include <alloca.h>
 #include <atomic>
 #include <chrono>
@@ -194,14 +196,16 @@ __attribute__((noinline)) bool read_into_fresh_deep_page(int fd) {
 TEST_P(Io, ReadIntoAStackPageThatIsNotMappedYet) {
   tendril::run(opts(), [&] {
     Pipe p;
+    bool ok = false;
+    tendril::Fiber reader = tendril::spawn([&] { ok = read_into_fresh_deep_page(p.r); });
     tendril::Fiber writer = tendril::spawn([&] {
-      tendril::this_fiber::sleep_for(10ms);  // the read is pending on the ring by now
+      // The read is pending (on the ring, or waiting for readiness) first.
+      tendril_test::wait_until_parked(reader.id(), tendril::WaitReason::io_read);
       unsigned char data[4096];
       for (std::size_t i = 0; i < sizeof data; ++i) data[i] = static_cast<unsigned char>(i * 7);
       tendril::io::write(p.w, data, sizeof data);
     });
-    bool ok = false;
-    tendril::spawn([&] { ok = read_into_fresh_deep_page(p.r); }).join();
+    reader.join();
     writer.join();
     EXPECT_TRUE(ok);
   });

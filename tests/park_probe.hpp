@@ -8,6 +8,7 @@
 #include <tendril/tendril.hpp>
 
 #include <chrono>
+#include <cstddef>
 
 namespace tendril_test {
 
@@ -19,6 +20,18 @@ inline void wait_until_parked(tendril::FiberId id, tendril::WaitReason why) {
     for (const tendril::FiberInfo& f : tendril::fibers()) {
       if (f.id == id && f.state == tendril::FiberState::parked && f.reason == why) return;
     }
+    tendril::this_fiber::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+// Sleeps a millisecond at a time until at least `n` fibers are parked for
+// `why`.
+inline void wait_until_parked_count(tendril::WaitReason why, std::size_t n) {
+  for (;;) {
+    std::size_t parked = 0;
+    for (const tendril::FiberInfo& f : tendril::fibers())
+      if (f.state == tendril::FiberState::parked && f.reason == why) ++parked;
+    if (parked >= n) return;
     tendril::this_fiber::sleep_for(std::chrono::milliseconds(1));
   }
 }

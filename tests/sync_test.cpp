@@ -333,6 +333,8 @@ TEST(Semaphore, TryAcquireTimeoutsAndReleaseMany) {
     tendril::this_fiber::sleep_for(5ms);
     EXPECT_EQ(got.load(), 0);
     sem.release(3);
+    // Three get in, however late they start; the fourth cannot.
+    while (got.load() < 3) tendril::this_fiber::sleep_for(1ms);
     tendril::this_fiber::sleep_for(5ms);
     EXPECT_EQ(got.load(), 3);
     std::thread t([&] { sem.release(2); });  // from a plain thread
