@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "runtime/sched/fiber_ctl.hpp"
+#include "runtime/sched/scheduler.hpp"
 #include "runtime/stack/stack_internal.hpp"
 #include "tendril/detail/wait_reason.hpp"
 
@@ -100,9 +101,46 @@ struct tendril_debug_descriptor {
   // slot, to the slot owner's control block (0 until a fiber has used it; the
   // block may belong to a previous owner: check its id).
   std::uint64_t subarena_ctl;
+
+  // Appended: the control-block caches, where a fiber that has not run yet
+  // (no stack: Options::stack_defer) is found. `scheduler` is the address of
+  // a pointer to the running Scheduler (null outside run()); its workers are
+  // a std::vector of pointers (begin, end words at scheduler_workers), each
+  // Worker holds a FiberCtlCache at worker_ctl_cache, and plain threads' spawns
+  // come from the one at scheduler_external_ctl_cache. A cache's records are
+  // carved in order, region after region (ctlcache_region_bytes each, a
+  // region's tail shorter than a record unused): record i is at
+  // regions[i / per_region] + (i % per_region) * ctlcache_record_bytes, for
+  // i < carved. A record is an unstarted fiber when its saved context and
+  // stack are null, its stack limit is set and its id is not 0.
+  std::uint64_t scheduler;                     // &g_scheduler (Scheduler*)
+  std::uint64_t scheduler_workers;             // offsetof(Scheduler, workers_)
+  std::uint64_t scheduler_external_ctl_cache;  // offsetof(Scheduler, external_ctl_cache_)
+  std::uint64_t worker_ctl_cache;              // offsetof(Worker, ctl_cache_)
+  std::uint64_t ctlcache_regions;              // offsetof(FiberCtlCache, regions_): char*[]
+  std::uint64_t ctlcache_max_regions;
+  std::uint64_t ctlcache_carved;               // offsetof(FiberCtlCache, carved_): size_t
+  std::uint64_t ctlcache_region_bytes;
+  std::uint64_t ctlcache_record_bytes;
+  std::uint64_t fiberctl_stack_lo;             // char*
+  std::uint64_t fiberctl_stack_limit;          // size_t
 };
 
 #define TENDRIL_OFF(type, field) std::uint64_t(offsetof(type, field))
+
+namespace tendril::detail {
+// The private members the script reads (the classes name it a friend).
+struct DebugLayout {
+  static constexpr std::uint64_t scheduler_workers = TENDRIL_OFF(Scheduler, workers_);
+  static constexpr std::uint64_t scheduler_external_ctl_cache = TENDRIL_OFF(Scheduler, external_ctl_cache_);
+  static constexpr std::uint64_t worker_ctl_cache = TENDRIL_OFF(Worker, ctl_cache_);
+  static constexpr std::uint64_t ctlcache_regions = TENDRIL_OFF(FiberCtlCache, regions_);
+  static constexpr std::uint64_t ctlcache_carved = TENDRIL_OFF(FiberCtlCache, carved_);
+  static_assert(sizeof(Scheduler::workers_) == 24 && sizeof(Scheduler::workers_[0]) == 8,
+                "the script reads workers_ as libstdc++'s vector of plain pointers");
+  static_assert(sizeof(FiberCtlCache::regions_[0]) == 8 && sizeof(FiberCtlCache::carved_) == 8);
+};
+}  // namespace tendril::detail
 
 // Exported and kept: nothing in the library refers to it.
 __attribute__((visibility("default"))) extern const tendril_debug_descriptor tendril_debug;
@@ -154,6 +192,18 @@ __attribute__((used)) const tendril_debug_descriptor tendril_debug = {
 #endif
 
     TENDRIL_OFF(si::SubArena, ctl),
+
+    std::uint64_t(reinterpret_cast<std::uintptr_t>(&tendril::detail::g_scheduler)),
+    tendril::detail::DebugLayout::scheduler_workers,
+    tendril::detail::DebugLayout::scheduler_external_ctl_cache,
+    tendril::detail::DebugLayout::worker_ctl_cache,
+    tendril::detail::DebugLayout::ctlcache_regions,
+    tendril::detail::FiberCtlCache::kMaxRegions,
+    tendril::detail::DebugLayout::ctlcache_carved,
+    tendril::detail::FiberCtlCache::kRegionBytes,
+    tendril::detail::FiberCtlCache::kRecordBytes,
+    TENDRIL_OFF(FiberCtl, stack) + TENDRIL_OFF(tendril::detail::StackSlot, lo),
+    TENDRIL_OFF(FiberCtl, stack) + TENDRIL_OFF(tendril::detail::StackSlot, limit),
 };
 
 }  // extern "C"

@@ -93,6 +93,7 @@ class FiberCtlCache {
   bool owns(const void* p) const noexcept;
 
  private:
+  friend struct DebugLayout;  // runtime/debug/gdb_descriptor.cpp
   struct Free {
     Free* next;
   };

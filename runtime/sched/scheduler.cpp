@@ -13,8 +13,9 @@
 
 namespace tendril::detail {
 
-namespace {
 std::atomic<Scheduler*> g_scheduler{nullptr};
+
+namespace {
 
 std::vector<int> cpus_in_affinity_mask() {
   std::vector<int> cpus;

@@ -154,6 +154,7 @@ class Worker {
 
  private:
   friend class Scheduler;
+  friend struct DebugLayout;  // runtime/debug/gdb_descriptor.cpp
 
   void loop();
   // The next fiber to run here: pick_any's, except that a fiber pinned to
@@ -356,6 +357,7 @@ class Scheduler {
 
  private:
   friend class Worker;
+  friend struct DebugLayout;  // runtime/debug/gdb_descriptor.cpp
 
   // ready() from a plain thread (or a pool thread). Once the fiber is
   // queued it may run, finish and let run() return at once, while the thread
@@ -390,6 +392,9 @@ class Scheduler {
 
 // The scheduler of the run() in progress, or nullptr.
 Scheduler* current_scheduler() noexcept;
+// The scheduler of the run() in progress (null outside one); the gdb script
+// finds the unstarted fibers' control blocks through it (gdb_descriptor.cpp).
+extern std::atomic<Scheduler*> g_scheduler;
 void set_current_scheduler(Scheduler* s) noexcept;
 // The worker the calling thread is, or nullptr. Not inlined, and re-read after
 // every switch: a fiber may resume on another thread.

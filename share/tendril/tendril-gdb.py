@@ -17,9 +17,9 @@
 # the caller of the selected thread's innermost frame, so frame 1 onwards is
 # the fiber. No register is written, which is what makes it work on cores.
 # A running fiber is on some thread's stack: the commands name that thread.
-# A fiber that has not run yet has no stack (Options::stack_defer) and is not
-# listed: only the in-process fiber dump, which walks the control-block
-# caches, sees it.
+# A fiber that has not run yet has no stack (Options::stack_defer): it is
+# found in the control-block caches, listed as runnable and not started, and
+# has no frames.
 
 import struct
 import time
@@ -44,7 +44,10 @@ _FIELDS = (
 ).split()
 # Appended later; a descriptor from an older libtendril lacks them.
 _OPTIONAL_FIELDS = (
-    "subarena_ctl"
+    "subarena_ctl "
+    "scheduler scheduler_workers scheduler_external_ctl_cache worker_ctl_cache "
+    "ctlcache_regions ctlcache_max_regions ctlcache_carved ctlcache_region_bytes ctlcache_record_bytes "
+    "fiberctl_stack_lo fiberctl_stack_limit"
 ).split()
 
 _MAX_FRAMES = 256
@@ -110,6 +113,7 @@ class Fiber:
         reason = wait & d.wait_reason_mask
         self.worker = None
         self.thread = None  # the gdb thread running it
+        self.unstarted = False
         if reason:
             self.state = "parked"
             self.reason = d.reasons[reason] if reason < len(d.reasons) else "reason %d" % reason
@@ -178,9 +182,61 @@ def _live_fibers(d):
                     name = name.split(b"\0", 1)[0].decode("utf-8", "replace")
                     fibers.append(Fiber(d, fid, name, lo, hi, _u(cb, d.fiberctl_fctx, 8),
                                         _u(cb, d.fiberctl_park_wait, 8), _u(cb, d.fiberctl_park_since, 8)))
+    fibers += _unstarted_fibers(d, set(f.id for f in fibers))
     fibers.sort(key=lambda f: f.id)
     tids = [_u(_mem(warray + w * d.worker_size + d.worker_tid, 4), 0, 4) for w in range(nworkers)]
     _attach_threads(fibers, tids)
+    return fibers
+
+
+def _ctl_caches(d):
+    """The addresses of the running scheduler's control-block caches."""
+    if d.scheduler is None:
+        return []  # an older libtendril: unstarted fibers are not described
+    sched = _u(_mem(d.scheduler, 8), 0, 8)
+    if sched == 0:
+        return []
+    vec = _mem(sched + d.scheduler_workers, 16)
+    begin, end = _u(vec, 0, 8), _u(vec, 8, 8)
+    n = (end - begin) // 8 if end > begin else 0
+    workers = struct.unpack("<%dQ" % n, _mem(begin, 8 * n)) if n else ()
+    return [w + d.worker_ctl_cache for w in workers if w] + [sched + d.scheduler_external_ctl_cache]
+
+
+def _unstarted_fibers(d, known_ids):
+    """Fibers that have not run yet: records in the control-block caches with
+    no saved context and no stack but a stack limit and an id."""
+    fibers = []
+    size = d.fiberctl_size
+    rec = d.ctlcache_record_bytes if d.ctlcache_record_bytes else size
+    per_region = d.ctlcache_region_bytes // rec if rec else 0
+    chunk = 256
+    for cache in _ctl_caches(d):
+        carved = _u(_mem(cache + d.ctlcache_carved, 8), 0, 8)
+        nregions = min(d.ctlcache_max_regions, (carved + per_region - 1) // per_region) if per_region else 0
+        regions = struct.unpack("<%dQ" % nregions, _mem(cache + d.ctlcache_regions, 8 * nregions)) if nregions else ()
+        for r, region in enumerate(regions):
+            if region == 0:
+                break
+            count = min(per_region, carved - r * per_region)
+            for first in range(0, count, chunk):
+                n = min(chunk, count - first)
+                try:
+                    data = _mem(region + first * rec, (n - 1) * rec + size)
+                except gdb.MemoryError:
+                    continue  # not in the core
+                for i in range(n):
+                    off = i * rec
+                    fid = _u(data, off + d.fiberctl_id, 8)
+                    if (fid == 0 or fid in known_ids or _u(data, off + d.fiberctl_fctx, 8) != 0
+                            or _u(data, off + d.fiberctl_stack_lo, 8) != 0
+                            or _u(data, off + d.fiberctl_stack_limit, 8) == 0):
+                        continue
+                    name = data[off + d.fiberctl_name:off + d.fiberctl_name + d.fiberctl_name_size]
+                    name = name.split(b"\0", 1)[0].decode("utf-8", "replace")
+                    f = Fiber(d, fid, name, 0, 0, 0, 0, 0)
+                    f.state, f.reason, f.unstarted = "runnable", "", True
+                    fibers.append(f)
     return fibers
 
 
@@ -237,6 +293,8 @@ def _describe(f, now_ns):
         if now_ns is not None and f.since:
             s += ", " + _duration(max(0, now_ns - f.since))
     s += "]"
+    if f.unstarted:
+        s += " not started (no stack yet)"
     if f.worker is not None:
         s += " worker %d" % f.worker
     if f.thread is not None:
@@ -373,6 +431,9 @@ names that thread and prints its backtrace."""
             gdb.write("  (running on %s: its frames are that thread's; `thread %d` then `bt`)\n"
                       % (_thread_words(f.thread), f.thread.num))
             gdb.execute("thread apply %d bt" % f.thread.num)
+            return
+        if f.unstarted:
+            gdb.write("  (not started: it has no stack and no frames yet)\n")
             return
         for line in _backtrace_of_saved_context(d, f):
             gdb.write(line + "\n")

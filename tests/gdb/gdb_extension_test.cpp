@@ -41,7 +41,7 @@ std::string quoted(const std::string& s) {
 }
 
 // Starts gdb_target in `dir` (where its core lands) and reads its ready line.
-Target start_target(const fs::path& dir) {
+Target start_target(const fs::path& dir, const char* mode = nullptr) {
   int in[2], out[2];
   if (pipe(in) != 0 || pipe(out) != 0) ADD_FAILURE() << "pipe: " << std::strerror(errno);
   Target t;
@@ -56,7 +56,7 @@ Target start_target(const fs::path& dir) {
       const rlimit some{rlim_t(1) << 40, rlim_t(1) << 40};  // as much as the hard limit allows
       setrlimit(RLIMIT_CORE, &some);
     }
-    execl(TENDRIL_GDB_TARGET, TENDRIL_GDB_TARGET, static_cast<char*>(nullptr));
+    execl(TENDRIL_GDB_TARGET, TENDRIL_GDB_TARGET, mode, static_cast<char*>(nullptr));
     _exit(127);
   }
   close(in[0]);
@@ -142,6 +142,23 @@ TEST_F(GdbExtension, ListsAndBacktracesFibersOfALiveProcess) {
   // The main fiber is parked reading its stdin.
   EXPECT_NE(out.find(fiber_line(t.main, "main", "parked: io read fd=0")), std::string::npos) << out;
   EXPECT_NE(out.find("in tendril::Mutex::lock"), std::string::npos) << out;
+}
+
+// A fiber that has not run yet has no stack (deferred stacks): the script
+// finds it in the control-block caches.
+TEST_F(GdbExtension, ListsAFiberThatHasNotStartedYet) {
+  Target t = start_target(dir_, "unstarted");
+  ASSERT_NE(t.user, 0u);
+  const std::string out = run_gdb("-p " + std::to_string(t.pid),
+                                  {"info tendril-fibers", "tendril-fiber-bt " + std::to_string(t.user)});
+  finish_target(t, nullptr);
+  if (attach_refused(out)) GTEST_SKIP() << "this system does not let gdb attach (ptrace): " << out;
+  EXPECT_NE(out.find(fiber_line(t.user, "gdb-unstarted", "runnable] not started")), std::string::npos) << out;
+  EXPECT_NE(out.find("not started: it has no stack and no frames yet"), std::string::npos) << out;
+  // The main fiber runs (it blocks the worker's thread in read(2)).
+  EXPECT_NE(out.find(fiber_line(t.main, "main", "running")), std::string::npos) << out;
+  EXPECT_NE(out.find("2 fibers"), std::string::npos) << out;
+  EXPECT_EQ(out.find("Python Exception"), std::string::npos) << out;
 }
 
 TEST_F(GdbExtension, ListsAndBacktracesFibersOfACoreFile) {
