@@ -1293,7 +1293,7 @@ bool compact_run(WorkerStacks& w, const SlotRef& r, char* run_lo, unsigned pages
   char* const staged = owner.staging + std::size_t(at) * kPage;
   SlotCompact& c = r.arena->compact[r.slot];
   SlotMeta& m = r.arena->meta[r.slot];
-  c.pages = pages;
+  c.pages.store(pages, std::memory_order_relaxed);
   c.skip = std::uint32_t(skip);
   c.staged_at = at;
   c.buf = nullptr;
@@ -1383,10 +1383,10 @@ void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
     std::uint32_t s = c.state.load(std::memory_order_acquire);
     if (s == kResident) break;  // the fault handler put it back already
     if (s == kCompacted && c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) {
-      m.mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
-      add_single_writer(w.counters.live_pages, c.pages);
+      m.mapped_pages.fetch_add(c.pages.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      add_single_writer(w.counters.live_pages, c.pages.load(std::memory_order_relaxed));
       compact_rebuild(c, w.scratch);
-      uffd_install_pages(r.owner->uffd, slot.hi - std::size_t(c.pages) * kPage, w.scratch, c.pages);
+      uffd_install_pages(r.owner->uffd, slot.hi - std::size_t(c.pages.load(std::memory_order_relaxed)) * kPage, w.scratch, c.pages.load(std::memory_order_relaxed));
       c.state.store(kResident, std::memory_order_release);
       add_single_writer(w.compact_counters.restores, 1);
       break;
@@ -1394,7 +1394,7 @@ void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
     sched_yield();  // kRestoring: the handler (maybe on our CPU) is at it
   }
   add_single_writer(w.compact_counters.compacted, -1);
-  add_single_writer(w.compact_counters.compact_bytes, -std::int64_t(std::size_t(c.pages) * kPage - c.skip));
+  add_single_writer(w.compact_counters.compact_bytes, -std::int64_t(std::size_t(c.pages.load(std::memory_order_relaxed)) * kPage - c.skip));
   std::free(c.buf);
   c.buf = nullptr;
 }

@@ -274,7 +274,7 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
   for (;;) {
     std::uint32_t s = c.state.load(std::memory_order_acquire);
     if (s == kResident) return false;
-    char* run_lo = loc.hi - std::size_t(c.pages) * kPage;
+    char* run_lo = loc.hi - std::size_t(c.pages.load(std::memory_order_relaxed)) * kPage;
     if (page < run_lo) return false;  // growth below the run, or an old message
     switch (s) {
       case kMoving:
@@ -286,17 +286,17 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
       case kCompacted:
         if (!c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) continue;
         // Counted first: the woken fiber may run and be released at once.
-        loc.arena->meta[loc.slot].mapped_pages.fetch_add(c.pages, std::memory_order_relaxed);
-        add_single_writer(w.handler_counters.live_pages, c.pages);
+        loc.arena->meta[loc.slot].mapped_pages.fetch_add(c.pages.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        add_single_writer(w.handler_counters.live_pages, c.pages.load(std::memory_order_relaxed));
         if (s == kStaged) {
           // The compactor reads staging until it sees kResident.
-          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, c.pages);
+          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, c.pages.load(std::memory_order_relaxed));
         } else {
           // Counted before the install wakes the toucher, like the pages
           // above: it may read stats() at once.
           add_single_writer(w.handler_counters.restores, 1);
           compact_rebuild(c, w.handler_scratch);
-          uffd_install_pages(w.uffd, run_lo, w.handler_scratch, c.pages);
+          uffd_install_pages(w.uffd, run_lo, w.handler_scratch, c.pages.load(std::memory_order_relaxed));
         }
         c.state.store(kResident, std::memory_order_release);
         return true;
@@ -459,7 +459,7 @@ void uffd_install_pages(int uffd, char* dst, const char* src, unsigned pages) no
 
 void compact_rebuild(const SlotCompact& c, char* scratch) noexcept {
   std::memset(scratch, 0, c.skip);
-  std::memcpy(scratch + c.skip, c.buf, std::size_t(c.pages) * kPage - c.skip);
+  std::memcpy(scratch + c.skip, c.buf, std::size_t(c.pages.load(std::memory_order_relaxed)) * kPage - c.skip);
 }
 
 bool uffd_map_top_page(WorkerStacks& w, char* page) noexcept { return copy_zero_pages(w.uffd, page, 1) == 1; }

@@ -71,7 +71,10 @@ struct SlotName {
 enum CompactState : std::uint32_t { kResident = 0, kMoving, kStaged, kCompacted, kRestoring };
 struct SlotCompact {
   std::atomic<std::uint32_t> state;
-  std::uint32_t pages;      // pages in the compacted run
+  // Pages in the compacted run. Atomic because the fault handler reads it
+  // before it can claim the run (to tell a fault in the run from growth
+  // below it), while a later compaction of the same slot may write it.
+  std::atomic<std::uint32_t> pages;
   std::uint32_t skip;       // bytes at the bottom of the run not saved
   std::uint32_t staged_at;  // first page of the run in the owner's staging area (while kMoving / kStaged)
   char* buf;                // (pages * kPage - skip) bytes, malloc'd by a worker
