@@ -27,14 +27,18 @@ inline constexpr std::uintptr_t kInterruptBusy = 1, kInterruptPending = 2;  // I
 //
 // - `wait` is written once per park, with the reason and descriptor
 //   (WaitFor), the worker it parks on and a park sequence number in its top
-//   16 bits; the worker clears
-//   the reason (keeping the sequence) just before it switches into the fiber.
+//   16 bits; the reason is cleared (keeping the sequence) when the fiber is
+//   made runnable (readied(), by its waker) or, for a fiber readied
+//   otherwise, just before a worker switches into it (end()).
 //   A reader on another thread (the fiber dump) may therefore copy a parked
 //   fiber's saved registers and stack without stopping anything: if `wait`
 //   reads the same parked value before and after the copy, the fiber did not
 //   run in between, so the copy is consistent (a seqlock whose writer is the
 //   park and whose "odd" state is "reason none"). The park stores one word
-//   and the resume clears one: nothing else is added to the switch path.
+//   and the wake or the resume clears it: nothing else is added to the
+//   switch path. The release fence of every switch-in (end()) orders the
+//   clear, wherever it was made (the switching worker took the fiber from a
+//   queue after it), before the fiber's later stack writes.
 // - `since` is when it parked, from the coarse monotonic clock (a vDSO read
 //   of a few words; milliseconds are all a dump needs).
 // - Interruption: a timed park leaves its Waiter in FiberCtl::timer_waiter,
@@ -85,12 +89,12 @@ struct ParkRecord {
     wait.store(w & ~WaitFor::kReasonMask, std::memory_order_relaxed);
   }
   // The resume path, before the first instruction of the fiber runs again.
-  // The fence keeps the fiber's later stack writes after the clear for a
+  // The fence keeps the fiber's later stack writes after the clear (this
+  // one, or the waker's, which this thread acquired with the fiber) for a
   // reader that validates with `wait` (a compiler barrier on x86).
   void end() noexcept {
     const std::uint64_t w = wait.load(std::memory_order_relaxed);
-    if ((w & WaitFor::kReasonMask) == 0) return;
-    wait.store(w & ~WaitFor::kReasonMask, std::memory_order_relaxed);
+    if ((w & WaitFor::kReasonMask) != 0) wait.store(w & ~WaitFor::kReasonMask, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_release);
   }
 };
@@ -135,7 +139,7 @@ struct alignas(64) FiberCtl {
   // Idle-stack compaction (worker.cpp): kCompactNone, kCompacting while a
   // worker compacts its stack, kCompacted until the worker that switches
   // into it has put the stack back. Just before `park`, so that the
-  // switch-in check reads the line park.end() just wrote, and in what was
+  // switch-in check reads the line park.end() just wrote or read, and in what was
   // padding, so that no field of the block moves.
   static constexpr std::uint8_t kCompactNone = 0, kCompacting = 1, kCompacted = 2;
   std::atomic<std::uint8_t> compact{kCompactNone};

@@ -630,12 +630,14 @@ void Worker::release_deferred() noexcept {
 //
 // Excluding a concurrent switch-in without a locked instruction on the
 // switch path: the compactor sets FiberCtl::compact (CAS), then runs
-// membarrier(PRIVATE_EXPEDITED), then checks the park word again. A worker
-// switching in stores the park word (park.end()), then loads the flag. The
-// membarrier is a full barrier on every thread of the process, so either the
-// compactor sees the changed park word (and gives up) or the switching
-// worker sees the flag (and waits for kCompacting to end, restoring on
-// kCompacted). One membarrier per batch of compactions.
+// membarrier(PRIVATE_EXPEDITED), then checks the park word again. The park
+// word is cleared by the fiber's waker (ParkRecord::readied) or by the
+// worker switching in (park.end()); that worker loads the flag after it,
+// having taken the fiber from a queue the waker pushed it on (release and
+// acquire). The membarrier is a full barrier on every thread of the
+// process, so either the compactor sees the changed park word (and gives
+// up) or the switching worker sees the flag (and waits for kCompacting to
+// end, restoring on kCompacted). One membarrier per batch of compactions.
 //
 // Fibers parked in descriptor I/O (io_*, net_*) are compacted too: with
 // io_uring the kernel may write a read's buffer on the compacted stack from
