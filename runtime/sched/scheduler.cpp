@@ -107,7 +107,6 @@ void Scheduler::ready_from_outside(FiberCtl* f) noexcept {
   // Counted before the fiber is visible to any worker: whoever lets run()
   // end has seen it queued, so stop() sees the count.
   external_wakers_.fetch_add(1, std::memory_order_seq_cst);
-  f->park.readied();
   Worker* home = pinned_fibers.load(std::memory_order_relaxed) != 0 ? f->pin_home.load(std::memory_order_relaxed)
                                                                      : nullptr;
   if (home != nullptr) {

@@ -390,10 +390,9 @@ class Scheduler {
   std::unique_ptr<std::latch> started_;
 };
 
-// The scheduler of the run() in progress, or nullptr.
+// The scheduler of the run() in progress, or nullptr. The gdb script finds
+// the unstarted fibers' control blocks through g_scheduler (gdb_descriptor.cpp).
 Scheduler* current_scheduler() noexcept;
-// The scheduler of the run() in progress (null outside one); the gdb script
-// finds the unstarted fibers' control blocks through it (gdb_descriptor.cpp).
 extern std::atomic<Scheduler*> g_scheduler;
 void set_current_scheduler(Scheduler* s) noexcept;
 // The worker the calling thread is, or nullptr. Not inlined, and re-read after

@@ -248,8 +248,8 @@
 // them then only costs a compaction and a restore each. Waking a million
 // fibers parked past compact_after took 4.8-9.2 s when the compactor still
 // took queued fibers and 2.9-3.9 s after, against 2.7-3.1 s with compaction
-// off (one run, bench/results/wake-compaction.md). Spawning and parking a million fibers with
-// compaction at 1 s took 14.4 s and 13.9 s against 12.7 s and 12.3 s
+// off (one run, bench/results/wake-compaction.md). Spawning and parking a
+// million fibers with compaction at 1 s took 14.4 s and 13.9 s against 12.7 s and 12.3 s
 // without, and 81 s and 78 s when compaction took what it needed
 // (skynet --only park_spawn_1m, bench/results/compact-memory.md). Fibers parked
 // in descriptor I/O are compacted where the kernel writes their buffers only
@@ -1383,10 +1383,11 @@ void stack_restore(unsigned worker, const StackSlot& slot) noexcept {
     std::uint32_t s = c.state.load(std::memory_order_acquire);
     if (s == kResident) break;  // the fault handler put it back already
     if (s == kCompacted && c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) {
-      m.mapped_pages.fetch_add(c.pages.load(std::memory_order_relaxed), std::memory_order_relaxed);
-      add_single_writer(w.counters.live_pages, c.pages.load(std::memory_order_relaxed));
+      const std::uint32_t pages = c.pages.load(std::memory_order_relaxed);
+      m.mapped_pages.fetch_add(pages, std::memory_order_relaxed);
+      add_single_writer(w.counters.live_pages, pages);
       compact_rebuild(c, w.scratch);
-      uffd_install_pages(r.owner->uffd, slot.hi - std::size_t(c.pages.load(std::memory_order_relaxed)) * kPage, w.scratch, c.pages.load(std::memory_order_relaxed));
+      uffd_install_pages(r.owner->uffd, slot.hi - std::size_t(pages) * kPage, w.scratch, pages);
       c.state.store(kResident, std::memory_order_release);
       add_single_writer(w.compact_counters.restores, 1);
       break;

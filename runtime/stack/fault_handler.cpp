@@ -283,23 +283,25 @@ bool serve_compacted(WorkerStacks& w, const Located& loc, char* page) noexcept {
       case kRestoring:
         return true;  // whoever restores wakes the faulting thread with its UFFDIO_COPY
       case kStaged:
-      case kCompacted:
+      case kCompacted: {
         if (!c.state.compare_exchange_strong(s, kRestoring, std::memory_order_acq_rel)) continue;
+        const std::uint32_t pages = c.pages.load(std::memory_order_relaxed);  // ours now
         // Counted first: the woken fiber may run and be released at once.
-        loc.arena->meta[loc.slot].mapped_pages.fetch_add(c.pages.load(std::memory_order_relaxed), std::memory_order_relaxed);
-        add_single_writer(w.handler_counters.live_pages, c.pages.load(std::memory_order_relaxed));
+        loc.arena->meta[loc.slot].mapped_pages.fetch_add(pages, std::memory_order_relaxed);
+        add_single_writer(w.handler_counters.live_pages, pages);
         if (s == kStaged) {
           // The compactor reads staging until it sees kResident.
-          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, c.pages.load(std::memory_order_relaxed));
+          uffd_install_pages(w.uffd, run_lo, w.staging + std::size_t(c.staged_at) * kPage, pages);
         } else {
           // Counted before the install wakes the toucher, like the pages
           // above: it may read stats() at once.
           add_single_writer(w.handler_counters.restores, 1);
           compact_rebuild(c, w.handler_scratch);
-          uffd_install_pages(w.uffd, run_lo, w.handler_scratch, c.pages.load(std::memory_order_relaxed));
+          uffd_install_pages(w.uffd, run_lo, w.handler_scratch, pages);
         }
         c.state.store(kResident, std::memory_order_release);
         return true;
+      }
       default:
         return true;
     }
