@@ -379,3 +379,48 @@ TEST(WaitGroup, NegativeCounterThrows) {
   EXPECT_THROW(wg.add(-3), std::logic_error);
   EXPECT_EQ(wg.count(), 2);
 }
+
+TEST(WaitGroup, OverflowThrowsAndLeavesTheCounter) {
+  tendril::WaitGroup wg;
+  wg.add(INT64_MAX);
+  EXPECT_THROW(wg.add(1), std::logic_error);
+  EXPECT_EQ(wg.count(), INT64_MAX);
+  wg.add(-INT64_MAX);
+  EXPECT_EQ(wg.count(), 0);
+  wg.wait();
+}
+
+// A group reused right after it reached zero: the fibers that wait for the
+// next zero must not be released by the previous one, even when the done()
+// that made that zero has not yet released its own waiters when the group is
+// lifted again and the next waiter queues. Every waiter checks, once its
+// wait returns, that all the done() calls of its round have happened.
+TEST(WaitGroup, ReuseReleasesOnlyTheWaitersOfEachZero) {
+  constexpr int kRounds = stress_count(20000, 400), kDoers = 2;
+  std::vector<std::atomic<int>> dones(kRounds);
+  std::atomic<int> early{0}, returned{0};
+  tendril::run(two_workers(), [&] {
+    tendril::WaitGroup wg;
+    std::vector<tendril::Fiber> waiters;
+    waiters.reserve(kRounds);
+    for (int r = 0; r < kRounds; ++r) {
+      wg.add(kDoers);
+      waiters.push_back(tendril::spawn([&, wg, r] {
+        wg.wait();
+        if (dones[r].load() != kDoers) early.fetch_add(1);
+        returned.fetch_add(1);
+      }));
+      for (int d = 0; d < kDoers; ++d)
+        tendril::spawn([&, wg, r]() mutable {
+          dones[r].fetch_add(1);
+          wg.done();
+        }).detach();
+      // The next round lifts the group as soon as this one reached zero,
+      // possibly before the last done() has taken the waiter list.
+      while (wg.count() != 0) tendril::this_fiber::yield();
+    }
+    for (auto& f : waiters) f.join();
+  });
+  EXPECT_EQ(early.load(), 0);
+  EXPECT_EQ(returned.load(), kRounds);
+}

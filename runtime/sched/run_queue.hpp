@@ -86,6 +86,14 @@ class RunQueue {
     }
   }
 
+  // Owner only: the fiber i places behind the head, or nullptr. A thief may
+  // take it meanwhile, so it is a hint (for prefetching), not a claim.
+  FiberCtl* peek(std::uint32_t i) const noexcept {
+    const std::uint32_t h = head_.load(std::memory_order_relaxed);
+    if (tail_.load(std::memory_order_relaxed) - h <= i) return nullptr;
+    return slots_[(h + i) % kCapacity].load(std::memory_order_relaxed);
+  }
+
   std::uint32_t size() const noexcept {
     return tail_.load(std::memory_order_acquire) - head_.load(std::memory_order_acquire);
   }

@@ -171,6 +171,9 @@ class Worker {
   }
   void unpark_if_idle() noexcept;
   FiberCtl* pick_local() noexcept;
+  // Warms what the fibers queued behind the one about to run will touch
+  // first; see worker.cpp.
+  void prefetch_queued() const noexcept;
   FiberCtl* steal() noexcept;
   FiberCtl* steal_from(Worker& victim, std::int64_t now, bool remote) noexcept;
   // Takes a batch from the global queue: returns the first, queues the rest

@@ -1235,6 +1235,17 @@ void stack_release(unsigned worker, const StackSlot& slot) noexcept {
   drop_released_slot(releaser, r, resident, extent);
 }
 
+void stack_prefetch_release(const StackSlot& slot) noexcept {
+  // The scheduler read `slot` racily: check it before decoding (class_for
+  // throws on a limit no class holds).
+  if (slot.limit == 0 || slot.limit > class_bytes(kNumClasses - 1) || (slot.index >> kSlotBits) >= g_stacks.workers)
+    return;
+  const SlotRef r = decode(slot);
+  if (r.arena->meta == nullptr || r.arena->cmeta == nullptr) return;
+  __builtin_prefetch(&r.arena->meta[r.slot], 1);
+  __builtin_prefetch(&r.arena->cmeta[r.slot], 1);
+}
+
 void stack_set_owner(const StackSlot& slot, std::uint64_t fiber_id, const char* name, const void* ctl) noexcept {
   SlotRef r = decode(slot);
   SlotMeta& m = r.arena->meta[r.slot];

@@ -128,6 +128,12 @@ std::uint64_t stack_deferred_count() noexcept;
 // the last time; nothing runs on it any more.
 void stack_release(unsigned worker, const StackSlot& slot) noexcept;
 
+// A hint from the scheduler that the fiber on `slot` runs soon and may end:
+// fetches the side-table entries its release reads (a mass wake of fibers
+// that each finish waited on them one by one). Never faults, never writes;
+// a slot index that is stale by then is harmless.
+void stack_prefetch_release(const StackSlot& slot) noexcept;
+
 // Records who owns a slot so that an overflow diagnostic can name the fiber
 // without reading the stack itself (the name is copied, truncated to 31 chars),
 // and where its control block is (`ctl`, opaque here), so that the debug tools

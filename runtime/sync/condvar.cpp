@@ -38,7 +38,10 @@ void CondVar::notify_one() noexcept {
 void CondVar::notify_all() noexcept {
   detail::WaitQueue woken;
   queue_lock_.lock();
-  while (detail::Waiter* w = waiters_.claim_front()) woken.push_back(*w);
+  while (detail::Waiter* w = waiters_.claim_front()) {
+    detail::note_claimed_for_wake(*w);
+    woken.push_back(*w);
+  }
   queue_lock_.unlock();
   while (detail::Waiter* w = woken.pop_front()) detail::wake(*w);
 }

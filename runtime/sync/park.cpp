@@ -290,6 +290,10 @@ Waiter* fiber_waiter() noexcept {
   return &w;
 }
 
+void note_claimed_for_wake(Waiter& w) noexcept {
+  if (FiberCtl* f = w.fiber) f->park.readied();
+}
+
 void wake(Waiter& waiter) noexcept {
   if (FiberCtl* f = waiter.fiber) {
     Scheduler* s = current_scheduler();
