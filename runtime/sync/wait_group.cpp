@@ -7,7 +7,8 @@
 // Which waiters a zero releases. A waiter records `gen` when it queues
 // (Waiter::count: WaitGroup does not use it otherwise). The counter leaves
 // zero only under the lock, which bumps `gen`. The thread whose CAS brought
-// the counter to zero takes the lock after its CAS; by then the group may
+// the counter to zero takes the lock after its CAS (once per chunk of
+// waiters it releases); by then the group may
 // have been reused (an add() lifted the counter and fibers queued to wait for
 // the next zero). If the counter is still zero, every queued waiter is
 // released; otherwise exactly those queued before the latest lift, which are
@@ -31,6 +32,8 @@ struct WaitGroup::State {
 };
 
 namespace {
+
+constexpr std::size_t kWakeChunk = 64;
 
 [[noreturn]] void throw_bad_count(bool negative) {
   throw std::logic_error(negative ? "tendril::WaitGroup: counter would go negative"
@@ -63,19 +66,27 @@ void WaitGroup::add(std::int64_t n) {
   }
   if (next != 0 || n == 0) return;
 
-  // This add brought the counter to zero: release who waited for it.
-  detail::WaitQueue woken;
-  s.lock.lock();
-  const bool still_zero = s.count.load(std::memory_order_acquire) == 0;
-  while (detail::Waiter* w = s.waiters.front()) {
-    if (!still_zero && w->count >= s.gen) break;
-    s.waiters.pop_front();
-    if (!detail::claim(*w)) continue;
-    detail::note_claimed_for_wake(*w);
-    woken.push_back(*w);
+  // This add brought the counter to zero: release who waited for it, a
+  // chunk at a time. A million waiters take a second to walk (a cache miss
+  // each); woken chunk by chunk, the first ones run on the other workers
+  // while the rest are claimed. The rule is re-read for each chunk, which is
+  // right because it does not depend on when it is applied (see the top).
+  for (;;) {
+    detail::Waiter* chunk[kWakeChunk];
+    std::size_t claimed = 0, popped = 0;
+    s.lock.lock();
+    const bool still_zero = s.count.load(std::memory_order_acquire) == 0;
+    while (popped < kWakeChunk) {
+      detail::Waiter* w = s.waiters.front();
+      if (w == nullptr || (!still_zero && w->count >= s.gen)) break;
+      s.waiters.pop_front();
+      ++popped;
+      if (detail::claim(*w)) chunk[claimed++] = w;
+    }
+    s.lock.unlock();
+    for (std::size_t i = 0; i < claimed; ++i) detail::wake(*chunk[i]);
+    if (popped < kWakeChunk) return;
   }
-  s.lock.unlock();
-  while (detail::Waiter* w = woken.pop_front()) detail::wake(*w);
 }
 
 void WaitGroup::done() { add(-1); }
