@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <tendril/tendril.hpp>
 
+#include "tests/park_probe.hpp"
 #include "tests/scale.hpp"
 
 #include <atomic>
@@ -388,6 +389,44 @@ TEST(WaitGroup, OverflowThrowsAndLeavesTheCounter) {
   wg.add(-INT64_MAX);
   EXPECT_EQ(wg.count(), 0);
   wg.wait();
+}
+
+// More waiters than one release chunk (64), a plain thread among them; then
+// the group reused: waiters of the next zero stay parked until it comes.
+TEST(WaitGroup, ReleasesManyWaitersAndReuseWaitsForTheNextZero) {
+  constexpr int kFirst = 1000, kSecond = 10;
+  std::atomic<int> first{0}, second{0};
+  tendril::run(two_workers(), [&] {
+    tendril::WaitGroup wg;
+    wg.add(1);
+    std::vector<tendril::Fiber> fs;
+    for (int i = 0; i < kFirst; ++i) fs.push_back(tendril::spawn([&, wg] {
+      wg.wait();
+      first.fetch_add(1);
+    }));
+    std::thread t([&, wg] {
+      wg.wait();
+      first.fetch_add(1);
+    });
+    tendril_test::wait_until_parked_count(tendril::WaitReason::wait_group, kFirst);
+    EXPECT_EQ(first.load(), 0);
+    wg.done();
+    for (auto& f : fs) f.join();
+    t.join();
+    EXPECT_EQ(first.load(), kFirst + 1);
+
+    fs.clear();
+    wg.add(1);
+    for (int i = 0; i < kSecond; ++i) fs.push_back(tendril::spawn([&, wg] {
+      wg.wait();
+      second.fetch_add(1);
+    }));
+    tendril_test::wait_until_parked_count(tendril::WaitReason::wait_group, kSecond);
+    EXPECT_EQ(second.load(), 0);
+    wg.done();
+    for (auto& f : fs) f.join();
+    EXPECT_EQ(second.load(), kSecond);
+  });
 }
 
 // A group reused right after it reached zero: the fibers that wait for the

@@ -36,6 +36,16 @@
 //    wake of a million reaches a million top pages. On this paravirtualized
 //    guest, 272 KiB apart (the default 256 KiB limit) makes a wake 6x Go's,
 //    48 KiB apart (32 KiB limit) 1.4-1.5x (bench/results/stack-density.md).
+//    The cause is the hypervisor, which shadows the guest's page tables and
+//    keeps only so many of them: bench/sparse_touch re-touches a million
+//    resident pages for 50-80 ns each while they are at most 128 KiB apart
+//    (62,500 page-table pages), and for 0.3-4 us each at 192-272 KiB
+//    (94,000-133,000), where every touch may rebuild a shadow table; 100k
+//    pages 272 KiB apart (13,000) cost 70 ns. No ordering or prefetching of
+//    the wake gets under that: at a million fibers in the 256 KiB class the
+//    page walks alone cost more than Go's whole wake (about 600 ns here).
+//    On bare metal or with nested paging this is a TLB miss and a
+//    two-dimensional walk, not a rebuild (bench/results/wake-prefetch.md).
 //    The default stays 256 KiB: a stack cannot outgrow its class once it
 //    runs, so a small default would abort deep but correct code. A server
 //    of a million shallow fibers sets the limit; nothing here guesses it.
@@ -248,7 +258,12 @@
 // them then only costs a compaction and a restore each. Waking a million
 // fibers parked past compact_after took 4.8-9.2 s when the compactor still
 // took queued fibers and 2.9-3.9 s after, against 2.7-3.1 s with compaction
-// off (one run, bench/results/wake-compaction.md). Spawning and parking a
+// off (one run, bench/results/wake-compaction.md). A waker that claims a
+// batch of waiters before it wakes them makes each runnable as it claims it
+// (CondVar::notify_all), and WaitGroup releases its waiters 64 at a time,
+// so the compactor no longer finds fibers that a million-waiter walk has
+// not reached yet: 36 compactions during such a wake instead of 13,000
+// (bench/results/wake-prefetch.md). Spawning and parking a
 // million fibers with compaction at 1 s took 14.4 s and 13.9 s against 12.7 s and 12.3 s
 // without, and 81 s and 78 s when compaction took what it needed
 // (skynet --only park_spawn_1m, bench/results/compact-memory.md). Fibers parked
