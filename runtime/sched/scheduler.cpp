@@ -124,7 +124,7 @@ void Scheduler::global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept {
   Worker* w = current_worker();
   if (w == nullptr || &w->sched_ != this) w = workers_[0].get();
   const unsigned list = unsigned(w->node_.load(std::memory_order_relaxed)) % kGlobalLists;
-  std::lock_guard<std::mutex> g(global_mu_);
+  std::lock_guard<SpinLock> g(global_mu_);
   for (std::uint32_t i = 0; i < n; ++i) {
     fs[i]->next = nullptr;
     if (global_tail_[list] != nullptr) global_tail_[list]->next = fs[i]; else global_head_[list] = fs[i];
@@ -137,7 +137,7 @@ void Scheduler::global_push_batch(FiberCtl** fs, std::uint32_t n) noexcept {
 std::uint32_t Scheduler::global_pop_batch(FiberCtl** out, std::uint32_t max, int node) noexcept {
   const unsigned list = unsigned(node) % kGlobalLists;
   if (global_list_size_[list].load(std::memory_order_acquire) == 0) return 0;
-  std::lock_guard<std::mutex> g(global_mu_);
+  std::lock_guard<SpinLock> g(global_mu_);
   std::uint32_t n = 0;
   while (n < max && global_head_[list] != nullptr) {
     FiberCtl* f = global_head_[list];
