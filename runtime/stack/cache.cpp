@@ -279,6 +279,11 @@ bool deposit(WorkerStacks& w, unsigned cls) {
   for (std::uint32_t i = 0; kChecks && i < full->count; ++i)
     TENDRIL_ASSERT(!full->e[i].pending, "a cached stack whose trim is queued never leaves before the batch is flushed");
   Depot& d = depot(c.node(), cls);
+  // Full depots refuse without their lock: once the budget is reached every
+  // exit that fills a magazine lands here, and in a mass exit both workers
+  // bounced the lock's line for nothing (re-checked under the lock).
+  if (std::uint64_t(g_cache.depot_pages.load(std::memory_order_relaxed)) + full->pages > g_cache.depot_cap)
+    return false;
   if (!d.try_lock()) return false;
   std::int64_t now = g_cache.depot_pages.load(std::memory_order_relaxed);
   Magazine* empty = nullptr;
