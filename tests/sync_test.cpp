@@ -429,6 +429,43 @@ TEST(WaitGroup, ReleasesManyWaitersAndReuseWaitsForTheNextZero) {
   });
 }
 
+// The group lives in the frame of its first waiter, which everyone else
+// reaches by reference: that waiter returns (destroying the group) as soon
+// as it is woken, while done() is still releasing the later chunks of
+// waiters. Under ASan a release that touched the group after the first wake
+// would be a use after free.
+TEST(WaitGroup, FirstWaiterMayDestroyTheGroupWhileTheRestAreReleased) {
+  constexpr int kOthers = 500, kRounds = stress_count(20, 4);
+  std::atomic<int> released{0};
+  tendril::run(two_workers(), [&] {
+    for (int round = 0; round < kRounds; ++round) {
+      tendril::WaitGroup* shared = nullptr;
+      tendril::WaitGroup gate;  // the owner's "group is ready" signal
+      gate.add(1);
+      tendril::Fiber owner = tendril::spawn([&] {
+        tendril::WaitGroup wg;  // dies when this fiber returns
+        wg.add(1);
+        shared = &wg;
+        gate.done();
+        wg.wait();
+        released.fetch_add(1);
+      });
+      gate.wait();
+      tendril_test::wait_until_parked(owner.id(), tendril::WaitReason::wait_group);
+      std::vector<tendril::Fiber> others;
+      for (int i = 0; i < kOthers; ++i) others.push_back(tendril::spawn([&] {
+        shared->wait();
+        released.fetch_add(1);
+      }));
+      tendril_test::wait_until_parked_count(tendril::WaitReason::wait_group, kOthers + 1);
+      tendril::spawn([&] { shared->done(); }).join();
+      owner.join();
+      for (auto& f : others) f.join();
+    }
+  });
+  EXPECT_EQ(released.load(), kRounds * (kOthers + 1));
+}
+
 // A group reused right after it reached zero: the fibers that wait for the
 // next zero must not be released by the previous one, even when the done()
 // that made that zero has not yet released its own waiters when the group is

@@ -71,6 +71,9 @@ void WaitGroup::add(std::int64_t n) {
   // each); woken chunk by chunk, the first ones run on the other workers
   // while the rest are claimed. The rule is re-read for each chunk, which is
   // right because it does not depend on when it is applied (see the top).
+  // A woken waiter may destroy the WaitGroup this was called on (one that
+  // lives in its frame, reached by reference): the state is held here.
+  const std::shared_ptr<State> hold = state_;
   for (;;) {
     detail::Waiter* chunk[kWakeChunk];
     std::size_t claimed = 0, popped = 0;
