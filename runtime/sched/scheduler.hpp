@@ -24,6 +24,11 @@
 //      global list only when its own node has nothing, one fiber at a time
 //      (stats().steals_remote).
 //
+// A worker that picks a fiber prefetches what the fiber queued behind it will
+// touch first (its saved context and park frames, its stack's release
+// entries): after a mass wake nobody has touched those for seconds
+// (prefetch_queued in worker.cpp).
+//
 // Waking a parked worker costs tens of microseconds on this machine, so a
 // worker is woken only when work lands where the waker itself will not run it
 // soon (its local queue, or the global queue) and no other worker is already
