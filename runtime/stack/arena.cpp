@@ -262,8 +262,8 @@
 // batch of waiters before it wakes them makes each runnable as it claims it
 // (CondVar::notify_all), and WaitGroup releases its waiters 64 at a time,
 // so the compactor no longer finds fibers that a million-waiter walk has
-// not reached yet: 36 compactions during such a wake instead of 13,000
-// (bench/results/wake-prefetch.md). Spawning and parking a
+// not reached yet: 12-36 compactions during such a wake instead of
+// 3,000-17,000 (bench/results/wake-prefetch.md). Spawning and parking a
 // million fibers with compaction at 1 s took 14.4 s and 13.9 s against 12.7 s and 12.3 s
 // without, and 81 s and 78 s when compaction took what it needed
 // (skynet --only park_spawn_1m, bench/results/compact-memory.md). Fibers parked

@@ -8,13 +8,13 @@
 // (Waiter::count: WaitGroup does not use it otherwise). The counter leaves
 // zero only under the lock, which bumps `gen`. The thread whose CAS brought
 // the counter to zero takes the lock after its CAS (once per chunk of
-// waiters it releases); by then the group may
-// have been reused (an add() lifted the counter and fibers queued to wait for
-// the next zero). If the counter is still zero, every queued waiter is
-// released; otherwise exactly those queued before the latest lift, which are
-// those with a smaller `gen` (waiters queue in order, and gen only grows): a
-// waiter that queued while the counter was positive and then saw a lift has
-// seen a zero in between, and one that queued after the lift has not.
+// waiters it releases); by then the group may have been reused (an add()
+// lifted the counter and fibers queued to wait for the next zero). If the
+// counter is still zero, every queued waiter is released; otherwise exactly
+// those queued before the latest lift, which are those with a smaller `gen`
+// (waiters queue in order, and gen only grows): a waiter that queued while
+// the counter was positive and then saw a lift has seen a zero in between,
+// and one that queued after the lift has not.
 #include "tendril/wait_group.hpp"
 
 #include <atomic>

@@ -195,8 +195,8 @@ inline bool claim(Waiter& w) noexcept {
   return w.state.compare_exchange_strong(expected, Waiter::kClaimed, std::memory_order_acq_rel);
 }
 
-// For a waker that claims a batch of waiters before it wakes them (a
-// WaitGroup's zero, notify_all): the claimed fiber counts as runnable from
+// For a waker that claims a batch of waiters before it wakes them
+// (CondVar::notify_all): the claimed fiber counts as runnable from
 // here on (ParkRecord::readied), not from when wake() reaches it, which for
 // the last of a million waiters is a second later; meanwhile an idle worker
 // would compact its stack, only for it to be restored when it runs.
