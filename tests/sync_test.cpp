@@ -398,12 +398,17 @@ TEST(WaitGroup, ReleasesManyWaitersAndReuseWaitsForTheNextZero) {
   std::atomic<int> first{0}, second{0};
   tendril::run(two_workers(), [&] {
     tendril::WaitGroup wg;
+    // n fibers that each wait on wg, then count themselves in `returned`.
+    auto spawn_waiters = [&wg](int n, std::atomic<int>& returned) {
+      std::vector<tendril::Fiber> fs;
+      for (int i = 0; i < n; ++i) fs.push_back(tendril::spawn([wg, &returned] {
+        wg.wait();
+        returned.fetch_add(1);
+      }));
+      return fs;
+    };
     wg.add(1);
-    std::vector<tendril::Fiber> fs;
-    for (int i = 0; i < kFirst; ++i) fs.push_back(tendril::spawn([&, wg] {
-      wg.wait();
-      first.fetch_add(1);
-    }));
+    std::vector<tendril::Fiber> fs = spawn_waiters(kFirst, first);
     std::thread t([&, wg] {
       wg.wait();
       first.fetch_add(1);
@@ -415,12 +420,8 @@ TEST(WaitGroup, ReleasesManyWaitersAndReuseWaitsForTheNextZero) {
     t.join();
     EXPECT_EQ(first.load(), kFirst + 1);
 
-    fs.clear();
     wg.add(1);
-    for (int i = 0; i < kSecond; ++i) fs.push_back(tendril::spawn([&, wg] {
-      wg.wait();
-      second.fetch_add(1);
-    }));
+    fs = spawn_waiters(kSecond, second);
     tendril_test::wait_until_parked_count(tendril::WaitReason::wait_group, kSecond);
     EXPECT_EQ(second.load(), 0);
     wg.done();
