@@ -656,10 +656,10 @@ void Worker::release_deferred() noexcept {
 // compacted. Runnable shows in the park word as soon as a waker readies the
 // fiber (ParkRecord::readied), so a fiber that waits in a run queue behind
 // a mass wake is not compacted only to be restored when its turn comes.
-// Cost on the switch path while compaction is on: the listing
-// (a few loads and stores once per listed park), done
-// once the switch has saved the fiber's context (complete_switch); while it
-// is off, a byte of the switch record tested there. Every switch into a
+// Cost on the switch path while compaction is on: the listing (a few loads
+// and stores once per listed park), done once the switch has saved the
+// fiber's context (complete_switch); while it is off, a byte of the switch
+// record tested there. Every switch into a
 // fiber tests one byte of its FiberCtl, beside the park word it writes
 // anyway.
 //

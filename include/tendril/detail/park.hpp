@@ -68,7 +68,7 @@ struct Waiter {
   bool linked = false;                  // guarded by the primitive's lock
   void* slot = nullptr;                 // what a channel hands over
   bool ok = false;                      // outcome a waker reports (channel: value delivered)
-  std::int64_t count = 0;               // what a semaphore waiter asks for
+  std::int64_t count = 0;               // what a semaphore waiter asks for; a WaitGroup waiter's generation
   // Where a channel value waits for the other party when its type fits
   // (channel_state.hpp: handoff_fits): a sender builds it here for a parked
   // receiver, and a parked sender moves its own here for the receiver to
